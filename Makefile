@@ -1,0 +1,32 @@
+# Two entry points (see README): `make demo` and `make test`. Both create/reuse .venv.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: demo test install lock clean-demo
+
+install: $(VENV)/.installed
+
+# Re-installs only when the lock or pyproject changed; uv's cache makes a re-install quick.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q uv==0.13.9
+	$(UV) pip install -q --python $(PY) -r requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps facenet-pytorch==2.6.0  # stale pins, works on current torch
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+demo: install
+	$(VENV)/bin/dfcl demo
+
+test: install
+	$(PY) -m pytest
+
+# Re-resolve the pinned dependency set after editing pyproject.toml.
+lock:
+	$(UV) pip compile pyproject.toml --extra test --python-version 3.11 -o requirements.lock
+
+clean-demo:
+	rm -rf data/raw data/processed data/learner data/incoming data/compare data/remote mlflow.db mlruns/*/ .prefect
+	rm -f data/*.dvc dvc.lock

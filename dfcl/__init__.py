@@ -1,0 +1,1 @@
+"""deepfake-cl: keep one deepfake detector current with continual learning."""

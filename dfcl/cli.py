@@ -1,0 +1,213 @@
+"""`dfcl`: the one command of deepfake-cl. Every subcommand takes `-S key=value` overrides of
+params.yaml. Run `dfcl SUBCOMMAND --help` for details."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from dfcl.config import ConfigError, load_params
+from dfcl.workspace import Workspace, configure_environment
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def cmd_demo(args, params):
+    from dvc.repo import Repo
+
+    from flows.retrain import retrain_detector
+
+    if any(item.startswith("demo.") for item in args.set):
+        raise SystemExit("dfcl demo: the demo data is a DVC stage that reads params.yaml; "
+                         "edit its `demo:` section instead of -S demo.*")
+    ws = Workspace.here()
+    prepare_workspace(ws, params, files=("params.yaml", "dvc.yaml"))
+    # The DVC stage runs `python`: make it this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with Repo(str(ws.root)) as repo:
+        repo.reproduce("demo_data")
+    outcomes = []
+    for method in params["demo"]["methods"]:
+        print(f"\n=== a new forgery method arrives: {method} (synthetic) ===")
+        outcomes.append(retrain_detector(str(ws.incoming / "demo" / method), params, auto_approve=True))
+    print_summary(outcomes[-1])
+    return 0
+
+
+def print_summary(outcome: dict) -> None:
+    if "results" not in outcome:
+        print(f"outcome: {outcome['outcome']}")
+        return
+    r = outcome["results"]
+    print(f"\noutcome: {outcome['outcome']} (model version {outcome['version']}, MLflow run {outcome['run_id']})")
+    for key in r["methods"]:
+        print(f"  {key:<40} accuracy {r['accuracy'][key]:.3f}  AUC {r['auc'][key]:.3f}")
+    print(f"  average accuracy {r['avg_accuracy']:.3f}, average AUC {r['avg_auc']:.3f}, "
+          f"forgetting {r['forgetting']:.3f}, BWT {r['bwt']:.3f}")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
+
+
+def prepare_workspace(ws: Workspace, params: dict, files=("params.yaml",)) -> None:
+    """A new workspace gets git, DVC and copies of the packaged `files` it lacks."""
+    from dfcl.config import PACKAGED_PARAMS
+    from dfcl.workspace import ensure_dvc_repo
+
+    for name in files:
+        target = ws.root / name
+        if not target.exists():
+            target.write_text((PACKAGED_PARAMS.parent / name).read_text())
+    ensure_dvc_repo(ws, params["dvc"]["remote_name"], params["dvc"]["remote_url"])
+
+
+def cmd_retrain(args, params):
+    from flows.retrain import retrain_detector
+
+    prepare_workspace(Workspace.here(), params)
+    outcome = retrain_detector(args.data, params, method=args.method, methods=_csv(args.methods),
+                               auto_approve=args.auto_approve, fresh=args.fresh)
+    print_summary(outcome)
+    return 0
+
+
+def cmd_compare(args, params):
+    from flows.compare import compare_strategies, table
+
+    prepare_workspace(Workspace.here(), params)
+    report = compare_strategies(args.data, params, _csv(args.strategies), methods=_csv(args.methods),
+                                json_out=args.json)
+    print(table(report))
+    return 0
+
+
+def _paused_run(flow_run: str | None):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        if flow_run:
+            try:
+                return client.read_flow_run(flow_run)
+            except Exception:
+                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": [flow_run]}))
+                if runs:
+                    return runs[0]
+                raise SystemExit(f"no flow run with id or name {flow_run!r}")
+        paused = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))),
+            sort=FlowRunSort.START_TIME_DESC)
+        if not paused:
+            raise SystemExit("no paused retraining run is waiting for approval")
+        return paused[0]
+
+
+def cmd_decide(args, params, approve: bool):
+    from prefect.flow_runs import resume_flow_run
+
+    run = _paused_run(args.flow_run)
+    if run.state is None or not run.state.is_paused():
+        raise SystemExit(f"flow run {run.name} ({run.id}) is {run.state.name if run.state else 'unknown'}, not paused")
+    approver = args.by or os.environ.get("USER", "ops")
+    resume_flow_run(run.id, run_input={"approve": approve, "approver": approver, "reason": args.reason or ""})
+    print(f"{'approved' if approve else 'rejected'} flow run {run.name} ({run.id}) as {approver}")
+    return 0
+
+
+def cmd_detect(args, params):
+    import mlflow
+    import torch
+
+    from dfcl.data import FaceArrayDataset, _read_face
+
+    uri = args.model or f"models:/{params['mlflow']['registered_model']}@champion"
+    model = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
+    size = params["data"]["image_size"]
+    out = []
+    for path in args.images:
+        face = _read_face(Path(path), size)
+        if isinstance(face, str):
+            out.append({"image": path, "error": face})
+            continue
+        x = torch.from_numpy(face).permute(2, 0, 1).float().div(255)
+        x = ((x - FaceArrayDataset.MEAN) / FaceArrayDataset.STD)[None]
+        with torch.no_grad():
+            p_fake = float(torch.softmax(model(x), 1)[0, 1])
+        out.append({"image": path, "p_fake": round(p_fake, 4), "label": "fake" if p_fake >= 0.5 else "real"})
+    print(json.dumps({"model": uri, "detections": out}, indent=1))
+    return 0
+
+
+def cmd_models(args, params):
+    from models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params.yaml entry, e.g. -S train.epochs=1 (repeatable)")
+    parser = argparse.ArgumentParser(prog="dfcl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("demo", parents=[common], help="generate the synthetic sequence and run the whole pipeline on it")
+
+    p = sub.add_parser("retrain", parents=[common], help="ingest a dataset and continue training on its new methods")
+    p.add_argument("data", help="dataset folder (per-method {train,test}/... or real/ + fake/)")
+    p.add_argument("--method", help="method name for a real/ + fake/ folder (default: the folder name)")
+    p.add_argument("--methods", help="comma-separated subset and order of methods to learn")
+    p.add_argument("--auto-approve", action="store_true", help="promote without waiting for ops (demo, tests)")
+    p.add_argument("--fresh", action="store_true", help="start a new learner instead of continuing the saved one")
+
+    p = sub.add_parser("compare", parents=[common], help="train several strategies over the same sequence")
+    p.add_argument("--data", required=True)
+    p.add_argument("--methods", help="comma-separated methods in learning order (default: all, sorted)")
+    p.add_argument("--strategies", default="naive,cwr,replay,gem")
+    p.add_argument("--json", help="write the report here")
+
+    for name, text in (("approve", "approve the paused challenger: `champion` moves to it"),
+                       ("reject", "reject the paused challenger: `champion` stays")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("flow_run", nargs="?", help="flow run id or name (default: the latest paused run)")
+        p.add_argument("--by", help="who decides (default: $USER)")
+        p.add_argument("--reason", default="", help="why (kept as an MLflow tag)")
+
+    p = sub.add_parser("detect", parents=[common], help="score face images with the champion (or --model)")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--model", help="MLflow model URI (default: models:/<registered_model>@champion)")
+
+    sub.add_parser("models", parents=[common], help="list the registered detector architectures")
+    return parser
+
+
+COMMANDS = {"demo": cmd_demo, "retrain": cmd_retrain, "compare": cmd_compare,
+            "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
+            "detect": cmd_detect, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ws = Workspace.here()
+    configure_environment(ws)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    # Library deprecation chatter (DVC, Avalanche) that users cannot act on.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="No loggers specified")
+    try:
+        params = load_params(ws.params_file, args.set)
+    except ConfigError as e:
+        print(f"dfcl: {e}", file=sys.stderr)
+        return 2
+    return COMMANDS[args.command](args, params)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

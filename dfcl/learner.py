@@ -1,0 +1,249 @@
+"""The continual learner: an Avalanche strategy over a growing list of experiences, whose
+whole state (weights, optimizer, replay buffer / GEM memories / CWR* consolidated weights,
+clock and evaluator history) persists between runs with Avalanche's checkpointing."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
+from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
+from avalanche.logging import TextLogger
+from avalanche.training import GEM, CWRStar, Naive, Replay
+from avalanche.training.plugins import EvaluationPlugin
+
+from dfcl.data import FaceArrayDataset
+from dfcl.progress import EpochProgress
+from dfcl.metrics import ExperienceAUC, per_experience, stream_value
+from models import create_model
+
+STRATEGIES = {"naive": Naive, "cwr": CWRStar, "replay": Replay, "gem": GEM}
+# What must match for a saved learner to be continued instead of refused.
+IDENTITY_KEYS = ("model", "strategy", "data.image_size")
+
+
+@dataclass
+class ExperienceSpec:
+    """One learned (or to-be-learned) method: where its decoded train/test faces live."""
+    key: str          # "<dataset>/<method>"
+    dataset: str
+    method: str
+    version: str      # DVC hash of the processed dataset it came from
+    train_x: str
+    train_y: str
+    test_x: str
+    test_y: str
+
+
+@dataclass
+class History:
+    experiences: list[ExperienceSpec] = field(default_factory=list)
+    accuracy_matrix: list[list[float]] = field(default_factory=list)
+    auc_matrix: list[list[float]] = field(default_factory=list)
+    identity: dict = field(default_factory=dict)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class CudaSpeedups(SupervisedPlugin):
+    """bf16 autocast and channels_last on CUDA. Avalanche's templates have no AMP switch, so
+    this plugin wraps the forward passes; bf16 needs no gradient scaler."""
+
+    def __init__(self):
+        super().__init__()
+        self._ctx = None
+
+    def _enter(self, strategy, **_):
+        strategy.mbatch[0] = strategy.mbatch[0].contiguous(memory_format=torch.channels_last)
+        self._ctx = torch.autocast("cuda", dtype=torch.bfloat16)
+        self._ctx.__enter__()
+
+    def _exit(self, strategy, **_):
+        self._ctx.__exit__(None, None, None)
+        strategy.mb_output = strategy.mb_output.float()
+
+    before_forward = before_eval_forward = _enter
+    after_forward = after_eval_forward = _exit
+
+
+def identity_of(params: dict) -> dict:
+    return {"model": params["model"], "strategy": params["strategy"]["name"],
+            "data.image_size": params["data"]["image_size"]}
+
+
+def make_optimizer(model: torch.nn.Module, train_params: dict) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=train_params["lr"], weight_decay=train_params["weight_decay"])
+
+
+def build_strategy(params: dict, log_file=None):
+    """The configured Avalanche strategy around a fresh model from the registry."""
+    tp, sp, mp = params["train"], params["strategy"], params["model"]
+    torch.manual_seed(tp["seed"])
+    device = pick_device(tp["device"])
+    model = create_model(mp["name"], width=mp.get("width", 32), dropout=mp.get("dropout", 0.2),
+                         weights=mp.get("weights"))
+    plugins = [EpochProgress()]
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        plugins.append(CudaSpeedups())
+    optimizer = make_optimizer(model, tp)
+    evaluator = EvaluationPlugin(
+        accuracy_metrics(experience=True, stream=True),
+        forgetting_metrics(experience=True, stream=True),
+        bwt_metrics(experience=True, stream=True),
+        ExperienceAUC(),
+        loggers=[TextLogger(log_file)] if log_file else [],
+    )
+    common = dict(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
+                  train_mb_size=tp["batch_size"], train_epochs=tp["epochs"],
+                  eval_mb_size=tp["eval_batch_size"], device=device, plugins=plugins, evaluator=evaluator)
+    name = sp["name"]
+    if name not in STRATEGIES:
+        raise KeyError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name == "cwr":
+        return CWRStar(cwr_layer_name=sp["cwr_layer_name"], **common)
+    if name == "replay":
+        return Replay(mem_size=sp["replay_mem_size"], **common)
+    if name == "gem":
+        return GEM(patterns_per_exp=sp["gem_patterns_per_exp"], memory_strength=sp["gem_memory_strength"], **common)
+    return Naive(**common)
+
+
+class Learner:
+    """A strategy plus the list of experiences it has learned, saved under `folder`."""
+
+    CHECKPOINT = "strategy.ckpt"
+    OPTIMIZER = "optimizer.pt"
+    HISTORY = "history.json"
+
+    def __init__(self, folder: Path, params: dict, root: Path):
+        self.folder, self.params, self.root = Path(folder), params, Path(root)
+        self.strategy = build_strategy(params)
+        self.history = History(identity=identity_of(params))
+
+    # -- persistence ---------------------------------------------------------------
+    @classmethod
+    def load(cls, folder: Path, params: dict, root: Path) -> "Learner":
+        learner = cls(folder, params, root)
+        hist_file = learner.folder / cls.HISTORY
+        if not hist_file.exists():
+            return learner
+        data = json.loads(hist_file.read_text())
+        saved = data.get("identity", {})
+        if saved != learner.history.identity:
+            raise ValueError(
+                f"the learner in {folder} was trained with {saved}, but params ask for "
+                f"{learner.history.identity}; restore those params or start over with --fresh")
+        learner.history = History(
+            experiences=[ExperienceSpec(**e) for e in data["experiences"]],
+            accuracy_matrix=data["accuracy_matrix"], auc_matrix=data["auc_matrix"], identity=saved)
+        device = pick_device(params["train"]["device"])
+        learner.strategy, done = maybe_load_checkpoint(learner.strategy, str(learner.folder / cls.CHECKPOINT),
+                                                       map_location=device)
+        # The optimizer is saved apart (see save()); re-bind it to the restored model.
+        strategy = learner.strategy
+        strategy.optimizer = make_optimizer(strategy.model, params["train"])
+        strategy.optimizer.load_state_dict(torch.load(learner.folder / cls.OPTIMIZER, map_location=device))
+        if done != len(learner.history.experiences):
+            raise RuntimeError(f"{folder}: checkpoint has {done} experiences, history has "
+                               f"{len(learner.history.experiences)}; the learner folder is inconsistent")
+        return learner
+
+    def save(self) -> None:
+        """Write checkpoint and history atomically: a crash mid-save keeps the previous pair."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp_ckpt = self.folder / (self.CHECKPOINT + ".tmp")
+        # dill cannot pickle torch 2.15's optimizers (a typing sentinel), so the optimizer
+        # goes through its own state_dict.
+        save_checkpoint(self.strategy, str(tmp_ckpt), exclude=["optimizer"])
+        tmp_optim = self.folder / (self.OPTIMIZER + ".tmp")
+        torch.save(self.strategy.optimizer.state_dict(), tmp_optim)
+        tmp_hist = self.folder / (self.HISTORY + ".tmp")
+        tmp_hist.write_text(json.dumps(asdict(self.history), indent=1))
+        tmp_ckpt.replace(self.folder / self.CHECKPOINT)
+        tmp_optim.replace(self.folder / self.OPTIMIZER)
+        tmp_hist.replace(self.folder / self.HISTORY)
+
+    # -- continual learning ----------------------------------------------------------
+    @property
+    def learned(self) -> set[str]:
+        return {e.key for e in self.history.experiences}
+
+    def _dataset(self, images: str, labels: str, augment: bool):
+        faces = FaceArrayDataset(self.root / images, self.root / labels, augment=augment)
+        # Domain-incremental: one task (label 0) for all experiences; the name is public
+        # (in the module's __all__) despite the underscore.
+        return _make_taskaware_classification_dataset(faces, task_labels=0, targets=faces.targets)
+
+    def _benchmark(self, experiences: list[ExperienceSpec]):
+        # Experience ids must stay stable across runs (GEM memories and the forgetting metrics
+        # are keyed by them), so the benchmark always lists every experience from the first.
+        return benchmark_from_datasets(
+            train=[self._dataset(e.train_x, e.train_y, augment=True) for e in experiences],
+            test=[self._dataset(e.test_x, e.test_y, augment=False) for e in experiences])
+
+    def learn(self, spec: ExperienceSpec) -> dict:
+        """Train on one new experience, then evaluate on every experience seen so far."""
+        if spec.key in self.learned:
+            raise ValueError(f"{spec.key} is already learned")
+        experiences = self.history.experiences + [spec]
+        bench = self._benchmark(experiences)
+        index = len(experiences) - 1
+        self.strategy.train(bench.train_stream[index], num_workers=self.params["train"]["num_workers"])
+        self.history.experiences.append(spec)
+        return self.evaluate(bench)
+
+    def evaluate(self, bench=None) -> dict:
+        bench = bench or self._benchmark(self.history.experiences)
+        n = len(self.history.experiences)
+        metrics = self.strategy.eval(bench.test_stream[:n])
+        acc = per_experience(metrics, "Top1_Acc_Exp")
+        auc = per_experience(metrics, "AUC_Exp")
+        row_acc = [acc[i] for i in range(n)]
+        row_auc = [auc[i] for i in range(n)]
+        self.history.accuracy_matrix.append(row_acc)
+        self.history.auc_matrix.append(row_auc)
+        forgetting = stream_value(metrics, "StreamForgetting")
+        bwt = stream_value(metrics, "StreamBWT")
+        return summarize(self.history.experiences, row_acc, row_auc,
+                         forgetting=0.0 if math.isnan(forgetting) else forgetting,
+                         bwt=0.0 if math.isnan(bwt) else bwt)
+
+
+def summarize(experiences: list[ExperienceSpec], row_acc: list[float], row_auc: list[float],
+              forgetting: float = math.nan, bwt: float = math.nan) -> dict:
+    finite_auc = [a for a in row_auc if not math.isnan(a)]
+    return {
+        "methods": [e.key for e in experiences],
+        "accuracy": dict(zip([e.key for e in experiences], row_acc)),
+        "auc": dict(zip([e.key for e in experiences], row_auc)),
+        "avg_accuracy": sum(row_acc) / len(row_acc),
+        "avg_auc": sum(finite_auc) / len(finite_auc) if finite_auc else math.nan,
+        "forgetting": forgetting,
+        "bwt": bwt,
+    }
+
+
+def score_model(model: torch.nn.Module, learner: Learner) -> dict:
+    """Accuracy and AUC of any detector (e.g. the champion) on the learner's test sets,
+    through the same Avalanche evaluation as the learner itself."""
+    tp = learner.params["train"]
+    device = pick_device(tp["device"])
+    evaluator = EvaluationPlugin(accuracy_metrics(experience=True), ExperienceAUC(), loggers=[])
+    judge = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                  eval_mb_size=tp["eval_batch_size"], device=device, evaluator=evaluator)
+    experiences = learner.history.experiences
+    metrics = judge.eval(learner._benchmark(experiences).test_stream)
+    acc, auc = per_experience(metrics, "Top1_Acc_Exp"), per_experience(metrics, "AUC_Exp")
+    n = len(experiences)
+    return summarize(experiences, [acc[i] for i in range(n)], [auc[i] for i in range(n)])

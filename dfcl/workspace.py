@@ -1,0 +1,93 @@
+"""Where a deepfake-cl project keeps its state, and the embedded defaults for its services.
+
+A workspace is a folder (by default the current one) holding params.yaml, data/ (DVC-tracked
+raw and processed datasets, the learner's checkpoint), mlflow.db + mlruns/ and .prefect/.
+Every service default can be replaced by the usual environment variable:
+  PREFECT_API_URL       a Prefect server instead of the temporary local API
+  MLFLOW_TRACKING_URI   an MLflow server instead of sqlite:///mlflow.db
+  dvc.remote_url        (params.yaml) any DVC remote instead of the local folder
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def here(cls) -> "Workspace":
+        return cls(Path(os.environ.get("DFCL_WORKSPACE", ".")).resolve())
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "data" / "processed"
+
+    @property
+    def learner(self) -> Path:
+        return self.root / "data" / "learner"
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "data" / "incoming"
+
+    @property
+    def mlruns(self) -> Path:
+        return self.root / "mlruns"
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+
+def configure_environment(ws: Workspace) -> None:
+    """Embedded defaults; must run before prefect or mlflow are imported. Variables the user
+    already set win."""
+    os.environ.setdefault("PREFECT_HOME", str(ws.root / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary API of a second process (e.g. `dfcl approve` beside a paused run) can be
+    # slow to start on a busy 2-core machine; 20 s is Prefect's default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ws.root / 'mlflow.db'}")
+    # MLflow looks for git to tag runs with a commit; a workspace need not be one.
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def ensure_dvc_repo(ws: Workspace, remote_name: str, remote_url: str) -> None:
+    """Make the workspace a git + DVC repository with a default remote, once (idempotent)."""
+    if not (ws.root / ".git").exists():
+        subprocess.run(["git", "init", "-q", str(ws.root)], check=True)
+    from dvc.repo import Repo
+
+    if not (ws.root / ".dvc").exists():
+        Repo.init(str(ws.root))
+    repo = Repo(str(ws.root))
+    with repo.config.edit() as conf:
+        remotes = conf.setdefault("remote", {})
+        if remote_name not in remotes:
+            # DVC reads a relative path here as relative to the current folder and stores it
+            # relative to .dvc/, so the workspace stays movable.
+            url = remote_url if "://" in remote_url or os.path.isabs(remote_url) else os.path.relpath(ws.root / remote_url)
+            remotes[remote_name] = {"url": url}
+        conf.setdefault("core", {}).setdefault("remote", remote_name)
+    repo.close()
+
+
+def use_mlflow_experiment(ws: Workspace, name: str) -> str:
+    """Select (create if needed) an MLflow experiment whose artifacts go to the workspace's
+    mlruns/ folder when tracking locally; a tracking server keeps its own artifact root."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        local = mlflow.get_tracking_uri().startswith("sqlite:")
+        mlflow.create_experiment(name, artifact_location=ws.mlruns.as_uri() + f"/{name}" if local else None)
+    return mlflow.set_experiment(name).experiment_id

@@ -1,0 +1,68 @@
+"""Train several strategies over the same sequence of methods, one MLflow run each, side by
+side in one experiment."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import mlflow
+from prefect import flow, get_run_logger
+
+from dfcl.config import flatten
+from dfcl.learner import Learner
+from dfcl.workspace import Workspace, ensure_dvc_repo, use_mlflow_experiment
+from flows.retrain import dataset_name, ingest
+from tasks.learn_experience import learn_experience
+from tasks.log_experience_metrics import log_experience_metrics
+from tasks.register_challenger import log_matrices
+
+
+def table(report: dict) -> str:
+    lines = [f"{'strategy':<10} {'avg acc':>8} {'avg AUC':>8} {'forgetting':>10} {'BWT':>7} {'train s':>8}"]
+    for name, r in report["strategies"].items():
+        auc = r["auc_matrix"][-1]
+        finite = [a for a in auc if not math.isnan(a)]
+        lines.append(f"{name:<10} {r['avg_accuracy']:>8.3f} {sum(finite) / max(len(finite), 1):>8.3f} "
+                     f"{r['forgetting']:>10.3f} {r['bwt']:>7.3f} {r['train_seconds']:>8.1f}")
+    return "\n".join(lines)
+
+
+@flow(name="compare-strategies", log_prints=True)
+def compare_strategies(data: str, params: dict, strategies: list[str], methods: list[str] | None = None,
+                       json_out: str | None = None) -> dict:
+    logger = get_run_logger()
+    ws = Workspace.here()
+    ensure_dvc_repo(ws, params["dvc"]["remote_name"], params["dvc"]["remote_url"])
+    use_mlflow_experiment(ws, params["mlflow"]["compare_experiment"])
+    with mlflow.start_run(run_name=f"ingest {dataset_name(data, None)}"):
+        specs = ingest(ws, data, params, methods=methods)
+    report = {"methods": [s.key for s in specs], "strategies": {}}
+    for name in strategies:
+        p = copy.deepcopy(params)
+        p["strategy"]["name"] = name
+        folder = ws.root / "data" / "compare" / name
+        shutil.rmtree(folder, ignore_errors=True)  # every strategy starts from scratch
+        learner = Learner(folder, p, ws.root)
+        with mlflow.start_run(run_name=f"compare {name}"):
+            mlflow.log_params(flatten({k: p[k] for k in ("model", "strategy", "train", "data")}))
+            mlflow.log_params({f"data.{s.key}.version": s.version for s in specs})
+            start = time.perf_counter()
+            for step, spec in enumerate(specs):
+                results = learn_experience(learner, spec)
+                log_experience_metrics(results, step=step)
+            seconds = time.perf_counter() - start
+            mlflow.log_metric("train_seconds", seconds)
+            log_matrices(learner)
+        report["strategies"][name] = {
+            "accuracy_matrix": learner.history.accuracy_matrix, "auc_matrix": learner.history.auc_matrix,
+            "avg_accuracy": results["avg_accuracy"], "forgetting": results["forgetting"],
+            "bwt": results["bwt"], "train_seconds": seconds}
+    logger.info("strategies on %s:\n%s", " -> ".join(report["methods"]), table(report))
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=1))
+        logger.info("wrote %s", json_out)
+    return report

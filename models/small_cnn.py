@@ -1,0 +1,39 @@
+"""A small, fast CNN for CPU runs: conv blocks with batch norm, global pooling, linear head."""
+import torch
+from torch import nn
+
+from models.registry import register_model
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, num_classes: int = 2, width: int = 32, depth: int = 4, dropout: float = 0.2):
+        super().__init__()
+        channels = [3] + [width * 2**min(i, 3) for i in range(depth)]
+        self.features = nn.Sequential(*[_block(a, b) for a, b in zip(channels, channels[1:])])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x):
+        x = self.pool(self.features(x)).flatten(1)
+        return self.head(self.dropout(x))
+
+
+@register_model
+def small_cnn(num_classes: int = 2, width: int = 32, dropout: float = 0.2, weights=None, **_) -> nn.Module:
+    model = SmallCNN(num_classes=num_classes, width=width, depth=4, dropout=dropout)
+    if weights:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model

@@ -1,0 +1,38 @@
+"""timm backbones trained from scratch (or from a local weights file), with a `head` layer."""
+import timm
+from torch import nn
+
+from models.registry import register_model
+
+
+class TimmDetector(nn.Module):
+    def __init__(self, arch: str, num_classes: int = 2, dropout: float = 0.2, weights: str | None = None):
+        super().__init__()
+        # A weights file goes through timm's own pretrained loader (it drops the ImageNet
+        # classifier and adapts input convs); without one nothing is loaded, never from a hub.
+        overlay = {"file": weights} if weights else None
+        self.backbone = timm.create_model(arch, pretrained=bool(weights), pretrained_cfg_overlay=overlay, num_classes=0)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.backbone.num_features, num_classes)
+
+    def forward(self, x):
+        return self.head(self.dropout(self.backbone(x)))
+
+
+def _register(name: str, arch: str):
+    def build(num_classes: int = 2, dropout: float = 0.2, weights=None, **_) -> nn.Module:
+        return TimmDetector(arch, num_classes=num_classes, dropout=dropout, weights=weights)
+
+    build.__name__ = name
+    register_model(build)
+
+
+for _name, _arch in {
+    "efficientnet_b0": "efficientnet_b0",
+    "efficientnet_b4": "efficientnet_b4",
+    "xception": "legacy_xception",
+    "resnet18": "resnet18",
+    "resnet50": "resnet50",
+    "densenet121": "densenet121",
+}.items():
+    _register(_name, _arch)

@@ -1,0 +1,1 @@
+"""Prefect tasks: one unit of work each, composed by the flows in flows/."""

@@ -1,0 +1,28 @@
+import shutil
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from dfcl.data import IMAGE_SUFFIXES
+from dfcl.workspace import Workspace
+
+
+@task
+def copy_raw_dataset(ws: Workspace, source: str, name: str, files: list[str]) -> Path:
+    """Bring the dataset's images into data/raw/<name> (the DVC-tracked copy). Files already
+    there with the same size are kept; nothing stored before is deleted."""
+    source, target = Path(source).resolve(), ws.raw / name
+    if source == target:
+        return target
+    copied = 0
+    for rel in files:
+        src, dst = source / rel, target / rel
+        if src.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if dst.exists() and dst.stat().st_size == src.stat().st_size:
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+        copied += 1
+    get_run_logger().info("data/raw/%s: %d new file(s) copied from %s", name, copied, source)
+    return target

@@ -1,0 +1,18 @@
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from dfcl.learner import ExperienceSpec, Learner
+
+
+@task(cache_policy=NO_CACHE)
+def learn_experience(learner: Learner, spec: ExperienceSpec) -> dict:
+    """Continue training on one new method, evaluate on all methods seen so far, and save
+    the learner (a crash after this point resumes from here)."""
+    logger = get_run_logger()
+    logger.info("experience %d: learning %s with %s", len(learner.history.experiences), spec.key,
+                learner.params["strategy"]["name"])
+    results = learner.learn(spec)
+    learner.save()
+    logger.info("after %s: avg accuracy %.3f, avg AUC %.3f, forgetting %.3f, BWT %.3f", spec.key,
+                results["avg_accuracy"], results["avg_auc"], results["forgetting"], results["bwt"])
+    return results

@@ -1,0 +1,11 @@
+import mlflow
+from prefect import task
+
+
+@task
+def log_experience_metrics(results: dict, step: int) -> None:
+    """Per-method and aggregate metrics of one evaluation, at step = experience index."""
+    metrics = {f"acc/{k}": v for k, v in results["accuracy"].items()}
+    metrics |= {f"auc/{k}": v for k, v in results["auc"].items()}
+    metrics |= {k: results[k] for k in ("avg_accuracy", "avg_auc", "forgetting", "bwt")}
+    mlflow.log_metrics(metrics, step=step)

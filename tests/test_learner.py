@@ -1,0 +1,82 @@
+"""The learner keeps weights AND strategy memory across runs (save -> load -> continue)."""
+import numpy as np
+import pytest
+import torch
+
+from dfcl.data import decode_images, discover
+from dfcl.learner import ExperienceSpec, Learner
+from tests.conftest import small_params
+
+
+def specs_for(root, ws_root, names):
+    """Decode the synthetic methods into .npy caches and describe them as experiences."""
+    specs = []
+    for name in names:
+        found = discover(root / name, ["real"])
+        paths = {}
+        for split in ("train", "test"):
+            rows = found.manifest[found.manifest.split == split]
+            x, ok, _ = decode_images(root / name, rows.path.tolist(), 32)
+            paths[f"{split}_x"], paths[f"{split}_y"] = f"{name}-{split}-x.npy", f"{name}-{split}-y.npy"
+            np.save(ws_root / paths[f"{split}_x"], x)
+            np.save(ws_root / paths[f"{split}_y"], rows.label.to_numpy()[ok])
+        specs.append(ExperienceSpec(key=name, dataset=name, method=name, version="test", **paths))
+    return specs
+
+
+@pytest.fixture(scope="module")
+def specs(demo_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    return root, specs_for(demo_data, root, ["BlendSwap", "GANUpsample"])
+
+
+@pytest.mark.parametrize("strategy", ["naive", "cwr", "replay", "gem"])
+def test_learner_resumes_with_its_strategy_state(specs, tmp_path, strategy):
+    root, (first, second) = specs
+    params = small_params(f"strategy.name={strategy}")
+    learner = Learner(tmp_path / "learner", params, root)
+    r1 = learner.learn(first)
+    learner.save()
+    weights = {k: v.clone() for k, v in learner.strategy.model.state_dict().items()}
+
+    again = Learner.load(tmp_path / "learner", params, root)
+    assert again.strategy.clock.train_exp_counter == 1
+    for k, v in again.strategy.model.state_dict().items():
+        assert torch.equal(v, weights[k]), f"{k} not restored"
+    if strategy == "replay":
+        buffer = next(p for p in again.strategy.plugins if hasattr(p, "storage_policy"))
+        assert len(buffer.storage_policy.buffer) == 40
+    if strategy == "gem":
+        gem = next(p for p in again.strategy.plugins if hasattr(p, "memory_x"))
+        assert gem.memory_x[0].shape[0] == 16
+    if strategy == "cwr":
+        cwr = next(p for p in again.strategy.plugins if hasattr(p, "cwr_layer_name"))
+        assert cwr.model.saved_weights, "CWR* consolidated weights were lost"
+
+    r2 = again.learn(second)
+    assert r1["methods"] == ["BlendSwap"] and r2["methods"] == ["BlendSwap", "GANUpsample"]
+    assert [len(row) for row in again.history.accuracy_matrix] == [1, 2]
+    assert again.history.accuracy_matrix[0][0] == pytest.approx(r1["accuracy"]["BlendSwap"])
+    assert all(0 <= a <= 1 for a in r2["accuracy"].values())
+    assert all(0 <= a <= 1 for a in r2["auc"].values())
+    # Avalanche's forgetting: accuracy right after learning minus now
+    expected = again.history.accuracy_matrix[0][0] - again.history.accuracy_matrix[1][0]
+    assert r2["forgetting"] == pytest.approx(expected, abs=1e-6)
+    assert r2["bwt"] == pytest.approx(-expected, abs=1e-6)
+
+
+def test_changed_identity_is_refused(specs, tmp_path):
+    root, (first, _) = specs
+    learner = Learner(tmp_path / "learner", small_params(), root)
+    learner.learn(first)
+    learner.save()
+    with pytest.raises(ValueError, match="start over with --fresh"):
+        Learner.load(tmp_path / "learner", small_params("strategy.name=gem"), root)
+
+
+def test_learning_the_same_method_twice_is_refused(specs, tmp_path):
+    root, (first, _) = specs
+    learner = Learner(tmp_path / "learner", small_params(), root)
+    learner.learn(first)
+    with pytest.raises(ValueError, match="already learned"):
+        learner.learn(first)

@@ -1,0 +1,124 @@
+"""End to end through the real services: Prefect (temporary local API), DVC (local remote),
+MLflow (sqlite), with `dfcl` run as users run it, in subprocesses."""
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import REPO, run_dfcl, shared_data
+
+TINY = ["-S", "data.image_size=32", "-S", "train.epochs=1", "-S", "model.width=8",
+        "-S", "strategy.replay_mem_size=40"]
+
+
+def approve_when_paused(proc, ws: Path, verb: str, *extra: str, timeout: float = 420) -> str:
+    """Poll `dfcl approve|reject` until the retraining run is paused and accepts it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        decide = run_dfcl([verb, "--by", "alice", *extra], ws)
+        out, _ = decide.communicate(timeout=180)
+        if decide.returncode == 0:
+            return out
+        assert "no paused retraining run" in out, out
+        if proc.poll() is not None:
+            pytest.fail(f"retrain ended before pausing:\n{proc.stdout.read()[-4000:]}")
+        time.sleep(2)
+    pytest.fail("retrain never paused for approval")
+
+
+def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(tmp_path):
+    data = shared_data("ffpp-crops")
+    ws = tmp_path
+    args = ["retrain", str(data), "--methods", "Deepfakes,FaceSwap", "-S", "data.max_per_class=60",
+            "-S", "dvc.git_commit=true", "-S", "approval.timeout_s=600", *TINY]
+    proc = run_dfcl(args, ws)
+    said = approve_when_paused(proc, ws, "approve", "--reason", "numbers look right")
+    assert "approved flow run" in said
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    assert "outcome: promoted" in out
+
+    # DVC: raw and processed data tracked, committed to git, cache and remote in sync
+    from dvc.repo import Repo
+
+    for kind in ("raw", "processed"):
+        assert (ws / "data" / kind / "ffpp-crops.dvc").is_file()
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=ws, capture_output=True, text=True).stdout
+    assert "dfcl: raw dataset ffpp-crops" in log and "dfcl: processed dataset ffpp-crops" in log
+    dirty = subprocess.run(["git", "status", "--porcelain", "data"], cwd=ws, capture_output=True, text=True).stdout
+    assert ".dvc" not in dirty, dirty
+    with Repo(str(ws)) as repo:
+        assert repo.status() == {}, "dvc status is not clean"
+        assert repo.status(cloud=True) == {}, "the DVC remote lacks data"
+    version = yaml.safe_load((ws / "data/processed/ffpp-crops.dvc").read_text())["outs"][0]["md5"]
+
+    # MLflow: one run with per-method metrics at step = experience index, the DVC version,
+    # the matrices, and the registered model with both aliases
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    client = MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["deepfake-cl"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["data.ffpp-crops.version"] == version
+    assert run.data.params["strategy.name"] == "replay"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "acc/ffpp-crops/Deepfakes")]
+    assert steps == [0, 1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "auc/ffpp-crops/FaceSwap")] == [1]
+    for key in ("avg_accuracy", "avg_auc", "forgetting", "bwt"):
+        assert key in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/accuracy_matrix.csv", "evaluation/accuracy_matrix.png"} <= artifacts
+    challenger = client.get_model_version_by_alias("deepfake-detector", "challenger")
+    champion = client.get_model_version_by_alias("deepfake-detector", "champion")
+    assert str(challenger.version) == str(champion.version) == "1"
+    assert champion.tags["promoted_by"] == "alice" and champion.tags["promotion_reason"] == "numbers look right"
+    assert client.get_run(run.info.run_id).data.tags["promoted_by"] == "alice"
+
+    # The champion serves detections
+    image = next((data / "test" / "Deepfakes").glob("*.jpg"))
+    detect = run_dfcl(["detect", str(image), *TINY], ws)
+    out, _ = detect.communicate(timeout=180)
+    assert detect.returncode == 0, out
+    assert '"p_fake"' in out and "@champion" in out
+
+    # Re-running the same data is idempotent: same version, no new experience, no new commit
+    again = run_dfcl(args, ws)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out[-3000:]
+    assert "outcome: nothing new" in out
+    assert subprocess.run(["git", "log", "--format=%s"], cwd=ws, capture_output=True, text=True).stdout == log
+    assert yaml.safe_load((ws / "data/processed/ffpp-crops.dvc").read_text())["outs"][0]["md5"] == version
+
+
+def test_ops_rejection_keeps_the_champion_where_it_was(demo_data, tmp_path):
+    ws = tmp_path
+    proc = run_dfcl(["retrain", str(demo_data / "BlendSwap"), *TINY], ws)
+    approve_when_paused(proc, ws, "reject", "--reason", "not today")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    assert "outcome: rejected by ops" in out
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("deepfake-detector", "challenger")
+    assert version.tags["rejected_by"] == "alice" and version.tags["rejection_reason"] == "not today"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("deepfake-detector", "champion")
+
+
+def test_demo_runs_the_whole_story_on_synthetic_data(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["demo"].update(train_per_class=24, test_per_class=12, size=32)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_dfcl(["demo", *TINY], tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    assert "outcome: promoted" in out
+    assert (tmp_path / "data/incoming/demo/README.txt").read_text().startswith("SYNTHETIC")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    champion = MlflowClient().get_model_version_by_alias("deepfake-detector", "champion")
+    assert str(champion.version) == "3"  # one version per arriving method
+    assert champion.tags["methods"] == "BlendSwap,GANUpsample,MouthWarp"
