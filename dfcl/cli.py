@@ -127,7 +127,8 @@ def cmd_detect(args, params):
 
     uri = args.model or f"models:/{params['mlflow']['registered_model']}@champion"
     model = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
-    size = params["data"]["image_size"]
+    # The size the model was trained at travels with it (register_challenger's metadata).
+    size = (mlflow.models.get_model_info(uri).metadata or {}).get("image_size", params["data"]["image_size"])
     out = []
     for path in args.images:
         face = _read_face(Path(path), size)

@@ -93,6 +93,20 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     assert subprocess.run(["git", "log", "--format=%s"], cwd=ws, capture_output=True, text=True).stdout == log
     assert yaml.safe_load((ws / "data/processed/ffpp-crops.dvc").read_text())["outs"][0]["md5"] == version
 
+    # Next month a different method arrives as real/ + fake/ folders: the same learner
+    # continues (experience 2) and is evaluated on all three methods.
+    stylegan = shared_data("stylegan-faces") / "images"
+    later = run_dfcl(["retrain", str(stylegan), "--auto-approve", "-S", "data.max_per_class=40",
+                      "-S", "gate.tolerance=1", "-S", "gate.max_forgetting=1", *TINY], ws)
+    out, _ = later.communicate(timeout=300)
+    assert later.returncode == 0, out[-3000:]
+    assert "outcome: promoted" in out
+    newest = mlflow.search_runs(experiment_names=["deepfake-cl"], order_by=["start_time DESC"], output_format="list")[0]
+    history = client.get_metric_history(newest.info.run_id, "acc/ffpp-crops/Deepfakes")
+    assert [m.step for m in history] == [2]
+    assert [m.step for m in client.get_metric_history(newest.info.run_id, "auc/stylegan-faces")] == [2]
+    assert str(client.get_model_version_by_alias("deepfake-detector", "champion").version) == "2"
+
 
 def test_ops_rejection_keeps_the_champion_where_it_was(demo_data, tmp_path):
     ws = tmp_path
