@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from dfcl.config import ConfigError, load_params
+from dfcl.data import LayoutError
 from dfcl.workspace import Workspace, configure_environment
 
 
@@ -65,9 +66,15 @@ def prepare_workspace(ws: Workspace, params: dict, files=("params.yaml",)) -> No
     ensure_dvc_repo(ws, params["dvc"]["remote_name"], params["dvc"]["remote_url"])
 
 
+def require_folder(path: str) -> None:
+    if not Path(path).is_dir():
+        raise LayoutError(f"{path} is not a folder")
+
+
 def cmd_retrain(args, params):
     from flows.retrain import retrain_detector
 
+    require_folder(args.data)
     prepare_workspace(Workspace.here(), params)
     outcome = retrain_detector(args.data, params, method=args.method, methods=_csv(args.methods),
                                auto_approve=args.auto_approve, fresh=args.fresh)
@@ -78,8 +85,12 @@ def cmd_retrain(args, params):
 def cmd_compare(args, params):
     from flows.compare import compare_strategies, table
 
+    strategies = _csv(args.strategies)
+    for name in strategies:
+        check_names({**params, "strategy": {**params["strategy"], "name": name}})
+    require_folder(args.data)
     prepare_workspace(Workspace.here(), params)
-    report = compare_strategies(args.data, params, _csv(args.strategies), methods=_csv(args.methods),
+    report = compare_strategies(args.data, params, strategies, methods=_csv(args.methods),
                                 json_out=args.json)
     print(table(report))
     return 0
@@ -204,10 +215,23 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="No loggers specified")
     try:
         params = load_params(ws.params_file, args.set)
-    except ConfigError as e:
+        check_names(params)
+        return COMMANDS[args.command](args, params)
+    except (ConfigError, LayoutError) as e:
+        # Mistakes in what the user asked for: one clear line, no traceback.
         print(f"dfcl: {e}", file=sys.stderr)
         return 2
-    return COMMANDS[args.command](args, params)
+
+
+def check_names(params: dict) -> None:
+    """Fail before any work on an unknown strategy or model name."""
+    from dfcl.learner import STRATEGIES
+    from models import list_models
+
+    if params["strategy"]["name"] not in STRATEGIES:
+        raise ConfigError(f"unknown strategy.name {params['strategy']['name']!r}; choose one of {', '.join(STRATEGIES)}")
+    if params["model"]["name"] not in list_models():
+        raise ConfigError(f"unknown model.name {params['model']['name']!r}; registered: {', '.join(list_models())}")
 
 
 if __name__ == "__main__":

@@ -14,18 +14,22 @@ from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
-from avalanche.logging import TextLogger
 from avalanche.training import GEM, CWRStar, Naive, Replay
 from avalanche.training.plugins import EvaluationPlugin
 
 from dfcl.data import FaceArrayDataset
-from dfcl.progress import EpochProgress
 from dfcl.metrics import ExperienceAUC, per_experience, stream_value
+from dfcl.progress import EpochProgress
 from models import create_model
 
-STRATEGIES = {"naive": Naive, "cwr": CWRStar, "replay": Replay, "gem": GEM}
-# What must match for a saved learner to be continued instead of refused.
-IDENTITY_KEYS = ("model", "strategy", "data.image_size")
+# Strategy name in params.yaml -> Avalanche strategy built from its `strategy:` settings.
+STRATEGIES = {
+    "naive": lambda sp, common: Naive(**common),
+    "cwr": lambda sp, common: CWRStar(cwr_layer_name=sp["cwr_layer_name"], **common),
+    "replay": lambda sp, common: Replay(mem_size=sp["replay_mem_size"], **common),
+    "gem": lambda sp, common: GEM(patterns_per_exp=sp["gem_patterns_per_exp"],
+                                  memory_strength=sp["gem_memory_strength"], **common),
+}
 
 
 @dataclass
@@ -70,6 +74,7 @@ class CudaSpeedups(SupervisedPlugin):
 
     def _exit(self, strategy, **_):
         self._ctx.__exit__(None, None, None)
+        self._ctx = None  # keeps the plugin picklable for the checkpoint
         strategy.mb_output = strategy.mb_output.float()
 
     before_forward = before_eval_forward = _enter
@@ -77,6 +82,7 @@ class CudaSpeedups(SupervisedPlugin):
 
 
 def identity_of(params: dict) -> dict:
+    """What must match for a saved learner to be continued instead of refused."""
     return {"model": params["model"], "strategy": params["strategy"]["name"],
             "data.image_size": params["data"]["image_size"]}
 
@@ -85,7 +91,7 @@ def make_optimizer(model: torch.nn.Module, train_params: dict) -> torch.optim.Op
     return torch.optim.AdamW(model.parameters(), lr=train_params["lr"], weight_decay=train_params["weight_decay"])
 
 
-def build_strategy(params: dict, log_file=None):
+def build_strategy(params: dict):
     """The configured Avalanche strategy around a fresh model from the registry."""
     tp, sp, mp = params["train"], params["strategy"], params["model"]
     torch.manual_seed(tp["seed"])
@@ -102,21 +108,14 @@ def build_strategy(params: dict, log_file=None):
         forgetting_metrics(experience=True, stream=True),
         bwt_metrics(experience=True, stream=True),
         ExperienceAUC(),
-        loggers=[TextLogger(log_file)] if log_file else [],
+        loggers=[],  # results go to MLflow through the flow's tasks
     )
     common = dict(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                   train_mb_size=tp["batch_size"], train_epochs=tp["epochs"],
                   eval_mb_size=tp["eval_batch_size"], device=device, plugins=plugins, evaluator=evaluator)
-    name = sp["name"]
-    if name not in STRATEGIES:
-        raise KeyError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    if name == "cwr":
-        return CWRStar(cwr_layer_name=sp["cwr_layer_name"], **common)
-    if name == "replay":
-        return Replay(mem_size=sp["replay_mem_size"], **common)
-    if name == "gem":
-        return GEM(patterns_per_exp=sp["gem_patterns_per_exp"], memory_strength=sp["gem_memory_strength"], **common)
-    return Naive(**common)
+    if sp["name"] not in STRATEGIES:
+        raise KeyError(f"unknown strategy {sp['name']!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[sp["name"]](sp, common)
 
 
 class Learner:
@@ -160,7 +159,8 @@ class Learner:
         return learner
 
     def save(self) -> None:
-        """Write checkpoint and history atomically: a crash mid-save keeps the previous pair."""
+        """Write checkpoint, optimizer and history, each through a temporary file so none is
+        left half-written; load() refuses a folder whose files disagree."""
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp_ckpt = self.folder / (self.CHECKPOINT + ".tmp")
         # dill cannot pickle torch 2.15's optimizers (a typing sentinel), so the optimizer
@@ -185,7 +185,7 @@ class Learner:
         # (in the module's __all__) despite the underscore.
         return _make_taskaware_classification_dataset(faces, task_labels=0, targets=faces.targets)
 
-    def _benchmark(self, experiences: list[ExperienceSpec]):
+    def benchmark(self, experiences: list[ExperienceSpec]):
         # Experience ids must stay stable across runs (GEM memories and the forgetting metrics
         # are keyed by them), so the benchmark always lists every experience from the first.
         return benchmark_from_datasets(
@@ -197,14 +197,14 @@ class Learner:
         if spec.key in self.learned:
             raise ValueError(f"{spec.key} is already learned")
         experiences = self.history.experiences + [spec]
-        bench = self._benchmark(experiences)
+        bench = self.benchmark(experiences)
         index = len(experiences) - 1
         self.strategy.train(bench.train_stream[index], num_workers=self.params["train"]["num_workers"])
         self.history.experiences.append(spec)
-        return self.evaluate(bench)
+        return self._evaluate(bench)
 
-    def evaluate(self, bench=None) -> dict:
-        bench = bench or self._benchmark(self.history.experiences)
+    def _evaluate(self, bench) -> dict:
+        """Evaluate on every learned experience and append the row to the matrices."""
         n = len(self.history.experiences)
         metrics = self.strategy.eval(bench.test_stream[:n])
         acc = per_experience(metrics, "Top1_Acc_Exp")
@@ -243,7 +243,7 @@ def score_model(model: torch.nn.Module, learner: Learner) -> dict:
     judge = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
                   eval_mb_size=tp["eval_batch_size"], device=device, evaluator=evaluator)
     experiences = learner.history.experiences
-    metrics = judge.eval(learner._benchmark(experiences).test_stream)
+    metrics = judge.eval(learner.benchmark(experiences).test_stream)
     acc, auc = per_experience(metrics, "Top1_Acc_Exp"), per_experience(metrics, "AUC_Exp")
     n = len(experiences)
     return summarize(experiences, [acc[i] for i in range(n)], [auc[i] for i in range(n)])

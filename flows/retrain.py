@@ -88,16 +88,19 @@ def retrain_detector(data: str, params: dict, method: str | None = None, methods
         for spec in new:
             results = learn_experience(learner, spec)
             log_experience_metrics(results, step=len(learner.history.experiences) - 1)
-        version = register_challenger(learner, results, params["mlflow"]["registered_model"])
+        registered = params["mlflow"]["registered_model"]
+        version = register_challenger(learner, results, registered)
         verdict = promotion_gate(learner, results, params)
         mlflow.set_tag("gate", "passed" if verdict["passed"] else "failed: " + "; ".join(verdict["reasons"]))
-        outcome = {"run_id": run.info.run_id, "version": version, "results": results, "gate": verdict}
-        if not verdict["passed"]:
-            record_rejection(params["mlflow"]["registered_model"], version, "promotion gate", "; ".join(verdict["reasons"]))
-            return outcome | {"outcome": "rejected by gate"}
-        decision = ask_ops(version, verdict, params, auto_approve)
+        if verdict["passed"]:
+            decision = ask_ops(version, verdict, params, auto_approve)
+        else:  # a regression never reaches ops
+            decision = ApprovalDecision(approve=False, approver="promotion gate", reason="; ".join(verdict["reasons"]))
         if decision.approve:
-            promote_champion(params["mlflow"]["registered_model"], version, decision.approver, decision.reason)
-            return outcome | {"outcome": "promoted"}
-        record_rejection(params["mlflow"]["registered_model"], version, decision.approver, decision.reason)
-        return outcome | {"outcome": "rejected by ops"}
+            promote_champion(registered, version, decision.approver, decision.reason)
+            result = "promoted"
+        else:
+            record_rejection(registered, version, decision.approver, decision.reason)
+            result = "rejected by gate" if not verdict["passed"] else "rejected by ops"
+        mlflow.set_tag("outcome", result)
+        return {"outcome": result, "run_id": run.info.run_id, "version": version, "results": results, "gate": verdict}

@@ -18,6 +18,16 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """In-process flows share one temporary Prefect API, stopped before pytest closes its
+    output streams (otherwise its shutdown log line hits a closed file)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
 def shared_data(name: str) -> Path:
     """A folder of ../shared/data; missing data fails under CI and skips elsewhere."""
     path = SHARED_DATA / name
