@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.flow_runs import FlowPauseTimeout, pause_flow_run
 from prefect.input import RunInput
 
@@ -55,6 +56,21 @@ def ingest(ws: Workspace, data: str, params: dict, method: str | None = None,
             for m in found.methods]
 
 
+def decision_table(version: str, challenger: dict, verdict: dict) -> str:
+    """Markdown for ops: challenger vs champion per method, and the gate's verdict."""
+    champion = verdict["champion"]
+    name = f"champion v{champion['version']}" if champion else "champion (none yet)"
+    lines = [f"## Challenger v{version} vs {name}", "",
+             "| method | challenger acc | challenger AUC | champion acc | champion AUC |", "| --- | --- | --- | --- | --- |"]
+    for key in challenger["methods"]:
+        theirs = (f"{champion['accuracy'][key]:.3f} | {champion['auc'][key]:.3f}" if champion else "- | -")
+        lines.append(f"| {key} | {challenger['accuracy'][key]:.3f} | {challenger['auc'][key]:.3f} | {theirs} |")
+    lines += ["", f"Average accuracy {challenger['avg_accuracy']:.3f}, average AUC {challenger['avg_auc']:.3f}, "
+                  f"forgetting {challenger['forgetting']:.3f}, BWT {challenger['bwt']:.3f}.",
+              f"Gate: {'passed' if verdict['passed'] else 'failed: ' + '; '.join(verdict['reasons'])}."]
+    return "\n".join(lines)
+
+
 def ask_ops(version: str, verdict: dict, params: dict, auto_approve: bool) -> ApprovalDecision:
     logger = get_run_logger()
     if auto_approve:
@@ -92,6 +108,9 @@ def retrain_detector(data: str, params: dict, method: str | None = None, methods
         version = register_challenger(learner, results, registered)
         verdict = promotion_gate(learner, results, params)
         mlflow.set_tag("gate", "passed" if verdict["passed"] else "failed: " + "; ".join(verdict["reasons"]))
+        summary = decision_table(version, results, verdict)
+        create_markdown_artifact(summary, key="promotion-decision", description="what ops decide on")
+        mlflow.log_text(summary, "promotion_decision.md")
         if verdict["passed"]:
             decision = ask_ops(version, verdict, params, auto_approve)
         else:  # a regression never reaches ops

@@ -51,6 +51,7 @@ def workspace(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("Default")  # forget an experiment id made active by an earlier test
     ws = Workspace(tmp_path)
     yield ws
     if mlflow.active_run():

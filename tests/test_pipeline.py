@@ -72,6 +72,8 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
         assert key in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/accuracy_matrix.csv", "evaluation/accuracy_matrix.png"} <= artifacts
+    decision = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/promotion_decision.md")
+    assert "Challenger v1 vs champion (none yet)" in decision and "| ffpp-crops/FaceSwap |" in decision
     challenger = client.get_model_version_by_alias("deepfake-detector", "challenger")
     champion = client.get_model_version_by_alias("deepfake-detector", "champion")
     assert str(challenger.version) == str(champion.version) == "1"
@@ -106,6 +108,8 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     assert [m.step for m in history] == [2]
     assert [m.step for m in client.get_metric_history(newest.info.run_id, "auc/stylegan-faces")] == [2]
     assert str(client.get_model_version_by_alias("deepfake-detector", "champion").version) == "2"
+    decision = mlflow.artifacts.load_text(f"runs:/{newest.info.run_id}/promotion_decision.md")
+    assert "Challenger v2 vs champion v1" in decision and "| stylegan-faces |" in decision
 
 
 def test_ops_rejection_keeps_the_champion_where_it_was(demo_data, tmp_path):
