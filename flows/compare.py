@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 from prefect import flow, get_run_logger
+from tqdm.auto import tqdm
 
 from dfcl.config import flatten
 from dfcl.learner import Learner
@@ -51,7 +52,7 @@ def compare_strategies(data: str, params: dict, strategies: list[str], methods: 
             mlflow.log_params(flatten({k: p[k] for k in ("model", "strategy", "train", "data")}))
             mlflow.log_params({f"data.{s.key}.version": s.version for s in specs})
             start = time.perf_counter()
-            for step, spec in enumerate(specs):
+            for step, spec in enumerate(tqdm(specs, desc=f"{name}", unit="experience")):
                 results = learn_experience(learner, spec)
                 log_experience_metrics(results, step=step)
             seconds = time.perf_counter() - start

@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.flow_runs import FlowPauseTimeout, pause_flow_run
 from prefect.input import RunInput
+from tqdm.auto import tqdm
 
 from dfcl.config import flatten
 from dfcl.learner import ExperienceSpec, Learner
@@ -101,7 +102,7 @@ def retrain_detector(data: str, params: dict, method: str | None = None, methods
             mlflow.set_tag("outcome", "nothing new")
             return {"outcome": "nothing new", "run_id": run.info.run_id}
         mlflow.log_params(flatten({k: params[k] for k in ("model", "strategy", "train", "data")}))
-        for spec in new:
+        for spec in tqdm(new, desc="new methods", unit="experience"):
             results = learn_experience(learner, spec)
             log_experience_metrics(results, step=len(learner.history.experiences) - 1)
         registered = params["mlflow"]["registered_model"]
