@@ -47,7 +47,7 @@ def ingest(ws: Workspace, data: str, params: dict, method: str | None = None,
     raw_dir = copy_raw_dataset(ws, data, name, found.manifest.path.tolist())
     raw_version = version_with_dvc(ws, raw_dir, params, f"dfcl: raw dataset {name}")
     size = params["data"]["image_size"]
-    processed = decode_faces(ws, raw_dir, name, found.manifest, size)
+    processed = decode_faces(ws, raw_dir, name, found.manifest, size, raw_version)
     version = version_with_dvc(ws, processed, params, f"dfcl: processed dataset {name}")
     mlflow.log_params({f"data.{name}.raw_version": raw_version, f"data.{name}.version": version})
     rel = processed.relative_to(ws.root) / f"{size}px"

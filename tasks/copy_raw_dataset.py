@@ -10,7 +10,7 @@ from dfcl.workspace import Workspace
 @task
 def copy_raw_dataset(ws: Workspace, source: str, name: str, files: list[str]) -> Path:
     """Bring the dataset's images into data/raw/<name> (the DVC-tracked copy). Files already
-    there with the same size are kept; nothing stored before is deleted."""
+    there unchanged are not copied again; nothing stored before is deleted."""
     source, target = Path(source).resolve(), ws.raw / name
     if source == target:
         return target
@@ -19,7 +19,9 @@ def copy_raw_dataset(ws: Workspace, source: str, name: str, files: list[str]) ->
         src, dst = source / rel, target / rel
         if src.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        if dst.exists() and dst.stat().st_size == src.stat().st_size:
+        # copy2 keeps the modification time, so size + mtime tell an unchanged file
+        stamp = (src.stat().st_size, src.stat().st_mtime_ns)
+        if dst.exists() and (dst.stat().st_size, dst.stat().st_mtime_ns) == stamp:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)

@@ -31,7 +31,7 @@ def test_copy_version_and_decode_are_idempotent_and_report_bad_files(workspace, 
     assert log.count("raw blend") == 1, "an unchanged version must not be committed again"
     assert (workspace.root / "data" / "remote").is_dir(), "nothing pushed to the local remote"
 
-    processed = decode_faces(workspace, raw, "blend", found.manifest, 32)
+    processed = decode_faces(workspace, raw, "blend", found.manifest, 32, v1)
     manifest = pd.read_csv(processed / "manifest.csv", keep_default_na=False)
     bad = manifest[manifest.skipped != ""]
     assert bad.path.tolist() == ["train/real/zz-corrupt.jpg"]
@@ -40,11 +40,23 @@ def test_copy_version_and_decode_are_idempotent_and_report_bad_files(workspace, 
     y = np.load(processed / "32px" / "BlendSwap-train-y.npy")
     assert x.shape == (48, 32, 32, 3) and sorted(set(y)) == [0, 1]  # 24 real + 24 fake kept
     before = (processed / "32px" / "BlendSwap-train-x.npy").stat().st_mtime_ns
-    decode_faces(workspace, raw, "blend", found.manifest, 32)
+    decode_faces(workspace, raw, "blend", found.manifest, 32, v1)
     assert (processed / "32px" / "BlendSwap-train-x.npy").stat().st_mtime_ns == before, "re-decoded unchanged data"
+    decode_faces(workspace, raw, "blend", found.manifest, 32, "another-raw-version")
+    assert (processed / "32px" / "BlendSwap-train-x.npy").stat().st_mtime_ns != before, "stale cache kept"
 
-    # a new file is a new version; nothing stored before is lost
-    shutil.copy(source / "train" / "real" / "0000.jpg", source / "train" / "real" / "0000-copy.jpg")
-    copy_raw_dataset(workspace, str(source), "blend", files + ["train/real/0000-copy.jpg"])
-    assert version_with_dvc(workspace, raw, params, "raw blend") != v1
+    # a file changed in place (same name, same size) is copied again: a new version
+    changed = source / "train" / "real" / "0000.jpg"
+    data = bytearray(changed.read_bytes())
+    data[-3] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    copy_raw_dataset(workspace, str(source), "blend", files)
+    assert (raw / "train" / "real" / "0000.jpg").read_bytes() == bytes(data)
+    v2 = version_with_dvc(workspace, raw, params, "raw blend")
+    assert v2 != v1
+
+    # a new file is a new version too; nothing stored before is lost
+    shutil.copy(source / "train" / "real" / "0001.jpg", source / "train" / "real" / "0001-copy.jpg")
+    copy_raw_dataset(workspace, str(source), "blend", files + ["train/real/0001-copy.jpg"])
+    assert version_with_dvc(workspace, raw, params, "raw blend") not in (v1, v2)
     assert (raw / "train" / "real" / "zz-corrupt.jpg").exists()
