@@ -28,5 +28,6 @@ lock:
 	$(UV) pip compile pyproject.toml --extra test --python-version 3.11 -o requirements.lock
 
 clean-demo:
-	rm -rf data/raw data/processed data/learner data/incoming data/compare data/remote mlflow.db mlruns/*/ .prefect
-	rm -f data/*.dvc dvc.lock
+	rm -rf data/raw data/processed data/learner data/incoming data/compare data/remote data/cache mlflow.db mlruns/*/ .prefect
+	rm -f dvc.lock
+	-git checkout -- dvc.yaml  # drop the extract_faces_<name> stages that ingesting added

@@ -11,8 +11,8 @@ import warnings
 from pathlib import Path
 
 from dfcl.config import ConfigError, load_params
-from dfcl.data import LayoutError
-from dfcl.workspace import Workspace, configure_environment
+from dfcl.layouts import KNOWN_LAYOUTS, LayoutError
+from dfcl.workspace import Workspace, configure_environment, ensure_workspace
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -28,7 +28,7 @@ def cmd_demo(args, params):
         raise SystemExit("dfcl demo: the demo data is a DVC stage that reads params.yaml; "
                          "edit its `demo:` section instead of -S demo.*")
     ws = Workspace.here()
-    prepare_workspace(ws, params, files=("params.yaml", "dvc.yaml"))
+    ensure_workspace(ws, params, files=("params.yaml", "dvc.yaml"))
     # The DVC stage runs `python`: make it this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with Repo(str(ws.root)) as repo:
@@ -54,28 +54,53 @@ def print_summary(outcome: dict) -> None:
     print(f"MLflow UI: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
 
 
-def prepare_workspace(ws: Workspace, params: dict, files=("params.yaml",)) -> None:
-    """A new workspace gets git, DVC and copies of the packaged `files` it lacks."""
-    from dfcl.config import PACKAGED_PARAMS
-    from dfcl.workspace import ensure_dvc_repo
-
-    for name in files:
-        target = ws.root / name
-        if not target.exists():
-            target.write_text((PACKAGED_PARAMS.parent / name).read_text())
-    ensure_dvc_repo(ws, params["dvc"]["remote_name"], params["dvc"]["remote_url"])
-
-
 def require_folder(path: str) -> None:
     if not Path(path).is_dir():
         raise LayoutError(f"{path} is not a folder")
+
+
+def cmd_ingest(args, params):
+    import pandas as pd
+
+    from flows.ingest import ingest_dataset
+
+    require_folder(args.data)
+    ensure_workspace(Workspace.here(), params)
+    ingested = ingest_dataset(args.data, params, method=args.method, methods=_csv(args.methods))
+    st = ingested.stats
+    print(f"\n{ingested.name}: layout {ingested.layout}; raw version {ingested.raw_version}, "
+          f"faces version {ingested.version}")
+    if st.get("frames_detected"):
+        print(f"face extraction: {st['frames_detected']} frames of {st['videos_detected']} video(s) in "
+              f"{st['detect_seconds']} s = {st['frames_per_s']} frames/s on {st['device']}")
+    if st.get("videos_from_cache"):
+        print(f"{st['videos_from_cache']} unchanged video(s) reused without detection")
+    for spec in ingested.specs:
+        print(f"  experience {spec.key}: {spec.train_x.rsplit('/', 1)[0]}/")
+    for m, why in ingested.left_out.items():
+        print(f"  left out {m}: {why}")
+    skipped = pd.read_csv(Workspace.here().processed / ingested.name / "skipped.csv", keep_default_na=False)
+    if len(skipped):
+        print(f"\nskipped ({len(skipped)}):\n{skipped.to_string(index=False)}")
+    return 0
+
+
+def cmd_extract_faces(args, params):
+    import json
+
+    from dfcl.faces import extract_dataset
+
+    stats = extract_dataset(args.raw, args.out, params, args.name)
+    if args.stats:
+        Path(args.stats).write_text(json.dumps(stats, indent=1) + "\n")
+    return 0
 
 
 def cmd_retrain(args, params):
     from flows.retrain import retrain_detector
 
     require_folder(args.data)
-    prepare_workspace(Workspace.here(), params)
+    ensure_workspace(Workspace.here(), params)
     outcome = retrain_detector(args.data, params, method=args.method, methods=_csv(args.methods),
                                auto_approve=args.auto_approve, fresh=args.fresh)
     print_summary(outcome)
@@ -89,7 +114,7 @@ def cmd_compare(args, params):
     for name in strategies:
         check_names({**params, "strategy": {**params["strategy"], "name": name}})
     require_folder(args.data)
-    prepare_workspace(Workspace.here(), params)
+    ensure_workspace(Workspace.here(), params)
     report = compare_strategies(args.data, params, strategies, methods=_csv(args.methods),
                                 json_out=args.json)
     print(table(report))
@@ -98,7 +123,11 @@ def cmd_compare(args, params):
 
 def _paused_run(flow_run: str | None):
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
@@ -131,10 +160,11 @@ def cmd_decide(args, params, approve: bool):
 
 
 def cmd_detect(args, params):
+    import cv2
     import mlflow
     import torch
 
-    from dfcl.data import FaceArrayDataset, _read_face
+    from dfcl.data import FaceArrayDataset, read_image
 
     uri = args.model or f"models:/{params['mlflow']['registered_model']}@champion"
     model = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
@@ -142,10 +172,11 @@ def cmd_detect(args, params):
     size = (mlflow.models.get_model_info(uri).metadata or {}).get("image_size", params["data"]["image_size"])
     out = []
     for path in args.images:
-        face = _read_face(Path(path), size)
+        face = read_image(Path(path))
         if isinstance(face, str):
             out.append({"image": path, "error": face})
             continue
+        face = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
         x = torch.from_numpy(face).permute(2, 0, 1).float().div(255)
         x = ((x - FaceArrayDataset.MEAN) / FaceArrayDataset.STD)[None]
         with torch.no_grad():
@@ -171,9 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", parents=[common], help="generate the synthetic sequence and run the whole pipeline on it")
 
+    p = sub.add_parser("ingest", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="recognise a dataset (FF++, Celeb-DF, DFDC, image folders), version it, extract faces",
+                       epilog="layouts it recognises:\n  " + "\n  ".join(KNOWN_LAYOUTS))
+    p.add_argument("data", help="dataset folder; `dfcl ingest --help` lists the layouts")
+    p.add_argument("--method", help="name of a one-method dataset (default: the folder name)")
+    p.add_argument("--methods", help="comma-separated subset (and order) of a multi-method dataset's methods")
+
+    p = sub.add_parser("extract-faces", parents=[common],
+                       help="face extraction of one raw dataset (what the DVC stage extract_faces_<name> runs)")
+    p.add_argument("raw")
+    p.add_argument("out")
+    p.add_argument("--name", required=True, help="dataset name (names a one-method dataset's method)")
+    p.add_argument("--stats", help="write extraction statistics (frames/s, counts) to this JSON file")
+
     p = sub.add_parser("retrain", parents=[common], help="ingest a dataset and continue training on its new methods")
-    p.add_argument("data", help="dataset folder (per-method {train,test}/... or real/ + fake/)")
-    p.add_argument("--method", help="method name for a real/ + fake/ folder (default: the folder name)")
+    p.add_argument("data", help="dataset folder (any layout `dfcl ingest` knows, videos or images)")
+    p.add_argument("--method", help="name of a one-method dataset (default: the folder name)")
     p.add_argument("--methods", help="comma-separated subset and order of methods to learn")
     p.add_argument("--auto-approve", action="store_true", help="promote without waiting for ops (demo, tests)")
     p.add_argument("--fresh", action="store_true", help="start a new learner instead of continuing the saved one")
@@ -199,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"demo": cmd_demo, "retrain": cmd_retrain, "compare": cmd_compare,
+COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract_faces, "retrain": cmd_retrain, "compare": cmd_compare,
             "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
             "detect": cmd_detect, "models": cmd_models}
 
@@ -209,13 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     ws = Workspace.here()
     configure_environment(ws)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dvc").propagate = False  # DVC prints its own messages; once is enough
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     # Library deprecation chatter (DVC, Avalanche) that users cannot act on.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message="No loggers specified")
     try:
         params = load_params(ws.params_file, args.set)
-        check_names(params)
+        if args.command in ("demo", "retrain", "compare"):
+            check_names(params)
         return COMMANDS[args.command](args, params)
     except (ConfigError, LayoutError) as e:
         # Mistakes in what the user asked for: one clear line, no traceback.

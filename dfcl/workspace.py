@@ -69,6 +69,9 @@ def ensure_dvc_repo(ws: Workspace, remote_name: str, remote_url: str) -> None:
 
     if not (ws.root / ".dvc").exists():
         Repo.init(str(ws.root))
+        # the face-detection cache is rebuilt from the data, never versioned
+        with open(ws.root / ".gitignore", "a") as f:
+            f.write("/data/cache/\n")
     repo = Repo(str(ws.root))
     with repo.config.edit() as conf:
         remotes = conf.setdefault("remote", {})
@@ -79,6 +82,17 @@ def ensure_dvc_repo(ws: Workspace, remote_name: str, remote_url: str) -> None:
             remotes[remote_name] = {"url": url}
         conf.setdefault("core", {}).setdefault("remote", remote_name)
     repo.close()
+
+
+def ensure_workspace(ws: Workspace, params: dict, files=("params.yaml",)) -> None:
+    """A new workspace gets git, DVC and copies of the packaged `files` (params.yaml...) it lacks."""
+    from dfcl.config import PACKAGED_PARAMS
+
+    for name in files:
+        target = ws.root / name
+        if not target.exists():
+            target.write_text((PACKAGED_PARAMS.parent / name).read_text())
+    ensure_dvc_repo(ws, params["dvc"]["remote_name"], params["dvc"]["remote_url"])
 
 
 def use_mlflow_experiment(ws: Workspace, name: str) -> str:

@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from dfcl.config import flatten
 from dfcl.learner import Learner
-from dfcl.workspace import Workspace, ensure_dvc_repo, use_mlflow_experiment
-from flows.retrain import dataset_name, ingest
+from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
+from flows.ingest import dataset_name, ingest_dataset
+from flows.retrain import log_dataset_versions
 from tasks.learn_experience import learn_experience
 from tasks.log_experience_metrics import log_experience_metrics
 from tasks.register_challenger import log_matrices
@@ -37,10 +38,12 @@ def compare_strategies(data: str, params: dict, strategies: list[str], methods: 
                        json_out: str | None = None) -> dict:
     logger = get_run_logger()
     ws = Workspace.here()
-    ensure_dvc_repo(ws, params["dvc"]["remote_name"], params["dvc"]["remote_url"])
+    ensure_workspace(ws, params)
     use_mlflow_experiment(ws, params["mlflow"]["compare_experiment"])
     with mlflow.start_run(run_name=f"ingest {dataset_name(data, None)}"):
-        specs = ingest(ws, data, params, methods=methods)
+        ingested = ingest_dataset(data, params, methods=methods)
+        log_dataset_versions(ingested)
+    specs = ingested.specs
     report = {"methods": [s.key for s in specs], "strategies": {}}
     for name in strategies:
         p = copy.deepcopy(params)

@@ -4,7 +4,6 @@ ops approval -> `champion`."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import mlflow
 from prefect import flow, get_run_logger
@@ -14,17 +13,15 @@ from prefect.input import RunInput
 from tqdm.auto import tqdm
 
 from dfcl.config import flatten
-from dfcl.learner import ExperienceSpec, Learner
-from dfcl.workspace import Workspace, ensure_dvc_repo, use_mlflow_experiment
-from tasks.copy_raw_dataset import copy_raw_dataset
-from tasks.decode_faces import decode_faces
-from tasks.discover_dataset import discover_dataset
+from dfcl.layouts import LayoutError
+from dfcl.learner import Learner
+from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
+from flows.ingest import Ingested, dataset_name, ingest_dataset
 from tasks.learn_experience import learn_experience
 from tasks.log_experience_metrics import log_experience_metrics
 from tasks.promote_champion import promote_champion, record_rejection
 from tasks.promotion_gate import promotion_gate
 from tasks.register_challenger import register_challenger
-from tasks.version_with_dvc import version_with_dvc
 
 
 class ApprovalDecision(RunInput):
@@ -34,27 +31,13 @@ class ApprovalDecision(RunInput):
     reason: str = ""
 
 
-def dataset_name(path: str, method: str | None) -> str:
-    p = Path(path).resolve()
-    return method or (p.parent.name if p.name.lower() in {"images", "data"} else p.name)
-
-
-def ingest(ws: Workspace, data: str, params: dict, method: str | None = None,
-           methods: list[str] | None = None) -> list[ExperienceSpec]:
-    """Discover, copy, version (raw and processed) and decode a dataset; one spec per method."""
-    name = dataset_name(data, method)
-    found = discover_dataset(data, params, method=method, methods=methods)
-    raw_dir = copy_raw_dataset(ws, data, name, found.manifest.path.tolist())
-    raw_version = version_with_dvc(ws, raw_dir, params, f"dfcl: raw dataset {name}")
-    size = params["data"]["image_size"]
-    processed = decode_faces(ws, raw_dir, name, found.manifest, size, raw_version)
-    version = version_with_dvc(ws, processed, params, f"dfcl: processed dataset {name}")
-    mlflow.log_params({f"data.{name}.raw_version": raw_version, f"data.{name}.version": version})
-    rel = processed.relative_to(ws.root) / f"{size}px"
-    return [ExperienceSpec(key=m if m == name else f"{name}/{m}", dataset=name, method=m, version=version,
-                           train_x=str(rel / f"{m}-train-x.npy"), train_y=str(rel / f"{m}-train-y.npy"),
-                           test_x=str(rel / f"{m}-test-x.npy"), test_y=str(rel / f"{m}-test-y.npy"))
-            for m in found.methods]
+def log_dataset_versions(ingested: Ingested) -> None:
+    """The data this run trains on, as MLflow params: DVC versions of raw and processed data."""
+    name = ingested.name
+    mlflow.log_params({f"data.{name}.raw_version": ingested.raw_version, f"data.{name}.version": ingested.version,
+                       f"data.{name}.layout": ingested.layout})
+    if ingested.left_out:
+        mlflow.set_tag(f"data.{name}.left_out", "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
 
 
 def decision_table(version: str, challenger: dict, verdict: dict) -> str:
@@ -91,10 +74,15 @@ def retrain_detector(data: str, params: dict, method: str | None = None, methods
                      auto_approve: bool = False, fresh: bool = False) -> dict:
     logger = get_run_logger()
     ws = Workspace.here()
-    ensure_dvc_repo(ws, params["dvc"]["remote_name"], params["dvc"]["remote_url"])
+    ensure_workspace(ws, params)
     use_mlflow_experiment(ws, params["mlflow"]["experiment"])
     with mlflow.start_run(run_name=f"retrain {dataset_name(data, method)}") as run:
-        specs = ingest(ws, data, params, method=method, methods=methods)
+        ingested = ingest_dataset(data, params, method=method, methods=methods)
+        log_dataset_versions(ingested)
+        specs = ingested.specs
+        if not specs and ingested.left_out:
+            raise LayoutError(f"{ingested.name}: no method can be learned: "
+                              + "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
         learner = Learner(ws.learner, params, ws.root) if fresh else Learner.load(ws.learner, params, ws.root)
         new = [s for s in specs if s.key not in learner.learned]
         if not new:

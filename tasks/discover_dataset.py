@@ -1,19 +1,19 @@
-from pathlib import Path
-
 from prefect import get_run_logger, task
 
-from dfcl.data import Discovered, cap_per_class, discover
+from dfcl.layouts import Sources, cap_per_class, recognise
 
 
 @task
-def discover_dataset(path: str, params: dict, method: str | None = None,
-                     methods: list[str] | None = None) -> Discovered:
-    """Recognise the dataset's layout and list its images per method in a pandas manifest."""
+def discover_dataset(path: str, params: dict, name: str, methods: list[str] | None = None) -> Sources:
+    """Recognise the dataset's layout (and say which) and list its files in a pandas table."""
     dp = params["data"]
-    found = discover(Path(path), dp["real_names"], method=method, test_fraction=dp["test_fraction"],
-                     seed=dp["seed"], methods=methods)
-    found.manifest = cap_per_class(found.manifest, dp["max_per_class"], dp["seed"])
-    counts = found.manifest.groupby(["experience", "split", "label"]).size().unstack(fill_value=0)
-    get_run_logger().info("%s: layout %r, methods %s\n%s", path, found.layout, found.methods,
-                          counts.rename(columns={0: "real", 1: "fake"}).to_string())
+    found = recognise(path, dp["real_names"], name, methods=methods, compression=dp["compression"])
+    # quick runs copy (and version) only the files they use
+    found.files = cap_per_class(found.files, dp["max_per_class"], dp["seed"])
+    counts = found.files.groupby(["experience", "kind", "label"]).size().unstack(fill_value=0)
+    logger = get_run_logger()
+    logger.info("%s: layout %r, methods %s\n%s", path, found.layout, found.methods,
+                counts.rename(columns={0: "real", 1: "fake"}).to_string())
+    for note in found.notes:
+        logger.warning("%s: %s", path, note)
     return found

@@ -1,25 +1,18 @@
 """The learner keeps weights AND strategy memory across runs (save -> load -> continue)."""
-import numpy as np
 import pytest
 import torch
 
-from dfcl.data import decode_images, discover
+from dfcl.faces import extract_dataset
 from dfcl.learner import ExperienceSpec, Learner
 from tests.conftest import small_params
 
 
 def specs_for(root, ws_root, names):
-    """Decode the synthetic methods into .npy caches and describe them as experiences."""
+    """Extract the synthetic methods' faces into arrays and describe them as experiences."""
     specs = []
     for name in names:
-        found = discover(root / name, ["real"])
-        paths = {}
-        for split in ("train", "test"):
-            rows = found.manifest[found.manifest.split == split]
-            x, ok, _ = decode_images(root / name, rows.path.tolist(), 32)
-            paths[f"{split}_x"], paths[f"{split}_y"] = f"{name}-{split}-x.npy", f"{name}-{split}-y.npy"
-            np.save(ws_root / paths[f"{split}_x"], x)
-            np.save(ws_root / paths[f"{split}_y"], rows.label.to_numpy()[ok])
+        extract_dataset(root / name, ws_root / name, small_params(), name, cache_dir=ws_root / "cache")
+        paths = {f"{split}_{a}": f"{name}/{name}/{split}-{a}.npy" for split in ("train", "test") for a in "xy"}
         specs.append(ExperienceSpec(key=name, dataset=name, method=name, version="test", **paths))
     return specs
 

@@ -15,6 +15,12 @@ TINY = ["-S", "data.image_size=32", "-S", "train.epochs=1", "-S", "model.width=8
         "-S", "strategy.replay_mem_size=40"]
 
 
+def processed_version(ws: Path, name: str) -> str:
+    """The DVC hash of a dataset's faces, from the extraction stage's entry in dvc.lock."""
+    outs = yaml.safe_load((ws / "dvc.lock").read_text())["stages"][f"extract_faces_{name}"]["outs"]
+    return next(o["md5"] for o in outs if o["path"] == f"data/processed/{name}")
+
+
 def approve_when_paused(proc, ws: Path, verb: str, *extra: str, timeout: float = 420) -> str:
     """Poll `dfcl approve|reject` until the retraining run is paused and accepts it."""
     deadline = time.time() + timeout
@@ -45,16 +51,16 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     # DVC: raw and processed data tracked, committed to git, cache and remote in sync
     from dvc.repo import Repo
 
-    for kind in ("raw", "processed"):
-        assert (ws / "data" / kind / "ffpp-crops.dvc").is_file()
+    assert (ws / "data" / "raw" / "ffpp-crops.dvc").is_file()
     log = subprocess.run(["git", "log", "--format=%s"], cwd=ws, capture_output=True, text=True).stdout
-    assert "dfcl: raw dataset ffpp-crops" in log and "dfcl: processed dataset ffpp-crops" in log
-    dirty = subprocess.run(["git", "status", "--porcelain", "data"], cwd=ws, capture_output=True, text=True).stdout
-    assert ".dvc" not in dirty, dirty
+    assert "dfcl: raw dataset ffpp-crops" in log and "dfcl: faces of ffpp-crops" in log
+    dirty = subprocess.run(["git", "status", "--porcelain", "data", "dvc.yaml", "dvc.lock"], cwd=ws,
+                           capture_output=True, text=True).stdout
+    assert ".dvc" not in dirty and "dvc." not in dirty, dirty
     with Repo(str(ws)) as repo:
         assert repo.status() == {}, "dvc status is not clean"
         assert repo.status(cloud=True) == {}, "the DVC remote lacks data"
-    version = yaml.safe_load((ws / "data/processed/ffpp-crops.dvc").read_text())["outs"][0]["md5"]
+    version = processed_version(ws, "ffpp-crops")
 
     # MLflow: one run with per-method metrics at step = experience index, the DVC version,
     # the matrices, and the registered model with both aliases
@@ -93,7 +99,7 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     assert again.returncode == 0, out[-3000:]
     assert "outcome: nothing new" in out
     assert subprocess.run(["git", "log", "--format=%s"], cwd=ws, capture_output=True, text=True).stdout == log
-    assert yaml.safe_load((ws / "data/processed/ffpp-crops.dvc").read_text())["outs"][0]["md5"] == version
+    assert processed_version(ws, "ffpp-crops") == version
 
     # Next month a different method arrives as real/ + fake/ folders: the same learner
     # continues (experience 2) and is evaluated on all three methods.

@@ -1,49 +1,31 @@
-"""Unit tests of the ingest tasks: copy, DVC versioning, decoding with a skip report."""
+"""Unit tests of the ingest tasks: copy, DVC versioning, the extraction stage's params."""
 import shutil
 import subprocess
 
-import numpy as np
-import pandas as pd
-
-from dfcl.data import discover
-from dfcl.workspace import ensure_dvc_repo
+from dfcl.layouts import recognise
+from dfcl.workspace import ensure_dvc_repo, ensure_workspace
 from tasks.copy_raw_dataset import copy_raw_dataset
-from tasks.decode_faces import decode_faces
+from tasks.extract_faces import overrides_for_stage
 from tasks.version_with_dvc import version_with_dvc
 from tests.conftest import small_params
 
 
-def test_copy_version_and_decode_are_idempotent_and_report_bad_files(workspace, demo_data):
+def test_copy_and_version_are_idempotent_and_lose_nothing(workspace, demo_data):
     params = small_params("dvc.git_commit=true")
     ensure_dvc_repo(workspace, "local", "data/remote")
     source = workspace.root / "incoming" / "blend"
     shutil.copytree(demo_data / "BlendSwap", source)
     (source / "train" / "real" / "zz-corrupt.jpg").write_bytes(b"\xff\xd8 broken")
-    found = discover(source, ["real"])
-    files = found.manifest.path.tolist()
+    files = recognise(source, ["real"], "blend").all_paths()
 
     raw = copy_raw_dataset(workspace, str(source), "blend", files)
-    assert sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*.jpg")) == sorted(files)
+    assert sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*.jpg")) == files
     v1 = version_with_dvc(workspace, raw, params, "raw blend")
     assert copy_raw_dataset(workspace, str(source), "blend", files) == raw
     assert version_with_dvc(workspace, raw, params, "raw blend") == v1, "same content, same version"
     log = subprocess.run(["git", "log", "--format=%s"], cwd=workspace.root, capture_output=True, text=True).stdout
     assert log.count("raw blend") == 1, "an unchanged version must not be committed again"
     assert (workspace.root / "data" / "remote").is_dir(), "nothing pushed to the local remote"
-
-    processed = decode_faces(workspace, raw, "blend", found.manifest, 32, v1)
-    manifest = pd.read_csv(processed / "manifest.csv", keep_default_na=False)
-    bad = manifest[manifest.skipped != ""]
-    assert bad.path.tolist() == ["train/real/zz-corrupt.jpg"]
-    assert "unreadable" in bad.skipped.iloc[0]
-    x = np.load(processed / "32px" / "BlendSwap-train-x.npy")
-    y = np.load(processed / "32px" / "BlendSwap-train-y.npy")
-    assert x.shape == (48, 32, 32, 3) and sorted(set(y)) == [0, 1]  # 24 real + 24 fake kept
-    before = (processed / "32px" / "BlendSwap-train-x.npy").stat().st_mtime_ns
-    decode_faces(workspace, raw, "blend", found.manifest, 32, v1)
-    assert (processed / "32px" / "BlendSwap-train-x.npy").stat().st_mtime_ns == before, "re-decoded unchanged data"
-    decode_faces(workspace, raw, "blend", found.manifest, 32, "another-raw-version")
-    assert (processed / "32px" / "BlendSwap-train-x.npy").stat().st_mtime_ns != before, "stale cache kept"
 
     # a file changed in place (same name, same size) is copied again: a new version
     changed = source / "train" / "real" / "0000.jpg"
@@ -60,3 +42,12 @@ def test_copy_version_and_decode_are_idempotent_and_report_bad_files(workspace, 
     copy_raw_dataset(workspace, str(source), "blend", files + ["train/real/0001-copy.jpg"])
     assert version_with_dvc(workspace, raw, params, "raw blend") not in (v1, v2)
     assert (raw / "train" / "real" / "zz-corrupt.jpg").exists()
+
+
+def test_stage_command_carries_the_params_that_differ_from_params_yaml(workspace):
+    params = small_params("faces.frames_per_video=3", "data.real_names=[real, pristine]")
+    ensure_workspace(workspace, params)
+    got = overrides_for_stage(params, workspace)
+    assert "faces.frames_per_video=3" in got and "data.image_size=32" in got
+    assert 'data.real_names=["real", "pristine"]' in got
+    assert not any(o.startswith(("train.", "model.", "faces.margin")) for o in got), "only what the stage reads"

@@ -1,0 +1,316 @@
+"""Dataset layouts: recognise what a folder is and list its files as a pandas table.
+
+`recognise(root, ...)` tries each known layout in turn and returns `Sources`: the layout's
+name, the fake methods (each becomes one experience) and one row per (experience, file) with
+label, video id, split group, official split (when the dataset ships one), the original a fake
+was made from and its mask video. Frames and faces come later (`dfcl.faces`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+KNOWN_LAYOUTS = (
+    "FaceForensics++ official: original_sequences/youtube/<c23|c40|raw>/videos/*.mp4 + "
+    "manipulated_sequences/<Method>/<c>/videos/*.mp4",
+    "Celeb-DF v2: Celeb-real/ + Celeb-synthesis/ (+ YouTube-real/, List_of_testing_videos.txt)",
+    "DFDC: metadata.json (label REAL/FAKE, original) beside the videos, in the folder or its sub-folders",
+    "per-method: {train,test}/{<real>,<Method>...}/ of images or videos",
+    "real-fake: real/ + fake/ of images or videos (optional metadata.csv with file, original)",
+)
+COLUMNS = ["experience", "path", "kind", "label", "video", "group", "split", "original", "mask"]
+
+
+class LayoutError(ValueError):
+    pass
+
+
+@dataclass
+class Sources:
+    layout: str
+    methods: list[str]            # fake methods, in the order they become experiences
+    files: pd.DataFrame           # COLUMNS; path/original/mask relative to the dataset root
+    extra: list[str] = field(default_factory=list)   # split lists, metadata: kept with the raw copy
+    notes: list[str] = field(default_factory=list)   # what was left out, and why
+
+    def all_paths(self) -> list[str]:
+        paths = set(self.files.path) | set(self.files["mask"]) | set(self.extra)
+        return sorted(p for p in paths if p)
+
+
+def stable_order(keys, seed: int) -> list[str]:
+    """A shuffle that depends only on the names and the seed, not on listing order."""
+    return sorted(keys, key=lambda k: hashlib.sha1(f"{seed}:{k}".encode()).hexdigest())
+
+
+def _media(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+
+
+def _kind(path: Path) -> str:
+    return "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
+
+
+def _row(root: Path, experience: str, path: Path, label: int, group: str = "", split: str = "",
+         original: str = "", mask: str = "") -> dict:
+    rel = path.relative_to(root).as_posix()
+    return dict(experience=experience, path=rel, kind=_kind(path), label=label, video=path.stem,
+                group=group or rel, split=split, original=original, mask=mask)
+
+
+def _select(found: list[str], methods: list[str] | None, root: Path) -> list[str]:
+    if not methods:
+        return found
+    unknown = sorted(set(methods) - set(found))
+    if unknown:
+        raise LayoutError(f"{root}: no method named {unknown}; it has {found}")
+    return list(methods)
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# --- FaceForensics++ ---------------------------------------------------------------------
+
+class _Groups:
+    """Union-find over video ids: a fake `a_b` joins a and b, so a pair of originals, their
+    fakes in every method, never straddle train and test (FF++'s official splits are pairs)."""
+
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = sorted((self.find(a), self.find(b)))
+        self.parent[rb] = ra
+
+
+def _ffpp_official_splits(root: Path) -> tuple[dict[str, str], list[str]]:
+    """FF++ ships splits/{train,val,test}.json: lists of [id, id] pairs. Validation pairs join
+    train (the learner has no early stopping to spend them on)."""
+    split_of, files = {}, []
+    for folder in (root / "splits", root):
+        for name in ("train", "val", "test"):
+            f = folder / f"{name}.json"
+            if f.is_file():
+                files.append(f.relative_to(root).as_posix())
+                for pair in json.loads(f.read_text()):
+                    for vid in pair:
+                        split_of[str(vid)] = "test" if name == "test" else "train"
+        if files:
+            break
+    return split_of, files
+
+
+def _ffpp(root: Path, compression: str, methods: list[str] | None) -> Sources | None:
+    originals_root, manipulated = root / "original_sequences" / "youtube", root / "manipulated_sequences"
+    if not manipulated.is_dir():
+        return None
+    levels = sorted({p.parent.name for p in manipulated.glob("*/*/videos")} |
+                    {p.parent.name for p in originals_root.glob("*/videos")})
+    if not levels:
+        raise LayoutError(f"{root}: FaceForensics++ layout without any <method>/<c23|c40|raw>/videos/ folder")
+    level = compression if compression in levels else levels[0]
+    notes = [] if level == compression else [f"compression {compression!r} absent; using {level!r} (present: {levels})"]
+    originals = _media(originals_root / level / "videos")
+    if not originals:
+        raise LayoutError(f"{root}: no original videos in original_sequences/youtube/{level}/videos/: "
+                          "every method needs real faces")
+    found = sorted(p.name for p in manipulated.iterdir() if (p / level / "videos").is_dir())
+    chosen = _select(found, methods, root)
+    split_of, split_files = _ffpp_official_splits(root)
+    groups = _Groups()
+    fakes = {m: _media(manipulated / m / level / "videos") for m in chosen}
+    for m in chosen:
+        for f in fakes[m]:
+            ids = f.stem.split("_")
+            for other in ids[1:]:
+                groups.union(ids[0], other)
+    by_stem = {p.stem: p for p in originals}
+    rows, kept = [], []
+    for m in chosen:
+        if not fakes[m]:
+            notes.append(f"{m}: no videos in manipulated_sequences/{m}/{level}/videos/; left out")
+            continue
+        kept.append(m)
+        mask_dirs = [manipulated / m / "masks" / "videos", manipulated / m / level / "masks" / "videos"]
+        for f in fakes[m]:
+            target = f.stem.split("_")[0]
+            mask = next((d / f.name for d in mask_dirs if (d / f.name).is_file()), None)
+            original = by_stem.get(target)
+            rows.append(_row(root, m, f, 1, group=groups.find(target), split=split_of.get(target, ""),
+                             original=original.relative_to(root).as_posix() if original else "",
+                             mask=mask.relative_to(root).as_posix() if mask else ""))
+        # FF++ uses the same pristine videos as the real class of every method.
+        rows += [_row(root, m, o, 0, group=groups.find(o.stem), split=split_of.get(o.stem, ""))
+                 for o in originals]
+    return Sources(f"FaceForensics++ official ({level})", kept, _frame(rows), split_files, notes)
+
+
+# --- Celeb-DF v2 ---------------------------------------------------------------------------
+
+def _celebdf(root: Path, name: str) -> Sources | None:
+    if not ((root / "Celeb-synthesis").is_dir() and (root / "Celeb-real").is_dir()):
+        return None
+    test, extra = set(), []
+    listing = root / "List_of_testing_videos.txt"
+    if listing.is_file():
+        extra.append(listing.name)
+        test = {line.split()[-1] for line in listing.read_text().splitlines() if line.strip()}
+    rows = []
+    for folder, label in (("Celeb-real", 0), ("YouTube-real", 0), ("Celeb-synthesis", 1)):
+        for f in _media(root / folder):
+            rel = f.relative_to(root).as_posix()
+            split = "test" if rel in test else ("train" if test else "")
+            if label:  # id0_id16_0003: id16's face on id0's video 0003, made from Celeb-real/id0_0003
+                parts = f.stem.split("_")
+                original = f"Celeb-real/{parts[0]}_{parts[-1]}{f.suffix}"
+                group = Path(original).stem
+                rows.append(_row(root, name, f, 1, group, split,
+                                 original if (root / original).is_file() else ""))
+            else:
+                rows.append(_row(root, name, f, 0, f.stem if folder == "Celeb-real" else rel, split))
+    return Sources("Celeb-DF v2", [name], _frame(rows), extra)
+
+
+# --- DFDC ----------------------------------------------------------------------------------
+
+def _dfdc(root: Path, name: str) -> Sources | None:
+    metas = sorted(root.glob("metadata.json")) + sorted(root.glob("*/metadata.json"))
+    if not metas:
+        return None
+    rows, notes = [], []
+    for meta in metas:
+        for file, info in json.loads(meta.read_text()).items():
+            video = meta.parent / file
+            if not video.is_file():
+                notes.append(f"{video.relative_to(root)}: listed in {meta.relative_to(root)} but absent")
+                continue
+            fake = str(info.get("label", "")).upper() == "FAKE"
+            original = meta.parent / info["original"] if fake and info.get("original") else None
+            group = Path(info["original"]).stem if original else video.stem
+            rows.append(_row(root, name, video, int(fake), group,
+                             original=original.relative_to(root).as_posix() if original and original.is_file() else ""))
+    return Sources("DFDC", [name], _frame(rows), [m.relative_to(root).as_posix() for m in metas], notes)
+
+
+# --- plain folders -------------------------------------------------------------------------
+
+def _per_method(root: Path, subdirs: dict[str, Path], real_names, methods) -> Sources:
+    real_lower = {n.lower() for n in real_names}
+    found: dict[str, dict[str, list[Path]]] = {}
+    for split in ("train", "test"):
+        for cls in sorted(p for p in subdirs[split].iterdir() if p.is_dir()):
+            found.setdefault(cls.name, {})[split] = _media(cls)
+    reals = [n for n in found if n.lower() in real_lower]
+    if len(reals) != 1:
+        raise LayoutError(f"{root}: expected one real-face folder (one of {list(real_names)}) "
+                          f"under train/ and test/, found {reals or 'none'}")
+    real = reals[0]
+    fakes = _select([n for n in found if n != real], methods, root)
+    if not fakes:
+        raise LayoutError(f"{root}: no fake-method folders beside {real!r}")
+    for cls in [real] + fakes:
+        for split in ("train", "test"):
+            if not found[cls].get(split):
+                raise LayoutError(f"{root}: {split}/{cls} is empty or missing: every class needs files in train and test")
+    rows = [_row(root, cls, f, 1, split=split) for cls in fakes for split in ("train", "test")
+            for f in found[cls][split]]
+    # Without a link between fakes and reals, the real files are dealt round-robin (in a
+    # name-stable order) so each experience has both classes and no real file is in two.
+    for split in ("train", "test"):
+        by_rel = {f.relative_to(root).as_posix(): f for f in found[real][split]}
+        for i, rel in enumerate(stable_order(by_rel, 0)):
+            rows.append(_row(root, fakes[i % len(fakes)], by_rel[rel], 0, split=split))
+    return Sources("per-method", fakes, _frame(rows))
+
+
+def _real_fake(root: Path, subdirs: dict[str, Path], name: str) -> Sources:
+    lower = {n.lower(): p for n, p in subdirs.items()}
+    links, extra = {}, []
+    meta = root / "metadata.csv"
+    if meta.is_file():  # e.g. DFDC crops: file, original (the real video a fake was made from)
+        table = pd.read_csv(meta, dtype=str, keep_default_na=False)
+        if {"file", "original"} <= set(table.columns):
+            extra.append(meta.name)
+            key = "video" if "video" in table.columns else "file"
+            for r in table.itertuples(index=False):
+                links[r.file] = Path(r.original or getattr(r, key)).stem
+    rows = []
+    for cls, label in (("real", 0), ("fake", 1)):
+        files = _media(lower[cls])
+        if not files:
+            raise LayoutError(f"{root}: {lower[cls].name}/ holds no images or videos")
+        for f in files:
+            rel = f.relative_to(root).as_posix()
+            rows.append(_row(root, name, f, label, group=links.get(rel, "")))
+    return Sources("real-fake", [name], _frame(rows), extra)
+
+
+def recognise(root: str | Path, real_names, name: str, methods: list[str] | None = None,
+              compression: str = "c23") -> Sources:
+    """The layout of `root` and its files. `name` names single-method datasets; `methods`
+    picks (and orders) the methods of multi-method ones."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root} is not a folder")
+    found = (_ffpp(root, compression, methods) or _celebdf(root, name) or _dfdc(root, name))
+    if found is None:
+        subdirs = {p.name: p for p in root.iterdir() if p.is_dir()}
+        if {"train", "test"} <= set(subdirs):
+            found = _per_method(root, subdirs, real_names, methods)
+        elif {"real", "fake"} <= {n.lower() for n in subdirs}:
+            found = _real_fake(root, subdirs, name)
+        else:
+            raise LayoutError(f"{root}: unknown dataset layout (sub-folders: {sorted(subdirs) or 'none'}). "
+                              f"Known layouts: {'; '.join(KNOWN_LAYOUTS)}")
+    labels = set(found.files.label)
+    if labels != {0, 1}:
+        raise LayoutError(f"{root} ({found.layout}): no {'real' if 0 not in labels else 'fake'} files found; "
+                          "a dataset needs both")
+    if methods and found.methods != list(methods) and found.layout in ("real-fake", "Celeb-DF v2", "DFDC"):
+        raise LayoutError(f"{root} is one method ({found.layout}); use --method NAME to name it, not --methods")
+    return found
+
+
+def cap_per_class(table: pd.DataFrame, max_per_class: int, seed: int) -> pd.DataFrame:
+    """At most `max_per_class` rows (files, or faces) per experience, split and label, a seeded
+    choice by `path`: for quick runs. 0 keeps everything."""
+    if not max_per_class:
+        return table
+    keep = [group[group.path.isin(stable_order(group.path.tolist(), seed)[:max_per_class])]
+            for _, group in table.groupby(["experience", "split", "label"], sort=False)]
+    return pd.concat(keep).sort_index()
+
+
+def assign_splits(files: pd.DataFrame, test_fraction: float, seed: int) -> pd.Series:
+    """Split by group (a video, or a pair/identity when the layout knows it), deterministically:
+    an official split wins; the other groups are ordered by a seeded hash, separately for groups
+    with and without fakes (so both classes reach the test set), and the first `test_fraction`
+    go to test. A group is never on both sides, in every experience alike."""
+    split = files.split.copy()
+    todo = files[split == ""]
+    has_fake = todo.groupby("group").label.max()
+    test_groups = set()
+    for flag in (1, 0):
+        groups = stable_order(has_fake[has_fake == flag].index.tolist(), seed)
+        n_test = round(len(groups) * test_fraction) if len(groups) > 1 else 0
+        test_groups |= set(groups[:max(1, n_test) if len(groups) > 1 else 0])
+    split[todo.index] = ["test" if g in test_groups else "train" for g in todo.group]
+    return split

@@ -1,0 +1,138 @@
+"""Layout recognition: FF++ official, Celeb-DF v2, DFDC, per-method and real/fake folders."""
+import json
+import shutil
+
+import pytest
+
+from dfcl.layouts import LayoutError, assign_splits, cap_per_class, recognise
+from tests.conftest import shared_data
+
+
+def touch(root, *paths):
+    for p in paths:
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_bytes(b"x")
+
+
+def no_group_straddles_splits(files):
+    split = assign_splits(files, 0.3, 0)
+    per_group = files.assign(split=split).groupby("group").split.nunique()
+    return (per_group == 1).all()
+
+
+def test_ffpp_official_videos_one_dataset_per_method_with_links():
+    found = recognise(shared_data("ffpp-videos"), ["youtube"], "ffpp-videos")
+    f = found.files
+    assert found.layout == "FaceForensics++ official (c23)"
+    assert found.methods == ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+    assert set(f.kind) == {"video"}
+    fake = f[f.label == 1].set_index("video")
+    assert fake.loc["519_515", "original"] == "original_sequences/youtube/c23/videos/519.mp4"
+    assert fake.loc["750_743", "original"] == "", "750's original is absent from the sample"
+    # FF++ uses the same pristine videos as the real class of every method
+    for method in found.methods:
+        assert sorted(f[(f.experience == method) & (f.label == 0)].video) == ["004", "519", "634"]
+    # a fake and its original are one group, so they always land on the same side
+    assert fake.loc["519_515", "group"] == f[f.video == "519"].group.iloc[0]
+    assert no_group_straddles_splits(f)
+
+
+def test_ffpp_official_split_lists_win(tmp_path):
+    touch(tmp_path, "original_sequences/youtube/c23/videos/519.mp4", "original_sequences/youtube/c23/videos/004.mp4",
+          "manipulated_sequences/Deepfakes/c23/videos/519_515.mp4", "manipulated_sequences/Deepfakes/c23/videos/004_982.mp4",
+          "manipulated_sequences/Deepfakes/masks/videos/519_515.mp4")
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "test.json").write_text(json.dumps([["519", "515"]]))
+    (tmp_path / "splits" / "train.json").write_text(json.dumps([["004", "982"]]))
+    found = recognise(tmp_path, ["youtube"], "x")
+    split = found.files.set_index("video").split.to_dict()
+    assert split == {"519_515": "test", "004_982": "train", "519": "test", "004": "train"}
+    assert found.files.set_index("video").loc["519_515", "mask"] == "manipulated_sequences/Deepfakes/masks/videos/519_515.mp4"
+    assert {"splits/test.json", "splits/train.json", "manipulated_sequences/Deepfakes/masks/videos/519_515.mp4"} <= set(found.all_paths())
+
+
+def test_celeb_df_layout_with_its_test_list(tmp_path):
+    touch(tmp_path, "Celeb-real/id0_0000.mp4", "Celeb-real/id1_0001.mp4", "YouTube-real/00001.mp4",
+          "Celeb-synthesis/id0_id1_0000.mp4", "Celeb-synthesis/id1_id0_0001.mp4")
+    (tmp_path / "List_of_testing_videos.txt").write_text("1 YouTube-real/00001.mp4\n0 Celeb-synthesis/id1_id0_0001.mp4\n")
+    found = recognise(tmp_path, ["real"], "celeb-df")
+    f = found.files.set_index("path")
+    assert found.layout == "Celeb-DF v2" and found.methods == ["celeb-df"]
+    assert f.loc["Celeb-synthesis/id0_id1_0000.mp4", "original"] == "Celeb-real/id0_0000.mp4"
+    assert f.loc["Celeb-synthesis/id0_id1_0000.mp4", "group"] == f.loc["Celeb-real/id0_0000.mp4", "group"]
+    assert f.split.to_dict() == {"Celeb-real/id0_0000.mp4": "train", "Celeb-real/id1_0001.mp4": "train",
+                                 "YouTube-real/00001.mp4": "test", "Celeb-synthesis/id0_id1_0000.mp4": "train",
+                                 "Celeb-synthesis/id1_id0_0001.mp4": "test"}
+
+
+def test_dfdc_layout_groups_a_fake_with_its_original(tmp_path):
+    touch(tmp_path, "part0/aaa.mp4", "part0/bbb.mp4", "part0/ccc.mp4")
+    (tmp_path / "part0" / "metadata.json").write_text(json.dumps({
+        "aaa.mp4": {"label": "REAL", "split": "train"}, "bbb.mp4": {"label": "FAKE", "original": "aaa.mp4"},
+        "ccc.mp4": {"label": "FAKE", "original": "aaa.mp4"}, "gone.mp4": {"label": "FAKE", "original": "aaa.mp4"}}))
+    found = recognise(tmp_path, ["real"], "dfdc")
+    f = found.files.set_index("video")
+    assert found.layout == "DFDC" and found.methods == ["dfdc"]
+    assert f.label.to_dict() == {"aaa": 0, "bbb": 1, "ccc": 1}
+    assert set(f.group) == {"aaa"} and f.loc["bbb", "original"] == "part0/aaa.mp4"
+    assert any("gone.mp4" in n for n in found.notes), "a listed but absent video must be reported"
+
+
+def test_per_method_images_deal_reals_without_overlap():
+    root = shared_data("ffpp-crops")
+    found = recognise(root, ["youtube"], "ffpp-crops", methods=["Deepfakes", "Face2Face"])
+    f = found.files
+    assert found.layout == "per-method" and found.methods == ["Deepfakes", "Face2Face"]
+    for (exp, split), group in f.groupby(["experience", "split"]):
+        assert set(group.label) == {0, 1}, f"{exp}/{split} lacks a class"
+    reals = f[f.label == 0]
+    assert not reals.path.duplicated().any(), "a real image is in two experiences"
+    assert len(reals[reals.split == "train"]) == len(list((root / "train" / "youtube").glob("*.jpg")))
+
+
+def test_real_fake_folders_split_by_original_when_metadata_says():
+    found = recognise(shared_data("dfdc-crops"), ["real"], "dfdc-crops")
+    assert found.layout == "real-fake" and found.methods == ["dfdc-crops"]
+    assert found.extra == ["metadata.csv"]
+    assert no_group_straddles_splits(found.files)
+    fakes = found.files[found.files.label == 1]
+    reals = set(found.files[found.files.label == 0].group)
+    assert fakes.group.isin(reals).mean() > 0.99, "fakes are not grouped with their original"
+
+
+def test_splits_are_deterministic_and_about_the_asked_fraction():
+    files = recognise(shared_data("stylegan-faces") / "images", ["real"], "stylegan-faces").files
+    a, b = assign_splits(files, 0.2, 0), assign_splits(files.sample(frac=1, random_state=1).sort_index(), 0.2, 0)
+    assert a.equals(b)
+    assert 0.15 < (a == "test").mean() < 0.25
+    assert set(files[a == "test"].label) == {0, 1}
+
+
+def test_cap_per_class_is_stable_and_bounded():
+    files = recognise(shared_data("ffpp-crops"), ["youtube"], "x", methods=["Deepfakes"]).files
+    a, b = cap_per_class(files, 10, 0), cap_per_class(files, 10, 0)
+    assert a.equals(b)
+    assert a.groupby(["split", "label"]).size().tolist() == [10, 10, 10, 10]
+
+
+def test_unknown_layout_names_the_known_ones(tmp_path):
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(LayoutError, match="Known layouts: FaceForensics"):
+        recognise(tmp_path, ["real"], "x")
+
+
+def test_empty_class_is_a_clear_error(demo_data, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(demo_data / "BlendSwap", root)
+    for f in (root / "test" / "BlendSwap").iterdir():
+        f.unlink()
+    with pytest.raises(LayoutError, match="test/BlendSwap is empty"):
+        recognise(root, ["real"], "x")
+    touch(tmp_path, "ff/original_sequences/youtube/c23/videos/README.txt", "ff/manipulated_sequences/Deepfakes/c23/videos/1_2.mp4")
+    with pytest.raises(LayoutError, match="no original videos"):
+        recognise(tmp_path / "ff", ["youtube"], "x")
+
+
+def test_unknown_method_is_a_clear_error(demo_data):
+    with pytest.raises(LayoutError, match=r"no method named \['Nope'\]"):
+        recognise(demo_data / "BlendSwap", ["real"], "x", methods=["Nope"])
