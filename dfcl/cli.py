@@ -70,11 +70,10 @@ def cmd_ingest(args, params):
     st = ingested.stats
     print(f"\n{ingested.name}: layout {ingested.layout}; raw version {ingested.raw_version}, "
           f"faces version {ingested.version}")
-    if st.get("frames_detected"):
-        print(f"face extraction: {st['frames_detected']} frames of {st['videos_detected']} video(s) in "
-              f"{st['detect_seconds']} s = {st['frames_per_s']} frames/s on {st['device']}")
-    if st.get("videos_from_cache"):
-        print(f"{st['videos_from_cache']} unchanged video(s) reused without detection")
+    if st.get("frames"):
+        print(f"last face extraction: {st['frames']} frames of {st['videos']} video(s) in {st['video_seconds']} s "
+              f"= {st['frames_per_s']} frames/s on {st['device']} ({st['videos_detected']} video(s) detected, "
+              f"{st['videos_from_cache']} unchanged and taken from the detection cache)")
     for spec in ingested.specs:
         print(f"  experience {spec.key}: {spec.train_x.rsplit('/', 1)[0]}/")
     for m, why in ingested.left_out.items():

@@ -4,6 +4,7 @@ per method, ready for the learner."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,13 +49,14 @@ def report_extraction(ws: Workspace, name: str) -> dict:
     table = pd.DataFrame(rows)
     skipped = pd.read_csv(out / "skipped.csv", keep_default_na=False)
     logger.info("%s (%s): faces per method\n%s", name, summary["layout"], table.to_string(index=False))
-    create_table_artifact(rows, key=f"faces-{name.lower().replace('_', '-')}"[:60],
+    slug = re.sub(r"[^a-z0-9-]+", "-", name.lower())  # artifact keys: lowercase, digits, dashes
+    create_table_artifact(rows, key=f"faces-{slug}",
                           description=f"faces of {name} per method, split and class")
     if len(skipped):
         logger.warning("%s: %d file(s)/frame(s) skipped\n%s", name, len(skipped), skipped.to_string(index=False))
         create_markdown_artifact("| source | frame | reason |\n| --- | --- | --- |\n" + "\n".join(
             f"| {r.source} | {r.frame} | {r.skipped} |" for r in skipped.itertuples()),
-            key=f"skipped-{name.lower().replace('_', '-')}"[:60], description=f"files and frames of {name} skipped")
+            key=f"skipped-{slug}", description=f"files and frames of {name} skipped")
     stats_file = ws.processed / f"{name}.stats.json"
     summary["stats"] = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     return summary
