@@ -29,5 +29,5 @@ lock:
 
 clean-demo:
 	rm -rf data/raw data/processed data/learner data/incoming data/compare data/remote data/cache mlflow.db mlruns/*/ .prefect
-	rm -f dvc.lock
+	rm -f dvc.lock data/triggers.json data/retrain.lock
 	-git checkout -- dvc.yaml  # drop the extract_faces_<name> stages that ingesting added

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dfcl.config import ConfigError, load_params
 from dfcl.layouts import KNOWN_LAYOUTS, LayoutError
+from dfcl.ops import OpsError
 from dfcl.workspace import Workspace, configure_environment, ensure_workspace
 
 
@@ -158,6 +159,73 @@ def cmd_decide(args, params, approve: bool):
     return 0
 
 
+def cmd_serve(args, params):
+    import threading
+    import time
+
+    from prefect import serve
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.schedules import Cron
+
+    from flows.incoming import queue_new_datasets, retrain_incoming
+    from flows.retrain import retrain_detector
+
+    ws = Workspace.here()
+    ensure_workspace(ws, params)
+    ws.incoming.mkdir(parents=True, exist_ok=True)
+    os.environ["DFCL_WORKSPACE"] = str(ws.root)  # the served runs are subprocesses
+    sp = params["flow"]["serve"]
+    triggered = retrain_detector.to_deployment(
+        "triggered", description="retrain on one dataset; one run at a time, the others wait in line",
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE))
+    scheduled = retrain_incoming.to_deployment(
+        "scheduled", schedules=[Cron(sp["cron"], timezone=sp["timezone"])], parameters={"params": params},
+        description="queue a retraining run for every new dataset in data/incoming/")
+
+    def watch():  # the trigger: a new dataset starts a run without waiting for the cron
+        while True:
+            time.sleep(sp["poll_s"])
+            try:
+                queue_new_datasets(params)
+            except Exception as e:  # e.g. the deployments are not registered yet; try again next poll
+                logging.getLogger("dfcl.serve").warning("watching %s: %s", ws.incoming, e)
+
+    if sp["poll_s"]:
+        threading.Thread(target=watch, daemon=True, name="watch-incoming").start()
+    print(f"serving retrain-detector/triggered and retrain-incoming/scheduled (cron {sp['cron']!r} {sp['timezone']})"
+          + (f"; watching {ws.incoming} every {sp['poll_s']} s" if sp["poll_s"] else ""))
+    serve(triggered, scheduled)
+    return 0
+
+
+def cmd_rollback(args, params):
+    from dfcl.ops import rollback_champion
+
+    name = params["mlflow"]["registered_model"]
+    current, previous = rollback_champion(name, args.by or os.environ.get("USER", "ops"), args.reason)
+    print(f"{name}: champion rolled back from version {current} to version {previous}")
+    return 0
+
+
+def cmd_history(args, params):
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from dfcl.ops import alias_events
+
+    name = params["mlflow"]["registered_model"]
+    try:
+        events = alias_events(name)
+    except Exception:
+        raise ConfigError(f"no registered model {name!r} yet: nothing has been trained here") from None
+    aliases = MlflowClient().get_registered_model(name).aliases
+    print(f"{name}: " + ", ".join(f"{a} = version {v}" for a, v in sorted(aliases.items())))
+    if events:
+        table = pd.DataFrame(events)[["at", "action", "version", "previous", "by", "reason"]].fillna("")
+        print(table.to_string(index=False))
+    return 0
+
+
 def cmd_detect(args, params):
     import cv2
     import mlflow
@@ -235,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--by", help="who decides (default: $USER)")
         p.add_argument("--reason", default="", help="why (kept as an MLflow tag)")
 
+    sub.add_parser("serve", parents=[common],
+                   help="serve the retraining deployments: cron schedule + trigger on new data/incoming/ datasets")
+
+    p = sub.add_parser("rollback", parents=[common], help="move `champion` back to the version before the current one")
+    p.add_argument("--by", help="who decides (default: $USER)")
+    p.add_argument("--reason", required=True, help="why (kept as MLflow tags)")
+
+    sub.add_parser("history", parents=[common], help="where the aliases point, and every promotion, rejection and rollback")
+
     p = sub.add_parser("detect", parents=[common], help="score face images with the champion (or --model)")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", help="MLflow model URI (default: models:/<registered_model>@champion)")
@@ -245,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract_faces, "retrain": cmd_retrain, "compare": cmd_compare,
             "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
+            "serve": cmd_serve, "rollback": cmd_rollback, "history": cmd_history,
             "detect": cmd_detect, "models": cmd_models}
 
 
@@ -263,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("demo", "retrain", "compare"):
             check_names(params)
         return COMMANDS[args.command](args, params)
-    except (ConfigError, LayoutError) as e:
+    except (ConfigError, LayoutError, OpsError) as e:
         # Mistakes in what the user asked for: one clear line, no traceback.
         print(f"dfcl: {e}", file=sys.stderr)
         return 2

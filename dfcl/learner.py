@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -124,6 +126,7 @@ class Learner:
     CHECKPOINT = "strategy.ckpt"
     OPTIMIZER = "optimizer.pt"
     HISTORY = "history.json"
+    CURRENT = "CURRENT"   # names the state folder in use; replaced atomically after a save
 
     def __init__(self, folder: Path, params: dict, root: Path):
         self.folder, self.params, self.root = Path(folder), params, Path(root)
@@ -131,13 +134,17 @@ class Learner:
         self.history = History(identity=identity_of(params))
 
     # -- persistence ---------------------------------------------------------------
+    def _state(self) -> Path | None:
+        pointer = self.folder / self.CURRENT
+        return self.folder / pointer.read_text().strip() if pointer.exists() else None
+
     @classmethod
     def load(cls, folder: Path, params: dict, root: Path) -> "Learner":
         learner = cls(folder, params, root)
-        hist_file = learner.folder / cls.HISTORY
-        if not hist_file.exists():
+        state = learner._state()
+        if state is None:
             return learner
-        data = json.loads(hist_file.read_text())
+        data = json.loads((state / cls.HISTORY).read_text())
         saved = data.get("identity", {})
         if saved != learner.history.identity:
             raise ValueError(
@@ -147,32 +154,34 @@ class Learner:
             experiences=[ExperienceSpec(**e) for e in data["experiences"]],
             accuracy_matrix=data["accuracy_matrix"], auc_matrix=data["auc_matrix"], identity=saved)
         device = pick_device(params["train"]["device"])
-        learner.strategy, done = maybe_load_checkpoint(learner.strategy, str(learner.folder / cls.CHECKPOINT),
+        learner.strategy, done = maybe_load_checkpoint(learner.strategy, str(state / cls.CHECKPOINT),
                                                        map_location=device)
         # The optimizer is saved apart (see save()); re-bind it to the restored model.
         strategy = learner.strategy
         strategy.optimizer = make_optimizer(strategy.model, params["train"])
-        strategy.optimizer.load_state_dict(torch.load(learner.folder / cls.OPTIMIZER, map_location=device))
+        strategy.optimizer.load_state_dict(torch.load(state / cls.OPTIMIZER, map_location=device))
         if done != len(learner.history.experiences):
-            raise RuntimeError(f"{folder}: checkpoint has {done} experiences, history has "
+            raise RuntimeError(f"{state}: checkpoint has {done} experiences, history has "
                                f"{len(learner.history.experiences)}; the learner folder is inconsistent")
         return learner
 
     def save(self) -> None:
-        """Write checkpoint, optimizer and history, each through a temporary file so none is
-        left half-written; load() refuses a folder whose files disagree."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp_ckpt = self.folder / (self.CHECKPOINT + ".tmp")
+        """Write checkpoint, optimizer and history into a new state folder, then point CURRENT
+        at it with one atomic rename: a crash or kill at any moment leaves the previous state
+        whole, and the next run resumes from the last finished experience."""
+        state = self.folder / f"state-{len(self.history.experiences):04d}-{time.time_ns()}"
+        state.mkdir(parents=True)
         # dill cannot pickle torch 2.15's optimizers (a typing sentinel), so the optimizer
         # goes through its own state_dict.
-        save_checkpoint(self.strategy, str(tmp_ckpt), exclude=["optimizer"])
-        tmp_optim = self.folder / (self.OPTIMIZER + ".tmp")
-        torch.save(self.strategy.optimizer.state_dict(), tmp_optim)
-        tmp_hist = self.folder / (self.HISTORY + ".tmp")
-        tmp_hist.write_text(json.dumps(asdict(self.history), indent=1))
-        tmp_ckpt.replace(self.folder / self.CHECKPOINT)
-        tmp_optim.replace(self.folder / self.OPTIMIZER)
-        tmp_hist.replace(self.folder / self.HISTORY)
+        save_checkpoint(self.strategy, str(state / self.CHECKPOINT), exclude=["optimizer"])
+        torch.save(self.strategy.optimizer.state_dict(), state / self.OPTIMIZER)
+        (state / self.HISTORY).write_text(json.dumps(asdict(self.history), indent=1))
+        tmp = self.folder / (self.CURRENT + ".tmp")
+        tmp.write_text(state.name + "\n")
+        tmp.replace(self.folder / self.CURRENT)
+        for old in self.folder.glob("state-*"):  # earlier states, and any a crash left half-written
+            if old != state:
+                shutil.rmtree(old, ignore_errors=True)
 
     # -- continual learning ----------------------------------------------------------
     @property
@@ -202,6 +211,17 @@ class Learner:
         self.strategy.train(bench.train_stream[index], num_workers=self.params["train"]["num_workers"])
         self.history.experiences.append(spec)
         return self._evaluate(bench)
+
+    def last_results(self) -> dict:
+        """The latest evaluation, from the saved matrices; forgetting as Avalanche's
+        StreamForgetting defines it (accuracy right after learning a method minus now)."""
+        acc, auc = self.history.accuracy_matrix, self.history.auc_matrix
+        if not acc:
+            return {}
+        n = len(acc)
+        drops = [acc[i][i] - acc[-1][i] for i in range(n - 1)]
+        forgetting = sum(drops) / len(drops) if drops else 0.0
+        return summarize(self.history.experiences, acc[-1], auc[-1], forgetting=forgetting, bwt=-forgetting)
 
     def _evaluate(self, bench) -> dict:
         """Evaluate on every learned experience and append the row to the matrices."""

@@ -4,9 +4,13 @@ ops approval -> `champion`."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.artifacts import create_markdown_artifact
 from prefect.flow_runs import FlowPauseTimeout, pause_flow_run
 from prefect.input import RunInput
@@ -14,7 +18,9 @@ from tqdm.auto import tqdm
 
 from dfcl.config import flatten
 from dfcl.layouts import LayoutError
-from dfcl.learner import Learner
+from dfcl.learner import ExperienceSpec, Learner
+from dfcl.ops import check_services, retrain_lock
+from dfcl.triggers import Ledger
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
 from flows.ingest import Ingested, dataset_name, ingest_dataset
 from tasks.learn_experience import learn_experience
@@ -40,15 +46,20 @@ def log_dataset_versions(ingested: Ingested) -> None:
         mlflow.set_tag(f"data.{name}.left_out", "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
 
 
-def decision_table(version: str, challenger: dict, verdict: dict) -> str:
-    """Markdown for ops: challenger vs champion per method, and the gate's verdict."""
+def decision_table(version: str, challenger: dict, verdict: dict, experiences: list[ExperienceSpec]) -> str:
+    """Markdown for ops: challenger vs champion per method, the gate's verdict, and the data
+    (dataset and its DVC version) each method was learned from."""
     champion = verdict["champion"]
     name = f"champion v{champion['version']}" if champion else "champion (none yet)"
     lines = [f"## Challenger v{version} vs {name}", "",
-             "| method | challenger acc | challenger AUC | champion acc | champion AUC |", "| --- | --- | --- | --- | --- |"]
+             "| method | challenger acc | challenger AUC | champion acc | champion AUC | dataset | DVC version |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    data = {e.key: (e.dataset, e.version) for e in experiences}
     for key in challenger["methods"]:
         theirs = (f"{champion['accuracy'][key]:.3f} | {champion['auc'][key]:.3f}" if champion else "- | -")
-        lines.append(f"| {key} | {challenger['accuracy'][key]:.3f} | {challenger['auc'][key]:.3f} | {theirs} |")
+        dataset, dvc_version = data.get(key, ("?", "?"))
+        lines.append(f"| {key} | {challenger['accuracy'][key]:.3f} | {challenger['auc'][key]:.3f} | {theirs} "
+                     f"| {dataset} | `{dvc_version[:12]}` |")
     lines += ["", f"Average accuracy {challenger['avg_accuracy']:.3f}, average AUC {challenger['avg_auc']:.3f}, "
                   f"forgetting {challenger['forgetting']:.3f}, BWT {challenger['bwt']:.3f}.",
               f"Gate: {'passed' if verdict['passed'] else 'failed: ' + '; '.join(verdict['reasons'])}."]
@@ -69,13 +80,37 @@ def ask_ops(version: str, verdict: dict, params: dict, auto_approve: bool) -> Ap
                                 reason=f"no answer within {timedelta(seconds=timeout)}")
 
 
+def registered_methods(registered_model: str) -> list[str] | None:
+    """The methods of the newest fully registered version (its `methods` tag is written after
+    the model is logged), or None when there is none."""
+    try:
+        versions = MlflowClient().search_model_versions(f"name='{registered_model}'", order_by=["version_number DESC"])
+    except MlflowException:
+        return None
+    for v in versions:
+        if v.tags.get("methods"):
+            return v.tags["methods"].split(",")
+    return None
+
+
 @flow(name="retrain-detector", log_prints=True)
 def retrain_detector(data: str, params: dict, method: str | None = None, methods: list[str] | None = None,
-                     auto_approve: bool = False, fresh: bool = False) -> dict:
-    logger = get_run_logger()
+                     auto_approve: bool = False, fresh: bool = False, lock_wait_s: float | None = None) -> dict:
     ws = Workspace.here()
     ensure_workspace(ws, params)
+    check_services(params, ws.root)  # fail before anything is copied or any alias moves
+    wait = params["flow"]["lock_wait_s"] if lock_wait_s is None else lock_wait_s
+    with retrain_lock(ws.root / "data" / "retrain.lock", wait, holder=f"flow run {flow_run.get_name()} on {data}",
+                      log=get_run_logger().info):
+        outcome = _retrain(ws, data, params, method, methods, auto_approve, fresh)
+    Ledger(ws.root / "data" / "triggers.json").mark(Path(data), "trained", outcome=outcome["outcome"])
+    return outcome
+
+
+def _retrain(ws: Workspace, data: str, params: dict, method, methods, auto_approve: bool, fresh: bool) -> dict:
+    logger = get_run_logger()
     use_mlflow_experiment(ws, params["mlflow"]["experiment"])
+    registered = params["mlflow"]["registered_model"]
     with mlflow.start_run(run_name=f"retrain {dataset_name(data, method)}") as run:
         ingested = ingest_dataset(data, params, method=method, methods=methods)
         log_dataset_versions(ingested)
@@ -85,19 +120,22 @@ def retrain_detector(data: str, params: dict, method: str | None = None, methods
                               + "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
         learner = Learner(ws.learner, params, ws.root) if fresh else Learner.load(ws.learner, params, ws.root)
         new = [s for s in specs if s.key not in learner.learned]
-        if not new:
-            logger.info("every method of %s is already learned; nothing to train", data)
+        # A run that crashed after learning but before registering left experiences no
+        # challenger holds yet: they are registered now, without training them again.
+        unregistered = bool(learner.learned) and registered_methods(registered) != [e.key for e in learner.history.experiences]
+        if not new and not unregistered:
+            logger.info("every method of %s is already learned and registered; nothing to train", data)
             mlflow.set_tag("outcome", "nothing new")
             return {"outcome": "nothing new", "run_id": run.info.run_id}
         mlflow.log_params(flatten({k: params[k] for k in ("model", "strategy", "train", "data")}))
+        results = learner.last_results()
         for spec in tqdm(new, desc="new methods", unit="experience"):
             results = learn_experience(learner, spec)
             log_experience_metrics(results, step=len(learner.history.experiences) - 1)
-        registered = params["mlflow"]["registered_model"]
         version = register_challenger(learner, results, registered)
         verdict = promotion_gate(learner, results, params)
         mlflow.set_tag("gate", "passed" if verdict["passed"] else "failed: " + "; ".join(verdict["reasons"]))
-        summary = decision_table(version, results, verdict)
+        summary = decision_table(version, results, verdict, learner.history.experiences)
         create_markdown_artifact(summary, key="promotion-decision", description="what ops decide on")
         mlflow.log_text(summary, "promotion_decision.md")
         if verdict["passed"]:

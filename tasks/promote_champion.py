@@ -1,8 +1,9 @@
-from datetime import datetime, timezone
-
 import mlflow
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
+
+from dfcl.ops import now, record_alias_event
+from tasks.promotion_gate import champion_version
 
 
 def tag_decision(registered_model: str, version: str, tags: dict[str, str]) -> None:
@@ -13,17 +14,16 @@ def tag_decision(registered_model: str, version: str, tags: dict[str, str]) -> N
         mlflow.set_tag(key, value)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 @task
 def promote_champion(registered_model: str, version: str, approver: str, reason: str) -> None:
     """Move the `champion` alias to `version`, keeping who, when and why as MLflow tags
     (on the model version and on the run that trained it)."""
     tag_decision(registered_model, version,
-                 {"promoted_by": approver, "promoted_at": _now(), "promotion_reason": reason})
+                 {"promoted_by": approver, "promoted_at": now(), "promotion_reason": reason})
+    before = champion_version(registered_model)
     MlflowClient().set_registered_model_alias(registered_model, "champion", version)
+    record_alias_event(registered_model, "promote", version, approver, reason,
+                       previous=str(before.version) if before else None)
     get_run_logger().info("version %s of %s is now 'champion' (approved by %s)", version, registered_model, approver)
 
 
@@ -31,5 +31,6 @@ def promote_champion(registered_model: str, version: str, approver: str, reason:
 def record_rejection(registered_model: str, version: str, approver: str, reason: str) -> None:
     """Keep the rejection on the record; the champion alias does not move."""
     tag_decision(registered_model, version,
-                 {"rejected_by": approver, "rejected_at": _now(), "rejection_reason": reason})
+                 {"rejected_by": approver, "rejected_at": now(), "rejection_reason": reason})
+    record_alias_event(registered_model, "reject", version, approver, reason)
     get_run_logger().info("version %s of %s rejected by %s: %s", version, registered_model, approver, reason)

@@ -1,0 +1,154 @@
+"""Operations helpers: one retraining at a time, service checks before any work, and the
+champion alias's history (promote, reject, rollback) kept as MLflow registered-model tags."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+class OpsError(RuntimeError):
+    """An operation that cannot go ahead; the message says why and what to do."""
+
+
+class Busy(OpsError):
+    """Another retraining run holds the workspace."""
+
+
+class ServiceUnavailable(OpsError):
+    """MLflow or the DVC remote cannot be reached: the run stops before it changes anything."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextmanager
+def retrain_lock(path: Path, wait_s: float, holder: str, log=print):
+    """An exclusive flock on `path`. The kernel drops it when the holding process ends, however
+    it ends, so a crash or kill never leaves the workspace locked; the file only says who
+    holds it. A second run waits up to `wait_s` seconds (queues), then is refused."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline, waited = time.monotonic() + wait_s, False
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    waited = True
+                    if wait_s > 0:
+                        log(f"waiting up to {wait_s:.0f} s for the retraining run before this one "
+                            f"({Path(path).read_text().strip()})")
+                if time.monotonic() >= deadline:
+                    who = Path(path).read_text().strip() or "another process"
+                    raise Busy(f"another retraining run is in progress ({who}); one runs at a time per "
+                               f"workspace. Wait for it (or ask ops to answer its approval), or queue with "
+                               f"-S flow.lock_wait_s=SECONDS") from None
+                time.sleep(min(2.0, max(deadline - time.monotonic(), 0.05)))
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"holder": holder, "pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": now()}).encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def check_services(params: dict, root: Path) -> None:
+    """Fail fast, before data is copied or aliases move, when MLflow or the DVC remote is not
+    reachable; say what to fix."""
+    import mlflow
+
+    problems = []
+    uri = mlflow.get_tracking_uri()
+    try:
+        if uri.startswith(("http://", "https://")):
+            import requests
+
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        else:
+            mlflow.MlflowClient().search_experiments(max_results=1)
+    except Exception as e:  # any failure here means the same thing to ops
+        problems.append(f"MLflow tracking at {uri} is unreachable ({type(e).__name__}: {str(e)[:200]}); "
+                        "start the server or point MLFLOW_TRACKING_URI at a running one")
+    if params["dvc"]["push"]:
+        from dvc.repo import Repo
+
+        name = params["dvc"]["remote_name"]
+        try:
+            with Repo(str(root)) as repo:
+                remote = repo.cloud.get_remote(name)
+                remote.fs.makedirs(remote.path, exist_ok=True)
+                if not remote.fs.exists(remote.path):
+                    raise FileNotFoundError(remote.path)
+        except Exception as e:
+            problems.append(f"DVC remote {name!r} is unreachable ({type(e).__name__}: {str(e)[:200]}); "
+                            f"fix it with `dvc remote modify {name} url ...` or run with -S dvc.push=false")
+    if problems:
+        raise ServiceUnavailable("; ".join(problems))
+
+
+# -- alias history ----------------------------------------------------------------------
+# MLflow keeps only where an alias points now, not where it pointed before; rollback and
+# `dfcl history` need the sequence, so every move is also written as a registered-model tag
+# `alias_event.<n>` (a JSON record), which any MLflow client can read.
+
+EVENT_PREFIX = "alias_event."
+
+
+def alias_events(registered_model: str) -> list[dict]:
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_registered_model(registered_model).tags
+    events = [json.loads(v) for k, v in tags.items() if k.startswith(EVENT_PREFIX)]
+    return sorted(events, key=lambda e: e["n"])
+
+
+def record_alias_event(registered_model: str, action: str, version: str | None, by: str, reason: str,
+                       previous: str | None = None) -> dict:
+    from mlflow import MlflowClient
+
+    try:
+        n = len(alias_events(registered_model)) + 1
+    except Exception:  # the registered model exists once a version is registered
+        n = 1
+    event = {"n": n, "at": now(), "action": action, "version": version, "previous": previous, "by": by,
+             "reason": reason}
+    MlflowClient().set_registered_model_tag(registered_model, f"{EVENT_PREFIX}{n:05d}", json.dumps(event))
+    return event
+
+
+def champion_stack(events: list[dict]) -> list[str]:
+    """The champions in order, as promotions push and rollbacks pop them."""
+    stack: list[str] = []
+    for e in events:
+        if e["action"] == "promote":
+            stack.append(e["version"])
+        elif e["action"] == "rollback" and stack:
+            stack.pop()
+    return stack
+
+
+def rollback_champion(registered_model: str, by: str, reason: str) -> tuple[str, str]:
+    """Point `champion` back at the version that held it before the current one."""
+    from mlflow import MlflowClient
+
+    stack = champion_stack(alias_events(registered_model))
+    if len(stack) < 2:
+        raise OpsError(f"{registered_model}: no earlier champion to roll back to "
+                         f"(champions so far: {stack or 'none'})")
+    current, previous = stack[-1], stack[-2]
+    client = MlflowClient()
+    client.set_registered_model_alias(registered_model, "champion", previous)
+    client.set_model_version_tag(registered_model, current, "rolled_back_at", now())
+    client.set_model_version_tag(registered_model, current, "rolled_back_by", by)
+    client.set_model_version_tag(registered_model, current, "rollback_reason", reason)
+    record_alias_event(registered_model, "rollback", previous, by, reason, previous=current)
+    return current, previous

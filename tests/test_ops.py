@@ -1,0 +1,204 @@
+"""Operations: one run at a time, services checked before any work, the champion's history
+and rollback, the new-dataset trigger, the gate against a deliberately bad challenger, and
+resuming after a crash."""
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from dfcl.learner import Learner
+from dfcl.ops import Busy, OpsError, ServiceUnavailable, alias_events, check_services, retrain_lock, rollback_champion
+from dfcl.triggers import Ledger, dataset_folders, new_datasets
+from flows.retrain import retrain_detector
+from tests.conftest import small_params
+
+REGISTERED = "deepfake-detector"
+
+
+def test_one_retraining_at_a_time_and_a_killed_holder_frees_the_lock(tmp_path):
+    lock = tmp_path / "retrain.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from dfcl.ops import retrain_lock\n"
+        f"with retrain_lock(Path({str(lock)!r}), 0, 'run A'):\n"
+        "    print('locked', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(Busy, match="another retraining run is in progress.*run A"):
+        with retrain_lock(lock, 0, "run B"):
+            pass
+    start = time.monotonic()
+    with pytest.raises(Busy):
+        with retrain_lock(lock, 1.5, "run B", log=lambda m: None):  # queues, then gives up
+            pass
+    assert time.monotonic() - start >= 1.4
+    holder.send_signal(signal.SIGKILL)  # a crash: the kernel drops the lock with the process
+    holder.wait()
+    with retrain_lock(lock, 5, "run B"):
+        assert "run B" in lock.read_text()
+
+
+def test_unreachable_mlflow_or_dvc_remote_stops_the_run_before_anything_moves(workspace, demo_data, monkeypatch):
+    params = small_params("dvc.remote_url=/proc/no-such-remote")
+    with pytest.raises(ServiceUnavailable, match="DVC remote 'local' is unreachable.*dvc remote modify"):
+        retrain_detector(str(demo_data / "BlendSwap"), params, auto_approve=True)
+    assert not (workspace.root / "data" / "raw").exists(), "data was copied before the check"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        MlflowClient().get_registered_model(REGISTERED)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on port 9
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    with pytest.raises(ServiceUnavailable, match="MLflow tracking at http://127.0.0.1:9 is unreachable"):
+        check_services(small_params("dvc.push=false"), workspace.root)
+
+
+def register_dummy(n: int) -> list[str]:
+    import torch
+
+    versions = []
+    for _ in range(n):
+        with mlflow.start_run():
+            info = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", serialization_format="pickle",
+                                            registered_model_name=REGISTERED)
+        versions.append(str(info.registered_model_version))
+    return versions
+
+
+def test_rollback_walks_back_through_champions_and_history_keeps_who_when_why(workspace):
+    from tasks.promote_champion import promote_champion, record_rejection
+
+    v1, v2, v3 = register_dummy(3)
+    with mlflow.start_run():
+        promote_champion(REGISTERED, v1, "alice", "first")
+        promote_champion(REGISTERED, v2, "bob", "better")
+        record_rejection(REGISTERED, v3, "carol", "not convinced")
+    client = MlflowClient()
+    assert client.get_model_version_by_alias(REGISTERED, "champion").version == int(v2)
+
+    assert rollback_champion(REGISTERED, "dave", "false alarms") == (v2, v1)
+    assert client.get_model_version_by_alias(REGISTERED, "champion").version == int(v1)
+    assert client.get_model_version(REGISTERED, v2).tags["rollback_reason"] == "false alarms"
+    with pytest.raises(OpsError, match="no earlier champion"):
+        rollback_champion(REGISTERED, "dave", "again")
+    events = alias_events(REGISTERED)
+    assert [(e["action"], e["version"], e["by"]) for e in events] == [
+        ("promote", v1, "alice"), ("promote", v2, "bob"), ("reject", v3, "carol"), ("rollback", v1, "dave")]
+    assert events[1]["previous"] == v1 and events[3]["reason"] == "false alarms" and events[0]["at"]
+
+
+def test_trigger_sees_new_folders_and_new_versions_but_not_trained_ones(tmp_path, demo_data):
+    incoming = tmp_path / "incoming"
+    shutil.copytree(demo_data / "BlendSwap", incoming / "BlendSwap")
+    shutil.copytree(demo_data / "MouthWarp", incoming / "grouped" / "MouthWarp")
+    (incoming / "notes").mkdir()  # not a dataset: ignored
+    ledger = Ledger(tmp_path / "triggers.json")
+    real = ["real"]
+    assert [p.name for p in dataset_folders(incoming, real)] == ["BlendSwap", "MouthWarp"]
+    assert [p.name for p in new_datasets(incoming, ledger, real)] == ["BlendSwap", "MouthWarp"]
+    ledger.mark(incoming / "BlendSwap", "trained")
+    ledger.mark(incoming / "grouped" / "MouthWarp", "queued", flow_run="x")
+    assert new_datasets(incoming, ledger, real, still_queued=lambda e: True) == []
+    # a queued run that crashed gives its dataset back; a changed dataset is a new version
+    assert [p.name for p in new_datasets(incoming, ledger, real, still_queued=lambda e: False)] == ["MouthWarp"]
+    shutil.copy(incoming / "BlendSwap" / "train" / "real" / "0000.jpg", incoming / "BlendSwap" / "train" / "real" / "new.jpg")
+    assert [p.name for p in new_datasets(incoming, Ledger(tmp_path / "triggers.json"), real, lambda e: True)] == ["BlendSwap"]
+
+
+def shuffled_copy(src, dst, seed=0):
+    """The same images with their real/fake labels shuffled: a challenger trained on it is
+    deliberately worse."""
+    rng = random.Random(seed)
+    for split in ("train", "test"):
+        files = [(f, cls) for cls in ("real", dst.name) for f in sorted((src / split / (cls if cls == "real" else src.name)).glob("*.jpg"))]
+        labels = [cls for _, cls in files]
+        rng.shuffle(labels)
+        for (f, _), cls in zip(files, labels):
+            (dst / split / cls).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dst / split / cls / f"{f.parent.name}-{f.name}")
+
+
+@pytest.fixture(scope="module")
+def learnable_data(tmp_path_factory):
+    """Enough synthetic faces (96 per class) for the small CNN to learn a method well."""
+    from tasks.generate_demo_data import generate
+
+    out = tmp_path_factory.mktemp("learnable")
+    generate(out, ["BlendSwap", "GANUpsample"], train_per_class=96, test_per_class=24, size=32, seed=1)
+    return out
+
+
+def test_gate_rejects_a_challenger_trained_on_shuffled_labels_without_asking_ops(workspace, learnable_data):
+    params = small_params("strategy.name=naive", "train.epochs=6", "model.width=16", "approval.timeout_s=1")
+    first = retrain_detector(str(learnable_data / "BlendSwap"), params, auto_approve=True)
+    assert first["outcome"] == "promoted" and first["results"]["avg_accuracy"] > 0.8, first["results"]
+    bad = workspace.root / "incoming" / "Shuffled"
+    shuffled_copy(learnable_data / "GANUpsample", bad)
+    outcome = retrain_detector(str(bad), params)  # no auto-approve: a pass would wait for ops (1 s) and say so
+    assert outcome["outcome"] == "rejected by gate", outcome
+    assert outcome["gate"]["reasons"]
+    client = MlflowClient()
+    assert client.get_model_version_by_alias(REGISTERED, "champion").version == int(first["version"])
+    assert client.get_model_version(REGISTERED, outcome["version"]).tags["rejected_by"] == "promotion gate"
+
+
+def test_a_crash_mid_training_resumes_from_the_last_finished_experience(workspace, demo_data, monkeypatch):
+    data = workspace.root / "incoming" / "two"
+    for method in ("BlendSwap", "MouthWarp"):
+        for split in ("train", "test"):
+            shutil.copytree(demo_data / method / split / method, data / split / method)
+            shutil.copytree(demo_data / method / split / "real", data / split / "real", dirs_exist_ok=True)
+    params = small_params()
+    learn = Learner.learn
+
+    def crash_on_second(self, spec):
+        if self.history.experiences:
+            raise KeyboardInterrupt("power cut")  # not an Exception: nothing may catch and go on
+        return learn(self, spec)
+
+    monkeypatch.setattr(Learner, "learn", crash_on_second)
+    with pytest.raises(BaseException, match="power cut"):
+        retrain_detector(str(data), params, auto_approve=True)
+    monkeypatch.setattr(Learner, "learn", learn)
+    assert [e.key for e in Learner.load(workspace.learner, params, workspace.root).history.experiences] == ["two/BlendSwap"]
+    with pytest.raises(mlflow.exceptions.MlflowException):  # nothing registered, so no challenger
+        MlflowClient().get_model_version_by_alias(REGISTERED, "challenger")
+
+    outcome = retrain_detector(str(data), params, auto_approve=True)
+    assert outcome["outcome"] == "promoted"
+    assert outcome["results"]["methods"] == ["two/BlendSwap", "two/MouthWarp"]
+    steps = [m.step for m in MlflowClient().get_metric_history(outcome["run_id"], "acc/two/MouthWarp")]
+    assert steps == [1] and not MlflowClient().get_metric_history(outcome["run_id"], "acc/two/BlendSwap")[:-1]
+
+
+def test_a_crash_after_learning_registers_on_the_next_run_without_training_again(workspace, demo_data, monkeypatch):
+    import flows.retrain
+
+    params = small_params()
+    register = flows.retrain.register_challenger
+    monkeypatch.setattr(flows.retrain, "register_challenger", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("MLflow went away")))
+    with pytest.raises(RuntimeError, match="MLflow went away"):
+        retrain_detector(str(demo_data / "BlendSwap"), params, auto_approve=True)
+    monkeypatch.setattr(flows.retrain, "register_challenger", register)
+    learned = Learner.load(workspace.learner, params, workspace.root).history
+    outcome = retrain_detector(str(demo_data / "BlendSwap"), params, auto_approve=True)
+    assert outcome["outcome"] == "promoted" and outcome["results"]["methods"] == ["BlendSwap"]
+    assert Learner.load(workspace.learner, params, workspace.root).history.accuracy_matrix == learned.accuracy_matrix
+    again = retrain_detector(str(demo_data / "BlendSwap"), params, auto_approve=True)
+    assert again["outcome"] == "nothing new"
+
+
+def test_a_half_written_state_is_ignored(workspace, demo_data, tmp_path):
+    from tests.test_learner import specs_for
+
+    specs = specs_for(demo_data, tmp_path, ["BlendSwap"])
+    learner = Learner(workspace.learner, small_params(), tmp_path)
+    learner.learn(specs[0])
+    learner.save()
+    (workspace.learner / "state-0002-999").mkdir()  # a save killed before CURRENT moved
+    (workspace.learner / "state-0002-999" / "history.json").write_text("{trunc")
+    again = Learner.load(workspace.learner, small_params(), tmp_path)
+    assert [e.key for e in again.history.experiences] == ["BlendSwap"]

@@ -1,0 +1,131 @@
+"""`dfcl serve` against a real Prefect server on 127.0.0.1 (started and stopped here): a new
+dataset in data/incoming/ triggers a run, a second one waits its turn, ops approve through
+the CLI, an already-trained dataset triggers nothing, and the champion's history shows it all."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from tests.test_pipeline import TINY
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-server"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    import httpx
+
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        time.sleep(1)
+    else:
+        stop(proc)
+        pytest.fail("the Prefect server did not start")
+    yield api, env
+    stop(proc)
+    log.close()
+
+
+def flow_runs(api: str):
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(name={"any_": ["triggered"]}))
+
+
+def wait_for(condition, what: str, serve_log: Path, timeout: float = 300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(2)
+    pytest.fail(f"timed out waiting for {what}\n{serve_log.read_text()[-5000:]}")
+
+
+def states(api):
+    return {str(r.parameters["data"]).rsplit("/", 1)[-1]: (r.state.name if r.state else None, r.name)
+            for r in flow_runs(api)}
+
+
+def test_serve_triggers_queues_and_waits_for_ops_on_a_real_prefect_server(tmp_path, prefect_server, demo_data):
+    api, env = prefect_server
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    env = {**env, "PREFECT_API_URL": api, "DFCL_WORKSPACE": str(ws), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+    serve_log = tmp_path / "serve.log"
+    with open(serve_log, "w") as out:
+        serve = subprocess.Popen([sys.executable, "-m", "dfcl.cli", "serve", "-S", "flow.serve.poll_s=2", *TINY],
+                                 cwd=ws, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "Your deployments are being served" in serve_log.read_text(), "dfcl serve", serve_log)
+        incoming = ws / "data" / "incoming"
+        shutil.copytree(demo_data / "BlendSwap", incoming / "BlendSwap")
+        wait_for(lambda: states(api).get("BlendSwap", ("",))[0] == "Paused", "the first run to pause", serve_log)
+
+        # a second new method while the first waits for ops: it is queued, not trained
+        shutil.copytree(demo_data / "GANUpsample", incoming / "GANUpsample")
+        wait_for(lambda: "GANUpsample" in states(api), "the second run to be created", serve_log)
+        time.sleep(10)
+        mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+        client = MlflowClient()
+        assert len(client.search_model_versions("name='deepfake-detector'")) == 1, "two retrainings at once"
+
+        def decide(run_name, *args):
+            proc = subprocess.run([sys.executable, "-m", "dfcl.cli", *args, run_name, "--by", "alice"], cwd=ws,
+                                  env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+        decide(states(api)["BlendSwap"][1], "approve", "--reason", "looks right")
+        wait_for(lambda: states(api).get("GANUpsample", ("",))[0] == "Paused", "the second run to pause", serve_log)
+        assert states(api)["BlendSwap"][0] == "Completed"
+        decide(states(api)["GANUpsample"][1], "reject", "--reason", "not this week")
+        wait_for(lambda: states(api)["GANUpsample"][0] == "Completed", "the second run to finish", serve_log)
+
+        time.sleep(8)  # several polls: trained datasets start nothing new
+        assert len(flow_runs(api)) == 2
+        assert client.get_model_version_by_alias("deepfake-detector", "champion").version == 1
+        history = subprocess.run([sys.executable, "-m", "dfcl.cli", "history"], cwd=ws, env=env,
+                                 capture_output=True, text=True, timeout=300).stdout
+        assert "promote" in history and "reject" in history and "not this week" in history
+    finally:
+        stop(serve)
