@@ -113,7 +113,8 @@ def cmd_compare(args, params):
     strategies = _csv(args.strategies)
     for name in strategies:
         check_names({**params, "strategy": {**params["strategy"], "name": name}})
-    require_folder(args.data)
+    for data in args.data:
+        require_folder(data)
     ensure_workspace(Workspace.here(), params)
     report = compare_strategies(args.data, params, strategies, methods=_csv(args.methods),
                                 json_out=args.json)
@@ -226,6 +227,27 @@ def cmd_history(args, params):
     return 0
 
 
+def cmd_evaluate(args, params):
+    from dfcl.evaluate import evaluate, load_detector
+
+    require_folder(args.data)
+    try:
+        model, size = load_detector(args.model or f"models:/{params['mlflow']['registered_model']}@champion",
+                                    params, Workspace.here().root)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    roc = Path(args.roc) if args.roc else (Path(args.json).with_suffix(".roc.png") if args.json else None)
+    report = evaluate(model, size, args.data, params, roc_png=roc)
+    lines = [f"{'method':<28} {'faces':>6} {'accuracy':>8} {'AUC':>6} {'AP':>6} {'EER':>6}"]
+    for name, r in [*report["methods"].items(), ("overall", report["overall"])]:
+        lines.append(f"{name:<28} {r['faces']:>6} {r['accuracy']:>8.3f} {r['auc']:>6.3f} {r['ap']:>6.3f} {r['eer']:>6.3f}")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}" + (f" and {roc}" if roc else ""))
+    return 0
+
+
 def cmd_detect(args, params):
     import cv2
     import mlflow
@@ -291,9 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="start a new learner instead of continuing the saved one")
 
     p = sub.add_parser("compare", parents=[common], help="train several strategies over the same sequence")
-    p.add_argument("--data", required=True)
-    p.add_argument("--methods", help="comma-separated methods in learning order (default: all, sorted)")
-    p.add_argument("--strategies", default="naive,cwr,replay,gem")
+    p.add_argument("--data", required=True, action="append",
+                   help="dataset folder; repeat it to append more datasets to the sequence, in order")
+    p.add_argument("--methods", help="comma-separated methods of the first --data, in learning order (default: all, sorted)")
+    p.add_argument("--strategies", default="naive,cwr,replay,gem,lwf,ewc,cumulative")
     p.add_argument("--json", help="write the report here")
 
     for name, text in (("approve", "approve the paused challenger: `champion` moves to it"),
@@ -312,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("history", parents=[common], help="where the aliases point, and every promotion, rejection and rollback")
 
+    p = sub.add_parser("evaluate", parents=[common],
+                       help="accuracy, AUC, AP and EER (per method and overall) of a model on a labelled folder, with a ROC plot")
+    p.add_argument("--model", help="MLflow URI (default: models:/<registered_model>@champion), MLflow model folder, "
+                                   "learner folder (data/learner) or torch file")
+    p.add_argument("--data", required=True, help="a labelled folder in any layout `dfcl ingest` knows")
+    p.add_argument("--json", help="write the report here (and the ROC plot beside it, .roc.png)")
+    p.add_argument("--roc", help="where to draw the ROC plot (PNG)")
+
     p = sub.add_parser("detect", parents=[common], help="score face images with the champion (or --model)")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", help="MLflow model URI (default: models:/<registered_model>@champion)")
@@ -323,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract_faces, "retrain": cmd_retrain, "compare": cmd_compare,
             "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
             "serve": cmd_serve, "rollback": cmd_rollback, "history": cmd_history,
-            "detect": cmd_detect, "models": cmd_models}
+            "evaluate": cmd_evaluate, "detect": cmd_detect, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
-from avalanche.training import GEM, CWRStar, Naive, Replay
+from avalanche.training import EWC, GEM, CWRStar, Cumulative, LwF, Naive, Replay
 from avalanche.training.plugins import EvaluationPlugin
 
 from dfcl.data import FaceArrayDataset
@@ -31,6 +31,10 @@ STRATEGIES = {
     "replay": lambda sp, common: Replay(mem_size=sp["replay_mem_size"], **common),
     "gem": lambda sp, common: GEM(patterns_per_exp=sp["gem_patterns_per_exp"],
                                   memory_strength=sp["gem_memory_strength"], **common),
+    "lwf": lambda sp, common: LwF(alpha=sp["lwf_alpha"], temperature=sp["lwf_temperature"], **common),
+    "ewc": lambda sp, common: EWC(ewc_lambda=sp["ewc_lambda"], mode="online", decay_factor=sp["ewc_decay"], **common),
+    # Joint retraining on every method so far: the upper bound the others are compared with.
+    "cumulative": lambda sp, common: Cumulative(**common),
 }
 
 

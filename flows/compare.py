@@ -3,6 +3,7 @@ side in one experiment."""
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 import json
 import math
 import shutil
@@ -23,6 +24,18 @@ from tasks.log_experience_metrics import log_experience_metrics
 from tasks.register_challenger import log_matrices
 
 
+def write_plots(learner: Learner, folder: Path, name: str) -> None:
+    """Accuracy-matrix heatmap and forgetting curves of one strategy, as files."""
+    from dfcl.plots import forgetting_curves, heatmap, matrix_frame
+
+    folder.mkdir(parents=True, exist_ok=True)
+    methods = [e.key for e in learner.history.experiences]
+    frame = matrix_frame(learner.history.accuracy_matrix, methods)
+    heatmap(frame, folder / f"{name}_accuracy_matrix.png", f"accuracy ({name})")
+    heatmap(matrix_frame(learner.history.auc_matrix, methods), folder / f"{name}_auc_matrix.png", f"AUC ({name})")
+    forgetting_curves({name: frame}, folder / f"{name}_forgetting.png")
+
+
 def table(report: dict) -> str:
     lines = [f"{'strategy':<10} {'avg acc':>8} {'avg AUC':>8} {'forgetting':>10} {'BWT':>7} {'train s':>8}"]
     for name, r in report["strategies"].items():
@@ -34,17 +47,23 @@ def table(report: dict) -> str:
 
 
 @flow(name="compare-strategies", log_prints=True)
-def compare_strategies(data: str, params: dict, strategies: list[str], methods: list[str] | None = None,
-                       json_out: str | None = None) -> dict:
+def compare_strategies(data: str | list[str], params: dict, strategies: list[str], methods: list[str] | None = None,
+                       json_out: str | None = None, artifacts_dir: str | None = None) -> dict:
+    """Each strategy from scratch over the methods of `data` (one folder or several, in order;
+    `methods` picks and orders those of the first). With `artifacts_dir`, each strategy's
+    accuracy/AUC heatmaps and forgetting curves are written there too."""
     logger = get_run_logger()
     ws = Workspace.here()
     ensure_workspace(ws, params)
     use_mlflow_experiment(ws, params["mlflow"]["compare_experiment"])
-    with mlflow.start_run(run_name=f"ingest {dataset_name(data, None)}"):
-        ingested = ingest_dataset(data, params, methods=methods)
-        log_dataset_versions(ingested)
-    specs = ingested.specs
-    report = {"methods": [s.key for s in specs], "strategies": {}}
+    folders = [data] if isinstance(data, str) else list(data)
+    specs = []
+    with mlflow.start_run(run_name="ingest " + ", ".join(dataset_name(d, None) for d in folders)):
+        for i, folder in enumerate(folders):
+            ingested = ingest_dataset(folder, params, methods=methods if i == 0 else None)
+            log_dataset_versions(ingested)
+            specs += ingested.specs
+    report = {"methods": [s.key for s in specs], "experiences": [asdict(s) for s in specs], "strategies": {}}
     for name in strategies:
         p = copy.deepcopy(params)
         p["strategy"]["name"] = name
@@ -61,6 +80,8 @@ def compare_strategies(data: str, params: dict, strategies: list[str], methods: 
             seconds = time.perf_counter() - start
             mlflow.log_metric("train_seconds", seconds)
             log_matrices(learner)
+            if artifacts_dir:
+                write_plots(learner, Path(artifacts_dir), name)
         report["strategies"][name] = {
             "accuracy_matrix": learner.history.accuracy_matrix, "auc_matrix": learner.history.auc_matrix,
             "avg_accuracy": results["avg_accuracy"], "forgetting": results["forgetting"],

@@ -23,7 +23,7 @@ def specs(demo_data, tmp_path_factory):
     return root, specs_for(demo_data, root, ["BlendSwap", "GANUpsample"])
 
 
-@pytest.mark.parametrize("strategy", ["naive", "cwr", "replay", "gem"])
+@pytest.mark.parametrize("strategy", ["naive", "cwr", "replay", "gem", "lwf", "ewc", "cumulative"])
 def test_learner_resumes_with_its_strategy_state(specs, tmp_path, strategy):
     root, (first, second) = specs
     params = small_params(f"strategy.name={strategy}")
@@ -45,6 +45,14 @@ def test_learner_resumes_with_its_strategy_state(specs, tmp_path, strategy):
     if strategy == "cwr":
         cwr = next(p for p in again.strategy.plugins if hasattr(p, "cwr_layer_name"))
         assert cwr.model.saved_weights, "CWR* consolidated weights were lost"
+    if strategy == "lwf":
+        lwf = next(p for p in again.strategy.plugins if hasattr(p, "lwf"))
+        assert lwf.lwf.prev_model is not None, "LwF's teacher (the previous model) was lost"
+    if strategy == "ewc":
+        ewc = next(p for p in again.strategy.plugins if hasattr(p, "importances"))
+        assert ewc.importances and ewc.saved_params, "EWC's importances were lost"
+    if strategy == "cumulative":
+        assert len(again.strategy.dataset) == 48, "Cumulative's data so far was lost"
 
     r2 = again.learn(second)
     assert r1["methods"] == ["BlendSwap"] and r2["methods"] == ["BlendSwap", "GANUpsample"]

@@ -1,0 +1,213 @@
+"""Strategy benchmark on real forgeries.
+
+The FF++ sequence Deepfakes -> Face2Face -> FaceSwap -> NeuralTextures (../shared/data/ffpp-crops),
+then stylegan-faces and dfdc-crops as the fifth and sixth methods; every strategy from scratch
+with fixed seeds, through the same flow as `dfcl compare` (so MLflow gets one run per strategy
+in experiment deepfake-cl-compare). Then the speed of the training loop: images/s of the
+pipeline (Avalanche strategy + plugins) next to a bare PyTorch loop on the same model, batch
+and data, and GEM's extra time per step.
+
+    python benchmarks/continual.py [--strategies naive,...] [-S key=value ...] [--tag cpu]
+
+Writes benchmarks/results/continual_<tag>.{json,md} and continual_<tag>/ (accuracy and AUC
+heatmaps and forgetting curves per strategy, all strategies' forgetting curves side by side).
+The workspace (ingested data, MLflow db) is benchmarks/.work/ unless --workspace says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from avalanche.core import SupervisedPlugin
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "cpu_cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+class StepTimer(SupervisedPlugin):
+    """Seconds spent per training iteration (forward, backward, step and every plugin hook,
+    so GEM's gradient projection is inside), as an Avalanche plugin."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds, self.steps, self._t = 0.0, 0, 0.0
+
+    def before_training_iteration(self, strategy, **kw):
+        self._t = time.perf_counter()
+
+    def after_training_iteration(self, strategy, **kw):
+        if strategy.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - self._t
+        self.steps += 1
+
+
+def bare_loop(params: dict, spec, root: Path) -> float:
+    """images/s of a plain PyTorch training loop: same model, optimizer, batch, data, epochs."""
+    from torch.utils.data import DataLoader
+
+    from dfcl.data import FaceArrayDataset
+    from dfcl.learner import make_optimizer, pick_device
+    from models import create_model
+
+    tp, mp = params["train"], params["model"]
+    torch.manual_seed(tp["seed"])
+    device = pick_device(tp["device"])
+    model = create_model(mp["name"], width=mp["width"], dropout=mp["dropout"], weights=mp["weights"]).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, tp)
+    data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=True)
+    loader = DataLoader(data, batch_size=tp["batch_size"], shuffle=True, num_workers=tp["num_workers"])
+    loss_fn, seen = torch.nn.CrossEntropyLoss(), 0
+    model.train()
+    start = time.perf_counter()
+    for _ in range(tp["epochs"]):
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = loss_fn(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(y)
+    if cuda:
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def pipeline_loop(params: dict, specs: list, root: Path, tmp: Path) -> tuple[float, float]:
+    """images/s of the strategy's training on the last of `specs` (after learning the others),
+    and its seconds per training step."""
+    from dfcl.learner import Learner
+
+    learner = Learner(tmp, params, root)
+    bench = learner.benchmark(specs)
+    for i in range(len(specs) - 1):
+        learner.strategy.train(bench.train_stream[i], num_workers=params["train"]["num_workers"])
+    timer = StepTimer()
+    learner.strategy.plugins.append(timer)
+    start = time.perf_counter()
+    learner.strategy.train(bench.train_stream[len(specs) - 1], num_workers=params["train"]["num_workers"])
+    seconds = time.perf_counter() - start
+    images = len(bench.train_stream[len(specs) - 1].dataset) * params["train"]["epochs"]
+    return images / seconds, timer.seconds / max(timer.steps, 1)
+
+
+def speed(params: dict, specs: list, root: Path, work: Path) -> dict:
+    import copy
+
+    def with_strategy(name):
+        p = copy.deepcopy(params)
+        p["strategy"]["name"] = name
+        return p
+
+    bare_loop(params, specs[0], root)  # warm-up: first-call allocations, kernel selection
+    bare = bare_loop(params, specs[0], root)
+    naive, _ = pipeline_loop(with_strategy("naive"), specs[:1], root, work / "speed-naive")
+    _, naive_step = pipeline_loop(with_strategy("naive"), specs[:2], root, work / "speed-naive2")
+    _, gem_step = pipeline_loop(with_strategy("gem"), specs[:2], root, work / "speed-gem")
+    return {"bare_images_per_s": round(bare, 1), "pipeline_images_per_s": round(naive, 1),
+            "pipeline_over_bare": round(naive / bare, 3), "naive_ms_per_step": round(1000 * naive_step, 2),
+            "gem_ms_per_step": round(1000 * gem_step, 2), "gem_overhead_ms_per_step": round(1000 * (gem_step - naive_step), 2),
+            "measured_on": specs[0].key, "gem_measured_on": specs[1].key}
+
+
+def markdown(report: dict, command: str, tag: str) -> str:
+    methods = report["methods"]
+    ffpp = [i for i, m in enumerate(methods) if m.split("/")[-1] in FFPP]
+    lines = [f"# Continual strategies on real forgeries ({tag})", "",
+             f"Machine: {report['machine']}. Date: {report['date']}. Wall clock: {report['wall_s'] / 60:.1f} min.", "",
+             "Command:", "", f"    {command}", "",
+             f"Sequence: {' -> '.join(methods)}. Parameters: `{json.dumps(report['params'])}`.", "",
+             "| strategy | final avg acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | BWT | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in report["strategies"].items():
+        auc = r["auc_matrix"][-1]
+        ff = [auc[i] for i in ffpp if not math.isnan(auc[i])]
+        allauc = [a for a in auc if not math.isnan(a)]
+        lines.append(f"| {name} | {r['avg_accuracy']:.3f} | {sum(ff) / max(len(ff), 1):.3f} | "
+                     f"{sum(allauc) / max(len(allauc), 1):.3f} | {r['forgetting']:.3f} | {r['bwt']:.3f} | {r['train_seconds']:.0f} |")
+    s = report["speed"]
+    lines += ["", "Training speed (first experience, same model, batch, data and epochs):", "",
+              "| loop | images/s |", "| --- | --- |",
+              f"| bare PyTorch | {s['bare_images_per_s']} |", f"| pipeline (Avalanche Naive + plugins) | {s['pipeline_images_per_s']} |",
+              "", f"Ratio pipeline / bare: **{s['pipeline_over_bare']}**. GEM: {s['gem_ms_per_step']} ms per step against "
+                  f"Naive's {s['naive_ms_per_step']} ms on {s['gem_measured_on']} (overhead {s['gem_overhead_ms_per_step']} ms/step).",
+              "", "Final accuracy / AUC per method (row = strategy):", "",
+              "| strategy | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+    for name, r in report["strategies"].items():
+        cells = [f"{a:.2f} / {u:.2f}" for a, u in zip(r["accuracy_matrix"][-1], r["auc_matrix"][-1])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Plots: `continual_{tag}/` (per strategy: accuracy and AUC heatmaps, forgetting curves; "
+                  "`forgetting_all.png` side by side)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strategies", default="naive,cwr,replay,gem,lwf,ewc,cumulative")
+    parser.add_argument("-S", "--set", action="append", default=[])
+    parser.add_argument("--tag", default="cpu")
+    parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+
+    work, out = Path(args.workspace).resolve(), Path(args.out).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)
+    os.environ["DFCL_WORKSPACE"] = str(work)
+    from dfcl.config import load_params
+    from dfcl.workspace import Workspace, configure_environment
+
+    configure_environment(Workspace(work))
+    from dfcl.plots import forgetting_curves, matrix_frame
+    from flows.compare import compare_strategies
+
+    params = load_params(REPO / "params.yaml", args.set)
+    strategies = args.strategies.split(",")
+    data = [str(DATA / "ffpp-crops"), str(DATA / "stylegan-faces" / "images"), str(DATA / "dfdc-crops")]
+    plots = out / f"continual_{args.tag}"
+    start = time.perf_counter()
+    report = compare_strategies(data, params, strategies, methods=FFPP, artifacts_dir=str(plots))
+    wall = time.perf_counter() - start
+    frames = {n: matrix_frame(r["accuracy_matrix"], report["methods"]) for n, r in report["strategies"].items()}
+    forgetting_curves(frames, plots / "forgetting_all.png")
+
+    from dfcl.learner import ExperienceSpec
+
+    specs = [ExperienceSpec(**e) for e in report["experiences"]]
+    report["speed"] = speed(params, specs, work, work / "data" / "speed")
+    report.update(machine=machine(), date=time.strftime("%Y-%m-%d"), wall_s=round(wall, 1),
+                  params={k: params[k] for k in ("data", "model", "train", "strategy")})
+    import mlflow
+
+    with mlflow.start_run(run_name=f"benchmark speed ({args.tag})"):
+        mlflow.log_metrics({k: v for k, v in report["speed"].items() if isinstance(v, (int, float))})
+    command = "python benchmarks/continual.py " + " ".join(sys.argv[1:])
+    (out / f"continual_{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"continual_{args.tag}.md").write_text(markdown(report, command, args.tag))
+    print(markdown(report, command, args.tag))
+
+
+if __name__ == "__main__":
+    main()

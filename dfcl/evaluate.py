@@ -1,0 +1,102 @@
+"""Any detector on any labelled folder: per-method and overall accuracy, ROC AUC, average
+precision and equal error rate, plus a ROC plot. How users test a champion on a new dataset.
+
+The folder goes through the same face extraction as training (any layout `dfcl ingest`
+knows, videos included), into a temporary folder; every face of it counts (train and test
+splits alike: none of it was used to train the model being evaluated)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_eer, binary_roc
+
+from dfcl.data import FaceArrayDataset
+
+
+def load_detector(ref: str, params: dict, root: Path) -> tuple[torch.nn.Module, int]:
+    """A model and the face size it expects, from an MLflow URI or model folder, a learner
+    folder (data/learner: its current state), or a file holding a pickled torch module."""
+    path = Path(ref)
+    if ref.startswith(("models:/", "runs:/")) or (path / "MLmodel").is_file():
+        import mlflow
+
+        model = mlflow.pytorch.load_model(ref, map_location="cpu")
+        size = (mlflow.models.get_model_info(ref).metadata or {}).get("image_size", params["data"]["image_size"])
+        return model.eval(), int(size)
+    if (path / "CURRENT").is_file():
+        from dfcl.learner import Learner
+
+        learner = Learner.load(path, params, root)
+        return learner.strategy.model.to("cpu").eval(), params["data"]["image_size"]
+    if path.is_file():
+        model = torch.load(path, map_location="cpu", weights_only=False)  # the user's own file
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"{ref} holds a {type(model).__name__}, not a torch module")
+        return model.eval(), params["data"]["image_size"]
+    raise ValueError(f"--model {ref!r} is not an MLflow URI (models:/NAME@ALIAS, runs:/ID/model), "
+                     "an MLflow model folder, a learner folder or a torch file")
+
+
+@torch.no_grad()
+def fake_probabilities(model: torch.nn.Module, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    out = []
+    for start in range(0, len(faces), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(faces[start:start + batch_size])).permute(0, 3, 1, 2).float() / 255
+        x = (x - FaceArrayDataset.MEAN) / FaceArrayDataset.STD
+        out.append(torch.softmax(model(x), 1)[:, 1])
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def scores(y: np.ndarray, p: np.ndarray) -> dict:
+    yt, pt = torch.from_numpy(y).long(), torch.from_numpy(p).float()
+    both = len(set(y.tolist())) == 2  # AUC, AP and EER need both classes
+    return {"faces": int(len(y)), "real": int((y == 0).sum()), "fake": int((y == 1).sum()),
+            "accuracy": float(((p >= 0.5) == (y == 1)).mean()) if len(y) else float("nan"),
+            "auc": float(binary_auroc(pt, yt)) if both else float("nan"),
+            "ap": float(binary_average_precision(pt, yt)) if both else float("nan"),
+            "eer": float(binary_eer(pt, yt)) if both else float("nan")}
+
+
+def evaluate(model: torch.nn.Module, size: int, data: str, params: dict, roc_png: Path | None = None) -> dict:
+    from dfcl.faces import extract_dataset
+    from dfcl.workspace import Workspace
+
+    params = {**params, "data": {**params["data"], "image_size": size}}
+    name = Path(data).resolve().name
+    with tempfile.TemporaryDirectory() as tmp:
+        extract_dataset(data, Path(tmp) / name, params, name, cache_dir=Workspace.here().root / "data" / "cache" / "faces")
+        per_method, ys, ps = {}, [], []
+        for folder in sorted(p for p in (Path(tmp) / name).iterdir() if p.is_dir()):
+            x = np.concatenate([np.load(folder / f"{s}-x.npy", mmap_mode="r") for s in ("train", "test")])
+            y = np.concatenate([np.load(folder / f"{s}-y.npy") for s in ("train", "test")])
+            p = fake_probabilities(model, x)
+            per_method[folder.name] = scores(y, p)
+            ys.append(y)
+            ps.append(p)
+    # Real faces shared by several methods (FF++ originals) count once per method there;
+    # overall pools every method's faces as they were scored.
+    report = {"data": str(data), "image_size": size, "methods": per_method,
+              "overall": scores(np.concatenate(ys), np.concatenate(ps))}
+    if roc_png:
+        plot_roc({m: (y, p) for m, y, p in zip(per_method, ys, ps)}, roc_png, report)
+    return report
+
+
+def plot_roc(curves: dict, path: Path, report: dict) -> None:
+    from dfcl.plots import plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for method, (y, p) in curves.items():
+        if len(set(y.tolist())) == 2:
+            fpr, tpr, _ = binary_roc(torch.from_numpy(p).float(), torch.from_numpy(y).long())
+            ax.plot(fpr, tpr, label=f"{method} (AUC {report['methods'][method]['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
+           title=f"ROC on {Path(report['data']).name}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
