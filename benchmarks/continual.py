@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,16 +27,10 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # run as a script: its sibling module
+from machine import machine  # noqa: E402
 DATA = REPO.parent / "shared" / "data"
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
-
-
-def machine() -> dict:
-    info = {"platform": platform.platform(), "cpu_cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 class StepTimer(SupervisedPlugin):

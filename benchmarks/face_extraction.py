@@ -10,23 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def machine() -> dict:
-    import torch
-
-    info = {"platform": platform.platform(), "cpu_cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+sys.path.insert(0, str(REPO / "benchmarks"))  # run as a script: its sibling module
+from machine import machine  # noqa: E402
 
 
 def main() -> None:
