@@ -13,7 +13,7 @@ from pathlib import Path
 from dfcl.config import ConfigError, load_params
 from dfcl.layouts import KNOWN_LAYOUTS, LayoutError
 from dfcl.ops import OpsError
-from dfcl.workspace import Workspace, configure_environment, ensure_workspace
+from dfcl.workspace import Workspace, configure_environment, ensure_workspace, put_this_python_on_path
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -30,8 +30,7 @@ def cmd_demo(args, params):
                          "edit its `demo:` section instead of -S demo.*")
     ws = Workspace.here()
     ensure_workspace(ws, params, files=("params.yaml", "dvc.yaml"))
-    # The DVC stage runs `python`: make it this interpreter.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    put_this_python_on_path()
     with Repo(str(ws.root)) as repo:
         repo.reproduce("demo_data")
     outcomes = []

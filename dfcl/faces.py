@@ -86,10 +86,10 @@ class FileFaces:
 Detection = tuple  # (box[4], landmarks[10], score) in frame pixels, or None when no face
 
 
-def save_detections(path: Path, n_frames: int, problem: str | None, found: dict[int, Detection | None]) -> None:
-    """A video's detections as JSON (a few KB), written atomically so a crash leaves no half entry."""
-    entry = {"n_frames": n_frames, "problem": problem,
-             "faces": {str(i): None if d is None else [np.asarray(d[0]).tolist(), np.asarray(d[1]).tolist(), d[2]]
+def save_detections(path: Path, found: dict[int, Detection | None]) -> None:
+    """A video's detections as JSON (a few KB), written atomically so a crash leaves no half entry.
+    Frame counts and read problems are not kept: the frames are decoded again anyway."""
+    entry = {"faces": {str(i): None if d is None else [np.asarray(d[0]).tolist(), np.asarray(d[1]).tolist(), d[2]]
                        for i, d in found.items()}}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(entry))
@@ -355,7 +355,6 @@ def extract_dataset(raw_dir: str | Path, out_dir: str | Path, params: dict, name
         paths = kinds.index.tolist()
         sizes = {p: (raw_dir / p).stat().st_size for p in paths}
         md5 = dict(zip(paths, pool.map(lambda p: file_md5(raw_dir / p), paths)))
-        mask_md5 = dict(zip(masks, pool.map(lambda p: file_md5(raw_dir / p) if (raw_dir / p).is_file() else "", masks.values())))
     first, dup_of = {}, {}
     for p in paths:  # identical content is kept once: a copy could otherwise land in train and test
         if sizes[p] and md5[p] in first:
@@ -391,10 +390,10 @@ def extract_dataset(raw_dir: str | Path, out_dir: str | Path, params: dict, name
         else:
             order = sorted(frames)
             found = dict(zip(order, detector.detect([frames[i] for i in order])))
-            if frames:  # an unreadable file may be fixed and re-copied under the same name
-                save_detections(cache_file(p), n, problem, found)
+            if frames:  # nothing worth caching when no frame decoded
+                save_detections(cache_file(p), found)
             detected += 1
-        mask = raw_dir / masks[p] if p in masks and mask_md5.get(p) else None
+        mask = raw_dir / masks[p] if p in masks and (raw_dir / masks[p]).is_file() else None
         results[p] = faces_in_video(frames, n, problem, found, mask, s)
         frames_done += len(frames)
         bar.update(1)

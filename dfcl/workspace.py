@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,11 @@ def configure_environment(ws: Workspace) -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ws.root / 'mlflow.db'}")
     # MLflow looks for git to tag runs with a commit; a workspace need not be one.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def put_this_python_on_path() -> None:
+    """DVC stages run `python`/`dfcl` in a subprocess: make them this environment's."""
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def ensure_dvc_repo(ws: Workspace, remote_name: str, remote_url: str) -> None:

@@ -1,15 +1,12 @@
 import json
-import os
 import re
 import shlex
-import sys
-from pathlib import Path
 
 import yaml
 from prefect import get_run_logger, task
 
 from dfcl.config import ConfigError, load_params
-from dfcl.workspace import Workspace
+from dfcl.workspace import Workspace, put_this_python_on_path
 from tasks.version_with_dvc import commit_dvc_files
 
 # The params.yaml entries face extraction reads: changing one makes `dvc repro` rebuild the crops.
@@ -59,8 +56,7 @@ def extract_faces(ws: Workspace, name: str, params: dict) -> str:
     raw, out, stats = f"data/raw/{name}", f"data/processed/{name}", f"data/processed/{name}.stats.json"
     cmd = shlex.join(["dfcl", "extract-faces", raw, out, "--name", name, "--stats", stats,
                       *[f"-S{o}" for o in overrides_for_stage(params, ws)]])
-    # The stage runs `dfcl` in a subprocess: make it this environment's.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    put_this_python_on_path()
     (ws.root / out).parent.mkdir(parents=True, exist_ok=True)  # DVC writes its .gitignore there
     with Repo(str(ws.root)) as repo:
         repo.stage.add(name=stage, cmd=cmd, deps=[raw], params=STAGE_PARAMS, outs_persist=[out],
