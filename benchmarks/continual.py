@@ -7,7 +7,12 @@ in experiment deepfake-cl-compare). Then the speed of the training loop: images/
 pipeline (Avalanche strategy + plugins) next to a bare PyTorch loop on the same model, batch
 and data, and GEM's extra time per step.
 
-    python benchmarks/continual.py [--strategies naive,...] [-S key=value ...] [--tag cpu]
+    python benchmarks/continual.py [--strategies naive,...] [-S key=value ...] [--tag cpu] [--direct]
+    python benchmarks/continual.py --log-mlflow benchmarks/results/continual_<tag>.json
+
+--direct runs without Prefect, DVC or MLflow (faces extracted straight from the folders, each
+strategy driven by the learner): for a bare GPU machine that has only torch, timm and Avalanche.
+Its results are logged to MLflow afterwards, where MLflow is, with --log-mlflow.
 
 Writes benchmarks/results/continual_<tag>.{json,md} and continual_<tag>/ (accuracy and AUC
 heatmaps and forgetting curves per strategy, all strategies' forgetting curves side by side).
@@ -27,8 +32,8 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))  # run as a script: its sibling module
-from machine import machine  # noqa: E402
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
+from common import extract_once, machine  # noqa: E402
 DATA = REPO.parent / "shared" / "data"
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 
@@ -67,8 +72,10 @@ def bare_loop(params: dict, spec, root: Path) -> float:
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, tp)
-    data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=True)
-    loader = DataLoader(data, batch_size=tp["batch_size"], shuffle=True, num_workers=tp["num_workers"])
+    data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=params.get("augment"))
+    workers = tp["num_workers"]
+    loader = DataLoader(data, batch_size=tp["batch_size"], shuffle=True, num_workers=workers,
+                        pin_memory=cuda, persistent_workers=workers > 0)
     loss_fn, seen = torch.nn.CrossEntropyLoss(), 0
     model.train()
     start = time.perf_counter()
@@ -95,34 +102,112 @@ def pipeline_loop(params: dict, specs: list, root: Path, tmp: Path) -> tuple[flo
 
     learner = Learner(tmp, params, root)
     bench = learner.benchmark(specs)
+    workers = params["train"]["num_workers"]
+    loader_args = dict(num_workers=workers, persistent_workers=workers > 0)
     for i in range(len(specs) - 1):
-        learner.strategy.train(bench.train_stream[i], num_workers=params["train"]["num_workers"])
+        learner.strategy.train(bench.train_stream[i], **loader_args)
     timer = StepTimer()
     learner.strategy.plugins.append(timer)
     start = time.perf_counter()
-    learner.strategy.train(bench.train_stream[len(specs) - 1], num_workers=params["train"]["num_workers"])
+    learner.strategy.train(bench.train_stream[len(specs) - 1], **loader_args)
     seconds = time.perf_counter() - start
     images = len(bench.train_stream[len(specs) - 1].dataset) * params["train"]["epochs"]
     return images / seconds, timer.seconds / max(timer.steps, 1)
 
 
-def speed(params: dict, specs: list, root: Path, work: Path) -> dict:
+def with_strategy(params: dict, name: str) -> dict:
     import copy
 
-    def with_strategy(name):
-        p = copy.deepcopy(params)
-        p["strategy"]["name"] = name
-        return p
+    p = copy.deepcopy(params)
+    p["strategy"]["name"] = name
+    return p
+
+
+def speed(params: dict, specs: list, root: Path, work: Path) -> dict:
+    # Like for like: the bare loop has no validation, early stopping or schedule, nor does this.
+    params = copy_with(params, {"train.early_stopping_patience": 0, "train.schedule": "constant"})
 
     bare_loop(params, specs[0], root)  # warm-up: first-call allocations, kernel selection
     bare = bare_loop(params, specs[0], root)
-    naive, _ = pipeline_loop(with_strategy("naive"), specs[:1], root, work / "speed-naive")
-    _, naive_step = pipeline_loop(with_strategy("naive"), specs[:2], root, work / "speed-naive2")
-    _, gem_step = pipeline_loop(with_strategy("gem"), specs[:2], root, work / "speed-gem")
+    naive, _ = pipeline_loop(with_strategy(params, "naive"), specs[:1], root, work / "speed-naive")
+    _, naive_step = pipeline_loop(with_strategy(params, "naive"), specs[:2], root, work / "speed-naive2")
+    _, gem_step = pipeline_loop(with_strategy(params, "gem"), specs[:2], root, work / "speed-gem")
     return {"bare_images_per_s": round(bare, 1), "pipeline_images_per_s": round(naive, 1),
             "pipeline_over_bare": round(naive / bare, 3), "naive_ms_per_step": round(1000 * naive_step, 2),
             "gem_ms_per_step": round(1000 * gem_step, 2), "gem_overhead_ms_per_step": round(1000 * (gem_step - naive_step), 2),
             "measured_on": specs[0].key, "gem_measured_on": specs[1].key}
+
+
+def copy_with(params: dict, changes: dict) -> dict:
+    import copy
+
+    p = copy.deepcopy(params)
+    for key, value in changes.items():
+        section, name = key.split(".")
+        p[section][name] = value
+    return p
+
+
+def run_direct(folders: list[Path], params: dict, strategies: list[str], work: Path, plots: Path) -> dict:
+    """What flows.compare.compare_strategies does, without Prefect, DVC or MLflow."""
+    import shutil
+    from dataclasses import asdict
+
+    from dfcl.learner import ExperienceSpec, Learner
+    from dfcl.plots import strategy_plots
+
+    specs = []
+    for i, folder in enumerate(folders):
+        methods = extract_once(folder, work, params)
+        name = folder.name if folder.name != "images" else folder.parent.name
+        for m in (FFPP if i == 0 else methods):
+            key = name if m == name else f"{name}/{m}"
+            specs.append(ExperienceSpec(key=key, dataset=name, method=m, version="direct", **methods[m]))
+    report = {"methods": [s.key for s in specs], "experiences": [asdict(s) for s in specs], "strategies": {}}
+    for name in strategies:
+        folder = work / "direct" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        learner = Learner(folder, with_strategy(params, name), Path("/"))
+        start = time.perf_counter()
+        for spec in specs:
+            results = learner.learn(spec)
+            print(f"{name}: after {spec.key}: avg acc {results['avg_accuracy']:.3f}, avg AUC {results['avg_auc']:.3f}",
+                  flush=True)
+        seconds = time.perf_counter() - start
+        strategy_plots(learner.history, plots, name)
+        h = learner.history
+        report["strategies"][name] = {
+            "accuracy_matrix": h.accuracy_matrix, "auc_matrix": h.auc_matrix,
+            "balanced_accuracy_matrix": h.balanced_accuracy_matrix, "avg_accuracy": results["avg_accuracy"],
+            "avg_balanced_accuracy": results["avg_balanced_accuracy"], "threshold": results["threshold"],
+            "forgetting": results["forgetting"], "bwt": results["bwt"], "train_seconds": seconds}
+    return report
+
+
+def log_to_mlflow(path: Path, experiment: str) -> None:
+    """One MLflow run per strategy of a --direct run, as `dfcl compare` would have logged it."""
+    import mlflow
+    import pandas as pd
+
+    from dfcl.config import flatten
+    from dfcl.plots import matrix_frame
+
+    report = json.loads(path.read_text())
+    mlflow.set_experiment(experiment)
+    tag = path.stem.removeprefix("continual_")
+    for name, r in report["strategies"].items():
+        with mlflow.start_run(run_name=f"benchmark {name} ({tag})"):
+            mlflow.set_tags({"benchmark": tag, "machine": json.dumps(report["machine"])})
+            mlflow.log_params(flatten({**report["params"], "strategy": {**report["params"]["strategy"], "name": name}}))
+            for step, (acc, auc) in enumerate(zip(r["accuracy_matrix"], r["auc_matrix"])):
+                mlflow.log_metrics({"avg_accuracy": sum(acc) / len(acc), "avg_auc": sum(auc) / len(auc)}, step=step)
+            mlflow.log_metrics({k: r[k] for k in ("forgetting", "bwt", "train_seconds", "avg_balanced_accuracy") if r.get(k) is not None})
+            for kind in ("accuracy", "auc"):
+                frame: pd.DataFrame = matrix_frame(r[f"{kind}_matrix"], report["methods"])
+                mlflow.log_text(frame.to_csv(), f"evaluation/{kind}_matrix.csv")
+    with mlflow.start_run(run_name=f"benchmark speed ({tag})"):
+        mlflow.log_metrics({k: v for k, v in report["speed"].items() if isinstance(v, (int, float))})
+    print(f"logged {len(report['strategies'])} strategies of {path} to MLflow experiment {experiment!r}")
 
 
 def markdown(report: dict, command: str, tag: str) -> str:
@@ -132,13 +217,14 @@ def markdown(report: dict, command: str, tag: str) -> str:
              f"Machine: {report['machine']}. Date: {report['date']}. Wall clock: {report['wall_s'] / 60:.1f} min.", "",
              "Command:", "", f"    {command}", "",
              f"Sequence: {' -> '.join(methods)}. Parameters: `{json.dumps(report['params'])}`.", "",
-             "| strategy | final avg acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | BWT | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| strategy | final avg acc | final avg balanced acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | BWT | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in report["strategies"].items():
         auc = r["auc_matrix"][-1]
         ff = [auc[i] for i in ffpp if not math.isnan(auc[i])]
         allauc = [a for a in auc if not math.isnan(a)]
-        lines.append(f"| {name} | {r['avg_accuracy']:.3f} | {sum(ff) / max(len(ff), 1):.3f} | "
+        bal = r.get("avg_balanced_accuracy")
+        lines.append(f"| {name} | {r['avg_accuracy']:.3f} | {'n/a' if bal is None else f'{bal:.3f}'} | {sum(ff) / max(len(ff), 1):.3f} | "
                      f"{sum(allauc) / max(len(allauc), 1):.3f} | {r['forgetting']:.3f} | {r['bwt']:.3f} | {r['train_seconds']:.0f} |")
     s = report["speed"]
     lines += ["", "Training speed (first experience, same model, batch, data and epochs):", "",
@@ -163,25 +249,40 @@ def main() -> None:
     parser.add_argument("--tag", default="cpu")
     parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--data", default=str(DATA), help="the folder holding ffpp-crops, stylegan-faces, dfdc-crops")
+    parser.add_argument("--direct", action="store_true", help="no Prefect, DVC or MLflow (see above)")
+    parser.add_argument("--log-mlflow", metavar="JSON", help="log a --direct run's results to MLflow, then exit")
     args = parser.parse_args()
+    if args.log_mlflow:
+        from dfcl.config import load_params
+        from dfcl.workspace import Workspace, configure_environment
+
+        configure_environment(Workspace(REPO))
+        log_to_mlflow(Path(args.log_mlflow).resolve(), load_params(REPO / "params.yaml")["mlflow"]["compare_experiment"])
+        return
 
     work, out = Path(args.workspace).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
     os.environ["DFCL_WORKSPACE"] = str(work)
     from dfcl.config import load_params
-    from dfcl.workspace import Workspace, configure_environment
-
-    configure_environment(Workspace(work))
     from dfcl.plots import forgetting_curves, matrix_frame
-    from flows.compare import compare_strategies
 
     params = load_params(REPO / "params.yaml", args.set)
     strategies = args.strategies.split(",")
-    data = [str(DATA / "ffpp-crops"), str(DATA / "stylegan-faces" / "images"), str(DATA / "dfdc-crops")]
+    data = Path(args.data).resolve()
+    folders = [data / "ffpp-crops", data / "stylegan-faces" / "images", data / "dfdc-crops"]
     plots = out / f"continual_{args.tag}"
     start = time.perf_counter()
-    report = compare_strategies(data, params, strategies, methods=FFPP, artifacts_dir=str(plots))
+    if args.direct:
+        report = run_direct(folders, params, strategies, work, plots)
+    else:
+        from dfcl.workspace import Workspace, configure_environment
+
+        configure_environment(Workspace(work))
+        from flows.compare import compare_strategies
+
+        report = compare_strategies([str(f) for f in folders], params, strategies, methods=FFPP, artifacts_dir=str(plots))
     wall = time.perf_counter() - start
     frames = {n: matrix_frame(r["accuracy_matrix"], report["methods"]) for n, r in report["strategies"].items()}
     forgetting_curves(frames, plots / "forgetting_all.png")
@@ -189,13 +290,14 @@ def main() -> None:
     from dfcl.learner import ExperienceSpec
 
     specs = [ExperienceSpec(**e) for e in report["experiences"]]
-    report["speed"] = speed(params, specs, work, work / "data" / "speed")
+    report["speed"] = speed(params, specs, Path("/") if args.direct else work, work / "data" / "speed")
     report.update(machine=machine(), date=time.strftime("%Y-%m-%d"), wall_s=round(wall, 1),
-                  params={k: params[k] for k in ("data", "model", "train", "strategy")})
-    import mlflow
+                  params={k: params[k] for k in ("data", "model", "train", "strategy", "augment", "sbi")})
+    if not args.direct:
+        import mlflow
 
-    with mlflow.start_run(run_name=f"benchmark speed ({args.tag})"):
-        mlflow.log_metrics({k: v for k, v in report["speed"].items() if isinstance(v, (int, float))})
+        with mlflow.start_run(run_name=f"benchmark speed ({args.tag})"):
+            mlflow.log_metrics({k: v for k, v in report["speed"].items() if isinstance(v, (int, float))})
     command = "python benchmarks/continual.py " + " ".join(sys.argv[1:])
     (out / f"continual_{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / f"continual_{args.tag}.md").write_text(markdown(report, command, args.tag))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # run as a script: its sibling module
-from machine import machine  # noqa: E402
+from common import machine  # noqa: E402
 
 
 def main() -> None:

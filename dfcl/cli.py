@@ -47,9 +47,12 @@ def print_summary(outcome: dict) -> None:
         return
     r = outcome["results"]
     print(f"\noutcome: {outcome['outcome']} (model version {outcome['version']}, MLflow run {outcome['run_id']})")
+    bal = r.get("balanced_accuracy", {})
     for key in r["methods"]:
-        print(f"  {key:<40} accuracy {r['accuracy'][key]:.3f}  AUC {r['auc'][key]:.3f}")
-    print(f"  average accuracy {r['avg_accuracy']:.3f}, average AUC {r['avg_auc']:.3f}, "
+        print(f"  {key:<40} accuracy {r['accuracy'][key]:.3f}  balanced {bal.get(key, float('nan')):.3f}  "
+              f"AUC {r['auc'][key]:.3f}")
+    print(f"  average accuracy {r['avg_accuracy']:.3f}, balanced {r.get('avg_balanced_accuracy', float('nan')):.3f} "
+          f"(threshold {r.get('threshold', 0.5):.3f}), average AUC {r['avg_auc']:.3f}, "
           f"forgetting {r['forgetting']:.3f}, BWT {r['bwt']:.3f}")
     print(f"MLflow UI: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}")
 
@@ -231,15 +234,17 @@ def cmd_evaluate(args, params):
 
     require_folder(args.data)
     try:
-        model, size = load_detector(args.model or f"models:/{params['mlflow']['registered_model']}@champion",
-                                    params, Workspace.here().root)
+        detector = load_detector(args.model or f"models:/{params['mlflow']['registered_model']}@champion",
+                                 params, Workspace.here().root)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     roc = Path(args.roc) if args.roc else (Path(args.json).with_suffix(".roc.png") if args.json else None)
-    report = evaluate(model, size, args.data, params, roc_png=roc)
-    lines = [f"{'method':<28} {'faces':>6} {'accuracy':>8} {'AUC':>6} {'AP':>6} {'EER':>6}"]
+    report = evaluate(detector, args.data, params, roc_png=roc)
+    print(f"decision threshold {detector.threshold:.3f} (P(fake) at or above it = fake)")
+    lines = [f"{'method':<28} {'faces':>6} {'accuracy':>8} {'bal acc':>7} {'AUC':>6} {'AP':>6} {'EER':>6}"]
     for name, r in [*report["methods"].items(), ("overall", report["overall"])]:
-        lines.append(f"{name:<28} {r['faces']:>6} {r['accuracy']:>8.3f} {r['auc']:>6.3f} {r['ap']:>6.3f} {r['eer']:>6.3f}")
+        lines.append(f"{name:<28} {r['faces']:>6} {r['accuracy']:>8.3f} {r['balanced_accuracy']:>7.3f} "
+                     f"{r['auc']:>6.3f} {r['ap']:>6.3f} {r['eer']:>6.3f}")
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
@@ -249,28 +254,56 @@ def cmd_evaluate(args, params):
 
 def cmd_detect(args, params):
     import cv2
-    import mlflow
-    import torch
 
-    from dfcl.data import FaceArrayDataset, read_image
+    from dfcl.data import read_image
+    from dfcl.evaluate import load_detector
+    from dfcl.metrics import fake_probabilities
 
     uri = args.model or f"models:/{params['mlflow']['registered_model']}@champion"
-    model = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
-    # The size the model was trained at travels with it (register_challenger's metadata).
-    size = (mlflow.models.get_model_info(uri).metadata or {}).get("image_size", params["data"]["image_size"])
-    out = []
+    try:
+        # Face size and decision threshold travel with the model (register_challenger's metadata).
+        detector = load_detector(uri, params, Workspace.here().root)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    size, out = detector.image_size, []
     for path in args.images:
         face = read_image(Path(path))
         if isinstance(face, str):
             out.append({"image": path, "error": face})
             continue
         face = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
-        x = torch.from_numpy(face).permute(2, 0, 1).float().div(255)
-        x = ((x - FaceArrayDataset.MEAN) / FaceArrayDataset.STD)[None]
-        with torch.no_grad():
-            p_fake = float(torch.softmax(model(x), 1)[0, 1])
-        out.append({"image": path, "p_fake": round(p_fake, 4), "label": "fake" if p_fake >= 0.5 else "real"})
-    print(json.dumps({"model": uri, "detections": out}, indent=1))
+        p_fake = float(fake_probabilities(detector.model, face[None])[0])
+        out.append({"image": path, "p_fake": round(p_fake, 4), "label": "fake" if p_fake >= detector.threshold else "real"})
+    print(json.dumps({"model": uri, "threshold": round(detector.threshold, 4), "detections": out}, indent=1))
+    return 0
+
+
+def cmd_make_sbi(args, params):
+    import tempfile
+
+    import numpy as np
+
+    from dfcl.faces import extract_dataset
+    from dfcl.sbi import write_sbi_dataset
+
+    require_folder(args.data)
+    if Path(args.out).exists() and any(Path(args.out).iterdir()):
+        raise ConfigError(f"{args.out} exists and is not empty: nothing is overwritten")
+    with tempfile.TemporaryDirectory() as tmp:
+        faces = Path(tmp) / "faces"
+        extract_dataset(args.data, faces, params, Path(args.data).resolve().name,
+                        cache_dir=Workspace.here().root / "data" / "cache" / "faces")
+        # Training faces only: an SBI experience must not be made of another dataset's test faces.
+        reals = [x[y == 0] for x, y in ((np.load(m / "train-x.npy"), np.load(m / "train-y.npy"))
+                                        for m in sorted(faces.iterdir()) if (m / "train-x.npy").is_file())]
+        reals = np.concatenate(reals) if reals else np.zeros((0, 1, 1, 3), np.uint8)
+        if len(reals):  # FF++ originals are the real class of every method: keep each face once
+            reals = reals[np.sort(np.unique(reals.reshape(len(reals), -1), axis=0, return_index=True)[1])]
+        if not len(reals):
+            raise ConfigError(f"{args.data} holds no real training faces to blend")
+        counts = write_sbi_dataset(reals, Path(args.out), seed=params["data"]["seed"], per_real=args.per_real)
+    print(f"wrote {counts['real']} real and {counts['fake']} self-blended faces to {args.out}; "
+          f"learn it as an experience with: dfcl retrain {args.out} --method SBI")
     return 0
 
 
@@ -346,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--model", help="MLflow model URI (default: models:/<registered_model>@champion)")
 
+    p = sub.add_parser("make-sbi", parents=[common],
+                       help="self-blended pseudo-fakes (SBI) from a dataset's real faces, as a dataset of their own")
+    p.add_argument("data", help="any dataset folder `dfcl ingest` knows; its real training faces are used")
+    p.add_argument("out", help="new folder: real/ and fake/ PNG faces")
+    p.add_argument("--per-real", type=int, default=1, help="self-blended fakes per real face")
     sub.add_parser("models", parents=[common], help="list the registered detector architectures")
     return parser
 
@@ -353,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract_faces, "retrain": cmd_retrain, "compare": cmd_compare,
             "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
             "serve": cmd_serve, "rollback": cmd_rollback, "history": cmd_history,
-            "evaluate": cmd_evaluate, "detect": cmd_detect, "models": cmd_models}
+            "evaluate": cmd_evaluate, "detect": cmd_detect, "make-sbi": cmd_make_sbi, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

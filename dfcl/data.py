@@ -9,6 +9,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dfcl.augment import DEFAULTS, Augmenter
+
+# What augment=True meant before dfcl.augment (a flip with p=0.5), for older checkpoints.
+LEGACY_AUGMENT = {**{key: 0 for key in DEFAULTS if key.endswith("_p")}, "flip_p": 0.5}
+
 
 def read_image(path: Path) -> np.ndarray | str:
     """The image as RGB uint8, or the reason it cannot be used."""
@@ -24,23 +29,33 @@ class FaceArrayDataset(Dataset):
     """Faces from a decoded .npy cache (memory-mapped, so epochs never re-decode JPEGs).
 
     It pickles as the file path, so a strategy checkpoint (e.g. a replay buffer holding a
-    subset of it) stays small and points at the DVC-versioned cache instead of copying it."""
+    subset of it) stays small and points at the DVC-versioned cache instead of copying it.
+
+    `augment`: None/False for none, or the params' `augment:` section (see dfcl.augment),
+    applied to the uint8 face before normalisation."""
 
     MEAN = 0.5
     STD = 0.25
 
-    def __init__(self, images_path: str | Path, labels_path: str | Path, augment: bool = False):
-        self.images_path, self.labels_path, self.augment = str(images_path), str(labels_path), augment
+    def __init__(self, images_path: str | Path, labels_path: str | Path, augment: dict | None = None):
+        if augment is not None and augment is not False and not isinstance(augment, dict):
+            raise TypeError(f"augment={augment!r} is not accepted: pass the params' augment section "
+                            "(augment=params['augment']), or None for no augmentation")
+        self.images_path, self.labels_path = str(images_path), str(labels_path)
+        self.augment = dict(augment) if isinstance(augment, dict) else None
         self._open()
 
     def _open(self):
         self.images = np.load(self.images_path, mmap_mode="r")
         self.targets = torch.from_numpy(np.load(self.labels_path)).long().tolist()
+        self._augmenter = Augmenter(self.augment) if self.augment is not None else None
 
     def __getstate__(self):
         return {"images_path": self.images_path, "labels_path": self.labels_path, "augment": self.augment}
 
     def __setstate__(self, state):
+        if isinstance(state.get("augment"), bool):  # pickled before dfcl.augment (checkpoints)
+            state = {**state, "augment": dict(LEGACY_AUGMENT) if state["augment"] else None}
         self.__dict__.update(state)
         self._open()
 
@@ -48,7 +63,8 @@ class FaceArrayDataset(Dataset):
         return len(self.targets)
 
     def __getitem__(self, i):
-        x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1).float().div_(255)
-        if self.augment and torch.rand(()) < 0.5:
-            x = x.flip(-1)
+        image = np.array(self.images[i])  # a copy: the memory-mapped cache stays untouched
+        if self._augmenter is not None:
+            image = self._augmenter(image)
+        x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
         return (x - self.MEAN) / self.STD, self.targets[i]

@@ -7,79 +7,81 @@ splits alike: none of it was used to train the model being evaluated)."""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_eer, binary_roc
 
-from dfcl.data import FaceArrayDataset
+from dfcl.metrics import balanced_accuracy, fake_probabilities
 
 
-def load_detector(ref: str, params: dict, root: Path) -> tuple[torch.nn.Module, int]:
-    """A model and the face size it expects, from an MLflow URI or model folder, a learner
-    folder (data/learner: its current state), or a file holding a pickled torch module."""
+@dataclass
+class Detector:
+    model: torch.nn.Module
+    image_size: int
+    threshold: float   # P(fake) at or above which a face is called fake (chosen on validation faces)
+
+
+def load_detector(ref: str, params: dict, root: Path) -> Detector:
+    """A model with the face size and decision threshold it was trained with, from an MLflow
+    URI or model folder (register_challenger's metadata), a learner folder (data/learner: its
+    current state), or a file holding a pickled torch module (size from params, threshold 0.5)."""
     path = Path(ref)
+    size = params["data"]["image_size"]
     if ref.startswith(("models:/", "runs:/")) or (path / "MLmodel").is_file():
         import mlflow
 
         model = mlflow.pytorch.load_model(ref, map_location="cpu")
-        size = (mlflow.models.get_model_info(ref).metadata or {}).get("image_size", params["data"]["image_size"])
-        return model.eval(), int(size)
+        meta = mlflow.models.get_model_info(ref).metadata or {}
+        return Detector(model.eval(), int(meta.get("image_size", size)), float(meta.get("threshold", 0.5)))
     if (path / "CURRENT").is_file():
         from dfcl.learner import Learner
 
         learner = Learner.load(path, params, root)
-        return learner.strategy.model.to("cpu").eval(), params["data"]["image_size"]
+        return Detector(learner.strategy.model.to("cpu").eval(), size, learner.history.threshold)
     if path.is_file():
         model = torch.load(path, map_location="cpu", weights_only=False)  # the user's own file
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"{ref} holds a {type(model).__name__}, not a torch module")
-        return model.eval(), params["data"]["image_size"]
+        return Detector(model.eval(), size, 0.5)
     raise ValueError(f"--model {ref!r} is not an MLflow URI (models:/NAME@ALIAS, runs:/ID/model), "
                      "an MLflow model folder, a learner folder or a torch file")
 
 
-@torch.no_grad()
-def fake_probabilities(model: torch.nn.Module, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    out = []
-    for start in range(0, len(faces), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(faces[start:start + batch_size])).permute(0, 3, 1, 2).float() / 255
-        x = (x - FaceArrayDataset.MEAN) / FaceArrayDataset.STD
-        out.append(torch.softmax(model(x), 1)[:, 1])
-    return torch.cat(out).numpy() if out else np.zeros(0)
-
-
-def scores(y: np.ndarray, p: np.ndarray) -> dict:
+def scores(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:
     yt, pt = torch.from_numpy(y).long(), torch.from_numpy(p).float()
     both = len(set(y.tolist())) == 2  # AUC, AP and EER need both classes
     return {"faces": int(len(y)), "real": int((y == 0).sum()), "fake": int((y == 1).sum()),
-            "accuracy": float(((p >= 0.5) == (y == 1)).mean()) if len(y) else float("nan"),
+            "accuracy": float(((p >= threshold) == (y == 1)).mean()) if len(y) else float("nan"),
+            "balanced_accuracy": balanced_accuracy(yt, pt, threshold),
             "auc": float(binary_auroc(pt, yt)) if both else float("nan"),
             "ap": float(binary_average_precision(pt, yt)) if both else float("nan"),
             "eer": float(binary_eer(pt, yt)) if both else float("nan")}
 
 
-def evaluate(model: torch.nn.Module, size: int, data: str, params: dict, roc_png: Path | None = None) -> dict:
+def evaluate(detector: Detector, data: str, params: dict, roc_png: Path | None = None) -> dict:
     from dfcl.faces import extract_dataset
     from dfcl.workspace import Workspace
 
+    size, threshold = detector.image_size, detector.threshold
     params = {**params, "data": {**params["data"], "image_size": size}}
     name = Path(data).resolve().name
     with tempfile.TemporaryDirectory() as tmp:
         extract_dataset(data, Path(tmp) / name, params, name, cache_dir=Workspace.here().root / "data" / "cache" / "faces")
         per_method, ys, ps = {}, [], []
         for folder in sorted(p for p in (Path(tmp) / name).iterdir() if p.is_dir()):
-            x = np.concatenate([np.load(folder / f"{s}-x.npy", mmap_mode="r") for s in ("train", "test")])
-            y = np.concatenate([np.load(folder / f"{s}-y.npy") for s in ("train", "test")])
-            p = fake_probabilities(model, x)
-            per_method[folder.name] = scores(y, p)
+            x = np.concatenate([np.load(folder / f"{s}-x.npy", mmap_mode="r") for s in ("train", "val", "test")])
+            y = np.concatenate([np.load(folder / f"{s}-y.npy") for s in ("train", "val", "test")])
+            p = fake_probabilities(detector.model, x).numpy()
+            per_method[folder.name] = scores(y, p, threshold)
             ys.append(y)
             ps.append(p)
     # Real faces shared by several methods (FF++ originals) count once per method there;
     # overall pools every method's faces as they were scored.
-    report = {"data": str(data), "image_size": size, "methods": per_method,
-              "overall": scores(np.concatenate(ys), np.concatenate(ps))}
+    report = {"data": str(data), "image_size": size, "threshold": threshold, "methods": per_method,
+              "overall": scores(np.concatenate(ys), np.concatenate(ps), threshold)}
     if roc_png:
         plot_roc({m: (y, p) for m, y, p in zip(per_method, ys, ps)}, roc_png, report)
     return report

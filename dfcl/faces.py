@@ -7,7 +7,7 @@ video when FF++ ships one. Images are treated as face crops and only resized, un
 `faces.detect_in_images` is on. Every sampled frame gets a manifest row (box, landmarks, score,
 frame index, video id, split) and kept faces go into one uint8 array per method and split:
 
-    <out>/<method>/{train,test}-x.npy  -y.npy  [-mask.npy]  manifest.csv  preview.png
+    <out>/<method>/{train,val,test}-x.npy  -y.npy  [-mask.npy]  manifest.csv  preview.png
     <out>/skipped.csv     every skipped file or frame, with its reason
     <out>/experiences.json   faces per method, split and class; which methods can be learned
 
@@ -309,7 +309,7 @@ def _write_experience(folder: Path, rows: pd.DataFrame, results: dict[str, FileF
     rows = rows.copy()
     rows["index"] = -1
     counts = {}
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         kept = rows[(rows.split == split) & (rows.face >= 0)]
         rows.loc[kept.index, "index"] = np.arange(len(kept))
         x = (np.stack([results[p].crops[f] for p, f in zip(kept.source, kept.face)]) if len(kept)
@@ -347,7 +347,7 @@ def extract_dataset(raw_dir: str | Path, out_dir: str | Path, params: dict, name
     for note in sources.notes:
         print(f"  note: {note}")
     files = sources.files.copy()
-    files["split"] = assign_splits(files, dp["test_fraction"], dp["seed"])
+    files["split"] = assign_splits(files, dp["test_fraction"], dp["seed"], dp.get("val_fraction", 0.0))
 
     kinds = files.drop_duplicates("path").set_index("path")
     masks = files[files["mask"] != ""].drop_duplicates("path").set_index("path")["mask"].to_dict()

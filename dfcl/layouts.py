@@ -102,8 +102,7 @@ class _Groups:
 
 
 def _ffpp_official_splits(root: Path) -> tuple[dict[str, str], list[str]]:
-    """FF++ ships splits/{train,val,test}.json: lists of [id, id] pairs. Validation pairs join
-    train (the learner has no early stopping to spend them on)."""
+    """FF++ ships splits/{train,val,test}.json: lists of [id, id] pairs."""
     split_of, files = {}, []
     for folder in (root / "splits", root):
         for name in ("train", "val", "test"):
@@ -112,7 +111,7 @@ def _ffpp_official_splits(root: Path) -> tuple[dict[str, str], list[str]]:
                 files.append(f.relative_to(root).as_posix())
                 for pair in json.loads(f.read_text()):
                     for vid in pair:
-                        split_of[str(vid)] = "test" if name == "test" else "train"
+                        split_of[str(vid)] = name
         if files:
             break
     return split_of, files
@@ -299,18 +298,26 @@ def cap_per_class(table: pd.DataFrame, max_per_class: int, seed: int) -> pd.Data
     return pd.concat(keep).sort_index()
 
 
-def assign_splits(files: pd.DataFrame, test_fraction: float, seed: int) -> pd.Series:
+def assign_splits(files: pd.DataFrame, test_fraction: float, seed: int, val_fraction: float = 0.0) -> pd.Series:
     """Split by group (a video, or a pair/identity when the layout knows it), deterministically:
     an official split wins; the other groups are ordered by a seeded hash, separately for groups
     with and without fakes (so both classes reach the test set), and the first `test_fraction`
-    go to test. A group is never on both sides, in every experience alike."""
+    go to test. Then `val_fraction` of the training groups (official ones too) become the
+    validation split, the same way: it picks the decision threshold and the best epoch, so test
+    stays untouched. A group is never on two sides, in every experience alike."""
     split = files.split.copy()
-    todo = files[split == ""]
-    has_fake = todo.groupby("group").label.max()
-    test_groups = set()
+    split[split == ""] = _hold_out(files[split == ""], test_fraction, seed, "test", "train")
+    if not (split == "val").any():  # an official validation split wins too
+        train = files[split == "train"]
+        split[train.index] = _hold_out(train, val_fraction, seed + 1, "val", "train")
+    return split
+
+
+def _hold_out(files: pd.DataFrame, fraction: float, seed: int, held: str, rest: str) -> list[str]:
+    has_fake = files.groupby("group").label.max()
+    chosen = set()
     for flag in (1, 0):
         groups = stable_order(has_fake[has_fake == flag].index.tolist(), seed)
-        n_test = round(len(groups) * test_fraction) if len(groups) > 1 else 0
-        test_groups |= set(groups[:max(1, n_test) if len(groups) > 1 else 0])
-    split[todo.index] = ["test" if g in test_groups else "train" for g in todo.group]
-    return split
+        if len(groups) > 1 and fraction > 0:
+            chosen |= set(groups[:max(1, round(len(groups) * fraction))])
+    return [held if g in chosen else rest for g in files.group]

@@ -3,6 +3,7 @@ whole state (weights, optimizer, replay buffer / GEM memories / CWR* consolidate
 clock and evaluator history) persists between runs with Avalanche's checkpointing."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -10,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
@@ -18,10 +20,13 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
 from avalanche.training import EWC, GEM, CWRStar, Cumulative, LwF, Naive, Replay
 from avalanche.training.plugins import EvaluationPlugin
+from torch.utils.data import ConcatDataset
+from torchmetrics.functional.classification import binary_auroc
 
 from dfcl.data import FaceArrayDataset
-from dfcl.metrics import ExperienceAUC, per_experience, stream_value
+from dfcl.metrics import ExperienceAUC, calibrate_threshold, fake_probabilities, per_experience, stream_value
 from dfcl.progress import EpochProgress
+from dfcl.sbi import SelfBlendedFakes
 from models import create_model
 
 # Strategy name in params.yaml -> Avalanche strategy built from its `strategy:` settings.
@@ -49,6 +54,8 @@ class ExperienceSpec:
     train_y: str
     test_x: str
     test_y: str
+    val_x: str = ""   # validation faces (threshold, early stopping); "" for data extracted without
+    val_y: str = ""
 
 
 @dataclass
@@ -56,6 +63,8 @@ class History:
     experiences: list[ExperienceSpec] = field(default_factory=list)
     accuracy_matrix: list[list[float]] = field(default_factory=list)
     auc_matrix: list[list[float]] = field(default_factory=list)
+    balanced_accuracy_matrix: list[list[float]] = field(default_factory=list)
+    threshold: float = 0.5   # P(fake) cut chosen on validation faces after the latest experience
     identity: dict = field(default_factory=dict)
 
 
@@ -87,6 +96,73 @@ class CudaSpeedups(SupervisedPlugin):
     after_forward = after_eval_forward = _exit
 
 
+def validation_scores(model: torch.nn.Module, faces: list[tuple[Path, Path]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and P(fake) of the validation faces [(images .npy, labels .npy), ...]."""
+    y = torch.from_numpy(np.concatenate([np.load(labels) for _, labels in faces]))
+    p = torch.cat([fake_probabilities(model, np.load(images, mmap_mode="r"), device) for images, _ in faces])
+    return y, p
+
+
+class ClassBalancedLoss(SupervisedPlugin):
+    """Weights the cross-entropy by the inverse class frequency of the data being learned, so a
+    fake-heavy (or real-heavy) experience does not push every decision to one class. Avalanche
+    has no class-weighting plugin; the weights follow each experience's own counts."""
+
+    def after_train_dataset_adaptation(self, strategy, **_):
+        counts = torch.bincount(torch.as_tensor(list(strategy.adapted_dataset.targets)), minlength=2).float()
+        weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+        strategy._criterion = torch.nn.CrossEntropyLoss(weight=weights.to(strategy.device))
+
+
+class CosineEpochs(SupervisedPlugin):
+    """Cosine learning-rate decay over each experience's epochs, restarting per experience.
+    Avalanche's LRSchedulerPlugin holds a torch scheduler that holds the optimizer, which the
+    checkpoint cannot pickle (see Learner.save); this keeps only the base rate."""
+
+    def __init__(self, lr: float):
+        super().__init__()
+        self.lr = lr
+
+    def before_training_epoch(self, strategy, **_):
+        epoch, total = strategy.clock.train_exp_epochs, max(strategy.train_epochs, 1)
+        for group in strategy.optimizer.param_groups:
+            group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * epoch / total))
+
+
+class BestValidationEpoch(SupervisedPlugin):
+    """Early stopping on validation AUC (the validation faces of every experience so far):
+    stops after `patience` epochs without a gain and keeps the best epoch's weights.
+    Avalanche's EarlyStoppingPlugin reads periodic evaluations from the evaluator, which would
+    feed validation results into the forgetting/BWT metrics, which are keyed by experience id."""
+
+    def __init__(self, patience: int):
+        super().__init__()
+        self.patience, self.faces = patience, []  # faces: [(images .npy, labels .npy)], set per experience
+        self._best = self._best_auc = None
+        self._best_epoch = 0
+
+    def before_training_exp(self, strategy, **_):
+        self._best, self._best_auc, self._best_epoch = None, None, 0
+
+    def after_training_epoch(self, strategy, **_):
+        if not self.faces:
+            return
+        y, p = validation_scores(strategy.model, self.faces, strategy.device)
+        if y.min() == y.max():
+            return
+        auc, epoch = float(binary_auroc(p, y)), strategy.clock.train_exp_epochs
+        if self._best_auc is None or auc > self._best_auc:
+            self._best = copy.deepcopy(strategy.model.state_dict())
+            self._best_auc, self._best_epoch = auc, epoch
+        elif epoch - self._best_epoch >= self.patience:
+            strategy.stop_training()
+
+    def after_training_exp(self, strategy, **_):
+        if self._best is not None:
+            strategy.model.load_state_dict(self._best)
+        self._best, self.faces = None, []  # nothing heavy or path-bound goes into the checkpoint
+
+
 def identity_of(params: dict) -> dict:
     """What must match for a saved learner to be continued instead of refused."""
     return {"model": params["model"], "strategy": params["strategy"]["name"],
@@ -105,6 +181,12 @@ def build_strategy(params: dict):
     model = create_model(mp["name"], width=mp.get("width", 32), dropout=mp.get("dropout", 0.2),
                          weights=mp.get("weights"))
     plugins = [EpochProgress()]
+    if tp.get("class_balance", False):
+        plugins.append(ClassBalancedLoss())
+    if tp.get("schedule", "constant") == "cosine":
+        plugins.append(CosineEpochs(tp["lr"]))
+    if tp.get("early_stopping_patience", 0) > 0:
+        plugins.append(BestValidationEpoch(tp["early_stopping_patience"]))
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         plugins.append(CudaSpeedups())
@@ -156,7 +238,9 @@ class Learner:
                 f"{learner.history.identity}; restore those params or start over with --fresh")
         learner.history = History(
             experiences=[ExperienceSpec(**e) for e in data["experiences"]],
-            accuracy_matrix=data["accuracy_matrix"], auc_matrix=data["auc_matrix"], identity=saved)
+            accuracy_matrix=data["accuracy_matrix"], auc_matrix=data["auc_matrix"],
+            balanced_accuracy_matrix=data.get("balanced_accuracy_matrix", []),
+            threshold=data.get("threshold", 0.5), identity=saved)
         device = pick_device(params["train"]["device"])
         learner.strategy, done = maybe_load_checkpoint(learner.strategy, str(state / cls.CHECKPOINT),
                                                        map_location=device)
@@ -192,8 +276,15 @@ class Learner:
     def learned(self) -> set[str]:
         return {e.key for e in self.history.experiences}
 
-    def _dataset(self, images: str, labels: str, augment: bool):
+    def _dataset(self, images: str, labels: str, train: bool):
+        augment = self.params.get("augment") if train else None
         faces = FaceArrayDataset(self.root / images, self.root / labels, augment=augment)
+        sbi = self.params.get("sbi", {})
+        if train and sbi.get("enabled"):  # extra fakes blended from this experience's own real faces
+            blended = SelfBlendedFakes(self.root / images, self.root / labels, augment=augment,
+                                       per_real=sbi["per_real"], seed=self.params["train"]["seed"])
+            faces = ConcatDataset([faces, blended])
+            faces.targets = faces.datasets[0].targets + blended.targets
         # Domain-incremental: one task (label 0) for all experiences; the name is public
         # (in the module's __all__) despite the underscore.
         return _make_taskaware_classification_dataset(faces, task_labels=0, targets=faces.targets)
@@ -202,8 +293,25 @@ class Learner:
         # Experience ids must stay stable across runs (GEM memories and the forgetting metrics
         # are keyed by them), so the benchmark always lists every experience from the first.
         return benchmark_from_datasets(
-            train=[self._dataset(e.train_x, e.train_y, augment=True) for e in experiences],
-            test=[self._dataset(e.test_x, e.test_y, augment=False) for e in experiences])
+            train=[self._dataset(e.train_x, e.train_y, train=True) for e in experiences],
+            test=[self._dataset(e.test_x, e.test_y, train=False) for e in experiences])
+
+    def _validation_faces(self, experiences: list[ExperienceSpec]) -> list[tuple[Path, Path]]:
+        return [(self.root / e.val_x, self.root / e.val_y) for e in experiences
+                if e.val_x and (self.root / e.val_x).is_file()]
+
+    def _plugin(self, kind):
+        return next((p for p in self.strategy.plugins if isinstance(p, kind)), None)
+
+    def _scores_metric(self) -> ExperienceAUC:
+        return next(m for m in self.strategy.evaluator.metrics if isinstance(m, ExperienceAUC))
+
+    def calibrate(self, experiences: list[ExperienceSpec]) -> float:
+        """Choose the decision threshold on the validation faces of every experience so far."""
+        faces = self._validation_faces(experiences)
+        if not faces:
+            return 0.5
+        return calibrate_threshold(*validation_scores(self.strategy.model, faces, self.strategy.device))
 
     def learn(self, spec: ExperienceSpec) -> dict:
         """Train on one new experience, then evaluate on every experience seen so far."""
@@ -212,50 +320,71 @@ class Learner:
         experiences = self.history.experiences + [spec]
         bench = self.benchmark(experiences)
         index = len(experiences) - 1
-        self.strategy.train(bench.train_stream[index], num_workers=self.params["train"]["num_workers"])
+        stopper = self._plugin(BestValidationEpoch)
+        if stopper:
+            stopper.faces = self._validation_faces(experiences)
+        self.strategy.train(bench.train_stream[index], num_workers=self.params["train"]["num_workers"],
+                            persistent_workers=self.params["train"]["num_workers"] > 0)
         self.history.experiences.append(spec)
+        self.history.threshold = self.calibrate(experiences)
         return self._evaluate(bench)
 
     def last_results(self) -> dict:
         """The latest evaluation, from the saved matrices; forgetting as Avalanche's
         StreamForgetting defines it (accuracy right after learning a method minus now)."""
-        acc, auc = self.history.accuracy_matrix, self.history.auc_matrix
+        h = self.history
+        acc, auc = h.accuracy_matrix, h.auc_matrix
         if not acc:
             return {}
         n = len(acc)
         drops = [acc[i][i] - acc[-1][i] for i in range(n - 1)]
         forgetting = sum(drops) / len(drops) if drops else 0.0
-        return summarize(self.history.experiences, acc[-1], auc[-1], forgetting=forgetting, bwt=-forgetting)
+        bal = h.balanced_accuracy_matrix[-1] if h.balanced_accuracy_matrix else None
+        return summarize(h.experiences, acc[-1], auc[-1], forgetting=forgetting, bwt=-forgetting,
+                         row_bal=bal, threshold=h.threshold)
 
     def _evaluate(self, bench) -> dict:
         """Evaluate on every learned experience and append the row to the matrices."""
         n = len(self.history.experiences)
+        self._scores_metric().threshold = self.history.threshold
         metrics = self.strategy.eval(bench.test_stream[:n])
         acc = per_experience(metrics, "Top1_Acc_Exp")
         auc = per_experience(metrics, "AUC_Exp")
-        row_acc = [acc[i] for i in range(n)]
-        row_auc = [auc[i] for i in range(n)]
+        bal = per_experience(metrics, "BalAcc_Exp")
+        row_acc, row_auc, row_bal = ([m[i] for i in range(n)] for m in (acc, auc, bal))
         self.history.accuracy_matrix.append(row_acc)
         self.history.auc_matrix.append(row_auc)
+        self.history.balanced_accuracy_matrix.append(row_bal)
         forgetting = stream_value(metrics, "StreamForgetting")
         bwt = stream_value(metrics, "StreamBWT")
         return summarize(self.history.experiences, row_acc, row_auc,
                          forgetting=0.0 if math.isnan(forgetting) else forgetting,
-                         bwt=0.0 if math.isnan(bwt) else bwt)
+                         bwt=0.0 if math.isnan(bwt) else bwt, row_bal=row_bal, threshold=self.history.threshold)
+
+
+def _mean(values) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def summarize(experiences: list[ExperienceSpec], row_acc: list[float], row_auc: list[float],
-              forgetting: float = math.nan, bwt: float = math.nan) -> dict:
-    finite_auc = [a for a in row_auc if not math.isnan(a)]
-    return {
-        "methods": [e.key for e in experiences],
-        "accuracy": dict(zip([e.key for e in experiences], row_acc)),
-        "auc": dict(zip([e.key for e in experiences], row_auc)),
+              forgetting: float = math.nan, bwt: float = math.nan, row_bal: list[float] | None = None,
+              threshold: float = 0.5) -> dict:
+    keys = [e.key for e in experiences]
+    out = {
+        "methods": keys,
+        "accuracy": dict(zip(keys, row_acc)),
+        "auc": dict(zip(keys, row_auc)),
         "avg_accuracy": sum(row_acc) / len(row_acc),
-        "avg_auc": sum(finite_auc) / len(finite_auc) if finite_auc else math.nan,
+        "avg_auc": _mean(row_auc),
         "forgetting": forgetting,
         "bwt": bwt,
+        "threshold": threshold,
     }
+    if row_bal is not None:
+        out["balanced_accuracy"] = dict(zip(keys, row_bal))
+        out["avg_balanced_accuracy"] = _mean(row_bal)
+    return out
 
 
 def score_model(model: torch.nn.Module, learner: Learner) -> dict:
@@ -269,5 +398,7 @@ def score_model(model: torch.nn.Module, learner: Learner) -> dict:
     experiences = learner.history.experiences
     metrics = judge.eval(learner.benchmark(experiences).test_stream)
     acc, auc = per_experience(metrics, "Top1_Acc_Exp"), per_experience(metrics, "AUC_Exp")
+    bal = per_experience(metrics, "BalAcc_Exp")
     n = len(experiences)
-    return summarize(experiences, [acc[i] for i in range(n)], [auc[i] for i in range(n)])
+    return summarize(experiences, [acc[i] for i in range(n)], [auc[i] for i in range(n)],
+                     row_bal=[bal[i] for i in range(n)])

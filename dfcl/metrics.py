@@ -1,22 +1,67 @@
-"""ROC AUC as an Avalanche plugin metric, and helpers that read the evaluator's results.
+"""ROC AUC and balanced accuracy as an Avalanche plugin metric, the decision threshold chosen
+on validation faces, and helpers that read the evaluator's results.
 
-Avalanche ships accuracy, forgetting and BWT but no AUC; this metric collects the fake-class
-probability of every eval minibatch and scores the experience with torchmetrics."""
+Avalanche ships accuracy, forgetting and BWT but no AUC or balanced accuracy; this metric
+collects the fake-class probability of every eval minibatch and scores the experience with
+torchmetrics. Balanced accuracy (the mean of the real and fake recalls) is what accuracy means
+when the test sets are two-thirds one class, as FF++'s are."""
 from __future__ import annotations
 
 import math
 import re
 
+import numpy as np
 import torch
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
-from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+from dfcl.data import FaceArrayDataset
+
+
+def balanced_accuracy(y: torch.Tensor, p: torch.Tensor, threshold: float) -> float:
+    """Mean of the per-class recalls when faces with p >= threshold are called fake."""
+    fake = p >= threshold
+    recalls = [(fake[y == c] == bool(c)).float().mean() for c in (0, 1) if (y == c).any()]
+    return float(sum(recalls) / len(recalls)) if recalls else math.nan
+
+
+def calibrate_threshold(y: torch.Tensor, p: torch.Tensor) -> float:
+    """The fake-probability cut that maximises balanced accuracy (Youden's J = TPR - FPR) on
+    validation faces; 0.5 when they do not hold both classes."""
+    y = torch.as_tensor(y).long()
+    if len(y) == 0 or y.min() == y.max():
+        return 0.5
+    fpr, tpr, thresholds = binary_roc(torch.as_tensor(p), y)
+    best = int(torch.argmax(tpr - fpr))
+    return float(min(max(thresholds[best], 0.0), 1.0))
+
+
+@torch.no_grad()
+def fake_probabilities(model: torch.nn.Module, faces, device: torch.device | str = "cpu",
+                       batch_size: int = 256) -> torch.Tensor:
+    """P(fake) for uint8 faces (N, H, W, 3), normalised as in training (FaceArrayDataset)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(faces), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(faces[start:start + batch_size])).to(device)
+        x = (x.permute(0, 3, 1, 2).float() / 255 - FaceArrayDataset.MEAN) / FaceArrayDataset.STD
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x)
+        out.append(torch.softmax(logits.float(), 1)[:, 1].cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 class ExperienceAUC(PluginMetric[float]):
-    def __init__(self):
+    """AUC_Exp, and BalAcc_Exp at `threshold` (the learner sets it after calibrating)."""
+
+    def __init__(self, threshold: float = 0.5):
         super().__init__()
+        self.threshold = threshold
         self.reset()
 
     def reset(self) -> None:
@@ -37,9 +82,17 @@ class ExperienceAUC(PluginMetric[float]):
         self._scores.append(torch.softmax(strategy.mb_output.detach().float(), 1)[:, 1].cpu())
         self._targets.append(strategy.mb_y.detach().cpu())
 
+    def balanced_accuracy(self) -> float:
+        if not self._targets:
+            return math.nan
+        # getattr: metrics pickled in checkpoints from before the threshold existed
+        return balanced_accuracy(torch.cat(self._targets), torch.cat(self._scores), getattr(self, "threshold", 0.5))
+
     def after_eval_exp(self, strategy):
-        name = get_metric_name(self, strategy, add_experience=True)
-        return [MetricValue(self, name, self.result(), strategy.clock.train_iterations)]
+        step = strategy.clock.train_iterations
+        return [MetricValue(self, get_metric_name(self, strategy, add_experience=True), self.result(), step),
+                MetricValue(self, get_metric_name("BalAcc_Exp", strategy, add_experience=True),
+                            self.balanced_accuracy(), step)]
 
     def __str__(self):
         return "AUC_Exp"

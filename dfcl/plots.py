@@ -52,3 +52,13 @@ def forgetting_curves(frames: dict[str, pd.DataFrame], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def strategy_plots(history, folder: Path, name: str) -> None:
+    """Accuracy and AUC heatmaps and forgetting curves of one strategy's learner history."""
+    folder.mkdir(parents=True, exist_ok=True)
+    methods = [e.key for e in history.experiences]
+    frame = matrix_frame(history.accuracy_matrix, methods)
+    heatmap(frame, folder / f"{name}_accuracy_matrix.png", f"accuracy ({name})")
+    heatmap(matrix_frame(history.auc_matrix, methods), folder / f"{name}_auc_matrix.png", f"AUC ({name})")
+    forgetting_curves({name: frame}, folder / f"{name}_forgetting.png")

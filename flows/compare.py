@@ -16,24 +16,13 @@ from tqdm.auto import tqdm
 
 from dfcl.config import flatten
 from dfcl.learner import Learner
+from dfcl.plots import strategy_plots
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
 from flows.ingest import dataset_name, ingest_dataset
 from flows.retrain import log_dataset_versions
 from tasks.learn_experience import learn_experience
 from tasks.log_experience_metrics import log_experience_metrics
 from tasks.register_challenger import log_matrices
-
-
-def write_plots(learner: Learner, folder: Path, name: str) -> None:
-    """Accuracy-matrix heatmap and forgetting curves of one strategy, as files."""
-    from dfcl.plots import forgetting_curves, heatmap, matrix_frame
-
-    folder.mkdir(parents=True, exist_ok=True)
-    methods = [e.key for e in learner.history.experiences]
-    frame = matrix_frame(learner.history.accuracy_matrix, methods)
-    heatmap(frame, folder / f"{name}_accuracy_matrix.png", f"accuracy ({name})")
-    heatmap(matrix_frame(learner.history.auc_matrix, methods), folder / f"{name}_auc_matrix.png", f"AUC ({name})")
-    forgetting_curves({name: frame}, folder / f"{name}_forgetting.png")
 
 
 def table(report: dict) -> str:
@@ -81,11 +70,13 @@ def compare_strategies(data: str | list[str], params: dict, strategies: list[str
             mlflow.log_metric("train_seconds", seconds)
             log_matrices(learner)
             if artifacts_dir:
-                write_plots(learner, Path(artifacts_dir), name)
+                strategy_plots(learner.history, Path(artifacts_dir), name)
         report["strategies"][name] = {
             "accuracy_matrix": learner.history.accuracy_matrix, "auc_matrix": learner.history.auc_matrix,
             "avg_accuracy": results["avg_accuracy"], "forgetting": results["forgetting"],
-            "bwt": results["bwt"], "train_seconds": seconds}
+            "bwt": results["bwt"], "train_seconds": seconds,
+            "balanced_accuracy_matrix": learner.history.balanced_accuracy_matrix,
+            "avg_balanced_accuracy": results.get("avg_balanced_accuracy"), "threshold": results["threshold"]}
     logger.info("strategies on %s:\n%s", " -> ".join(report["methods"]), table(report))
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=1))

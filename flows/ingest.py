@@ -43,7 +43,7 @@ def report_extraction(ws: Workspace, name: str) -> dict:
     logger = get_run_logger()
     out = ws.processed / name
     summary = json.loads((out / "experiences.json").read_text())
-    rows = [{"method": m, **{f"{s} {c}": e[s][c] for s in ("train", "test") for c in ("real", "fake")},
+    rows = [{"method": m, **{f"{s} {c}": e[s][c] for s in ("train", "val", "test") for c in ("real", "fake")},
              "learnable": "yes" if e["learnable"] else "no", "problems": "; ".join(e["problems"])}
             for m, e in summary["experiences"].items()]
     table = pd.DataFrame(rows)
@@ -81,7 +81,7 @@ def ingest_dataset(data: str, params: dict, method: str | None = None,
             continue
         folder = (ws.processed / name / m).relative_to(ws.root)
         specs.append(ExperienceSpec(key=m if m == name else f"{name}/{m}", dataset=name, method=m, version=version,
-                                    **{f"{s}_{a}": str(folder / f"{s}-{a}.npy") for s in ("train", "test") for a in "xy"}))
+                                    **{f"{s}_{a}": str(folder / f"{s}-{a}.npy") for s in ("train", "val", "test") for a in "xy"}))
     if left_out:
         get_run_logger().warning("%s: left out (cannot be learned): %s", name, left_out)
     return Ingested(name, summary["layout"], raw_version, version, specs, left_out, summary["stats"])

@@ -37,13 +37,15 @@ def register_challenger(learner: Learner, results: dict, registered_model: str) 
         model, name="model", serialization_format="pickle", code_paths=[str(MODELS_DIR)],
         input_example=torch.zeros(2, 3, size, size).numpy(),
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm"],
-        metadata={"image_size": size, "classes": ["real", "fake"], "methods": results["methods"]},
+        metadata={"image_size": size, "classes": ["real", "fake"], "methods": results["methods"],
+                  "threshold": learner.history.threshold},
         registered_model_name=registered_model)
     version = str(info.registered_model_version)
     client = MlflowClient()
     run = mlflow.active_run().info.run_id
-    for key in ("avg_accuracy", "avg_auc", "forgetting", "bwt"):
-        client.set_model_version_tag(registered_model, version, key, f"{results[key]:.4f}")
+    for key in ("avg_accuracy", "avg_balanced_accuracy", "avg_auc", "forgetting", "bwt", "threshold"):
+        if key in results:
+            client.set_model_version_tag(registered_model, version, key, f"{results[key]:.4f}")
     client.set_model_version_tag(registered_model, version, "methods", ",".join(results["methods"]))
     client.set_registered_model_alias(registered_model, "challenger", version)
     get_run_logger().info("registered %s version %s as 'challenger' (run %s)", registered_model, version, run)

@@ -182,5 +182,7 @@ def test_unreadable_images_are_skipped_and_the_rest_kept(demo_data, tmp_path):
     assert len(dup) == 1, "the copy must not be both in train and test"
     assert dup.to_dict() == {"test/real/copy-of-a-train-face.jpg": "duplicate of train/real/0000.jpg"}
     assert len(skipped) == 3
-    x, y = np.load(tmp_path / "out" / "BlendSwap" / "train-x.npy"), np.load(tmp_path / "out" / "BlendSwap" / "train-y.npy")
+    out = tmp_path / "out" / "BlendSwap"
+    x = np.concatenate([np.load(out / f"{s}-x.npy") for s in ("train", "val")])
+    y = np.concatenate([np.load(out / f"{s}-y.npy") for s in ("train", "val")])
     assert x.shape == (48, 32, 32, 3) and sorted(set(y)) == [0, 1]  # 24 fake + 24 real: the first copy stays

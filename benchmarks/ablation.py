@@ -1,0 +1,250 @@
+"""Detection-quality ablation on real forgeries: one row per change, same seeds, same splits.
+
+Each row is a set of `-S` overrides on params.yaml (cumulative: a row keeps the changes of the
+rows above it unless it says otherwise). For each row three trainings:
+
+  joint       one experience holding all four FF++ methods (Deepfakes, Face2Face, FaceSwap,
+              NeuralTextures) -> mean test AUC over the four, and AUC on stylegan-faces
+              (a method never trained on: entire-face synthesis)
+  continual   the FF++ sequence with the continual strategy (params strategy.name) -> final
+              mean AUC over the four, average forgetting (accuracy, Avalanche's definition)
+  left-out    joint on Deepfakes + Face2Face + FaceSwap -> AUC on NeuralTextures, never seen
+
+A row named `dfdc_first` puts dfdc-crops in front of all three (pre-training / an earlier
+experience). Balanced accuracy is at the threshold chosen on the validation split.
+
+It needs only torch, timm, Avalanche and OpenCV (no Prefect, DVC or MLflow), so it runs on a
+bare GPU machine too; the faces are extracted with dfcl.faces straight from the folders.
+
+    python benchmarks/ablation.py [--rows a,b] [--data DIR] [-S key=value ...] [--tag cpu]
+
+Writes benchmarks/results/ablation_<tag>.{md,json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
+from common import extract_once as extract, machine  # noqa: E402
+
+FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+LEFT_OUT = "NeuralTextures"
+
+# name -> (what changed, overrides applied on top of the previous row's, or "base:"-prefixed to
+# start over from params.yaml). The first row is the issue's starting point.
+ROWS = {
+    "baseline": ("small CNN 64 px, plain loss, constant lr, flips only",
+                 ["train.class_balance=false", "train.schedule=constant", "augment.enabled=false",
+                  "sbi.enabled=false", "train.early_stopping_patience=0"]),
+    "balance": ("+ class-balanced loss (threshold on validation)", ["train.class_balance=true"]),
+    "augment": ("+ forensic augmentation", ["augment.enabled=true"]),
+    "cosine_es": ("+ cosine schedule, early stopping on val AUC", ["train.schedule=cosine", "train.early_stopping_patience=4"]),
+    "sbi": ("+ self-blended fakes (0.5 per real)", ["sbi.enabled=true"]),
+    "size128": ("+ 128 px input", ["data.image_size=128"]),
+    "size96": ("+ 96 px input", ["data.image_size=96"]),
+    "effnet_b0": ("EfficientNet-B0 from scratch", ["model.name=efficientnet_b0"]),
+    "resnet18": ("ResNet-18 from scratch", ["model.name=resnet18"]),
+    "resnet50": ("ResNet-50 from scratch", ["model.name=resnet50"]),
+    "xception": ("Xception from scratch", ["model.name=xception"]),
+    "dfdc_first": ("the best row so far (continual mean AUC), with DFDC crops learned first", []),
+}
+
+
+def merged(name: str, parts: list[dict], work: Path, size: int) -> dict:
+    """One experience out of several: every split concatenated, identical faces kept once
+    (FF++'s originals are the real class of every method)."""
+    out = work / f"merged-{size}" / name
+    paths = {f"{s}_{a}": str(out / f"{s}-{a}.npy") for s in ("train", "val", "test") for a in "xy"}
+    if not Path(paths["test_y"]).exists():
+        out.mkdir(parents=True, exist_ok=True)
+        for s in ("train", "val", "test"):
+            x = np.concatenate([np.load(p[f"{s}_x"]) for p in parts])
+            y = np.concatenate([np.load(p[f"{s}_y"]) for p in parts])
+            _, first = np.unique(x.reshape(len(x), -1), axis=0, return_index=True)
+            keep = np.sort(first)
+            np.save(out / f"{s}-x.npy", x[keep])
+            np.save(out / f"{s}-y.npy", y[keep])
+    return paths
+
+
+def spec(key: str, paths: dict):
+    from dfcl.learner import ExperienceSpec
+
+    return ExperienceSpec(key=key, dataset=key.split("/")[0], method=key.split("/")[-1], version="ablation", **paths)
+
+
+def auc_on(model, device, paths: dict, splits=("test",)) -> float:
+    from torchmetrics.functional.classification import binary_auroc
+
+    from dfcl.metrics import fake_probabilities
+
+    x = np.concatenate([np.load(paths[f"{s}_x"], mmap_mode="r") for s in splits])
+    y = torch.from_numpy(np.concatenate([np.load(paths[f"{s}_y"]) for s in splits]))
+    return float(binary_auroc(fake_probabilities(model, x, device), y))
+
+
+def train(sequence: list, params: dict, folder: Path):
+    from dfcl.learner import Learner
+
+    shutil.rmtree(folder, ignore_errors=True)
+    learner = Learner(folder, params, Path("/"))
+    start = time.perf_counter()
+    for s in sequence:
+        results = learner.learn(s)
+    return learner, results, time.perf_counter() - start
+
+
+def run_row(params: dict, data: Path, work: Path, dfdc_first: bool) -> dict:
+    size = params["data"]["image_size"]
+    ffpp = extract(data / "ffpp-crops", work, params)
+    stylegan = next(iter(extract(data / "stylegan-faces" / "images", work, params).values()))
+    first = []
+    if dfdc_first:
+        dfdc = next(iter(extract(data / "dfdc-crops", work, params).values()))
+        first = [spec("dfdc-crops", dfdc)]
+    per_method = [spec(f"ffpp-crops/{m}", ffpp[m]) for m in FFPP]
+    joint = spec("ffpp-joint", merged("joint", [ffpp[m] for m in FFPP], work, size))
+    seen = [m for m in FFPP if m != LEFT_OUT]
+    three = spec("ffpp-three", merged("three", [ffpp[m] for m in seen], work, size))
+
+    naive = copy.deepcopy(params)
+    naive["strategy"]["name"] = "naive"
+    row = {}
+    learner, _, seconds = train(first + [joint], naive, work / "learner-joint")
+    model, device = learner.strategy.model, learner.strategy.device
+    row["joint_auc"] = {m: auc_on(model, device, ffpp[m]) for m in FFPP}
+    row["joint_mean_auc"] = float(np.mean(list(row["joint_auc"].values())))
+    row["stylegan_auc"] = auc_on(model, device, stylegan, ("train", "val", "test"))
+    row["joint_seconds"] = round(seconds, 1)
+
+    learner, results, seconds = train(first + per_method, params, work / "learner-continual")
+    ff = [f"ffpp-crops/{m}" for m in FFPP]
+    row["continual_auc"] = {k.split("/")[-1]: results["auc"][k] for k in ff}
+    row["continual_mean_auc"] = float(np.mean([results["auc"][k] for k in ff]))
+    row["continual_balanced_accuracy"] = float(np.mean([results["balanced_accuracy"][k] for k in ff]))
+    row["continual_accuracy"] = float(np.mean([results["accuracy"][k] for k in ff]))
+    row["continual_forgetting"] = results["forgetting"]
+    row["continual_seconds"] = round(seconds, 1)
+
+    learner, _, seconds = train(first + [three], naive, work / "learner-leftout")
+    row["left_out_auc"] = auc_on(learner.strategy.model, learner.strategy.device, ffpp[LEFT_OUT])
+    row["left_out_seconds"] = round(seconds, 1)
+    return row
+
+
+def markdown(report: dict, tag: str) -> str:
+    lines = [f"# Detection-quality ablation ({tag})", "",
+             f"Machine: {report['machine']}. Date: {report['date']}. Wall clock: {report['wall_s'] / 60:.1f} min.", "",
+             "Commands (rows from a later command were appended to the table):", "",
+             *[f"    {c}" for c in report["commands"]], "",
+             f"Base parameters (before the rows' overrides): `{json.dumps(report['base'])}`.", "",
+             "Rows are cumulative unless the change says otherwise. *joint*: one experience of all four FF++ "
+             "methods (Naive); *continual*: the FF++ sequence with "
+             f"`{report['strategy']}`; *left-out*: joint on DF+F2F+FS, tested on NeuralTextures. "
+             "Balanced accuracy at the threshold chosen on validation faces.", "",
+             "| row | change | joint mean AUC (FF++ 4) | continual mean AUC | continual bal. acc | forgetting | "
+             "StyleGAN AUC | left-out NT AUC | train s (joint/cont./left-out) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in report["rows"].items():
+        if "error" in r:
+            lines.append(f"| {name} | {r['change']} | failed: {r['error']} | | | | | | |")
+            continue
+        lines.append(f"| {name} | {r['change']} | {r['joint_mean_auc']:.3f} | {r['continual_mean_auc']:.3f} | "
+                     f"{r['continual_balanced_accuracy']:.3f} | {r['continual_forgetting']:.3f} | {r['stylegan_auc']:.3f} | "
+                     f"{r['left_out_auc']:.3f} | {r['joint_seconds']:.0f} / {r['continual_seconds']:.0f} / {r['left_out_seconds']:.0f} |")
+    lines += ["", "Per-method test AUC (joint / continual):", "",
+              "| row | " + " | ".join(FFPP) + " |", "| --- |" + " --- |" * len(FFPP)]
+    for name, r in report["rows"].items():
+        if "error" not in r:
+            lines.append(f"| {name} | " + " | ".join(f"{r['joint_auc'][m]:.3f} / {r['continual_auc'][m]:.3f}" for m in FFPP) + " |")
+    lines += ["", f"Plot: `ablation_{tag}.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    from dfcl.plots import plt
+
+    rows = {n: r for n, r in report["rows"].items() if "error" not in r}
+    keys = [("joint_mean_auc", "joint FF++"), ("continual_mean_auc", "continual FF++"),
+            ("stylegan_auc", "StyleGAN (unseen)"), ("left_out_auc", "NT left out")]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    width = 0.8 / len(keys)
+    for i, (k, label) in enumerate(keys):
+        ax.bar(np.arange(len(rows)) + i * width, [r[k] for r in rows.values()], width, label=label)
+    ax.axhline(0.9, color="k", ls=":", lw=1)
+    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, list(rows), rotation=30, ha="right")
+    ax.set(ylim=(0.25, 1.0), ylabel="ROC AUC", title="Ablation: one change per row")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=",".join(ROWS), help="which rows, in order (default: all)")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("-S", "--set", action="append", default=[], help="base overrides for every row")
+    parser.add_argument("--tag", default="cpu")
+    parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work" / "ablation"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--append", action="store_true", help="add the rows to the existing results of --tag")
+    parser.add_argument("--budget-s", type=float, default=0, help="start no row that would likely end past this")
+    args = parser.parse_args()
+    from dfcl.config import load_params
+
+    work, out = Path(args.workspace).resolve(), Path(args.out).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_params(REPO / "params.yaml", args.set)
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "strategy": base["strategy"]["name"],
+              "base": {k: base[k] for k in ("data", "model", "train", "strategy", "augment", "sbi")}, "rows": {}}
+    overrides, best, start, prior = [], None, time.perf_counter(), report.get("wall_s", 0)
+    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+    earlier = out / f"ablation_{args.tag}.json"
+    if args.append and earlier.exists():  # more rows for the same table (same data and seeds)
+        report = {**json.loads(earlier.read_text()), "machine": report["machine"]}
+    report["commands"] = report.get("commands", []) + [command]
+    slowest = 0.0
+    for name in args.rows.split(","):
+        change, extra = ROWS[name]
+        if args.budget_s and time.perf_counter() - start + slowest > args.budget_s:
+            print(f"== {name}: not run, the time budget ({args.budget_s:.0f} s) would run out", flush=True)
+            continue
+        overrides += extra
+        if name == "dfdc_first" and best:
+            overrides = [o for o in report["rows"][best]["overrides"] if o not in args.set]
+        params = load_params(REPO / "params.yaml", args.set + overrides)
+        print(f"== {name}: {change}", flush=True)
+        t = time.perf_counter()
+        try:
+            row = run_row(params, Path(args.data), work, dfdc_first=name == "dfdc_first")
+        except Exception as e:  # one broken row must not lose the others' numbers
+            row = {"error": f"{type(e).__name__}: {e}"}
+        report["rows"][name] = {"change": change, "overrides": list(args.set + overrides), **row,
+                                "wall_s": round(time.perf_counter() - t, 1)}
+        slowest = max(slowest, time.perf_counter() - t)
+        print(json.dumps(report["rows"][name]), flush=True)
+        if "error" not in row and (best is None or row["continual_mean_auc"] > report["rows"][best]["continual_mean_auc"]):
+            best = name
+        report["wall_s"] = round(prior + time.perf_counter() - start, 1)
+        (out / f"ablation_{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / f"ablation_{args.tag}.md").write_text(markdown(report, args.tag))
+        plot(report, out / f"ablation_{args.tag}.png")
+    print(markdown(report, args.tag))
+    if any("error" in r for r in report["rows"].values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Shared by the benchmarks: what a benchmark ran on, and faces extracted once per size."""
+import json
+import os
+import platform
+from pathlib import Path
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "cpu_cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def extract_once(folder: Path, work: Path, params: dict) -> dict[str, dict]:
+    """Faces of one dataset folder at the params' image size, extracted straight from the
+    folder (dfcl.faces, no DVC or Prefect) once per size: {method: {train_x: path, ...}}."""
+    from dfcl.faces import extract_dataset
+
+    name = folder.name if folder.name != "images" else folder.parent.name
+    out = work / f"faces-{params['data']['image_size']}" / name
+    if not (out / "experiences.json").exists():
+        extract_dataset(folder, out, params, name, cache_dir=work / "cache")
+    info = json.loads((out / "experiences.json").read_text())
+    return {m: {f"{s}_{a}": str(out / m / f"{s}-{a}.npy") for s in ("train", "val", "test") for a in "xy"}
+            for m in info["methods"] if info["experiences"][m]["learnable"]}

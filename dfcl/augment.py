@@ -1,0 +1,127 @@
+"""Forensic data augmentation of decoded RGB uint8 face crops (the `augment:` params section).
+
+Cheap cv2/numpy ops, run on the CPU in DataLoader workers, in this order:
+
+- horizontal flip and random resized crop: faces are not always centred or framed alike;
+- colour jitter (brightness, contrast, saturation, hue): capture and grading differ between
+  sources, and the detector should not key on one dataset's colour cast;
+- JPEG re-compression, Gaussian blur, Gaussian noise: real and fake videos go through
+  different codecs and rescaling, so without these the detector can learn compression or
+  sharpness traces instead of forgery artefacts, and fails on re-encoded uploads;
+- cut-out: hides one region, so the detector cannot rely on a single spot (e.g. the mouth
+  or a blending seam) and has to use evidence from the whole face.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+# The params.yaml defaults; a settings dict may give only some of them.
+DEFAULTS = {
+    "enabled": True,
+    "flip_p": 0.5,
+    "crop_p": 0.5, "crop_scale_min": 0.8,
+    "color_p": 0.5, "color_strength": 0.2, "hue_degrees": 5,
+    "jpeg_p": 0.3, "jpeg_quality_min": 60, "jpeg_quality_max": 95,
+    "blur_p": 0.1, "blur_sigma_max": 1.0,
+    "noise_p": 0.1, "noise_std_max": 5.0,
+    "cutout_p": 0.2, "cutout_fraction": 0.25,
+}
+LUMA = np.float32([0.299, 0.587, 0.114])  # ITU-R 601 weights of R, G, B in grey
+
+
+class Augmenter:
+    """`Augmenter(settings)(image)`: an RGB uint8 HxWx3 image -> an augmented one of the same shape.
+
+    It holds only the settings dict, so it pickles into DataLoader workers and checkpoints."""
+
+    def __init__(self, settings: dict | None = None):
+        unknown = set(settings or {}) - set(DEFAULTS)
+        if unknown:  # a typo would otherwise silently leave an op at its default
+            raise ValueError(f"unknown augment settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        self.settings = {**DEFAULTS, **(settings or {})}
+
+    def __repr__(self):
+        return f"Augmenter({self.settings})"
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        s = self.settings
+        if not s["enabled"]:
+            return image
+        # A fresh generator per call, seeded from torch: each DataLoader worker has its own
+        # torch seed (so workers differ), and torch.manual_seed makes runs reproducible. A
+        # generator kept on the instance would be copied identically into every forked worker.
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+        out = image
+        if rng.random() < s["flip_p"]:
+            out = cv2.flip(out, 1)  # 1 = around the vertical axis
+        if rng.random() < s["crop_p"]:
+            out = _resized_crop(out, rng, s["crop_scale_min"])
+        if rng.random() < s["color_p"]:
+            out = _color_jitter(out, rng, s["color_strength"], s["hue_degrees"])
+        if rng.random() < s["jpeg_p"]:
+            out = _jpeg(out, int(rng.integers(s["jpeg_quality_min"], s["jpeg_quality_max"], endpoint=True)))
+        if rng.random() < s["blur_p"]:
+            out = cv2.GaussianBlur(np.ascontiguousarray(out), (0, 0), rng.uniform(0.1, s["blur_sigma_max"]))
+        if rng.random() < s["noise_p"]:
+            noise = rng.standard_normal(out.shape, dtype=np.float32) * rng.uniform(0.0, s["noise_std_max"])
+            out = np.clip(out + noise, 0, 255).round().astype(np.uint8)  # float32 throughout: half the cost
+        if rng.random() < s["cutout_p"]:
+            out = _cutout(out, rng, s["cutout_fraction"])
+        return out
+
+
+def _resized_crop(image: np.ndarray, rng: np.random.Generator, scale_min: float) -> np.ndarray:
+    """A crop of area fraction in [scale_min, 1] and aspect ratio in [3/4, 4/3], resized back."""
+    h, w = image.shape[:2]
+    for _ in range(10):  # as torchvision: retry draws whose box does not fit, then keep the whole image
+        area = h * w * rng.uniform(scale_min, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))  # log-uniform: 3/4 and 4/3 equally likely
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            crop = np.ascontiguousarray(image[top:top + ch, left:left + cw])
+            return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+    return image
+
+
+def _color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float, hue_degrees: float) -> np.ndarray:
+    x = image.astype(np.float32) / 255
+    x *= rng.uniform(1 - strength, 1 + strength)  # brightness
+    mean = (x @ LUMA).mean()
+    x = (x - mean) * rng.uniform(1 - strength, 1 + strength) + mean  # contrast, around the mean grey
+    # Saturation, around each pixel's grey: s*x + (1-s)*grey, as one 3x3 matrix (4x faster
+    # than broadcasting the grey over the channels).
+    sat = rng.uniform(1 - strength, 1 + strength)
+    x = np.clip(x @ (sat * np.eye(3, dtype=np.float32) + (1 - sat) * LUMA[:, None]), 0, 1)
+    if hue_degrees:
+        # Float HSV keeps the hue in degrees (0..360); uint8 HSV would quantise it to 2° steps.
+        hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
+        hue = hsv[..., 0]  # a view: edits go into hsv
+        hue += rng.uniform(-hue_degrees, hue_degrees)
+        hue[hue < 0] += 360  # wrap (HSV2RGB mishandles negative hues; masks are 3x faster than %)
+        hue[hue >= 360] -= 360
+        x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return np.clip(x * 255, 0, 255).round().astype(np.uint8)
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """Encode and decode as JPEG at `quality`; cv2 works in BGR, so convert both ways."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _cutout(image: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """One rectangle of fraction x the sides, at a random place, filled with the mean colour or black."""
+    h, w = image.shape[:2]
+    ch, cw = max(1, round(fraction * h)), max(1, round(fraction * w))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    fill = image.reshape(-1, image.shape[2]).mean(0).round() if rng.random() < 0.5 else 0
+    out = image.copy()  # never write into the caller's array (it may be the memory-mapped cache)
+    out[top:top + ch, left:left + cw] = fill
+    return out

@@ -1,0 +1,269 @@
+"""Self-blended pseudo-fakes (SBI).
+
+After K. Shiohara and T. Yamasaki, "Detecting Deepfakes with Self-Blended Images",
+CVPR 2022 (https://arxiv.org/abs/2204.08376): a fake is synthesised from ONE real face by
+blending a slightly altered copy of it (the source) back onto another copy (the target)
+inside a soft face mask. The result carries only the generic traces of face forgery
+(a blending boundary, colour and sharpness mismatch, a small landmark misalignment) and
+none of a particular generator's, so a detector trained on such fakes learns cues that
+carry over to forgery methods it has never seen.
+
+Everything is cv2/numpy on small crops (a few hundred microseconds a face at 64 px).
+Crops here are square, face roughly centred, with a margin of ~1.3 around the face box;
+landmarks, when there are any, are pixel (x, y) coordinates in the crop.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dfcl.data import FaceArrayDataset
+
+# Paper (dynamic_blend): full-strength blends are the most common, partial ones add variety.
+BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
+
+
+# --- source-target generator -------------------------------------------------------------
+
+def _colour_transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """RGB shift, hue/saturation/value shift, brightness/contrast (paper: albumentations
+    RGBShift, HueSaturationValue, RandomBrightnessContrast) on float32 RGB in [0, 1].
+    The mismatch of colour statistics between inner face and surroundings is one of the
+    two artefacts SBI wants the detector to see."""
+    if rng.random() < 0.5:
+        x = x + rng.uniform(-20, 20, 3).astype(np.float32) / 255
+        np.clip(x, 0, 1, out=x)
+    if rng.random() < 0.7:
+        hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)  # float input: H in degrees, S and V in [0, 1]
+        h, s, v = cv2.split(hsv)
+        h = np.mod(h + rng.uniform(-6, 6), 360).astype(np.float32)
+        s = np.clip(s + rng.uniform(-0.1, 0.1), 0, 1).astype(np.float32)
+        v = np.clip(v + rng.uniform(-0.1, 0.1), 0, 1).astype(np.float32)
+        x = cv2.cvtColor(cv2.merge((h, s, v)), cv2.COLOR_HSV2RGB)
+    contrast = 1 + rng.uniform(-0.1, 0.1)
+    brightness = rng.uniform(-0.1, 0.1)
+    x = x * np.float32(contrast) + np.float32(brightness)
+    return np.clip(x, 0, 1, out=x)
+
+
+def _frequency_transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian blur or sharpening, at random (paper: RandomDownScale or Sharpen): a
+    sharpness mismatch, the second artefact, as left by a generator's up/down-sampling."""
+    size = x.shape[0]
+    if rng.random() < 0.5:
+        sigma = rng.uniform(0.5, 1.0) * size / 64
+        return cv2.GaussianBlur(x, (0, 0), sigma)
+    alpha, lightness = rng.uniform(0.2, 0.5), rng.uniform(0.5, 1.0)
+    # albumentations.Sharpen: identity blended with a Laplacian sharpening kernel
+    sharpen = np.array([[-1, -1, -1], [-1, 8 + lightness, -1], [-1, -1, -1]], np.float32)
+    identity = np.zeros((3, 3), np.float32)
+    identity[1, 1] = 1
+    kernel = (1 - alpha) * identity + alpha * sharpen
+    return np.clip(cv2.filter2D(x, -1, kernel, borderType=cv2.BORDER_REFLECT_101), 0, 1)
+
+
+def _source_affine(size: int, rng: np.random.Generator) -> np.ndarray:
+    """2x3 matrix: scale 0.95-1.05 about the centre and a shift of a few % of the side
+    (paper: translate x +-3 %, y +-1.5 %, scale 0.95-1/0.95), which misaligns the pasted
+    face's landmarks slightly, as a face swap does."""
+    scale = rng.uniform(0.95, 1.05)
+    tx, ty = rng.uniform(-0.03, 0.03) * size, rng.uniform(-0.015, 0.015) * size
+    c = (size - 1) / 2
+    return np.array([[scale, 0, c - scale * c + tx], [0, scale, c - scale * c + ty]], np.float32)
+
+
+# --- blending mask ------------------------------------------------------------------------
+
+def _face_polygon(landmarks: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Convex hull of the face (int32 points). Dense landmarks (68/81) are hulled as they
+    are (paper); 5 MTCNN points (eyes, nose, mouth corners) only span the inner face, so
+    they are grown to a face-sized ellipse along the eye line: cheeks about one inter-ocular
+    distance out, forehead above the eyes, chin below the mouth."""
+    pts = np.asarray(landmarks, np.float32).reshape(-1, 2)
+    if len(pts) < 3:
+        raise ValueError(f"landmarks need at least 3 (x, y) points, got {len(pts)}")
+    if len(pts) == 5:
+        eyes, mouth = pts[:2].mean(0), pts[3:].mean(0)
+        d = pts[1] - pts[0]
+        iod = max(float(np.hypot(*d)), 0.1 * size)
+        angle = math.degrees(math.atan2(d[1], d[0]))
+        em = max(float(np.hypot(*(mouth - eyes))), 0.1 * size)
+        axis = (mouth - eyes) / em  # points down the face
+        top = eyes - axis * em * rng.uniform(0.5, 1.0)
+        bottom = mouth + axis * em * rng.uniform(0.7, 0.9)
+        centre = (top + bottom) / 2
+        semi_h = float(np.hypot(*(bottom - top))) / 2
+        semi_w = iod * rng.uniform(1.0, 1.25)
+        cx, cy = (round(float(v)) for v in centre)
+        ellipse = cv2.ellipse2Poly((cx, cy), (round(semi_w), round(semi_h)), round(angle), 0, 360, 15)
+        pts = np.concatenate([pts, ellipse.astype(np.float32)])
+    return cv2.convexHull(np.round(pts).astype(np.int32))
+
+
+def _base_mask(size: int, rng: np.random.Generator, landmarks: np.ndarray | None) -> np.ndarray:
+    mask = np.zeros((size, size), np.float32)
+    if landmarks is not None:
+        cv2.fillConvexPoly(mask, _face_polygon(landmarks, size, rng), 1.0, lineType=cv2.LINE_AA)
+    else:
+        # No landmarks: the crop is centred on the face box, and the face's visual centre
+        # (nose) sits a little below the box centre.
+        shift = 4  # sub-pixel precision for cv2.ellipse
+        cx, cy = size * rng.uniform(0.47, 0.53), size * rng.uniform(0.52, 0.57)
+        ax, ay = size * rng.uniform(0.25, 0.34), size * rng.uniform(0.30, 0.42)
+        cv2.ellipse(mask, (int(cx * 16), int(cy * 16)), (int(ax * 16), int(ay * 16)),
+                    rng.uniform(-10, 10), 0, 360, 1.0, -1, cv2.LINE_AA, shift)
+    return mask
+
+
+def _warp_mask(mask: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The mask moved with the source (same affine m, as in the paper, so the pasted region
+    follows the shifted face), then smoothly deformed at random (paper: ElasticTransform on
+    the mask) so the boundary is not always a clean convex shape. One remap does both: a
+    coarse 4x4 displacement grid, upsampled bicubically, gives a smooth field at a fraction
+    of the cost of blurring per-pixel noise."""
+    size = mask.shape[0]
+    d = cv2.resize(rng.normal(0, 0.03 * size, (4, 4, 2)).astype(np.float32), (size, size),
+                   interpolation=cv2.INTER_CUBIC)
+    grid = np.arange(size, dtype=np.float32)
+    x, y = grid[None, :] + d[:, :, 0], grid[:, None] + d[:, :, 1]
+    inv = cv2.invertAffineTransform(m)  # output pixel -> mask pixel
+    map_x = inv[0, 0] * x + inv[0, 1] * y + inv[0, 2]
+    map_y = inv[1, 0] * x + inv[1, 1] * y + inv[1, 2]
+    return cv2.remap(mask, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _soften(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random erosion/dilation, then a Gaussian blur of random width (paper: get_blend_mask),
+    so the blending boundary varies from sharp to very soft; peak normalised to 1."""
+    size = mask.shape[0]
+    r = rng.random()
+    if r < 2 / 3:
+        k = 2 * int(rng.integers(1, max(2, size // 21) + 1)) + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        mask = cv2.erode(mask, kernel) if r < 1 / 3 else cv2.dilate(mask, kernel)
+    kmax = max(5, round(size * 0.15) | 1)
+    k = 2 * int(rng.integers(1, kmax // 2 + 1)) + 1  # odd, 3..kmax
+    mask = cv2.GaussianBlur(mask, (k, k), k * rng.uniform(0.2, 0.5))
+    peak = float(mask.max())
+    return mask / peak if peak > 0 else mask
+
+
+def self_blend(face: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray | None = None,
+               return_parts: bool = False):
+    """A self-blended fake of one real face.
+
+    face: uint8 RGB (S, S, 3). landmarks: optional (K, 2) pixel (x, y) points in the crop
+    (5 MTCNN points or a dense set). Returns (fake uint8 (S, S, 3), mask float32 (S, S) in
+    [0, 1]); with return_parts=True also the float32 [0, 255] source and target it blended,
+    so that fake == round(mask * source + (1 - mask) * target)."""
+    if face.ndim != 3 or face.shape[2] != 3 or face.shape[0] != face.shape[1]:
+        raise ValueError(f"face must be a square RGB array (S, S, 3), got shape {face.shape}")
+    size = face.shape[0]
+    x = face.astype(np.float32) * np.float32(1 / 255)
+    source, target = x, x.copy()
+    # (a)+(b) on one copy, chosen at random: the altered region is then sometimes the
+    # inner face and sometimes its surroundings, so neither look is a shortcut to "fake".
+    if rng.random() < 0.5:
+        source = _frequency_transform(_colour_transform(source, rng), rng)
+    else:
+        target = _frequency_transform(_colour_transform(target, rng), rng)
+    # (c) the source (and the region it is pasted into) is slightly rescaled and shifted;
+    # reflection padding fills the border the shift uncovers.
+    m = _source_affine(size, rng)
+    source = cv2.warpAffine(source, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    mask = _base_mask(size, rng, landmarks)
+    mask = _soften(_warp_mask(mask, m, rng), rng)
+    mask *= np.float32(BLEND_RATIOS[int(rng.integers(len(BLEND_RATIOS)))])
+    np.clip(mask, 0, 1, out=mask)
+    source *= 255
+    target *= 255
+    m3 = mask[:, :, None]
+    fake = np.clip(np.rint(m3 * source + (1 - m3) * target), 0, 255).astype(np.uint8)
+    if return_parts:
+        return fake, mask, source, target
+    return fake, mask
+
+
+# --- datasets -----------------------------------------------------------------------------
+
+class SelfBlendedFakes(Dataset):
+    """SBI fakes (label 1) made on the fly from the REAL rows (label 0) of a face-array file.
+
+    Item i blends real face number i % n_real with its own RNG, seeded from (seed, i, a
+    draw of torch's global RNG): fakes differ between epochs (more variety for free) yet a
+    run is reproducible under torch.manual_seed (DataLoader workers seed torch per worker).
+    Normalised like FaceArrayDataset; pickles as paths and settings only."""
+
+    def __init__(self, images_path: str | Path, labels_path: str | Path, augment: dict | None = None,
+                 per_real: float = 1.0, seed: int = 0):
+        self.images_path, self.labels_path = str(images_path), str(labels_path)
+        self.augment, self.per_real, self.seed = augment, float(per_real), int(seed)
+        self._open()
+
+    def _open(self):
+        self.images = np.load(self.images_path, mmap_mode="r")
+        labels = np.load(self.labels_path)
+        self.real_rows = np.flatnonzero(labels == 0)
+        n = round(self.per_real * len(self.real_rows)) if len(self.real_rows) else 0
+        self.targets = [1] * n
+        self._augmenter = None
+        if self.augment:  # lazily: dfcl.augment is optional for SBI itself
+            from dfcl.augment import Augmenter
+            self._augmenter = Augmenter(self.augment)
+
+    def __getstate__(self):
+        return {"images_path": self.images_path, "labels_path": self.labels_path,
+                "augment": self.augment, "per_real": self.per_real, "seed": self.seed}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, i, int(torch.randint(0, 2**31 - 1, ()))])
+        face = np.array(self.images[self.real_rows[i % len(self.real_rows)]])
+        fake, _ = self_blend(face, rng)
+        if self._augmenter is not None:
+            # Augmenter: uint8 RGB (S, S, 3) in, same out
+            fake = np.ascontiguousarray(self._augmenter(fake), dtype=np.uint8)
+        x = torch.from_numpy(fake).permute(2, 0, 1).float().div_(255)
+        return (x - FaceArrayDataset.MEAN) / FaceArrayDataset.STD, 1
+
+
+def write_sbi_dataset(images: np.ndarray, out_dir: Path, seed: int = 0, per_real: int = 1) -> dict:
+    """Write real faces (as given) to out_dir/real/ and per_real SBI fakes of each to
+    out_dir/fake/, as lossless PNG (no JPEG trace that would tell the two apart), so that a
+    synthetic "SBI" method can be ingested like any dataset: an experience of its own.
+    images: uint8 RGB (N, S, S, 3). Returns {"real": N, "fake": N * per_real}."""
+    images = np.asarray(images)
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"write_sbi_dataset needs a non-empty (N, S, S, 3) array of real faces, "
+                         f"got shape {images.shape}")
+    if per_real < 1:
+        raise ValueError(f"per_real must be >= 1, got {per_real}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ValueError(f"{out_dir} already exists and is not empty; refusing to mix SBI output into it")
+    real_dir, fake_dir = out_dir / "real", out_dir / "fake"
+    real_dir.mkdir(parents=True)
+    fake_dir.mkdir()
+    rng = np.random.default_rng(seed)
+    n_fake = 0
+    for i, face in enumerate(images):
+        face = np.ascontiguousarray(face, dtype=np.uint8)
+        cv2.imwrite(str(real_dir / f"{i:06d}.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+        for j in range(per_real):
+            fake, _ = self_blend(face, rng)
+            cv2.imwrite(str(fake_dir / f"{i:06d}_{j}.png"), cv2.cvtColor(fake, cv2.COLOR_RGB2BGR))
+            n_fake += 1
+    return {"real": len(images), "fake": n_fake}

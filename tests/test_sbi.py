@@ -1,0 +1,161 @@
+"""Self-blended pseudo-fakes (dfcl.sbi) on synthetic face-like crops."""
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dfcl.data import FaceArrayDataset
+from dfcl.sbi import SelfBlendedFakes, self_blend, write_sbi_dataset
+
+S = 64
+# 5 MTCNN-style points (eyes, nose, mouth corners) of the synthetic face below
+LANDMARKS = np.array([[25, 28], [39, 28], [32, 36], [26, 45], [38, 45]], np.float32)
+
+
+def make_face(seed: int, size: int = S) -> np.ndarray:
+    """Noise background, a skin-coloured face ellipse, dark eyes and mouth."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    skin = tuple(int(v) for v in rng.integers(120, 230, 3))
+    k = size / 64
+    cv2.ellipse(img, (size // 2, int(34 * k)), (int(18 * k), int(23 * k)), 0, 0, 360, skin, -1)
+    for x in (25, 39):
+        cv2.ellipse(img, (int(x * k), int(28 * k)), (int(4 * k), int(2 * k)), 0, 0, 360, (30, 30, 30), -1)
+    cv2.ellipse(img, (int(32 * k), int(45 * k)), (int(7 * k), int(2 * k)), 0, 0, 360, (120, 20, 30), -1)
+    return img
+
+
+def test_self_blend_blends_source_into_target_inside_mask_only():
+    face = make_face(0)
+    untouched_target = 0
+    for seed in range(30):
+        fake, mask, source, target = self_blend(face, np.random.default_rng(seed), return_parts=True)
+        assert fake.shape == face.shape and fake.dtype == np.uint8
+        assert mask.shape == (S, S) and mask.dtype == np.float32
+        assert mask.min() >= 0 and 0.25 - 1e-6 <= mask.max() <= 1
+        # the blend formula, from the parts
+        expected = np.rint(mask[..., None] * source + (1 - mask[..., None]) * target)
+        assert np.abs(fake.astype(np.int16) - expected).max() <= 1
+        outside, inside = mask == 0, mask >= 0.9 * mask.max()
+        assert outside.sum() > 0.2 * S * S and inside.sum() > 0.05 * S * S  # a face region, not the crop
+        assert np.array_equal(fake[outside], np.rint(target[outside]).astype(np.uint8))
+        # where the mask is set the fake differs from the target: something was pasted there
+        assert np.abs(fake[inside].astype(np.int16) - np.rint(target[inside])).mean() > 0.5
+        # independent of the parts: when the target copy is the untouched face, the fake
+        # equals the real face outside the mask and differs from it inside
+        if np.array_equal(np.rint(target).astype(np.uint8), face):
+            untouched_target += 1
+            assert np.array_equal(fake[outside], face[outside])
+            assert np.abs(fake[inside].astype(np.int16) - face[inside]).mean() > 0.5
+        # the mask is roughly centred on the face
+        ys, xs = np.nonzero(mask > 0.5 * mask.max())
+        assert abs(xs.mean() - S / 2) < 0.15 * S and abs(ys.mean() - 0.55 * S) < 0.15 * S
+    assert 5 <= untouched_target <= 25  # the altered copy is chosen at random
+
+
+def test_self_blend_is_reproducible_and_varies_with_the_seed():
+    face = make_face(1)
+    a = self_blend(face, np.random.default_rng(7))
+    b = self_blend(face, np.random.default_rng(7))
+    c = self_blend(face, np.random.default_rng(8))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    assert not np.array_equal(a[0], face)
+
+
+def test_self_blend_with_landmarks():
+    face = make_face(2)
+    for seed in range(10):
+        fake, mask = self_blend(face, np.random.default_rng(seed), landmarks=LANDMARKS)
+        assert fake.shape == face.shape and 0 <= mask.min() and 0 < mask.max() <= 1
+        # the 5 points are grown to a face-sized hull: all of them lie inside the mask
+        for x, y in LANDMARKS.astype(int):
+            assert mask[y, x] > 0.5 * mask.max()
+        assert (mask > 0).sum() > 0.15 * S * S  # more than the hull of the 5 points themselves
+        assert mask[0, 0] == 0 and mask[-1, -1] == 0
+    # a dense landmark set is hulled as it is
+    circle = np.stack([32 + 15 * np.cos(np.linspace(0, 6.28, 20)), 34 + 18 * np.sin(np.linspace(0, 6.28, 20))], 1)
+    _, mask = self_blend(face, np.random.default_rng(0), landmarks=circle)
+    assert mask[34, 32] > 0 and mask[0, 0] == 0
+    with pytest.raises(ValueError):
+        self_blend(face, np.random.default_rng(0), landmarks=np.zeros((2, 2)))
+    with pytest.raises(ValueError):
+        self_blend(face[:, :40], np.random.default_rng(0))
+
+
+def test_self_blend_at_128_px():
+    face = make_face(3, 128)
+    fake, mask = self_blend(face, np.random.default_rng(0))
+    assert fake.shape == (128, 128, 3) and mask.shape == (128, 128) and mask.max() > 0
+
+
+def _write_faces(tmp_path, labels, name="faces"):
+    images = np.stack([make_face(10 + i) for i in range(len(labels))])
+    x, y = tmp_path / f"{name}.npy", tmp_path / f"{name}-y.npy"
+    np.save(x, images)
+    np.save(y, np.asarray(labels, np.int64))
+    return images, x, y
+
+
+def test_self_blended_fakes_dataset(tmp_path):
+    labels = [0, 1, 0, 0, 1, 0, 1, 0, 1, 0]  # 6 reals
+    images, x, y = _write_faces(tmp_path, labels)
+    reals = images[np.asarray(labels) == 0]
+    assert len(SelfBlendedFakes(x, y, per_real=0.5)) == 3
+    assert len(SelfBlendedFakes(x, y, per_real=2)) == 12
+    ds = SelfBlendedFakes(x, y, per_real=1.0, seed=3)
+    assert len(ds) == 6 and ds.targets == [1] * 6
+    assert isinstance(ds.images, np.memmap)
+    torch.manual_seed(0)
+    items = [ds[i] for i in range(len(ds))]
+    for i, (t, label) in enumerate(items):
+        assert label == 1 and t.shape == (3, S, S) and t.dtype == torch.float32
+        img = (t * FaceArrayDataset.STD + FaceArrayDataset.MEAN).permute(1, 2, 0).numpy() * 255
+        assert img.min() > -0.01 and img.max() < 255.01
+        # item i is made from real face i % n_real (not from a fake, not from another real)
+        errors = [np.abs(img - r).mean() for r in images]
+        assert int(np.argmin(errors)) == int(np.flatnonzero(np.asarray(labels) == 0)[i])
+        assert np.abs(img - reals[i]).mean() > 0.1  # yet not the real face itself
+    # reproducible under torch.manual_seed, different from one epoch to the next
+    torch.manual_seed(0)
+    assert torch.equal(ds[0][0], items[0][0])
+    assert not torch.equal(ds[0][0], items[0][0])
+    with pytest.raises(IndexError):
+        ds[6]
+
+    # pickles as paths and settings only
+    blob = pickle.dumps(ds)
+    assert len(blob) < 1000
+    back = pickle.loads(blob)
+    assert len(back) == 6 and back.targets == ds.targets and back.seed == 3
+    torch.manual_seed(0)
+    assert torch.equal(back[0][0], items[0][0])
+
+
+def test_self_blended_fakes_without_reals_is_empty(tmp_path):
+    _, x, y = _write_faces(tmp_path, [1, 1, 1])
+    ds = SelfBlendedFakes(x, y, per_real=2)
+    assert len(ds) == 0 and ds.targets == []
+
+
+def test_write_sbi_dataset(tmp_path):
+    images = np.stack([make_face(20 + i) for i in range(3)])
+    out = tmp_path / "sbi"
+    counts = write_sbi_dataset(images, out, seed=1, per_real=2)
+    assert counts == {"real": 3, "fake": 6}
+    reals, fakes = sorted((out / "real").glob("*.png")), sorted((out / "fake").glob("*.png"))
+    assert len(reals) == 3 and len(fakes) == 6
+    # PNG is lossless: reals come back exactly
+    for path, face in zip(reals, images):
+        assert np.array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), face)
+    fake = cv2.cvtColor(cv2.imread(str(fakes[0])), cv2.COLOR_BGR2RGB)
+    assert fake.shape == (S, S, 3) and not np.array_equal(fake, images[0])
+
+    with pytest.raises(ValueError, match="not empty"):
+        write_sbi_dataset(images, out)
+    with pytest.raises(ValueError, match="non-empty"):
+        write_sbi_dataset(images[:0], tmp_path / "empty")
+    (tmp_path / "existing").mkdir()  # an existing but empty folder is fine
+    assert write_sbi_dataset(images[:1], tmp_path / "existing") == {"real": 1, "fake": 1}
