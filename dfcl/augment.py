@@ -18,18 +18,12 @@ import math
 import cv2
 import numpy as np
 import torch
+import yaml
 
-# The params.yaml defaults; a settings dict may give only some of them.
-DEFAULTS = {
-    "enabled": True,
-    "flip_p": 0.5,
-    "crop_p": 0.5, "crop_scale_min": 0.8,
-    "color_p": 0.5, "color_strength": 0.2, "hue_degrees": 5,
-    "jpeg_p": 0.3, "jpeg_quality_min": 60, "jpeg_quality_max": 95,
-    "blur_p": 0.1, "blur_sigma_max": 1.0,
-    "noise_p": 0.1, "noise_std_max": 5.0,
-    "cutout_p": 0.2, "cutout_fraction": 0.25,
-}
+from dfcl.config import PACKAGED_PARAMS
+
+# Settings a caller leaves out take params.yaml's values: the one place they are written.
+DEFAULTS = yaml.safe_load(PACKAGED_PARAMS.read_text())["augment"]
 LUMA = np.float32([0.299, 0.587, 0.114])  # ITU-R 601 weights of R, G, B in grey
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dfcl.augment import Augmenter
 from dfcl.data import FaceArrayDataset
 
 # Paper (dynamic_blend): full-strength blends are the most common, partial ones add variety.
@@ -211,10 +212,7 @@ class SelfBlendedFakes(Dataset):
         self.real_rows = np.flatnonzero(labels == 0)
         n = round(self.per_real * len(self.real_rows)) if len(self.real_rows) else 0
         self.targets = [1] * n
-        self._augmenter = None
-        if self.augment:  # lazily: dfcl.augment is optional for SBI itself
-            from dfcl.augment import Augmenter
-            self._augmenter = Augmenter(self.augment)
+        self._augmenter = Augmenter(self.augment) if self.augment else None
 
     def __getstate__(self):
         return {"images_path": self.images_path, "labels_path": self.labels_path,
