@@ -36,6 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
 from common import extract_once as extract, machine  # noqa: E402
+from dfcl.data import first_of_each_face  # noqa: E402
 
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 LEFT_OUT = "NeuralTextures"
@@ -70,8 +71,7 @@ def merged(name: str, parts: list[dict], work: Path, size: int) -> dict:
         for s in ("train", "val", "test"):
             x = np.concatenate([np.load(p[f"{s}_x"]) for p in parts])
             y = np.concatenate([np.load(p[f"{s}_y"]) for p in parts])
-            _, first = np.unique(x.reshape(len(x), -1), axis=0, return_index=True)
-            keep = np.sort(first)
+            keep = first_of_each_face(x)
             np.save(out / f"{s}-x.npy", x[keep])
             np.save(out / f"{s}-y.npy", y[keep])
     return paths

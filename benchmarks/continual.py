@@ -153,7 +153,7 @@ def run_direct(folders: list[Path], params: dict, strategies: list[str], work: P
     import shutil
     from dataclasses import asdict
 
-    from dfcl.learner import ExperienceSpec, Learner
+    from dfcl.learner import ExperienceSpec, Learner, strategy_report
     from dfcl.plots import strategy_plots
 
     specs = []
@@ -175,12 +175,7 @@ def run_direct(folders: list[Path], params: dict, strategies: list[str], work: P
                   flush=True)
         seconds = time.perf_counter() - start
         strategy_plots(learner.history, plots, name)
-        h = learner.history
-        report["strategies"][name] = {
-            "accuracy_matrix": h.accuracy_matrix, "auc_matrix": h.auc_matrix,
-            "balanced_accuracy_matrix": h.balanced_accuracy_matrix, "avg_accuracy": results["avg_accuracy"],
-            "avg_balanced_accuracy": results["avg_balanced_accuracy"], "threshold": results["threshold"],
-            "forgetting": results["forgetting"], "bwt": results["bwt"], "train_seconds": seconds}
+        report["strategies"][name] = strategy_report(learner, results, seconds)
     return report
 
 

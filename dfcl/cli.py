@@ -283,6 +283,7 @@ def cmd_make_sbi(args, params):
 
     import numpy as np
 
+    from dfcl.data import first_of_each_face
     from dfcl.faces import extract_dataset
     from dfcl.sbi import write_sbi_dataset
 
@@ -296,11 +297,10 @@ def cmd_make_sbi(args, params):
         # Training faces only: an SBI experience must not be made of another dataset's test faces.
         reals = [x[y == 0] for x, y in ((np.load(m / "train-x.npy"), np.load(m / "train-y.npy"))
                                         for m in sorted(faces.iterdir()) if (m / "train-x.npy").is_file())]
-        reals = np.concatenate(reals) if reals else np.zeros((0, 1, 1, 3), np.uint8)
-        if len(reals):  # FF++ originals are the real class of every method: keep each face once
-            reals = reals[np.sort(np.unique(reals.reshape(len(reals), -1), axis=0, return_index=True)[1])]
-        if not len(reals):
+        if not sum(map(len, reals)):
             raise ConfigError(f"{args.data} holds no real training faces to blend")
+        reals = np.concatenate(reals)
+        reals = reals[first_of_each_face(reals)]
         counts = write_sbi_dataset(reals, Path(args.out), seed=params["data"]["seed"], per_real=args.per_real)
     print(f"wrote {counts['real']} real and {counts['fake']} self-blended faces to {args.out}; "
           f"learn it as an experience with: dfcl retrain {args.out} --method SBI")

@@ -25,6 +25,12 @@ def read_image(path: Path) -> np.ndarray | str:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def first_of_each_face(faces: np.ndarray) -> np.ndarray:
+    """Indices (in order) that keep each distinct face once: FF++ originals, for one, are the
+    real class of every method."""
+    return np.sort(np.unique(faces.reshape(len(faces), -1), axis=0, return_index=True)[1])
+
+
 class FaceArrayDataset(Dataset):
     """Faces from a decoded .npy cache (memory-mapped, so epochs never re-decode JPEGs).
 

@@ -387,6 +387,15 @@ def summarize(experiences: list[ExperienceSpec], row_acc: list[float], row_auc: 
     return out
 
 
+def strategy_report(learner: Learner, results: dict, seconds: float) -> dict:
+    """One strategy's whole run, as `dfcl compare` and the benchmarks report it."""
+    h = learner.history
+    return {"accuracy_matrix": h.accuracy_matrix, "auc_matrix": h.auc_matrix,
+            "balanced_accuracy_matrix": h.balanced_accuracy_matrix, "avg_accuracy": results["avg_accuracy"],
+            "avg_balanced_accuracy": results.get("avg_balanced_accuracy"), "threshold": results["threshold"],
+            "forgetting": results["forgetting"], "bwt": results["bwt"], "train_seconds": seconds}
+
+
 def score_model(model: torch.nn.Module, learner: Learner) -> dict:
     """Accuracy and AUC of any detector (e.g. the champion) on the learner's test sets,
     through the same Avalanche evaluation as the learner itself."""

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from tqdm.auto import tqdm
 
 from dfcl.config import flatten
-from dfcl.learner import Learner
+from dfcl.learner import Learner, strategy_report
 from dfcl.plots import strategy_plots
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
 from flows.ingest import dataset_name, ingest_dataset
@@ -71,12 +71,7 @@ def compare_strategies(data: str | list[str], params: dict, strategies: list[str
             log_matrices(learner)
             if artifacts_dir:
                 strategy_plots(learner.history, Path(artifacts_dir), name)
-        report["strategies"][name] = {
-            "accuracy_matrix": learner.history.accuracy_matrix, "auc_matrix": learner.history.auc_matrix,
-            "avg_accuracy": results["avg_accuracy"], "forgetting": results["forgetting"],
-            "bwt": results["bwt"], "train_seconds": seconds,
-            "balanced_accuracy_matrix": learner.history.balanced_accuracy_matrix,
-            "avg_balanced_accuracy": results.get("avg_balanced_accuracy"), "threshold": results["threshold"]}
+        report["strategies"][name] = strategy_report(learner, results, seconds)
     logger.info("strategies on %s:\n%s", " -> ".join(report["methods"]), table(report))
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=1))
