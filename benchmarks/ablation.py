@@ -51,8 +51,10 @@ ROWS = {
     "augment": ("+ forensic augmentation", ["augment.enabled=true"]),
     "cosine_es": ("+ cosine schedule, early stopping on val AUC", ["train.schedule=cosine", "train.early_stopping_patience=4"]),
     "sbi": ("+ self-blended fakes (0.5 per real)", ["sbi.enabled=true"]),
+    "replay_mix": ("class weights count the Replay buffer's class mix (a code change; same settings)", []),
     "size128": ("+ 128 px input", ["data.image_size=128"]),
     "size96": ("+ 96 px input", ["data.image_size=96"]),
+    "fft": ("+ frequency branch (RGB and log-spectrum streams)", ["model.name=small_cnn_fft"]),
     "effnet_b0": ("EfficientNet-B0 from scratch", ["model.name=efficientnet_b0"]),
     "resnet18": ("ResNet-18 from scratch", ["model.name=resnet18"]),
     "resnet50": ("ResNet-50 from scratch", ["model.name=resnet50"]),
@@ -171,6 +173,15 @@ def markdown(report: dict, tag: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+HAND_WRITTEN = "## What the numbers say (hand-written)"
+
+
+def hand_written(md: Path) -> str:
+    """The analysis someone wrote under the generated table: kept when rows are appended."""
+    text = md.read_text() if md.exists() else ""
+    return "\n" + text[text.index(HAND_WRITTEN):] if HAND_WRITTEN in text else ""
+
+
 def plot(report: dict, path: Path) -> None:
     from dfcl.plots import plt
 
@@ -209,11 +220,12 @@ def main() -> None:
     base = load_params(REPO / "params.yaml", args.set)
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "strategy": base["strategy"]["name"],
               "base": {k: base[k] for k in ("data", "model", "train", "strategy", "augment", "sbi")}, "rows": {}}
-    overrides, best, start, prior = [], None, time.perf_counter(), report.get("wall_s", 0)
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
-    earlier = out / f"ablation_{args.tag}.json"
+    earlier, notes = out / f"ablation_{args.tag}.json", ""
     if args.append and earlier.exists():  # more rows for the same table (same data and seeds)
         report = {**json.loads(earlier.read_text()), "machine": report["machine"]}
+        notes = hand_written(out / f"ablation_{args.tag}.md")
+    overrides, best, start, prior = [], None, time.perf_counter(), report.get("wall_s", 0)
     report["commands"] = report.get("commands", []) + [command]
     slowest = 0.0
     for name in args.rows.split(","):
@@ -239,7 +251,7 @@ def main() -> None:
             best = name
         report["wall_s"] = round(prior + time.perf_counter() - start, 1)
         (out / f"ablation_{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out / f"ablation_{args.tag}.md").write_text(markdown(report, args.tag))
+        (out / f"ablation_{args.tag}.md").write_text(markdown(report, args.tag) + notes)
         plot(report, out / f"ablation_{args.tag}.png")
     print(markdown(report, args.tag))
     if any("error" in r for r in report["rows"].values()):

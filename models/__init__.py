@@ -9,4 +9,4 @@ names its classifier layer `head`, which CWR* consolidates.
 from models.registry import create_model, list_models, register_model  # noqa: F401
 
 # Importing the families registers them.
-from models import small_cnn, timm_backbones  # noqa: F401,E402
+from models import frequency, small_cnn, timm_backbones  # noqa: F401,E402

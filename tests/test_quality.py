@@ -1,5 +1,7 @@
 """Detection quality levers in the learner: validation split, class-balanced loss, cosine
 schedule, early stopping on validation AUC, self-blended fakes and the calibrated threshold."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,6 +42,27 @@ def test_class_balanced_loss_weights_follow_the_experience_counts(specs, tmp_pat
     assert weights.tolist() == pytest.approx([total / (2 * n_real), total / (2 * n_fake)], rel=1e-5)
     assert any(isinstance(p, ClassBalancedLoss) for p in learner.strategy.plugins)
     assert len(learner.benchmark([first]).train_stream[0].dataset) == total, "SBI fakes join the experience"
+
+
+def test_with_replay_the_class_weights_count_the_buffer(specs, tmp_path):
+    from avalanche.training.plugins import ReplayPlugin
+
+    root, (first, second) = specs
+    learner = Learner(tmp_path / "l", small_params("train.epochs=1", "strategy.name=replay",
+                                                   "strategy.replay_mem_size=30"), root)
+    learner.learn(first)
+    replay = next(p for p in learner.strategy.plugins if isinstance(p, ReplayPlugin))
+    buffer = np.asarray(list(replay.storage_policy.buffer.targets))
+    x, y = np.load(root / second.train_x), np.load(root / second.train_y)
+    keep = (y == 0) | (np.cumsum(y == 1) % 3 == 0)  # the new data: a third of its fakes, so real-heavy
+    x, y = x[keep], y[keep]
+    np.save(tmp_path / "x.npy", x), np.save(tmp_path / "y.npy", y)
+    second = dataclasses.replace(second, train_x=str(tmp_path / "x.npy"), train_y=str(tmp_path / "y.npy"))
+    new_share, buffer_share = np.bincount(y, minlength=2) / len(y), np.bincount(buffer, minlength=2) / len(buffer)
+    learner.learn(second)
+    share = (new_share + buffer_share) / 2  # each batch: train_mb_size new + train_mb_size from the buffer
+    assert learner.strategy._criterion.weight.cpu().tolist() == pytest.approx(list(1 / (2 * share)), rel=1e-5)
+    assert not np.allclose(share, new_share), "the test needs a buffer whose mix differs from the new data"
 
 
 def test_cosine_schedule_decays_within_each_experience(specs, tmp_path):
