@@ -62,12 +62,23 @@ def require_folder(path: str) -> None:
         raise LayoutError(f"{path} is not a folder")
 
 
+def require_dataset(path: str, params: dict, method: str | None = None, methods: list[str] | None = None) -> None:
+    """Fail before any work on a folder no known layout fits: one clear line here, rather than
+    the same error after Prefect has logged the failed task's traceback. (The flow checks again,
+    for callers that do not come through the CLI; listing a folder is cheap.)"""
+    from dfcl.layouts import recognise
+    from flows.ingest import dataset_name
+
+    dp = params["data"]
+    recognise(path, dp["real_names"], dataset_name(path, method), methods=methods, compression=dp["compression"])
+
+
 def cmd_ingest(args, params):
     import pandas as pd
 
     from flows.ingest import ingest_dataset
 
-    require_folder(args.data)
+    require_dataset(args.data, params, args.method, _csv(args.methods))
     ensure_workspace(Workspace.here(), params)
     ingested = ingest_dataset(args.data, params, method=args.method, methods=_csv(args.methods))
     st = ingested.stats
@@ -101,7 +112,7 @@ def cmd_extract_faces(args, params):
 def cmd_retrain(args, params):
     from flows.retrain import retrain_detector
 
-    require_folder(args.data)
+    require_dataset(args.data, params, args.method, _csv(args.methods))
     ensure_workspace(Workspace.here(), params)
     outcome = retrain_detector(args.data, params, method=args.method, methods=_csv(args.methods),
                                auto_approve=args.auto_approve, fresh=args.fresh)
@@ -115,8 +126,8 @@ def cmd_compare(args, params):
     strategies = _csv(args.strategies)
     for name in strategies:
         check_names({**params, "strategy": {**params["strategy"], "name": name}})
-    for data in args.data:
-        require_folder(data)
+    for i, data in enumerate(args.data):
+        require_dataset(data, params, methods=_csv(args.methods) if i == 0 else None)
     ensure_workspace(Workspace.here(), params)
     report = compare_strategies(args.data, params, strategies, methods=_csv(args.methods),
                                 json_out=args.json)
