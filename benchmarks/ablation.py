@@ -59,6 +59,9 @@ ROWS = {
     "resnet18": ("ResNet-18 from scratch", ["model.name=resnet18"]),
     "resnet50": ("ResNet-50 from scratch", ["model.name=resnet50"]),
     "xception": ("Xception from scratch", ["model.name=xception"]),
+    # Run on their own after a row (its base overrides): how far the training seed alone moves it.
+    "seed1": ("same settings as the row it repeats, training seed 1 (same splits)", ["train.seed=1"]),
+    "seed2": ("same settings as the row it repeats, training seed 2 (same splits)", ["train.seed=2"]),
     "dfdc_first": ("the best row so far (continual mean AUC), with DFDC crops learned first", []),
 }
 
@@ -210,6 +213,7 @@ def main() -> None:
     parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work" / "ablation"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--append", action="store_true", help="add the rows to the existing results of --tag")
+    parser.add_argument("--suffix", default="", help="added to the row names in the table (e.g. seed rows of another row)")
     parser.add_argument("--budget-s", type=float, default=0, help="start no row that would likely end past this")
     args = parser.parse_args()
     from dfcl.config import load_params
@@ -243,12 +247,12 @@ def main() -> None:
             row = run_row(params, Path(args.data), work, dfdc_first=name == "dfdc_first")
         except Exception as e:  # one broken row must not lose the others' numbers
             row = {"error": f"{type(e).__name__}: {e}"}
-        report["rows"][name] = {"change": change, "overrides": list(args.set + overrides), **row,
+        report["rows"][name + args.suffix] = {"change": change, "overrides": list(args.set + overrides), **row,
                                 "wall_s": round(time.perf_counter() - t, 1)}
         slowest = max(slowest, time.perf_counter() - t)
-        print(json.dumps(report["rows"][name]), flush=True)
+        print(json.dumps(report["rows"][name + args.suffix]), flush=True)
         if "error" not in row and (best is None or row["continual_mean_auc"] > report["rows"][best]["continual_mean_auc"]):
-            best = name
+            best = name + args.suffix
         report["wall_s"] = round(prior + time.perf_counter() - start, 1)
         (out / f"ablation_{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
         (out / f"ablation_{args.tag}.md").write_text(markdown(report, args.tag) + notes)
