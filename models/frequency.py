@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from models.registry import register_model
-from models.small_cnn import SmallCNN
+from models.small_cnn import conv_features
 
 
 def log_spectrum(x: torch.Tensor) -> torch.Tensor:
@@ -28,13 +28,12 @@ def log_spectrum(x: torch.Tensor) -> torch.Tensor:
 class SpectrumCNN(nn.Module):
     def __init__(self, num_classes: int = 2, width: int = 32, dropout: float = 0.2):
         super().__init__()
-        self.rgb = SmallCNN(width=width).features
+        self.rgb, channels = conv_features(width)
         # Batch norm first: log spectra are on a very different scale from [0, 1] pixels.
-        self.spectrum = nn.Sequential(nn.BatchNorm2d(3), SmallCNN(width=width).features)
+        self.spectrum = nn.Sequential(nn.BatchNorm2d(3), conv_features(width)[0])
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        features = 2 * width * 8  # each SmallCNN ends with width * 2**3 channels
-        self.head = nn.Linear(features, num_classes)
+        self.head = nn.Linear(2 * channels, num_classes)
 
     def forward(self, x):
         rgb = self.pool(self.rgb(x)).flatten(1)

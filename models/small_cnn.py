@@ -17,14 +17,19 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def conv_features(width: int, depth: int = 4) -> tuple[nn.Sequential, int]:
+    """The conv blocks (each halves the size) and how many channels they end with."""
+    channels = [3] + [width * 2**min(i, 3) for i in range(depth)]
+    return nn.Sequential(*[_block(a, b) for a, b in zip(channels, channels[1:])]), channels[-1]
+
+
 class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 2, width: int = 32, depth: int = 4, dropout: float = 0.2):
         super().__init__()
-        channels = [3] + [width * 2**min(i, 3) for i in range(depth)]
-        self.features = nn.Sequential(*[_block(a, b) for a, b in zip(channels, channels[1:])])
+        self.features, channels = conv_features(width, depth)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(channels[-1], num_classes)
+        self.head = nn.Linear(channels, num_classes)
 
     def forward(self, x):
         x = self.pool(self.features(x)).flatten(1)
