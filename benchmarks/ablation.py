@@ -41,8 +41,8 @@ from dfcl.data import first_of_each_face  # noqa: E402
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 LEFT_OUT = "NeuralTextures"
 
-# name -> (what changed, overrides applied on top of the previous row's, or "base:"-prefixed to
-# start over from params.yaml). The first row is the issue's starting point.
+# name -> (what changed, overrides applied on top of the previous row's; see ONE_OFF and RESTART).
+# The first row is the issue's starting point.
 ROWS = {
     "baseline": ("small CNN 64 px, plain loss, constant lr, flips only",
                  ["train.class_balance=false", "train.schedule=constant", "augment.enabled=false",
@@ -63,7 +63,24 @@ ROWS = {
     "seed1": ("same settings as the row it repeats, training seed 1 (same splits)", ["train.seed=1"]),
     "seed2": ("same settings as the row it repeats, training seed 2 (same splits)", ["train.seed=2"]),
     "dfdc_first": ("the best row so far (continual mean AUC), with DFDC crops learned first", []),
+    # Pretrained EfficientNet-Lite (issue 13). `lite0` starts over from params.yaml's defaults
+    # (the -S base overrides still apply); the rows after it each change one thing of it.
+    "lite0": ("EfficientNet-Lite0 from ImageNet, 128 px, head lr x1 / backbone x0.3, warm-up + cosine, "
+              "class balance, augmentation", []),
+    "lite0_scratch": ("Lite0 from scratch (model.pretrained=none)", ["model.pretrained=none"]),
+    "lite0_bn_frozen": ("Lite0, batch-norm statistics frozen after the first experience",
+                        ["train.batchnorm=freeze_after_first"]),
+    "lite0_160": ("Lite0 at 160 px", ["data.image_size=160"]),
+    "lite0_224": ("Lite0 at 224 px", ["data.image_size=224"]),
+    "lite0_noaug": ("Lite0 without augmentation", ["augment.enabled=false"]),
+    "lite0_sbi": ("Lite0 + self-blended fakes", ["sbi.enabled=true"]),
+    "lite2": ("EfficientNet-Lite2 from ImageNet", ["model.name=efficientnet_lite2"]),
 }
+# Rows whose overrides hold for that row only (a variant of the row before it), not for the rows after.
+ONE_OFF = {"seed1", "seed2", "lite0_scratch", "lite0_bn_frozen", "lite0_160", "lite0_224", "lite0_noaug",
+           "lite0_sbi", "lite2"}
+# Rows that start again from params.yaml (plus the command's -S) instead of the rows above.
+RESTART = {"lite0"}
 
 
 def merged(name: str, parts: list[dict], work: Path, size: int) -> dict:
@@ -113,10 +130,8 @@ def run_row(params: dict, data: Path, work: Path, dfdc_first: bool) -> dict:
     size = params["data"]["image_size"]
     ffpp = extract(data / "ffpp-crops", work, params)
     stylegan = next(iter(extract(data / "stylegan-faces" / "images", work, params).values()))
-    first = []
-    if dfdc_first:
-        dfdc = next(iter(extract(data / "dfdc-crops", work, params).values()))
-        first = [spec("dfdc-crops", dfdc)]
+    dfdc_faces = next(iter(extract(data / "dfdc-crops", work, params).values()))
+    first = [spec("dfdc-crops", dfdc_faces)] if dfdc_first else []
     per_method = [spec(f"ffpp-crops/{m}", ffpp[m]) for m in FFPP]
     joint = spec("ffpp-joint", merged("joint", [ffpp[m] for m in FFPP], work, size))
     seen = [m for m in FFPP if m != LEFT_OUT]
@@ -130,6 +145,7 @@ def run_row(params: dict, data: Path, work: Path, dfdc_first: bool) -> dict:
     row["joint_auc"] = {m: auc_on(model, device, ffpp[m]) for m in FFPP}
     row["joint_mean_auc"] = float(np.mean(list(row["joint_auc"].values())))
     row["stylegan_auc"] = auc_on(model, device, stylegan, ("train", "val", "test"))
+    row["dfdc_auc"] = auc_on(model, device, dfdc_faces)  # its test split; never trained on (but dfdc_first)
     row["joint_seconds"] = round(seconds, 1)
 
     learner, results, seconds = train(first + per_method, params, work / "learner-continual")
@@ -156,17 +172,19 @@ def markdown(report: dict, tag: str) -> str:
              "Rows are cumulative unless the change says otherwise. *joint*: one experience of all four FF++ "
              "methods (Naive); *continual*: the FF++ sequence with "
              f"`{report['strategy']}`; *left-out*: joint on DF+F2F+FS, tested on NeuralTextures. "
-             "Balanced accuracy at the threshold chosen on validation faces.", "",
+             "Balanced accuracy at the threshold chosen on validation faces. StyleGAN and DFDC (its test split): "
+             "the joint model on methods it never trained on.", "",
              "| row | change | joint mean AUC (FF++ 4) | continual mean AUC | continual bal. acc | forgetting | "
-             "StyleGAN AUC | left-out NT AUC | train s (joint/cont./left-out) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "StyleGAN AUC | DFDC AUC | left-out NT AUC | train s (joint/cont./left-out) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in report["rows"].items():
         if "error" in r:
-            lines.append(f"| {name} | {r['change']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {name} | {r['change']} | failed: {r['error']} | | | | | | | |")
             continue
+        dfdc = f"{r['dfdc_auc']:.3f}" if "dfdc_auc" in r else "-"  # rows from before the column
         lines.append(f"| {name} | {r['change']} | {r['joint_mean_auc']:.3f} | {r['continual_mean_auc']:.3f} | "
                      f"{r['continual_balanced_accuracy']:.3f} | {r['continual_forgetting']:.3f} | {r['stylegan_auc']:.3f} | "
-                     f"{r['left_out_auc']:.3f} | {r['joint_seconds']:.0f} / {r['continual_seconds']:.0f} / {r['left_out_seconds']:.0f} |")
+                     f"{dfdc} | {r['left_out_auc']:.3f} | {r['joint_seconds']:.0f} / {r['continual_seconds']:.0f} / {r['left_out_seconds']:.0f} |")
     lines += ["", "Per-method test AUC (joint / continual):", "",
               "| row | " + " | ".join(FFPP) + " |", "| --- |" + " --- |" * len(FFPP)]
     for name, r in report["rows"].items():
@@ -238,17 +256,22 @@ def main() -> None:
         if args.budget_s and time.perf_counter() - start + slowest > args.budget_s:
             print(f"== {name}: not run, the time budget ({args.budget_s:.0f} s) would run out", flush=True)
             continue
-        overrides += extra
+        if name in RESTART:
+            overrides = []
+        row_overrides = overrides + extra
+        if name not in ONE_OFF:
+            overrides = row_overrides
         if name == "dfdc_first" and best:
             overrides = [o for o in report["rows"][best]["overrides"] if o not in args.set]
-        params = load_params(REPO / "params.yaml", args.set + overrides)
+            row_overrides = overrides
+        params = load_params(REPO / "params.yaml", args.set + row_overrides)
         print(f"== {name}: {change}", flush=True)
         t = time.perf_counter()
         try:
             row = run_row(params, Path(args.data), work, dfdc_first=name == "dfdc_first")
         except Exception as e:  # one broken row must not lose the others' numbers
             row = {"error": f"{type(e).__name__}: {e}"}
-        report["rows"][name + args.suffix] = {"change": change, "overrides": list(args.set + overrides), **row,
+        report["rows"][name + args.suffix] = {"change": change, "overrides": list(args.set + row_overrides), **row,
                                 "wall_s": round(time.perf_counter() - t, 1)}
         slowest = max(slowest, time.perf_counter() - t)
         print(json.dumps(report["rows"][name + args.suffix]), flush=True)

@@ -61,16 +61,13 @@ def bare_loop(params: dict, spec, root: Path) -> float:
     from torch.utils.data import DataLoader
 
     from dfcl.data import FaceArrayDataset
-    from dfcl.learner import make_optimizer, pick_device
-    from models import create_model
+    from dfcl.learner import make_model, make_optimizer, pick_device
 
-    tp, mp = params["train"], params["model"]
+    tp = params["train"]
     torch.manual_seed(tp["seed"])
     device = pick_device(tp["device"])
-    model = create_model(mp["name"], width=mp["width"], dropout=mp["dropout"], weights=mp["weights"]).to(device)
+    model = make_model(params["model"]).to(device, memory_format=torch.channels_last)
     cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, tp)
     data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=params.get("augment"))
     workers = tp["num_workers"]
@@ -82,8 +79,7 @@ def bare_loop(params: dict, spec, root: Path) -> float:
     for _ in range(tp["epochs"]):
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 loss = loss_fn(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
@@ -174,6 +170,7 @@ def run_direct(folders: list[Path], params: dict, strategies: list[str], work: P
             print(f"{name}: after {spec.key}: avg acc {results['avg_accuracy']:.3f}, avg AUC {results['avg_auc']:.3f}",
                   flush=True)
         seconds = time.perf_counter() - start
+        learner.save()  # its size is reported (state_mb)
         strategy_plots(learner.history, plots, name)
         report["strategies"][name] = strategy_report(learner, results, seconds)
     return report
@@ -212,15 +209,16 @@ def markdown(report: dict, command: str, tag: str) -> str:
              f"Machine: {report['machine']}. Date: {report['date']}. Wall clock: {report['wall_s'] / 60:.1f} min.", "",
              "Command:", "", f"    {command}", "",
              f"Sequence: {' -> '.join(methods)}. Parameters: `{json.dumps(report['params'])}`.", "",
-             "| strategy | final avg acc | final avg balanced acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | BWT | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| strategy | final avg acc | final avg balanced acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | BWT | train s | state MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in report["strategies"].items():
         auc = r["auc_matrix"][-1]
         ff = [auc[i] for i in ffpp if not math.isnan(auc[i])]
         allauc = [a for a in auc if not math.isnan(a)]
         bal = r.get("avg_balanced_accuracy")
         lines.append(f"| {name} | {r['avg_accuracy']:.3f} | {'n/a' if bal is None else f'{bal:.3f}'} | {sum(ff) / max(len(ff), 1):.3f} | "
-                     f"{sum(allauc) / max(len(allauc), 1):.3f} | {r['forgetting']:.3f} | {r['bwt']:.3f} | {r['train_seconds']:.0f} |")
+                     f"{sum(allauc) / max(len(allauc), 1):.3f} | {r['forgetting']:.3f} | {r['bwt']:.3f} | {r['train_seconds']:.0f} | "
+                     f"{r.get('state_mb', '-')} |")
     s = report["speed"]
     lines += ["", "Training speed (first experience, same model, batch, data and epochs):", "",
               "| loop | images/s |", "| --- | --- |",
@@ -279,6 +277,11 @@ def main() -> None:
 
         report = compare_strategies([str(f) for f in folders], params, strategies, methods=FFPP, artifacts_dir=str(plots))
     wall = time.perf_counter() - start
+    for name, r in report["strategies"].items():
+        # What each strategy keeps besides the model (GEM's gradients memory, EWC's importances,
+        # LwF's teacher, Replay's buffer of face indices): the size of its saved learner state.
+        state = work / ("direct" if args.direct else "data/compare") / name
+        r["state_mb"] = round(sum(f.stat().st_size for f in state.rglob("*") if f.is_file()) / 2**20, 1)
     frames = {n: matrix_frame(r["accuracy_matrix"], report["methods"]) for n, r in report["strategies"].items()}
     forgetting_curves(frames, plots / "forgetting_all.png")
 

@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from dfcl.config import ConfigError, load_params
+from dfcl.config import ConfigError, apply_overrides, load_params
 from dfcl.layouts import KNOWN_LAYOUTS, LayoutError
 from dfcl.ops import OpsError
 from dfcl.workspace import Workspace, configure_environment, ensure_workspace, put_this_python_on_path
@@ -30,6 +30,8 @@ def cmd_demo(args, params):
                          "edit its `demo:` section instead of -S demo.*")
     ws = Workspace.here()
     ensure_workspace(ws, params, files=("params.yaml", "dvc.yaml"))
+    # The demo's training settings (demo.overrides) go under the user's own -S.
+    params = apply_overrides(apply_overrides(params, params["demo"]["overrides"]), args.set)
     put_this_python_on_path()
     with Repo(str(ws.root)) as repo:
         repo.reproduce("demo_data")
@@ -252,10 +254,11 @@ def cmd_evaluate(args, params):
     roc = Path(args.roc) if args.roc else (Path(args.json).with_suffix(".roc.png") if args.json else None)
     report = evaluate(detector, args.data, params, roc_png=roc)
     print(f"decision threshold {detector.threshold:.3f} (P(fake) at or above it = fake)")
-    lines = [f"{'method':<28} {'faces':>6} {'accuracy':>8} {'bal acc':>7} {'AUC':>6} {'AP':>6} {'EER':>6}"]
+    lines = [f"{'method':<28} {'faces':>6} {'accuracy':>8} {'bal acc':>7} {'AUC':>6} {'AP':>6} {'EER':>6} {'video AUC':>9}"]
     for name, r in [*report["methods"].items(), ("overall", report["overall"])]:
+        video = f"{r['video_auc']:>9.3f}" if "video_auc" in r else f"{'-':>9}"  # one face per video: = AUC
         lines.append(f"{name:<28} {r['faces']:>6} {r['accuracy']:>8.3f} {r['balanced_accuracy']:>7.3f} "
-                     f"{r['auc']:>6.3f} {r['ap']:>6.3f} {r['eer']:>6.3f}")
+                     f"{r['auc']:>6.3f} {r['ap']:>6.3f} {r['eer']:>6.3f} {video}")
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
@@ -319,9 +322,11 @@ def cmd_make_sbi(args, params):
 
 
 def cmd_models(args, params):
-    from models import list_models
+    from models import list_models, pretrained_tags
 
-    print("\n".join(list_models()))
+    for name in list_models():
+        tags = pretrained_tags(name)
+        print(f"{name:<20} {'pretrained: ' + ', '.join(tags) if tags else 'from scratch'}")
     return 0
 
 
@@ -429,12 +434,16 @@ def main(argv: list[str] | None = None) -> int:
 def check_names(params: dict) -> None:
     """Fail before any work on an unknown strategy or model name."""
     from dfcl.learner import STRATEGIES
-    from models import list_models
+    from models import list_models, pretrained_tags
 
     if params["strategy"]["name"] not in STRATEGIES:
         raise ConfigError(f"unknown strategy.name {params['strategy']['name']!r}; choose one of {', '.join(STRATEGIES)}")
-    if params["model"]["name"] not in list_models():
-        raise ConfigError(f"unknown model.name {params['model']['name']!r}; registered: {', '.join(list_models())}")
+    mp = params["model"]
+    if mp["name"] not in list_models():
+        raise ConfigError(f"unknown model.name {mp['name']!r}; registered: {', '.join(list_models())}")
+    if mp["pretrained"] not in ("none", None, *pretrained_tags(mp["name"])):
+        raise ConfigError(f"model {mp['name']!r} has no {mp['pretrained']!r} weights; it has: "
+                          f"{', '.join(pretrained_tags(mp['name'])) or 'none (use model.pretrained=none)'}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ def read_image(path: Path) -> np.ndarray | str:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def face_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 RGB (S, S, 3) -> float (3, S, S) in [0, 1]: what every model takes (each model
+    normalises its input itself, see models/normalize.py)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+
+
 def first_of_each_face(faces: np.ndarray) -> np.ndarray:
     """Indices (in order) that keep each distinct face once: FF++ originals, for one, are the
     real class of every method."""
@@ -39,9 +45,6 @@ class FaceArrayDataset(Dataset):
 
     `augment`: None/False for none, or the params' `augment:` section (see dfcl.augment),
     applied to the uint8 face before normalisation."""
-
-    MEAN = 0.5
-    STD = 0.25
 
     def __init__(self, images_path: str | Path, labels_path: str | Path, augment: dict | None = None):
         if augment is not None and augment is not False and not isinstance(augment, dict):
@@ -72,5 +75,4 @@ class FaceArrayDataset(Dataset):
         image = np.array(self.images[i])  # a copy: the memory-mapped cache stays untouched
         if self._augmenter is not None:
             image = self._augmenter(image)
-        x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
-        return (x - self.MEAN) / self.STD, self.targets[i]
+        return face_tensor(image), self.targets[i]

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_eer, binary_roc
 
-from dfcl.metrics import balanced_accuracy, fake_probabilities
+from dfcl.faces import face_videos
+from dfcl.metrics import balanced_accuracy, fake_probabilities, video_auc
 
 
 @dataclass
@@ -50,15 +51,21 @@ def load_detector(ref: str, params: dict, root: Path) -> Detector:
                      "an MLflow model folder, a learner folder or a torch file")
 
 
-def scores(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict:
+def scores(y: np.ndarray, p: np.ndarray, threshold: float = 0.5, videos: np.ndarray | None = None) -> dict:
+    """Frame-level scores, plus `video_auc` (mean P(fake) per video) where videos have several faces."""
     yt, pt = torch.from_numpy(y).long(), torch.from_numpy(p).float()
     both = len(set(y.tolist())) == 2  # AUC, AP and EER need both classes
-    return {"faces": int(len(y)), "real": int((y == 0).sum()), "fake": int((y == 1).sum()),
+    out = {"faces": int(len(y)), "real": int((y == 0).sum()), "fake": int((y == 1).sum()),
             "accuracy": float(((p >= threshold) == (y == 1)).mean()) if len(y) else float("nan"),
             "balanced_accuracy": balanced_accuracy(yt, pt, threshold),
             "auc": float(binary_auroc(pt, yt)) if both else float("nan"),
             "ap": float(binary_average_precision(pt, yt)) if both else float("nan"),
             "eer": float(binary_eer(pt, yt)) if both else float("nan")}
+    by_video = video_auc(y, p, videos)
+    if not np.isnan(by_video):
+        out["video_auc"] = by_video
+        out["videos"] = int(len(set(videos)))
+    return out
 
 
 def evaluate(detector: Detector, data: str, params: dict, roc_png: Path | None = None) -> dict:
@@ -70,18 +77,21 @@ def evaluate(detector: Detector, data: str, params: dict, roc_png: Path | None =
     name = Path(data).resolve().name
     with tempfile.TemporaryDirectory() as tmp:
         extract_dataset(data, Path(tmp) / name, params, name, cache_dir=Workspace.here().root / "data" / "cache" / "faces")
-        per_method, ys, ps = {}, [], []
+        per_method, ys, ps, vs = {}, [], [], []
         for folder in sorted(p for p in (Path(tmp) / name).iterdir() if p.is_dir()):
-            x = np.concatenate([np.load(folder / f"{s}-x.npy", mmap_mode="r") for s in ("train", "val", "test")])
-            y = np.concatenate([np.load(folder / f"{s}-y.npy") for s in ("train", "val", "test")])
+            splits = ("train", "val", "test")
+            x = np.concatenate([np.load(folder / f"{s}-x.npy", mmap_mode="r") for s in splits])
+            y = np.concatenate([np.load(folder / f"{s}-y.npy") for s in splits])
+            v = np.concatenate([face_videos(folder / f"{s}-x.npy") for s in splits])
             p = fake_probabilities(detector.model, x).numpy()
-            per_method[folder.name] = scores(y, p, threshold)
+            per_method[folder.name] = scores(y, p, threshold, v)
             ys.append(y)
             ps.append(p)
+            vs.append(v)
     # Real faces shared by several methods (FF++ originals) count once per method there;
     # overall pools every method's faces as they were scored.
     report = {"data": str(data), "image_size": size, "threshold": threshold, "methods": per_method,
-              "overall": scores(np.concatenate(ys), np.concatenate(ps), threshold)}
+              "overall": scores(np.concatenate(ys), np.concatenate(ps), threshold, np.concatenate(vs))}
     if roc_png:
         plot_roc({m: (y, p) for m, y, p in zip(per_method, ys, ps)}, roc_png, report)
     return report

@@ -291,6 +291,19 @@ def _manifest(files: pd.DataFrame, results: dict[str, FileFaces], dup_of: dict[s
     return m.sort_values(["experience", "split", "label", "source", "frame"]).reset_index(drop=True)
 
 
+def face_videos(images: str | Path) -> np.ndarray | None:
+    """The source video (file) of every face of `<method>/<split>-x.npy`, in array order, from
+    the manifest beside it; None when there is no manifest (faces not from extract_dataset)."""
+    images = Path(images)
+    manifest = images.parent / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    split = images.name.split("-")[0]
+    rows = pd.read_csv(manifest, usecols=["split", "index", "source"], keep_default_na=False)
+    rows = rows[(rows["split"] == split) & (rows["index"] >= 0)].sort_values("index")
+    return rows["source"].to_numpy(str)
+
+
 def _preview(x: np.ndarray, y: np.ndarray, path: Path, n: int = 8) -> None:
     """Up to n real faces (top row) and n fake faces (bottom row): a quick look at the crops."""
     size = x.shape[1] if len(x) else 1

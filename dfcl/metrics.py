@@ -17,14 +17,27 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
-from dfcl.data import FaceArrayDataset
-
 
 def balanced_accuracy(y: torch.Tensor, p: torch.Tensor, threshold: float) -> float:
     """Mean of the per-class recalls when faces with p >= threshold are called fake."""
     fake = p >= threshold
     recalls = [(fake[y == c] == bool(c)).float().mean() for c in (0, 1) if (y == c).any()]
     return float(sum(recalls) / len(recalls)) if recalls else math.nan
+
+
+def video_auc(y, p, videos) -> float:
+    """AUC over videos, each scored by the mean P(fake) of its faces (as DeepfakeBench does);
+    NaN when no video has several faces (then it equals the frame-level AUC) or one class only."""
+    if videos is None or len(videos) != len(y) or len(set(videos)) == len(videos):
+        return math.nan
+    _, video = np.unique(np.asarray(videos), return_inverse=True)
+    n = video.max() + 1
+    counts = np.bincount(video, minlength=n)
+    mean_p = np.bincount(video, weights=np.asarray(p, dtype=float), minlength=n) / counts
+    label = np.bincount(video, weights=np.asarray(y, dtype=float), minlength=n) / counts >= 0.5
+    if label.all() or not label.any():
+        return math.nan
+    return float(binary_auroc(torch.from_numpy(mean_p).float(), torch.from_numpy(label).long()))
 
 
 def calibrate_threshold(y: torch.Tensor, p: torch.Tensor) -> float:
@@ -41,27 +54,30 @@ def calibrate_threshold(y: torch.Tensor, p: torch.Tensor) -> float:
 @torch.no_grad()
 def fake_probabilities(model: torch.nn.Module, faces, device: torch.device | str = "cpu",
                        batch_size: int = 256) -> torch.Tensor:
-    """P(fake) for uint8 faces (N, H, W, 3), normalised as in training (FaceArrayDataset)."""
+    """P(fake) for uint8 faces (N, H, W, 3), fed as in training (in [0, 1]; the model normalises)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(faces), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(faces[start:start + batch_size])).to(device)
-        x = (x.permute(0, 3, 1, 2).float() / 255 - FaceArrayDataset.MEAN) / FaceArrayDataset.STD
+        x = x.permute(0, 3, 1, 2).float().div_(255)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x)
+            logits = model(x.contiguous(memory_format=torch.channels_last))
         out.append(torch.softmax(logits.float(), 1)[:, 1].cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 
 class ExperienceAUC(PluginMetric[float]):
-    """AUC_Exp, and BalAcc_Exp at `threshold` (the learner sets it after calibrating)."""
+    """AUC_Exp, BalAcc_Exp at `threshold` (the learner sets it after calibrating), and
+    VideoAUC_Exp when `videos` (experience id -> video of each test face, in order) says
+    several faces come from one video."""
 
     def __init__(self, threshold: float = 0.5):
         super().__init__()
         self.threshold = threshold
+        self.videos: dict[int, np.ndarray] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -88,11 +104,20 @@ class ExperienceAUC(PluginMetric[float]):
         # getattr: metrics pickled in checkpoints from before the threshold existed
         return balanced_accuracy(torch.cat(self._targets), torch.cat(self._scores), getattr(self, "threshold", 0.5))
 
+    def video_auc(self, experience: int) -> float:
+        videos = getattr(self, "videos", {}).get(experience)  # getattr: metrics pickled before videos
+        if not self._targets or videos is None:
+            return math.nan
+        return video_auc(torch.cat(self._targets).numpy(), torch.cat(self._scores).numpy(), videos)
+
     def after_eval_exp(self, strategy):
         step = strategy.clock.train_iterations
+        exp = strategy.experience.current_experience
         return [MetricValue(self, get_metric_name(self, strategy, add_experience=True), self.result(), step),
                 MetricValue(self, get_metric_name("BalAcc_Exp", strategy, add_experience=True),
-                            self.balanced_accuracy(), step)]
+                            self.balanced_accuracy(), step),
+                MetricValue(self, get_metric_name("VideoAUC_Exp", strategy, add_experience=True),
+                            self.video_auc(exp), step)]
 
     def __str__(self):
         return "AUC_Exp"

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dfcl.augment import Augmenter
-from dfcl.data import FaceArrayDataset
+from dfcl.data import face_tensor
 
 # Paper (dynamic_blend): full-strength blends are the most common, partial ones add variety.
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
@@ -198,7 +198,7 @@ class SelfBlendedFakes(Dataset):
     Item i blends real face number i % n_real with its own RNG, seeded from (seed, i, a
     draw of torch's global RNG): fakes differ between epochs (more variety for free) yet a
     run is reproducible under torch.manual_seed (DataLoader workers seed torch per worker).
-    Normalised like FaceArrayDataset; pickles as paths and settings only."""
+    In [0, 1] like FaceArrayDataset; pickles as paths and settings only."""
 
     def __init__(self, images_path: str | Path, labels_path: str | Path, augment: dict | None = None,
                  per_real: float = 1.0, seed: int = 0):
@@ -234,8 +234,7 @@ class SelfBlendedFakes(Dataset):
         if self._augmenter is not None:
             # Augmenter: uint8 RGB (S, S, 3) in, same out
             fake = np.ascontiguousarray(self._augmenter(fake), dtype=np.uint8)
-        x = torch.from_numpy(fake).permute(2, 0, 1).float().div_(255)
-        return (x - FaceArrayDataset.MEAN) / FaceArrayDataset.STD, 1
+        return face_tensor(fake), 1
 
 
 def write_sbi_dataset(images: np.ndarray, out_dir: Path, seed: int = 0, per_real: int = 1) -> dict:

@@ -26,11 +26,13 @@ from tasks.register_challenger import log_matrices
 
 
 def table(report: dict) -> str:
-    lines = [f"{'strategy':<10} {'avg acc':>8} {'avg AUC':>8} {'forgetting':>10} {'BWT':>7} {'train s':>8}"]
+    lines = [f"{'strategy':<10} {'avg acc':>8} {'avg AUC':>8} {'video AUC':>9} {'forgetting':>10} {'BWT':>7} {'train s':>8}"]
     for name, r in report["strategies"].items():
         auc = r["auc_matrix"][-1]
         finite = [a for a in auc if not math.isnan(a)]
-        lines.append(f"{name:<10} {r['avg_accuracy']:>8.3f} {sum(finite) / max(len(finite), 1):>8.3f} "
+        video = r.get("avg_video_auc")
+        video = f"{video:>9.3f}" if video is not None and not math.isnan(video) else f"{'-':>9}"
+        lines.append(f"{name:<10} {r['avg_accuracy']:>8.3f} {sum(finite) / max(len(finite), 1):>8.3f} {video} "
                      f"{r['forgetting']:>10.3f} {r['bwt']:>7.3f} {r['train_seconds']:>8.1f}")
     return "\n".join(lines)
 

@@ -60,6 +60,10 @@ def decision_table(version: str, challenger: dict, verdict: dict, experiences: l
         dataset, dvc_version = data.get(key, ("?", "?"))
         lines.append(f"| {key} | {challenger['accuracy'][key]:.3f} | {challenger['auc'][key]:.3f} | {theirs} "
                      f"| {dataset} | `{dvc_version[:12]}` |")
+    video = challenger.get("video_auc", {})
+    if video:  # methods with several faces per video
+        lines += ["", "Challenger video-level AUC (mean P(fake) of a video's faces): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in video.items()) + "."]
     lines += ["", f"Average accuracy {challenger['avg_accuracy']:.3f}, average AUC {challenger['avg_auc']:.3f}, "
                   f"forgetting {challenger['forgetting']:.3f}, BWT {challenger['bwt']:.3f}.",
               f"Gate: {'passed' if verdict['passed'] else 'failed: ' + '; '.join(verdict['reasons'])}."]

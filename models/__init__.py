@@ -3,10 +3,11 @@
     from models import create_model, list_models
     model = create_model("small_cnn", num_classes=2, width=32)
 
-Every model returns logits of shape (batch, 2): class 0 = real, class 1 = fake. Each one
-names its classifier layer `head`, which CWR* consolidates.
+Every model takes images in [0, 1] and normalises them itself, returns logits of shape
+(batch, 2): class 0 = real, class 1 = fake, and names its classifier layer `head`, which CWR*
+consolidates. `create_model(name, pretrained="imagenet")` starts from packaged weights.
 """
-from models.registry import create_model, list_models, register_model  # noqa: F401
+from models.registry import create_model, list_models, pretrained_tags, register_model  # noqa: F401
 
 # Importing the families registers them.
-from models import frequency, small_cnn, timm_backbones  # noqa: F401,E402
+from models import efficientnet_lite, frequency, small_cnn, timm_backbones  # noqa: F401,E402

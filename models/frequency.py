@@ -9,6 +9,7 @@ the crop an artefact sits. Both streams are pooled, concatenated and classified 
 import torch
 from torch import nn
 
+from models.normalize import SIMPLE_MEAN, SIMPLE_STD, normalize
 from models.registry import register_model
 from models.small_cnn import conv_features
 
@@ -26,6 +27,8 @@ def log_spectrum(x: torch.Tensor) -> torch.Tensor:
 
 
 class SpectrumCNN(nn.Module):
+    MEAN, STD = SIMPLE_MEAN, SIMPLE_STD
+
     def __init__(self, num_classes: int = 2, width: int = 32, dropout: float = 0.2):
         super().__init__()
         self.rgb, channels = conv_features(width)
@@ -36,6 +39,7 @@ class SpectrumCNN(nn.Module):
         self.head = nn.Linear(2 * channels, num_classes)
 
     def forward(self, x):
+        x = normalize(x, self.MEAN, self.STD)
         rgb = self.pool(self.rgb(x)).flatten(1)
         freq = self.pool(self.spectrum(log_spectrum(x))).flatten(1)
         return self.head(self.dropout(torch.cat([rgb, freq.to(rgb.dtype)], dim=1)))

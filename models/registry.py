@@ -1,3 +1,10 @@
+"""The model registry, as in timm: `@register_model` on a builder, `create_model(name)` to build.
+
+Contract for every registered model: it takes images in [0, 1] (B, 3, H, W) and normalises
+them itself (so training, evaluation and detection feed the same input whatever the model
+learned on), returns logits (B, 2) with class 1 = fake, and names its classifier layer `head`
+(CWR* consolidates it). Pretrained weights are loaded here, in one place, from files that
+ship inside installed packages: nothing is ever downloaded."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,22 +13,43 @@ from typing import Callable
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+# name -> {tag: loader(model)}: the pretrained weights a model can start from (e.g. "imagenet").
+_PRETRAINED: dict[str, dict[str, Callable[[nn.Module], None]]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *,
+                   pretrained: dict[str, Callable[[nn.Module], None]] | None = None):
+    """`@register_model`, or `@register_model(pretrained={"imagenet": loader})`."""
+    def add(builder):
+        _MODELS[builder.__name__] = builder
+        _PRETRAINED[builder.__name__] = dict(pretrained or {})
+        return builder
+
+    return add(fn) if fn is not None else add
 
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, *, num_classes: int = 2, weights: str | None = None, **kwargs) -> nn.Module:
-    """Build a registered model. `weights` is an optional local file (never a hub download);
-    each family loads it its own way."""
+def pretrained_tags(name: str) -> list[str]:
+    """Which pretrained weights `name` can start from ([] = trained from scratch only)."""
+    return sorted(_PRETRAINED.get(name, {}))
+
+
+def create_model(name: str, *, num_classes: int = 2, pretrained: str = "none", weights: str | None = None,
+                 **kwargs) -> nn.Module:
+    """Build a registered model. `pretrained` names packaged weights (`dfcl models` lists them);
+    `weights` is the user's own local file (each family loads it its own way)."""
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     if weights and not Path(weights).is_file():
         raise FileNotFoundError(f"model.weights={weights!r} is not a file")
-    return _MODELS[name](num_classes=num_classes, weights=weights, **kwargs)
+    pretrained = pretrained or "none"
+    if pretrained != "none" and pretrained not in _PRETRAINED[name]:
+        have = ", ".join(pretrained_tags(name)) or "none (it trains from scratch)"
+        raise ValueError(f"model {name!r} has no {pretrained!r} weights; it has: {have}")
+    model = _MODELS[name](num_classes=num_classes, weights=weights, **kwargs)
+    if pretrained != "none":
+        _PRETRAINED[name][pretrained](model)
+    return model

@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 
+from models.normalize import SIMPLE_MEAN, SIMPLE_STD, normalize
 from models.registry import register_model
 
 
@@ -24,6 +25,8 @@ def conv_features(width: int, depth: int = 4) -> tuple[nn.Sequential, int]:
 
 
 class SmallCNN(nn.Module):
+    MEAN, STD = SIMPLE_MEAN, SIMPLE_STD
+
     def __init__(self, num_classes: int = 2, width: int = 32, depth: int = 4, dropout: float = 0.2):
         super().__init__()
         self.features, channels = conv_features(width, depth)
@@ -32,7 +35,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(channels, num_classes)
 
     def forward(self, x):
-        x = self.pool(self.features(x)).flatten(1)
+        x = self.pool(self.features(normalize(x, self.MEAN, self.STD))).flatten(1)
         return self.head(self.dropout(x))
 
 

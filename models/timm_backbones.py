@@ -2,10 +2,14 @@
 import timm
 from torch import nn
 
+from models.normalize import SIMPLE_MEAN, SIMPLE_STD, normalize
 from models.registry import register_model
 
 
 class TimmDetector(nn.Module):
+    # From scratch, as these are trained here; fine-tuning from a user's weights file adapts.
+    MEAN, STD = SIMPLE_MEAN, SIMPLE_STD
+
     def __init__(self, arch: str, num_classes: int = 2, dropout: float = 0.2, weights: str | None = None):
         super().__init__()
         # A weights file goes through timm's own pretrained loader (it drops the ImageNet
@@ -16,7 +20,7 @@ class TimmDetector(nn.Module):
         self.head = nn.Linear(self.backbone.num_features, num_classes)
 
     def forward(self, x):
-        return self.head(self.dropout(self.backbone(x)))
+        return self.head(self.dropout(self.backbone(normalize(x, self.MEAN, self.STD))))
 
 
 def _register(name: str, arch: str):

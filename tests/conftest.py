@@ -24,7 +24,8 @@ def prefect_api():
     output streams (otherwise its shutdown log line hits a closed file)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # A generous start-up timeout: on a busy 2-core machine the server can take over 30 s.
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 
@@ -59,10 +60,12 @@ def workspace(tmp_path, monkeypatch):
 
 
 def small_params(*overrides: str) -> dict:
-    """Defaults shrunk for tests: tiny images and one epoch."""
+    """Defaults shrunk for tests: tiny images, one epoch, the small CNN from scratch with one
+    constant learning rate (tests of the pretrained detector ask for it)."""
     from dfcl.config import load_params
 
-    base = ["data.image_size=32", "train.epochs=1", "train.batch_size=32", "model.width=8",
+    base = ["data.image_size=32", "train.epochs=1", "train.batch_size=32", "model.name=small_cnn", "model.width=8",
+            "model.pretrained=none", "train.schedule=constant", "train.warmup_epochs=0", "train.backbone_lr_scale=1.0",
             "strategy.replay_mem_size=40", "strategy.gem_patterns_per_exp=16"]
     return load_params(REPO / "params.yaml", base + list(overrides))
 

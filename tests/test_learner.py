@@ -23,10 +23,15 @@ def specs(demo_data, tmp_path_factory):
     return root, specs_for(demo_data, root, ["BlendSwap", "GANUpsample"])
 
 
+MODELS = {"small_cnn": [], "efficientnet_lite0": ["model.name=efficientnet_lite0", "model.pretrained=imagenet",
+                                                 "train.backbone_lr_scale=0.3", "train.warmup_epochs=0.5"]}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("strategy", ["naive", "cwr", "replay", "gem", "lwf", "ewc", "cumulative"])
-def test_learner_resumes_with_its_strategy_state(specs, tmp_path, strategy):
+def test_learner_resumes_with_its_strategy_state(specs, tmp_path, strategy, model):
     root, (first, second) = specs
-    params = small_params(f"strategy.name={strategy}")
+    params = small_params(f"strategy.name={strategy}", *MODELS[model])
     learner = Learner(tmp_path / "learner", params, root)
     r1 = learner.learn(first)
     learner.save()

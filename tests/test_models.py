@@ -5,11 +5,12 @@ from models import create_model, list_models
 
 
 def test_registry_lists_the_cpu_cnn_and_timm_backbones():
-    expected = {"small_cnn", "small_cnn_fft", "efficientnet_b0", "efficientnet_b4", "xception", "resnet50", "densenet121"}
+    expected = {"small_cnn", "small_cnn_fft", "efficientnet_b0", "efficientnet_b4", "xception", "resnet50", "densenet121",
+                "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
     assert expected <= set(list_models())
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "efficientnet_b0", "resnet18"])
+@pytest.mark.parametrize("name", ["small_cnn", "efficientnet_b0", "resnet18", "efficientnet_lite0"])
 def test_models_output_two_logits_and_have_a_head(name):
     model = create_model(name).eval()
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
@@ -54,3 +55,66 @@ def test_two_stream_model_trains_under_autocast():
         loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 0, 1]))
     loss.backward()
     assert all(p.grad is not None for p in model.spectrum.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_every_tensor_of_the_imagenet_file_is_mapped_with_its_shape(variant):
+    import timm
+
+    from models.efficientnet_lite import checkpoint_filter_fn, weights_file
+
+    state = torch.load(weights_file(variant), map_location="cpu", weights_only=True)
+    target = timm.create_model(f"tf_efficientnet_lite{variant}").state_dict()
+    mapped = checkpoint_filter_fn(state, timm.create_model(f"tf_efficientnet_lite{variant}"))
+    assert len(mapped) == len(state), "two file tensors mapped onto one name"
+    assert set(mapped) == set(target), "left over or missing"
+    assert all(mapped[k].shape == target[k].shape for k in target)
+
+
+# Each variant at the resolution its file was trained at: the reference implementation pads
+# statically for that size only, timm's TF-style padding is right at every size.
+@pytest.mark.parametrize("variant,size", [(0, 224), (1, 240), (2, 260)])
+def test_mapped_network_gives_the_reference_implementations_imagenet_logits(variant, size):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from models.efficientnet_lite import imagenet_classifier, weights_file
+
+    ours = imagenet_classifier(variant).eval()
+    reference = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=str(weights_file(variant))).eval()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(ours(x), reference(x), atol=1e-4, rtol=0)
+
+
+def test_pretrained_detector_starts_from_imagenet_features_and_normalises_its_input():
+    from models.efficientnet_lite import imagenet_classifier
+    from models.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+    detector = create_model("efficientnet_lite0", pretrained="imagenet").eval()
+    imagenet = imagenet_classifier(0).eval()
+    assert torch.equal(detector.backbone.conv_stem.weight, imagenet.conv_stem.weight)
+    assert torch.equal(detector.backbone.bn2.running_var, imagenet.bn2.running_var)
+    x = torch.rand(2, 3, 64, 64)  # [0, 1], as every caller feeds
+    with torch.no_grad():
+        features = imagenet.forward_head(imagenet.forward_features(normalize(x, IMAGENET_MEAN, IMAGENET_STD)),
+                                         pre_logits=True)
+        assert torch.allclose(detector.backbone(normalize(x, IMAGENET_MEAN, IMAGENET_STD)), features)
+        assert detector(x).shape == (2, 2)
+    scratch = create_model("efficientnet_lite0", pretrained="none")
+    assert not torch.equal(scratch.backbone.conv_stem.weight, imagenet.conv_stem.weight)
+
+
+def test_pretrained_weights_that_do_not_exist_are_a_clear_error():
+    from models import pretrained_tags
+
+    assert pretrained_tags("efficientnet_lite2") == ["imagenet"] and pretrained_tags("small_cnn") == []
+    with pytest.raises(ValueError, match="'small_cnn' has no 'imagenet' weights"):
+        create_model("small_cnn", pretrained="imagenet")
+
+
+def test_dfcl_models_says_which_models_are_pretrained(capsys):
+    from dfcl.cli import main
+
+    assert main(["models"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "pretrained: imagenet" in lines["efficientnet_lite0"] and "from scratch" in lines["small_cnn"]

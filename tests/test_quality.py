@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from dfcl.layouts import assign_splits
-from dfcl.learner import BestValidationEpoch, ClassBalancedLoss, CosineEpochs, Learner
+from avalanche.core import SupervisedPlugin
+
+from dfcl.learner import BestValidationEpoch, ClassBalancedLoss, Learner
 from tests.conftest import small_params
 from tests.test_learner import specs_for
 
@@ -69,9 +71,10 @@ def test_cosine_schedule_decays_within_each_experience(specs, tmp_path):
     root, (first, second) = specs
     seen = []
 
-    class LrLog(CosineEpochs.__base__):
-        def after_training_epoch(self, strategy, **_):
-            seen.append(strategy.optimizer.param_groups[0]["lr"])
+    class LrLog(SupervisedPlugin):  # runs after LRSchedule: the rate of each epoch's first step
+        def before_training_iteration(self, strategy, **_):
+            if strategy.clock.train_epoch_iterations == 0:
+                seen.append(strategy.optimizer.param_groups[0]["lr"])
 
     learner = Learner(tmp_path / "l", small_params("train.epochs=4", "train.lr=0.01", "train.schedule=cosine"), root)
     learner.strategy.plugins.append(LrLog())
@@ -85,7 +88,7 @@ def test_early_stopping_stops_without_a_validation_gain_and_keeps_the_best_epoch
     root, (first, _) = specs
     epochs = []
 
-    class EpochLog(CosineEpochs.__base__):
+    class EpochLog(SupervisedPlugin):
         def after_training_epoch(self, strategy, **_):
             epochs.append(strategy.clock.train_exp_epochs)
 

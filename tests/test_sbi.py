@@ -112,7 +112,7 @@ def test_self_blended_fakes_dataset(tmp_path):
     items = [ds[i] for i in range(len(ds))]
     for i, (t, label) in enumerate(items):
         assert label == 1 and t.shape == (3, S, S) and t.dtype == torch.float32
-        img = (t * FaceArrayDataset.STD + FaceArrayDataset.MEAN).permute(1, 2, 0).numpy() * 255
+        img = t.permute(1, 2, 0).numpy() * 255
         assert img.min() > -0.01 and img.max() < 255.01
         # item i is made from real face i % n_real (not from a fake, not from another real)
         errors = [np.abs(img - r).mean() for r in images]
