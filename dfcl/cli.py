@@ -13,6 +13,7 @@ from pathlib import Path
 from dfcl.config import ConfigError, apply_overrides, load_params
 from dfcl.layouts import KNOWN_LAYOUTS, LayoutError
 from dfcl.ops import OpsError
+from dfcl.pinning import PinnedDataError
 from dfcl.workspace import Workspace, configure_environment, ensure_workspace, put_this_python_on_path
 
 
@@ -425,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("demo", "retrain", "compare"):
             check_names(params)
         return COMMANDS[args.command](args, params)
-    except (ConfigError, LayoutError, OpsError) as e:
+    except (ConfigError, LayoutError, OpsError, PinnedDataError) as e:
         # Mistakes in what the user asked for: one clear line, no traceback.
         print(f"dfcl: {e}", file=sys.stderr)
         return 2

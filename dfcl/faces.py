@@ -270,8 +270,10 @@ def _prefetched(fn, items, depth: int = 2):
             yield done, future.result()
 
 
-def _manifest(files: pd.DataFrame, results: dict[str, FileFaces], dup_of: dict[str, str]) -> pd.DataFrame:
-    """One row per (experience, file, sampled frame), kept or skipped."""
+def _manifest(files: pd.DataFrame, results: dict[str, FileFaces], dup_of: dict[str, str],
+              md5: dict[str, str]) -> pd.DataFrame:
+    """One row per (experience, file, sampled frame), kept or skipped, with the file's MD5 (what
+    tells a learned method that one of its files changed, see dfcl.pinning)."""
     per_file = []
     for path, r in results.items():
         for j in range(len(r.frames)):
@@ -288,6 +290,7 @@ def _manifest(files: pd.DataFrame, results: dict[str, FileFaces], dup_of: dict[s
     m["face"] = m["face"].fillna(-1).astype(int)
     m["frame"] = m["frame"].fillna(-1).astype(int)
     m["skipped"] = m["skipped"].fillna("")
+    m["md5"] = m["source"].map(md5).fillna("")
     return m.sort_values(["experience", "split", "label", "source", "frame"]).reset_index(drop=True)
 
 
@@ -414,7 +417,7 @@ def extract_dataset(raw_dir: str | Path, out_dir: str | Path, params: dict, name
     bar.close()
     seconds = time.perf_counter() - start
 
-    manifest = _manifest(files, results, dup_of)
+    manifest = _manifest(files, results, dup_of, md5)
     kept = manifest[manifest.face >= 0].copy()
     kept["path"] = kept.source + "#" + kept.frame.astype(str)
     capped = cap_per_class(kept, dp["max_per_class"], dp["seed"])

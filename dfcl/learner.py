@@ -23,6 +23,7 @@ from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 from torch.utils.data import ConcatDataset
 from torchmetrics.functional.classification import binary_auroc
 
+from dfcl import pinning
 from dfcl.data import FaceArrayDataset
 from dfcl.faces import face_videos
 from dfcl.metrics import ExperienceAUC, calibrate_threshold, fake_probabilities, per_experience, stream_value
@@ -57,6 +58,8 @@ class ExperienceSpec:
     test_y: str
     val_x: str = ""   # validation faces (threshold, early stopping); "" for data extracted without
     val_y: str = ""
+    digest: str = ""  # once learned: SHA-256 of its pinned arrays (dfcl.pinning), and their sizes
+    faces: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -295,6 +298,7 @@ class Learner:
     OPTIMIZER = "optimizer.pt"
     HISTORY = "history.json"
     CURRENT = "CURRENT"   # names the state folder in use; replaced atomically after a save
+    EXPERIENCES = "experiences"  # the learned methods' pinned faces (dfcl.pinning)
 
     def __init__(self, folder: Path, params: dict, root: Path):
         self.folder, self.params, self.root = Path(folder), params, Path(root)
@@ -320,8 +324,11 @@ class Learner:
             raise ValueError(
                 f"the learner in {folder} was trained with {saved}, but params ask for "
                 f"{learner.history.identity}; restore those params or start over with --fresh")
+        experiences = [ExperienceSpec(**e) for e in data["experiences"]]
+        for spec in experiences:  # before the checkpoint's datasets open them
+            pinning.check(spec, learner.root)
         learner.history = History(
-            experiences=[ExperienceSpec(**e) for e in data["experiences"]],
+            experiences=experiences,
             accuracy_matrix=data["accuracy_matrix"], auc_matrix=data["auc_matrix"],
             balanced_accuracy_matrix=data.get("balanced_accuracy_matrix", []),
             video_auc_matrix=data.get("video_auc_matrix", []),
@@ -407,6 +414,8 @@ class Learner:
         """Train on one new experience, then evaluate on every experience seen so far."""
         if spec.key in self.learned:
             raise ValueError(f"{spec.key} is already learned")
+        # From now on the learner reads this method's faces only from its pinned copy.
+        spec = pinning.pin(spec, self.root, self.folder / self.EXPERIENCES)
         experiences = self.history.experiences + [spec]
         bench = self.benchmark(experiences)
         index = len(experiences) - 1

@@ -23,6 +23,7 @@ from dfcl.ops import check_services, retrain_lock
 from dfcl.triggers import Ledger
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
 from flows.ingest import Ingested, dataset_name, ingest_dataset
+from tasks.check_learned_data import check_learned_data
 from tasks.learn_experience import learn_experience
 from tasks.log_experience_metrics import log_experience_metrics
 from tasks.promote_champion import promote_champion, record_rejection
@@ -123,6 +124,7 @@ def _retrain(ws: Workspace, data: str, params: dict, method, methods, auto_appro
             raise LayoutError(f"{ingested.name}: no method can be learned: "
                               + "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
         learner = Learner(ws.learner, params, ws.root) if fresh else Learner.load(ws.learner, params, ws.root)
+        specs = check_learned_data(learner, specs)
         new = [s for s in specs if s.key not in learner.learned]
         # A run that crashed after learning but before registering left experiences no
         # challenger holds yet: they are registered now, without training them again.

@@ -1,0 +1,33 @@
+import dataclasses
+
+import mlflow
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from dfcl import pinning
+from dfcl.learner import ExperienceSpec, Learner
+
+
+@task(cache_policy=NO_CACHE)
+def check_learned_data(learner: Learner, specs: list[ExperienceSpec]) -> list[ExperienceSpec]:
+    """For methods already learned: the learner keeps its pinned faces, whatever the new ingest
+    wrote. When a method's own files really changed (edited, removed or new fakes), say so and
+    return it as a new version, `<method>:<digest>`, to be learned as an experience of its own."""
+    logger = get_run_logger()
+    learned = {e.key: e for e in learner.history.experiences}
+    out = []
+    for spec in specs:
+        if spec.key not in learned:
+            out.append(spec)
+            continue
+        change = pinning.data_change(learned[spec.key], spec, learner.root)
+        if change is None:
+            logger.info("%s: already learned; its learned version %s is kept", spec.key, learned[spec.key].digest[:12])
+            out.append(spec)
+            continue
+        key = f"{spec.key}:{pinning.array_digest(spec, learner.root)[:8]}"  # MLflow names allow ":", not "@"
+        logger.warning("%s: its data changed since it was learned (%s); the learned version stays in the "
+                       "evaluation and the new data is learned as %s", spec.key, change, key)
+        mlflow.set_tag(f"data.{spec.key}.changed", f"{change}; learned as {key}")
+        out.append(dataclasses.replace(spec, key=key))
+    return out
