@@ -110,4 +110,9 @@ def use_mlflow_experiment(ws: Workspace, name: str) -> str:
     if experiment is None:
         local = mlflow.get_tracking_uri().startswith("sqlite:")
         mlflow.create_experiment(name, artifact_location=ws.mlruns.as_uri() + f"/{name}" if local else None)
-    return mlflow.set_experiment(name).experiment_id
+    experiment = mlflow.set_experiment(name)
+    if "mlflow.experimentKind" not in experiment.tags:
+        # The UI then opens it as a model-training experiment, not in its GenAI view.
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, "mlflow.experimentKind",
+                                                 "custom_model_development")
+    return experiment.experiment_id

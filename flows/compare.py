@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from dfcl.config import flatten
 from dfcl.learner import Learner, strategy_report
 from dfcl.plots import strategy_plots
+from dfcl.tracking import log_dataset_inputs
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
 from flows.ingest import dataset_name, ingest_dataset
 from flows.retrain import log_dataset_versions
@@ -64,6 +65,7 @@ def compare_strategies(data: str | list[str], params: dict, strategies: list[str
         with mlflow.start_run(run_name=f"compare {name}"):
             mlflow.log_params(flatten({k: p[k] for k in ("model", "strategy", "train", "data")}))
             mlflow.log_params({f"data.{s.key}.version": s.version for s in specs})
+            log_dataset_inputs(specs, context="training")
             start = time.perf_counter()
             for step, spec in enumerate(tqdm(specs, desc=f"{name}", unit="experience")):
                 results = learn_experience(learner, spec)

@@ -3,6 +3,7 @@ experience(s) -> evaluated on every method so far -> MLflow run + `challenger` -
 ops approval -> `champion`."""
 from __future__ import annotations
 
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from tqdm.auto import tqdm
 
 from dfcl.config import flatten
 from dfcl.layouts import LayoutError
-from dfcl.learner import ExperienceSpec, Learner
+from dfcl.learner import Learner
 from dfcl.ops import check_services, retrain_lock
+from dfcl.report import decision_plot, decision_table
+from dfcl.tracking import log_dataset_inputs
 from dfcl.triggers import Ledger
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
 from flows.ingest import Ingested, dataset_name, ingest_dataset
@@ -45,30 +48,6 @@ def log_dataset_versions(ingested: Ingested) -> None:
                        f"data.{name}.layout": ingested.layout})
     if ingested.left_out:
         mlflow.set_tag(f"data.{name}.left_out", "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
-
-
-def decision_table(version: str, challenger: dict, verdict: dict, experiences: list[ExperienceSpec]) -> str:
-    """Markdown for ops: challenger vs champion per method, the gate's verdict, and the data
-    (dataset and its DVC version) each method was learned from."""
-    champion = verdict["champion"]
-    name = f"champion v{champion['version']}" if champion else "champion (none yet)"
-    lines = [f"## Challenger v{version} vs {name}", "",
-             "| method | challenger acc | challenger AUC | champion acc | champion AUC | dataset | DVC version |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    data = {e.key: (e.dataset, e.version) for e in experiences}
-    for key in challenger["methods"]:
-        theirs = (f"{champion['accuracy'][key]:.3f} | {champion['auc'][key]:.3f}" if champion else "- | -")
-        dataset, dvc_version = data.get(key, ("?", "?"))
-        lines.append(f"| {key} | {challenger['accuracy'][key]:.3f} | {challenger['auc'][key]:.3f} | {theirs} "
-                     f"| {dataset} | `{dvc_version[:12]}` |")
-    video = challenger.get("video_auc", {})
-    if video:  # methods with several faces per video
-        lines += ["", "Challenger video-level AUC (mean P(fake) of a video's faces): "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in video.items()) + "."]
-    lines += ["", f"Average accuracy {challenger['avg_accuracy']:.3f}, average AUC {challenger['avg_auc']:.3f}, "
-                  f"forgetting {challenger['forgetting']:.3f}, BWT {challenger['bwt']:.3f}.",
-              f"Gate: {'passed' if verdict['passed'] else 'failed: ' + '; '.join(verdict['reasons'])}."]
-    return "\n".join(lines)
 
 
 def ask_ops(version: str, verdict: dict, params: dict, auto_approve: bool) -> ApprovalDecision:
@@ -134,6 +113,9 @@ def _retrain(ws: Workspace, data: str, params: dict, method, methods, auto_appro
             mlflow.set_tag("outcome", "nothing new")
             return {"outcome": "nothing new", "run_id": run.info.run_id}
         mlflow.log_params(flatten({k: params[k] for k in ("model", "strategy", "train", "data")}))
+        # One context per dataset in MLflow: what this run trains on, and what it only evaluates on.
+        log_dataset_inputs(new, context="training")
+        log_dataset_inputs(learner.history.experiences, context="evaluation")
         results = learner.last_results()
         for spec in tqdm(new, desc="new methods", unit="experience"):
             results = learn_experience(learner, spec)
@@ -144,6 +126,9 @@ def _retrain(ws: Workspace, data: str, params: dict, method, methods, auto_appro
         summary = decision_table(version, results, verdict, learner.history.experiences)
         create_markdown_artifact(summary, key="promotion-decision", description="what ops decide on")
         mlflow.log_text(summary, "promotion_decision.md")
+        with tempfile.TemporaryDirectory() as tmp:
+            if decision_plot(verdict, Path(tmp) / "promotion_decision.png"):
+                mlflow.log_artifact(str(Path(tmp) / "promotion_decision.png"))
         if verdict["passed"]:
             decision = ask_ops(version, verdict, params, auto_approve)
         else:  # a regression never reaches ops

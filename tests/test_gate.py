@@ -1,34 +1,134 @@
-"""The promotion gate scores the real champion on the same test sets and stops regressions."""
-import mlflow
-import pytest
-from mlflow import MlflowClient
+"""The promotion gate: challenger vs the real champion on the same test faces, per method, with a
+paired bootstrap interval: "worse", "better" or "cannot tell"."""
+import dataclasses
+import time
 
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from scipy.stats import norm
+
+from dfcl import bootstrap
 from dfcl.learner import Learner
+from dfcl.report import decision_plot, decision_table
 from tasks.promotion_gate import promotion_gate
 from tests.conftest import small_params
 from tests.test_learner import specs_for
 
 
-def test_gate_scores_the_champion_and_stops_regressions(workspace, demo_data):
-    specs = specs_for(demo_data, workspace.root, ["BlendSwap"])
-    learner = Learner(workspace.root / "learner", small_params("train.epochs=2"), workspace.root)
+# -- the bootstrap, on cases with a known answer --------------------------------------------
+def test_interval_covers_the_true_auc_difference():
+    # Scores ~ N(d, 1) for fakes, N(0, 1) for reals: AUC = Phi(d / sqrt 2) exactly.
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(3000), np.ones(3000)].astype(int)
+    noise = rng.normal(size=len(y))
+    new, old = noise + 1.0 * y, noise + 0.8 * y  # paired: the same faces, the same noise
+    r = bootstrap.paired_difference(y, new, old, n_boot=500)
+    truth = norm.cdf(1.0 / np.sqrt(2)) - norm.cdf(0.8 / np.sqrt(2))
+    assert r["low"] < truth < r["high"] and r["low"] > 0
+    assert bootstrap.verdict(r["low"], r["high"], 0.0) == "better"
+    same = bootstrap.paired_difference(y, old, old, n_boot=200)
+    assert same["low"] == same["high"] == 0 and bootstrap.verdict(same["low"], same["high"], 0.0) == "cannot tell"
+
+
+def test_faces_of_one_video_move_together():
+    rng = np.random.default_rng(2)
+    videos = np.repeat(np.arange(100), 10)  # ten identical faces per video
+    y = np.repeat(rng.integers(0, 2, 100), 10)
+    new, old = np.repeat(rng.random(100), 10) + 0.3 * y, np.repeat(rng.random(100), 10) + 0.3 * y
+    by_face = bootstrap.paired_difference(y, new, old, n_boot=400)
+    by_video = bootstrap.paired_difference(y, new, old, videos, n_boot=400)
+    assert by_video["high"] - by_video["low"] > 2 * (by_face["high"] - by_face["low"])
+
+
+def test_bootstrap_of_ten_thousand_faces_is_fast():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 10_000)
+    start = time.process_time()
+    bootstrap.paired_difference(y, rng.random(10_000) + y, rng.random(10_000) + y, n_boot=1000, metric="auc")
+    bootstrap.paired_difference(y, rng.random(10_000), rng.random(10_000), n_boot=1000, metric="balanced_accuracy")
+    assert time.process_time() - start < 10  # CPU seconds over both threads; the issue asks < 5 s of wall clock
+
+
+# -- the gate, on real trained models --------------------------------------------------------
+class Noisy(torch.nn.Module):
+    """The same detector with a little fixed noise on its logits: slightly worse, within noise."""
+
+    def __init__(self, model, scale):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        g = torch.Generator().manual_seed(int(x.sum().item() * 1000) % 2**31)
+        return self.model(x) + self.scale * torch.randn(x.shape[0], 2, generator=g)
+
+
+@pytest.fixture
+def champion(workspace, demo_data):
+    """A learner on BlendSwap, registered as champion."""
+    specs = specs_for(demo_data, workspace.root, ["BlendSwap", "GANUpsample"])
+    learner = Learner(workspace.root / "learner", small_params("train.epochs=8", "train.lr=0.005"), workspace.root)
     results = learner.learn(specs[0])
     with mlflow.start_run():
         info = mlflow.pytorch.log_model(learner.strategy.model, name="model", serialization_format="pickle",
-                                        registered_model_name="deepfake-detector")
-    MlflowClient().set_registered_model_alias("deepfake-detector", "champion", info.registered_model_version)
+                                        registered_model_name="deepfake-detector",
+                                        metadata={"threshold": learner.history.threshold})
+    client = MlflowClient()
+    client.set_registered_model_alias("deepfake-detector", "champion", info.registered_model_version)
+    client.set_model_version_tag("deepfake-detector", info.registered_model_version, "methods", "BlendSwap")
+    return learner, results, specs
 
-    # The same model as challenger: the champion is scored on the same data, so it ties.
+
+def test_the_same_model_ties_and_goes_to_ops_saying_so(champion, tmp_path):
+    learner, results, _ = champion
     verdict = promotion_gate(learner, results, learner.params)
     assert verdict["passed"], verdict["reasons"]
-    assert verdict["champion"]["avg_accuracy"] == pytest.approx(results["avg_accuracy"])
+    method = verdict["champion"]["methods"]["BlendSwap"]
+    assert method["auc"]["difference"] == 0 and method["verdict"] == "cannot tell"
     assert str(verdict["champion"]["version"]) == "1"
+    table = decision_table("2", results, verdict, learner.history.experiences)
+    assert "| BlendSwap |" in table and "within noise: ops decide" in table
+    assert decision_plot(verdict, tmp_path / "gate.png").stat().st_size > 0
 
-    worse = {**results, "avg_accuracy": verdict["champion"]["avg_accuracy"] - 0.2}
-    verdict = promotion_gate(learner, worse, learner.params)
-    assert not verdict["passed"]
-    assert "below the champion's" in verdict["reasons"][0]
 
-    verdict = promotion_gate(learner, {**results, "forgetting": 0.5}, learner.params)
+def test_slightly_worse_within_noise_cannot_tell(champion):
+    learner, results, _ = champion
+    learner.strategy.model = Noisy(learner.strategy.model, 0.3)
+    verdict = promotion_gate(learner, results, learner.params)
+    d = verdict["champion"]["methods"]["BlendSwap"]["auc"]
+    assert d["difference"] < 0, "the test needs a (slightly) worse challenger"
+    assert verdict["champion"]["methods"]["BlendSwap"]["verdict"] == "cannot tell" and verdict["passed"]
+
+
+def test_a_challenger_that_learned_a_new_method_is_promoted(champion):
+    # As DFDC after FF++: better on the new method, nothing worse beyond noise (the accuracy
+    # gate rejected this, its accuracy having moved with the new threshold and class mix).
+    learner, _, specs = champion
+    results = learner.learn(specs[1])  # what the champion never learned
+    verdict = promotion_gate(learner, results, learner.params)
+    methods = verdict["champion"]["methods"]
+    assert methods["GANUpsample"]["auc"]["difference"] > 0, methods["GANUpsample"]
+    assert all(m["verdict"] != "worse" for m in methods.values()) and verdict["passed"], verdict["reasons"]
+
+
+def test_a_shuffled_label_challenger_is_rejected(champion, tmp_path):
+    learner, _, specs = champion
+    root = learner.root
+    y = np.load(root / specs[0].train_y)
+    np.save(tmp_path / "shuffled-y.npy", np.random.default_rng(0).permutation(y))
+    shuffled = dataclasses.replace(specs[0], train_y=str(tmp_path / "shuffled-y.npy"))
+    bad = Learner(tmp_path / "bad", small_params("train.epochs=8", "train.lr=0.005"), root)
+    results = bad.learn(shuffled)
+    verdict = promotion_gate(bad, results, bad.params)
     assert not verdict["passed"]
-    assert verdict["reasons"] == ["forgetting 0.500 exceeds the bound 0.15"]
+    assert verdict["champion"]["methods"]["BlendSwap"]["verdict"] == "worse"
+    assert any(r.startswith("BlendSwap: auc") for r in verdict["reasons"])
+
+
+def test_forgetting_bound_is_in_the_gate_metric(champion):
+    learner, results, specs = champion
+    learner.history.auc_matrix = [[0.9], [0.5, 0.9]]  # BlendSwap: 0.9 right after, 0.5 now
+    verdict = promotion_gate(learner, results, learner.params)
+    assert "forgetting 0.400 (auc) exceeds the bound 0.15" in verdict["reasons"]

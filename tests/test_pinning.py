@@ -28,6 +28,11 @@ def ffpp_small(tmp_path_factory):
     return out
 
 
+def outcome_version_prefix(run) -> str:
+    """The processed data's DVC version the run logged as a parameter, as a dataset digest."""
+    return run.data.params["data.edited.version"].removesuffix(".dir")[:36]
+
+
 def buffer_faces(learner: Learner) -> list[bytes]:
     """Every face (and label) in the Replay buffer of the first experience, as bytes."""
     replay = next(p for p in learner.strategy.plugins if hasattr(p, "storage_policy"))
@@ -87,5 +92,12 @@ def test_an_edited_file_of_a_learned_method_is_said_and_learned_as_a_new_version
 
     tag = mlflow.get_run(outcome["run_id"]).data.tags["data.edited/Deepfakes.changed"]
     assert "1 file(s) edited" in tag and fake.name in tag
+    # The run's datasets are MLflow dataset inputs (the UI's Dataset column), digest = DVC version.
+    run = mlflow.get_run(outcome["run_id"])
+    inputs = {(d.dataset.name, next(t.value for t in d.tags if t.key == "mlflow.data.context"))
+              for d in run.inputs.dataset_inputs}
+    assert inputs == {("edited/Deepfakes", "evaluation"), (methods[1], "training")}
+    assert {d.dataset.digest for d in run.inputs.dataset_inputs} >= {outcome_version_prefix(run)}
+    assert mlflow.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     # Re-running the edited data again learns nothing new.
     assert retrain_detector(str(data), params, methods=["Deepfakes"], auto_approve=True)["outcome"] == "nothing new"

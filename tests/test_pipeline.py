@@ -106,7 +106,7 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     # continues (experience 2) and is evaluated on all three methods.
     stylegan = shared_data("stylegan-faces") / "images"
     later = run_dfcl(["retrain", str(stylegan), "--auto-approve", "-S", "data.max_per_class=40",
-                      "-S", "gate.tolerance=1", "-S", "gate.max_forgetting=1", *TINY], ws)
+                      "-S", "gate.max_drop_per_method=1", "-S", "gate.max_drop_average=1", "-S", "gate.max_forgetting=1", *TINY], ws)
     out, _ = later.communicate(timeout=300)
     assert later.returncode == 0, out[-3000:]
     assert "outcome: promoted" in out

@@ -1,0 +1,86 @@
+"""What ops decide on: the promotion decision table (Markdown) and its plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dfcl.learner import ExperienceSpec
+
+WHY = {"worse": "worse beyond the allowed drop, with confidence: rejected",
+       "better": "better, with confidence",
+       "cannot tell": "the difference is within noise: ops decide"}
+
+
+def _pm(r: dict) -> str:
+    return f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]"
+
+
+def decision_table(version: str, challenger: dict, verdict: dict, experiences: list[ExperienceSpec]) -> str:
+    """Markdown for ops: per method, champion vs challenger AUC and balanced accuracy with the
+    bootstrap interval of the difference, the verdict and why, and the dataset (DVC version)."""
+    champion, metric = verdict["champion"], verdict["metric"]
+    data = {e.key: (e.dataset, e.version) for e in experiences}
+    if champion is None:
+        lines = [f"## Challenger v{version} (no champion yet)", "",
+                 "| method | AUC | balanced accuracy | dataset | DVC version |", "| --- | --- | --- | --- | --- |"]
+        for key in challenger["methods"]:
+            dataset, dvc = data.get(key, ("?", "?"))
+            lines.append(f"| {key} | {challenger['auc'][key]:.3f} | "
+                         f"{challenger.get('balanced_accuracy', {}).get(key, float('nan')):.3f} | {dataset} | `{dvc[:12]}` |")
+    else:
+        conf = "interval"
+        lines = [f"## Challenger v{version} vs champion v{champion['version']}", "",
+                 f"Same test faces for both; difference = challenger - champion with its paired bootstrap {conf} "
+                 f"(gate metric: **{metric}**).", "",
+                 "| method | champion AUC | challenger AUC | AUC difference | champion bal. acc | challenger bal. acc "
+                 "| bal. acc difference | verdict | why | dataset | DVC version |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for key, r in champion["methods"].items():
+            dataset, dvc = data.get(key, ("?", "?"))
+            new_to_champion = key not in champion.get("methods_learned", [])
+            why = WHY[r["verdict"]] + (" (the champion never learned it)" if new_to_champion else "")
+            auc, bal = r["auc"], r["balanced_accuracy"]
+            lines.append(f"| {key} | {auc['old']:.3f} | {auc['new']:.3f} | {_pm(auc)} | {bal['old']:.3f} | {bal['new']:.3f} "
+                         f"| {_pm(bal)} | **{r['verdict']}** | {why} | {dataset} | `{dvc[:12]}` |")
+        avg = champion["average"]
+        lines.append(f"| **average** | | | {_pm(avg['auc'])} | | | {_pm(avg['balanced_accuracy'])} | "
+                     f"**{avg['verdict']}** | {WHY[avg['verdict']]} | | |")
+    video = challenger.get("video_auc", {})
+    if video:  # methods with several faces per video
+        lines += ["", "Challenger video-level AUC (mean P(fake) of a video's faces): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in video.items()) + "."]
+    lines += ["", f"Challenger average AUC {challenger['avg_auc']:.3f}, forgetting ({metric}) "
+                  f"{verdict['forgetting']:.3f}; accuracy forgetting {challenger['forgetting']:.3f}, BWT {challenger['bwt']:.3f}.",
+              f"Gate: {'passed' if verdict['passed'] else 'failed: ' + '; '.join(verdict['reasons'])}."]
+    return "\n".join(lines)
+
+
+def decision_plot(verdict: dict, path: Path) -> Path | None:
+    """Per method: champion and challenger AUC, and the difference with its interval."""
+    from dfcl.plots import plt
+
+    champion = verdict["champion"]
+    if champion is None:
+        return None
+    keys = list(champion["methods"])
+    rows = [champion["methods"][k]["auc"] for k in keys]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.6 * len(keys) + 1.8), sharey=True)
+    y = np.arange(len(keys))
+    left.barh(y - 0.2, [r["old"] for r in rows], 0.4, label=f"champion v{champion['version']}", color="grey")
+    left.barh(y + 0.2, [r["new"] for r in rows], 0.4, label="challenger", color="tab:blue")
+    left.axvline(0.5, color="k", ls=":", lw=1)
+    left.set(xlim=(0, 1), xlabel="test AUC", yticks=y, yticklabels=keys)
+    left.legend(fontsize=8, loc="lower right")
+    colours = {"worse": "tab:red", "better": "tab:green", "cannot tell": "tab:orange"}
+    for i, k in enumerate(keys):
+        r = champion["methods"][k]["auc"]
+        right.errorbar(r["difference"], i, xerr=[[r["difference"] - r["low"]], [r["high"] - r["difference"]]],
+                       fmt="o", color=colours[champion["methods"][k]["verdict"]], capsize=4)
+    right.axvline(0, color="k", lw=1)
+    right.set(xlabel="AUC difference, challenger - champion (bootstrap interval)")
+    right.set_title("red: worse, green: better, orange: cannot tell", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
