@@ -22,7 +22,7 @@ def decision_table(version: str, challenger: dict, verdict: dict, experiences: l
     champion, metric = verdict["champion"], verdict["metric"]
     data = {e.key: (e.dataset, e.version) for e in experiences}
     if champion is None:
-        lines = [f"## Challenger v{version} (no champion yet)", "",
+        lines = [f"## Challenger v{version} vs champion (none yet)", "",
                  "| method | AUC | balanced accuracy | dataset | DVC version |", "| --- | --- | --- | --- | --- |"]
         for key in challenger["methods"]:
             dataset, dvc = data.get(key, ("?", "?"))
