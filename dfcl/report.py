@@ -29,9 +29,8 @@ def decision_table(version: str, challenger: dict, verdict: dict, experiences: l
             lines.append(f"| {key} | {challenger['auc'][key]:.3f} | "
                          f"{challenger.get('balanced_accuracy', {}).get(key, float('nan')):.3f} | {dataset} | `{dvc[:12]}` |")
     else:
-        conf = "interval"
         lines = [f"## Challenger v{version} vs champion v{champion['version']}", "",
-                 f"Same test faces for both; difference = challenger - champion with its paired bootstrap {conf} "
+                 f"Same test faces for both; difference = challenger - champion with its paired bootstrap interval "
                  f"(gate metric: **{metric}**).", "",
                  "| method | champion AUC | challenger AUC | AUC difference | champion bal. acc | challenger bal. acc "
                  "| bal. acc difference | verdict | why | dataset | DVC version |",
