@@ -27,3 +27,10 @@ def extract_once(folder: Path, work: Path, params: dict) -> dict[str, dict]:
     info = json.loads((out / "experiences.json").read_text())
     return {m: {f"{s}_{a}": str(out / m / f"{s}-{a}.npy") for s in ("train", "val", "test") for a in "xy"}
             for m in info["methods"] if info["experiences"][m]["learnable"]}
+
+
+def save_results(out: Path, stem: str, report: dict, text: str) -> None:
+    """<stem>.json and <stem>.md in out, and the markdown on screen."""
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(text)
+    print(text)

@@ -33,7 +33,7 @@ from avalanche.core import SupervisedPlugin
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
-from common import extract_once, machine  # noqa: E402
+from common import extract_once, machine, save_results  # noqa: E402
 DATA = REPO.parent / "shared" / "data"
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 
@@ -297,9 +297,7 @@ def main() -> None:
         with mlflow.start_run(run_name=f"benchmark speed ({args.tag})"):
             mlflow.log_metrics({k: v for k, v in report["speed"].items() if isinstance(v, (int, float))})
     command = "python benchmarks/continual.py " + " ".join(sys.argv[1:])
-    (out / f"continual_{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / f"continual_{args.tag}.md").write_text(markdown(report, command, args.tag))
-    print(markdown(report, command, args.tag))
+    save_results(out, f"continual_{args.tag}", report, markdown(report, command, args.tag))
 
 
 if __name__ == "__main__":

@@ -69,8 +69,7 @@ def require_dataset(path: str, params: dict, method: str | None = None, methods:
     """Fail before any work on a folder no known layout fits: one clear line here, rather than
     the same error after Prefect has logged the failed task's traceback. (The flow checks again,
     for callers that do not come through the CLI; listing a folder is cheap.)"""
-    from dfcl.layouts import recognise
-    from flows.ingest import dataset_name
+    from dfcl.layouts import dataset_name, recognise
 
     dp = params["data"]
     recognise(path, dp["real_names"], dataset_name(path, method), methods=methods, compression=dp["compression"])
@@ -79,9 +78,8 @@ def require_dataset(path: str, params: dict, method: str | None = None, methods:
 def cmd_ingest(args, params):
     import pandas as pd
 
-    from flows.ingest import ingest_dataset
-
     require_dataset(args.data, params, args.method, _csv(args.methods))
+    from flows.ingest import ingest_dataset
     ensure_workspace(Workspace.here(), params)
     ingested = ingest_dataset(args.data, params, method=args.method, methods=_csv(args.methods))
     st = ingested.stats
@@ -113,9 +111,8 @@ def cmd_extract_faces(args, params):
 
 
 def cmd_retrain(args, params):
-    from flows.retrain import retrain_detector
-
     require_dataset(args.data, params, args.method, _csv(args.methods))
+    from flows.retrain import retrain_detector  # after the check: importing the stack takes seconds
     ensure_workspace(Workspace.here(), params)
     outcome = retrain_detector(args.data, params, method=args.method, methods=_csv(args.methods),
                                auto_approve=args.auto_approve, fresh=args.fresh)
@@ -268,11 +265,10 @@ def cmd_evaluate(args, params):
 
 
 def cmd_detect(args, params):
-    import cv2
+    import pandas as pd
 
-    from dfcl.data import read_image
+    from dfcl.detect import FaceScorer, csv_rows, detect_files
     from dfcl.evaluate import load_detector
-    from dfcl.metrics import fake_probabilities
 
     uri = args.model or f"models:/{params['mlflow']['registered_model']}@champion"
     try:
@@ -280,16 +276,33 @@ def cmd_detect(args, params):
         detector = load_detector(uri, params, Workspace.here().root)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    size, out = detector.image_size, []
-    for path in args.images:
-        face = read_image(Path(path))
-        if isinstance(face, str):
-            out.append({"image": path, "error": face})
-            continue
-        face = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
-        p_fake = float(fake_probabilities(detector.model, face[None])[0])
-        out.append({"image": path, "p_fake": round(p_fake, 4), "label": "fake" if p_fake >= detector.threshold else "real"})
-    print(json.dumps({"model": uri, "threshold": round(detector.threshold, 4), "detections": out}, indent=1))
+    rows = detect_files(FaceScorer(detector, params), args.paths, crop="always" if args.crop else None,
+                        explain_dir=Path(args.explain) if args.explain else None)
+    if not rows:
+        raise ConfigError(f"no photo or video in {', '.join(args.paths)} "
+                          f"(known types: {', '.join(params['detect']['image_types'] + params['detect']['video_types'])})")
+    card = rows[0]["model"]
+    print(f"model {card['uri']}" + (f" ({card['name']} version {card['version']}, alias {card['alias']})" if card["version"] else "")
+          + f"; threshold {detector.threshold:.3f} (P(fake) at or above it = fake)")
+    table = pd.DataFrame([{"file": r["file"], "kind": r["kind"], "verdict": r["verdict"],
+                           "P(fake)": "" if r["p_fake"] is None else f"{r['p_fake']:.3f}",
+                           "faces": len(r.get("faces", [])), "note": r.get("error", "")} for r in rows])
+    print(table.to_string(index=False))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": card, "detections": rows}, indent=1))
+        print(f"wrote {args.json}")
+    if args.csv:
+        pd.DataFrame(csv_rows(rows)).to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    if args.explain:
+        print(f"heatmaps in {args.explain}")
+    return 1 if any(r["verdict"] == "error" for r in rows) else 0
+
+
+def cmd_api(args, params):
+    from dfcl.api import serve
+
+    serve(params, args.host, args.port)
     return 0
 
 
@@ -392,10 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the report here (and the ROC plot beside it, .roc.png)")
     p.add_argument("--roc", help="where to draw the ROC plot (PNG)")
 
-    p = sub.add_parser("detect", parents=[common], help="score face images with the champion (or --model)")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--model", help="MLflow model URI (default: models:/<registered_model>@champion)")
-
+    p = sub.add_parser("detect", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="is this photo or video forged? the champion's verdict with its evidence",
+                       description="Photos (every face found is scored), face crops, videos (a per-frame timeline "
+                                   "and a verdict) and folders of them, scored by the champion (or --model). "
+                                   "Exit status 1 when a file could not be scored (its row says why).")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="photos, videos or folders")
+    p.add_argument("--model", help="instead of the champion: models:/NAME@ALIAS or /VERSION, runs:/ID/model, "
+                                   "a learner folder or a torch file")
+    p.add_argument("--crop", action="store_true", help="the images are face crops already: score them whole")
+    p.add_argument("--json", metavar="OUT", help="write every result (faces, boxes, timeline, model) as JSON")
+    p.add_argument("--csv", metavar="OUT", help="write one row per file as CSV")
+    p.add_argument("--explain", metavar="DIR", help="write Grad-CAM heatmaps per face (a video: its top frames) here")
+    p = sub.add_parser("api", parents=[common], help="REST API and web page for detection, on the champion")
+    p.add_argument("--host", help="default: api.host (127.0.0.1)")
+    p.add_argument("--port", type=int, help="default: api.port (8000)")
     p = sub.add_parser("make-sbi", parents=[common],
                        help="self-blended pseudo-fakes (SBI) from a dataset's real faces, as a dataset of their own")
     p.add_argument("data", help="any dataset folder `dfcl ingest` knows; its real training faces are used")
@@ -408,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract_faces, "retrain": cmd_retrain, "compare": cmd_compare,
             "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
             "serve": cmd_serve, "rollback": cmd_rollback, "history": cmd_history,
-            "evaluate": cmd_evaluate, "detect": cmd_detect, "make-sbi": cmd_make_sbi, "models": cmd_models}
+            "evaluate": cmd_evaluate, "detect": cmd_detect, "api": cmd_api, "make-sbi": cmd_make_sbi, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     # Library deprecation chatter (DVC, Avalanche) that users cannot act on.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message="No loggers specified")
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")  # our pyfunc validates itself
     try:
         params = load_params(ws.params_file, args.set)
         if args.command in ("demo", "retrain", "compare"):

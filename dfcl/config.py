@@ -15,13 +15,22 @@ class ConfigError(ValueError):
 
 
 def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
-    """Read params.yaml (the workspace's if present, else the packaged defaults) and
-    apply `section.key=value` overrides; values are parsed as YAML (`1`, `true`, `[a,b]`)."""
+    """The packaged defaults, under the workspace's params.yaml (when there is one), then
+    `section.key=value` overrides; values are parsed as YAML (`1`, `true`, `[a,b]`). A workspace
+    made by an older version thus still gets every setting added since."""
+    params = yaml.safe_load(PACKAGED_PARAMS.read_text()) or {}
     path = Path(path) if path else Path("params.yaml")
-    if not path.exists():
-        path = PACKAGED_PARAMS
-    params = yaml.safe_load(path.read_text()) or {}
+    if path.exists() and path.resolve() != PACKAGED_PARAMS.resolve():
+        params = merged(params, yaml.safe_load(path.read_text()) or {})
     return apply_overrides(params, overrides)
+
+
+def merged(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, section by section."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:

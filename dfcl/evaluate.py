@@ -7,13 +7,14 @@ splits alike: none of it was used to train the model being evaluated)."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_eer, binary_roc
 
+from dfcl.config import ConfigError
 from dfcl.faces import face_videos
 from dfcl.metrics import balanced_accuracy, fake_probabilities, video_auc
 
@@ -23,6 +24,13 @@ class Detector:
     model: torch.nn.Module
     image_size: int
     threshold: float   # P(fake) at or above which a face is called fake (chosen on validation faces)
+    # Where it came from, for every answer: uri, and for a registered model its name, version,
+    # alias, architecture and the methods it learned.
+    info: dict = field(default_factory=dict)
+
+
+class NoModel(ConfigError):
+    """No registered version carries the alias asked for (no champion yet)."""
 
 
 def load_detector(ref: str, params: dict, root: Path) -> Detector:
@@ -32,23 +40,48 @@ def load_detector(ref: str, params: dict, root: Path) -> Detector:
     path = Path(ref)
     size = params["data"]["image_size"]
     if ref.startswith(("models:/", "runs:/")) or (path / "MLmodel").is_file():
-        import mlflow
-
-        model = mlflow.pytorch.load_model(ref, map_location="cpu")
-        meta = mlflow.models.get_model_info(ref).metadata or {}
-        return Detector(model.eval(), int(meta.get("image_size", size)), float(meta.get("threshold", 0.5)))
+        return load_mlflow_detector(ref, size)
     if (path / "CURRENT").is_file():
         from dfcl.learner import Learner
 
         learner = Learner.load(path, params, root)
-        return Detector(learner.strategy.model.to("cpu").eval(), size, learner.history.threshold)
+        return Detector(learner.strategy.model.to("cpu").eval(), size, learner.history.threshold,
+                        {"uri": ref, "architecture": params["model"]["name"],
+                         "methods": [e.key for e in learner.history.experiences]})
     if path.is_file():
         model = torch.load(path, map_location="cpu", weights_only=False)  # the user's own file
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"{ref} holds a {type(model).__name__}, not a torch module")
-        return Detector(model.eval(), size, 0.5)
+        return Detector(model.eval(), size, 0.5, {"uri": ref})
     raise ValueError(f"--model {ref!r} is not an MLflow URI (models:/NAME@ALIAS, runs:/ID/model), "
                      "an MLflow model folder, a learner folder or a torch file")
+
+
+def load_mlflow_detector(ref: str, default_size: int = 128) -> Detector:
+    """A logged detector. `models:/NAME@ALIAS` is first resolved to its version, so the model,
+    its metadata and the version it reports are one and the same even if the alias moves.
+    `default_size` is for models logged without an `image_size` in their metadata."""
+    import mlflow
+
+    from dfcl.registry import alias_version
+
+    info = {"uri": ref}
+    if ref.startswith("models:/") and "@" in ref:
+        name, alias = ref[len("models:/"):].split("@", 1)
+        version = alias_version(name, alias)
+        if version is None:
+            raise NoModel(f"no version of registered model {name!r} has the alias {alias!r} yet: train one with "
+                          f"`dfcl retrain DATA` (or `dfcl demo`) and approve it, or pass --model")
+        ref = f"models:/{name}/{version.version}"
+        info.update(uri=ref, name=name, version=str(version.version), alias=alias)
+    logged = mlflow.models.get_model_info(ref)
+    meta = logged.metadata or {}
+    if "pytorch" in logged.flavors:  # versions registered before the pyfunc wrapper
+        model = mlflow.pytorch.load_model(ref, map_location="cpu")
+    else:
+        model = mlflow.pyfunc.load_model(ref).unwrap_python_model().model
+    info.update(architecture=meta.get("architecture"), methods=meta.get("methods", []))
+    return Detector(model.eval(), int(meta.get("image_size", default_size)), float(meta.get("threshold", 0.5)), info)
 
 
 def scores(y: np.ndarray, p: np.ndarray, threshold: float = 0.5, videos: np.ndarray | None = None) -> dict:

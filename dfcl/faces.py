@@ -172,6 +172,10 @@ class FaceDetector:
     def detect(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, float] | None]:
         """The most confident face per frame as (box, landmarks, score) in frame pixels, or None.
         Frames of one video share a size, so they go to MTCNN in batches."""
+        return [faces[0] if faces else None for faces in self.detect_all(frames)]
+
+    def detect_all(self, frames: list[np.ndarray]) -> list[list[tuple[np.ndarray, np.ndarray, float]]]:
+        """Every face of each frame as (box, landmarks, score) in frame pixels, most confident first."""
         if not frames:
             return []
         h, w = frames[0].shape[:2]
@@ -184,10 +188,11 @@ class FaceDetector:
             boxes, probs, points = self.mtcnn.detect(np.stack(small[start:start + bs]), landmarks=True)
             for b, p, lm in zip(boxes, probs, points):
                 if b is None or len(b) == 0:
-                    results.append(None)
+                    results.append([])
                     continue
-                best = int(np.argmax(p))
-                results.append((b[best] / scale, lm[best].reshape(-1) / scale, float(p[best])))
+                order = np.argsort(-np.asarray(p, dtype=float))
+                results.append([(np.asarray(b[k], float) / scale, np.asarray(lm[k], float).reshape(-1) / scale,
+                                 float(p[k])) for k in order])
         return results
 
 

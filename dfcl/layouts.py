@@ -262,6 +262,13 @@ def _real_fake(root: Path, subdirs: dict[str, Path], name: str) -> Sources:
     return Sources("real-fake", [name], _frame(rows), extra)
 
 
+def dataset_name(path: str | Path, method: str | None = None) -> str:
+    """The one naming rule for an ingested dataset: the method given, else the folder's name
+    (its parent's, for a folder called images/ or data/)."""
+    p = Path(path).resolve()
+    return method or (p.parent.name if p.name.lower() in {"images", "data"} else p.name)
+
+
 def recognise(root: str | Path, real_names, name: str, methods: list[str] | None = None,
               compression: str = "c23") -> Sources:
     """The layout of `root` and its files. `name` names single-method datasets; `methods`

@@ -1,11 +1,22 @@
-"""MLflow bookkeeping shared by the flows: datasets as MLflow dataset inputs."""
+"""MLflow bookkeeping shared by the flows: datasets as MLflow dataset inputs, and the detector
+as a logged (and registered) MLflow model."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import tempfile
+
 import mlflow
+import numpy as np
+import torch
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from dfcl.plots import heatmap, matrix_frame
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
 def log_dataset_inputs(specs, context: str) -> None:
@@ -16,3 +27,43 @@ def log_dataset_inputs(specs, context: str) -> None:
         source = resolve_dataset_source(str(Path("data") / "processed" / spec.dataset / spec.method))
         digest = spec.version.removesuffix(".dir")[:36]  # MLflow keeps digests up to 36 characters
         mlflow.log_input(MetaDataset(source, name=spec.key, digest=digest), context=context)
+
+
+def log_detector(model: torch.nn.Module, image_size: int, threshold: float, metadata: dict,
+                 registered_model: str | None = None):
+    """Log a detector in the active run as an MLflow pyfunc (models/pyfunc.py) over the pickled
+    torch module, so `mlflow models serve` takes uint8 face crops and answers P(fake), while
+    dfcl loads the torch module itself (dfcl.evaluate.load_mlflow_detector). Registered as a new
+    version of `registered_model` when given. Returns MLflow's ModelInfo."""
+    from models.pyfunc import FaceCropClassifier
+
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size, 3))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model, Path(tmp) / "detector.pt")
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=FaceCropClassifier(), artifacts={"detector": str(Path(tmp) / "detector.pt")},
+            code_paths=[str(MODELS_DIR)], signature=signature,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", f"mlflow=={mlflow.__version__}"],
+            metadata={"image_size": image_size, "classes": ["real", "fake"], "threshold": threshold, **metadata},
+            registered_model_name=registered_model)
+
+
+def log_dataset_versions(ingested) -> None:
+    """The data this run trains on, as MLflow params: DVC versions of raw and processed data."""
+    name = ingested.name
+    mlflow.log_params({f"data.{name}.raw_version": ingested.raw_version, f"data.{name}.version": ingested.version,
+                       f"data.{name}.layout": ingested.layout})
+    if ingested.left_out:
+        mlflow.set_tag(f"data.{name}.left_out", "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
+
+
+def log_matrices(learner) -> None:
+    """Accuracy and AUC matrices as CSV and heatmap PNG artifacts of the active run."""
+    methods = [e.key for e in learner.history.experiences]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, matrix in (("accuracy", learner.history.accuracy_matrix), ("auc", learner.history.auc_matrix)):
+            frame = matrix_frame(matrix, methods)
+            frame.to_csv(Path(tmp) / f"{name}_matrix.csv")
+            heatmap(frame, Path(tmp) / f"{name}_matrix.png", f"{name} ({learner.params['strategy']['name']})")
+        mlflow.log_artifacts(tmp, artifact_path="evaluation")

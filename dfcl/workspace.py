@@ -56,7 +56,7 @@ def configure_environment(ws: Workspace) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary API of a second process (e.g. `dfcl approve` beside a paused run) can be
     # slow to start on a busy 2-core machine; 20 s is Prefect's default.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ws.root / 'mlflow.db'}")
     # MLflow looks for git to tag runs with a commit; a workspace need not be one.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

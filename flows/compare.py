@@ -17,13 +17,12 @@ from tqdm.auto import tqdm
 from dfcl.config import flatten
 from dfcl.learner import Learner, strategy_report
 from dfcl.plots import strategy_plots
-from dfcl.tracking import log_dataset_inputs
+from dfcl.tracking import log_dataset_inputs, log_dataset_versions, log_matrices
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
-from flows.ingest import dataset_name, ingest_dataset
-from flows.retrain import log_dataset_versions
+from dfcl.layouts import dataset_name
+from flows.ingest import ingest_dataset
 from tasks.learn_experience import learn_experience
 from tasks.log_experience_metrics import log_experience_metrics
-from tasks.register_challenger import log_matrices
 
 
 def table(report: dict) -> str:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from dfcl.layouts import dataset_name
 from dfcl.learner import ExperienceSpec
 from dfcl.workspace import Workspace, ensure_workspace
 from tasks.copy_raw_dataset import copy_raw_dataset
@@ -29,11 +29,6 @@ class Ingested:
     specs: list[ExperienceSpec]                              # learnable methods, in learning order
     left_out: dict[str, str] = field(default_factory=dict)   # method -> why it cannot be learned
     stats: dict = field(default_factory=dict)
-
-
-def dataset_name(path: str, method: str | None) -> str:
-    p = Path(path).resolve()
-    return method or (p.parent.name if p.name.lower() in {"images", "data"} else p.name)
 
 
 @task

@@ -8,8 +8,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import mlflow
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.artifacts import create_markdown_artifact
@@ -21,11 +19,13 @@ from dfcl.config import flatten
 from dfcl.layouts import LayoutError
 from dfcl.learner import Learner
 from dfcl.ops import check_services, retrain_lock
+from dfcl.registry import registered_methods
 from dfcl.report import decision_plot, decision_table
-from dfcl.tracking import log_dataset_inputs
+from dfcl.tracking import log_dataset_inputs, log_dataset_versions
 from dfcl.triggers import Ledger
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
-from flows.ingest import Ingested, dataset_name, ingest_dataset
+from dfcl.layouts import dataset_name
+from flows.ingest import ingest_dataset
 from tasks.check_learned_data import check_learned_data
 from tasks.learn_experience import learn_experience
 from tasks.log_experience_metrics import log_experience_metrics
@@ -41,15 +41,6 @@ class ApprovalDecision(RunInput):
     reason: str = ""
 
 
-def log_dataset_versions(ingested: Ingested) -> None:
-    """The data this run trains on, as MLflow params: DVC versions of raw and processed data."""
-    name = ingested.name
-    mlflow.log_params({f"data.{name}.raw_version": ingested.raw_version, f"data.{name}.version": ingested.version,
-                       f"data.{name}.layout": ingested.layout})
-    if ingested.left_out:
-        mlflow.set_tag(f"data.{name}.left_out", "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
-
-
 def ask_ops(version: str, verdict: dict, params: dict, auto_approve: bool) -> ApprovalDecision:
     logger = get_run_logger()
     if auto_approve:
@@ -62,19 +53,6 @@ def ask_ops(version: str, verdict: dict, params: dict, auto_approve: bool) -> Ap
     except FlowPauseTimeout:
         return ApprovalDecision(approve=False, approver="timeout",
                                 reason=f"no answer within {timedelta(seconds=timeout)}")
-
-
-def registered_methods(registered_model: str) -> list[str] | None:
-    """The methods of the newest fully registered version (its `methods` tag is written after
-    the model is logged), or None when there is none."""
-    try:
-        versions = MlflowClient().search_model_versions(f"name='{registered_model}'", order_by=["version_number DESC"])
-    except MlflowException:
-        return None
-    for v in versions:
-        if v.tags.get("methods"):
-            return v.tags["methods"].split(",")
-    return None
 
 
 @flow(name="retrain-detector", log_prints=True)

@@ -96,7 +96,7 @@ def _register(variant: int):
         return model
 
     build.__name__ = f"efficientnet_lite{variant}"
-    register_model(build, pretrained={"imagenet": load_imagenet})
+    register_model(build, pretrained={"imagenet": load_imagenet}, cam_layer="backbone.bn2")
 
 
 for _variant in (0, 1, 2):

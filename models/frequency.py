@@ -45,7 +45,7 @@ class SpectrumCNN(nn.Module):
         return self.head(self.dropout(torch.cat([rgb, freq.to(rgb.dtype)], dim=1)))
 
 
-@register_model
+@register_model(cam_layer="rgb")  # the RGB stream: the spectrum's map has no spatial layout
 def small_cnn_fft(num_classes: int = 2, width: int = 32, dropout: float = 0.2, weights=None, **_) -> nn.Module:
     model = SpectrumCNN(num_classes=num_classes, width=width, dropout=dropout)
     if weights:

@@ -3,7 +3,8 @@
 Contract for every registered model: it takes images in [0, 1] (B, 3, H, W) and normalises
 them itself (so training, evaluation and detection feed the same input whatever the model
 learned on), returns logits (B, 2) with class 1 = fake, and names its classifier layer `head`
-(CWR* consolidates it). Pretrained weights are loaded here, in one place, from files that
+(CWR* consolidates it), and declares the layer Grad-CAM explains (`cam_layer`: the last
+convolutional feature map, whose spatial layout still matches the face). Pretrained weights are loaded here, in one place, from files that
 ship inside installed packages: nothing is ever downloaded."""
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from torch import nn
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 # name -> {tag: loader(model)}: the pretrained weights a model can start from (e.g. "imagenet").
 _PRETRAINED: dict[str, dict[str, Callable[[nn.Module], None]]] = {}
+_CAM_LAYERS: dict[str, str] = {}  # name -> dotted path of the module Grad-CAM hooks
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *,
-                   pretrained: dict[str, Callable[[nn.Module], None]] | None = None):
-    """`@register_model`, or `@register_model(pretrained={"imagenet": loader})`."""
+                   pretrained: dict[str, Callable[[nn.Module], None]] | None = None, cam_layer: str = "features"):
+    """`@register_model`, or `@register_model(pretrained={"imagenet": loader}, cam_layer="backbone.bn2")`."""
     def add(builder):
         _MODELS[builder.__name__] = builder
         _PRETRAINED[builder.__name__] = dict(pretrained or {})
+        _CAM_LAYERS[builder.__name__] = cam_layer
         return builder
 
     return add(fn) if fn is not None else add
@@ -35,6 +38,17 @@ def list_models() -> list[str]:
 def pretrained_tags(name: str) -> list[str]:
     """Which pretrained weights `name` can start from ([] = trained from scratch only)."""
     return sorted(_PRETRAINED.get(name, {}))
+
+
+def cam_layer(model: nn.Module, name: str | None = None) -> nn.Module:
+    """The module whose activations Grad-CAM weighs: the one registered for `name`, or, for a
+    model of unknown name (a user's file), its last convolution."""
+    if name in _CAM_LAYERS:
+        return model.get_submodule(_CAM_LAYERS[name])
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no convolution to explain")
+    return convs[-1]
 
 
 def create_model(name: str, *, num_classes: int = 2, pretrained: str = "none", weights: str | None = None,

@@ -23,20 +23,21 @@ class TimmDetector(nn.Module):
         return self.head(self.dropout(self.backbone(normalize(x, self.MEAN, self.STD))))
 
 
-def _register(name: str, arch: str):
+def _register(name: str, arch: str, cam: str):
     def build(num_classes: int = 2, dropout: float = 0.2, weights=None, **_) -> nn.Module:
         return TimmDetector(arch, num_classes=num_classes, dropout=dropout, weights=weights)
 
     build.__name__ = name
-    register_model(build)
+    register_model(build, cam_layer=f"backbone.{cam}")
 
 
-for _name, _arch in {
-    "efficientnet_b0": "efficientnet_b0",
-    "efficientnet_b4": "efficientnet_b4",
-    "xception": "legacy_xception",
-    "resnet18": "resnet18",
-    "resnet50": "resnet50",
-    "densenet121": "densenet121",
+# name -> (timm architecture, its last feature-map module, which Grad-CAM explains)
+for _name, (_arch, _cam) in {
+    "efficientnet_b0": ("efficientnet_b0", "bn2"),
+    "efficientnet_b4": ("efficientnet_b4", "bn2"),
+    "xception": ("legacy_xception", "bn4"),
+    "resnet18": ("resnet18", "layer4"),
+    "resnet50": ("resnet50", "layer4"),
+    "densenet121": ("densenet121", "features"),
 }.items():
-    _register(_name, _arch)
+    _register(_name, _arch, _cam)

@@ -3,7 +3,7 @@ from mlflow import MlflowClient
 from prefect import get_run_logger, task
 
 from dfcl.ops import now, record_alias_event
-from tasks.promotion_gate import champion_version
+from dfcl.registry import champion_version
 
 
 def tag_decision(registered_model: str, version: str, tags: dict[str, str]) -> None:

@@ -1,23 +1,15 @@
 import math
 
-import mlflow
 import numpy as np
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dfcl import bootstrap
+from dfcl.evaluate import load_mlflow_detector
 from dfcl.faces import face_videos
 from dfcl.learner import Learner
 from dfcl.metrics import fake_probabilities
-
-
-def champion_version(registered_model: str):
-    try:
-        return MlflowClient().get_model_version_by_alias(registered_model, "champion")
-    except MlflowException:
-        return None
+from dfcl.registry import champion_version
 
 
 def test_scores(learner: Learner, champion, champion_threshold: float, gate: dict) -> dict:
@@ -58,9 +50,8 @@ def promotion_gate(learner: Learner, challenger: dict, params: dict) -> dict:
     champ = champion_version(name)
     champion = None
     if champ is not None:
-        model = mlflow.pytorch.load_model(f"models:/{name}@champion", map_location="cpu")
-        meta = mlflow.models.get_model_info(f"models:/{name}@champion").metadata or {}
-        champion = test_scores(learner, model, float(meta.get("threshold", 0.5)), gate)
+        model = load_mlflow_detector(f"models:/{name}/{champ.version}")
+        champion = test_scores(learner, model.model, model.threshold, gate)
         champion["version"] = champ.version
         champion["methods_learned"] = (champ.tags.get("methods") or "").split(",")
         for key, r in champion["methods"].items():

@@ -14,19 +14,23 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 _PREFECT_HOME = tempfile.mkdtemp(prefix="dfcl-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
+# A generous start-up timeout: on a busy 2-core machine the server can take over 30 s.
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api():
-    """In-process flows share one temporary Prefect API, stopped before pytest closes its
-    output streams (otherwise its shutdown log line hits a closed file)."""
-    from prefect.testing.utilities import prefect_test_harness
+    """Flows run on Prefect's temporary local API, which Prefect starts on first use (tests that
+    run no flow never wait for it), with a home of its own for the session; stopped here, before
+    pytest closes its output streams (otherwise its shutdown log line hits a closed file)."""
+    yield
+    from prefect.server.api.server import SubprocessASGIServer
 
-    # A generous start-up timeout: on a busy 2-core machine the server can take over 30 s.
-    with prefect_test_harness(server_startup_timeout=300):
-        yield
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
 
 
 def shared_data(name: str) -> Path:
@@ -59,15 +63,17 @@ def workspace(tmp_path, monkeypatch):
         mlflow.end_run()
 
 
+# Defaults shrunk for tests: tiny images, one epoch, the small CNN from scratch with one constant
+# learning rate (tests of the pretrained detector ask for it).
+SMALL = ["data.image_size=32", "train.epochs=1", "train.batch_size=32", "model.name=small_cnn", "model.width=8",
+         "model.pretrained=none", "train.schedule=constant", "train.warmup_epochs=0", "train.backbone_lr_scale=1.0",
+         "strategy.replay_mem_size=40", "strategy.gem_patterns_per_exp=16"]
+
+
 def small_params(*overrides: str) -> dict:
-    """Defaults shrunk for tests: tiny images, one epoch, the small CNN from scratch with one
-    constant learning rate (tests of the pretrained detector ask for it)."""
     from dfcl.config import load_params
 
-    base = ["data.image_size=32", "train.epochs=1", "train.batch_size=32", "model.name=small_cnn", "model.width=8",
-            "model.pretrained=none", "train.schedule=constant", "train.warmup_epochs=0", "train.backbone_lr_scale=1.0",
-            "strategy.replay_mem_size=40", "strategy.gem_patterns_per_exp=16"]
-    return load_params(REPO / "params.yaml", base + list(overrides))
+    return load_params(REPO / "params.yaml", SMALL + list(overrides))
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +95,78 @@ def run_dfcl(args: list[str], cwd: Path, **kwargs):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.Popen([sys.executable, "-m", "dfcl.cli", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def champion_root(tmp_path_factory, demo_data) -> Path:
+    """A workspace whose champion (version 1) is the small CNN trained on the first demo
+    method through the real retraining flow, auto-approved. Shared: tests that move its
+    aliases put them back."""
+    import mlflow
+
+    from flows.retrain import retrain_detector
+
+    root = tmp_path_factory.mktemp("champion")
+    with pytest.MonkeyPatch.context() as mp:
+        _use_workspace(mp, root)
+        outcome = retrain_detector(str(demo_data / "BlendSwap"), small_params("train.epochs=2"), auto_approve=True)
+        assert outcome["outcome"] == "promoted", outcome
+        mlflow.set_tracking_uri(None)
+    return root
+
+
+@pytest.fixture
+def champion(champion_root, monkeypatch) -> Path:
+    """The shared champion workspace as the current one."""
+    _use_workspace(monkeypatch, champion_root)
+    return champion_root
+
+
+def _use_workspace(mp: pytest.MonkeyPatch, root: Path) -> None:
+    import mlflow
+
+    mp.chdir(root)
+    mp.setenv("DFCL_WORKSPACE", str(root))
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """Real files to detect on (from ../shared/data), and broken ones."""
+    import cv2
+    import numpy as np
+
+    out = tmp_path_factory.mktemp("media")
+    ffpp, dfdc, stylegan = shared_data("ffpp-videos"), shared_data("dfdc-crops"), shared_data("stylegan-faces")
+    video = next((ffpp / "manipulated_sequences" / "Deepfakes" / "c23" / "videos").glob("*.mp4"))
+    fake = sorted((dfdc / "fake").glob("*.jpg"))[0]
+    files = {"video": video, "dfdc_real": sorted((dfdc / "real").glob("*.jpg"))[0], "dfdc_fake": fake,
+             "stylegan": sorted((stylegan / "images" / "fake").glob("*.jpg"))[0]}
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 30)
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    files["photo"] = out / "frame.jpg"  # a whole video frame: a photo with a face somewhere in it
+    cv2.imwrite(str(files["photo"]), frame)
+    files["noface"] = out / "noise.png"
+    cv2.imwrite(str(files["noface"]), (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8))
+    files["text_mp4"] = out / "notes.mp4"
+    files["text_mp4"].write_text("not a video\n")
+    files["empty"] = out / "empty.jpg"
+    files["empty"].write_bytes(b"")
+    files["truncated"] = out / "truncated.mp4"
+    files["truncated"].write_bytes(video.read_bytes()[:20000])
+    files["unsupported"] = out / "notes.txt"
+    files["unsupported"].write_text("hello\n")
+    return files

@@ -1,0 +1,245 @@
+"""Detection speed: what a person waits for, on the real-data detector (params.yaml's model).
+
+1. `dfcl detect --crop` on a folder of DFDC face crops: face crops per second.
+2. `dfcl detect` on a 10 s 720p video (an FF++ video, upscaled and cut to 10 s): video seconds
+   per second, with the share of decoding, face detection (MTCNN) and classification.
+3. `dfcl detect` on a 720p photo (a frame of that video): seconds per photo, same shares.
+4. The API (`dfcl api`, a subprocess on 127.0.0.1): latency p50/p95 and throughput for the photo
+   and the video with 1 and 4 concurrent clients, each a bounded loop of requests.
+
+The detector is params.yaml's architecture at its input size, registered in a scratch MLflow
+registry as champion; its weights do not change speed, so it is the ImageNet-initialised
+network, not a trained one (no training needed to measure).
+
+    python benchmarks/detect.py [--crops 200] [--requests 12] [--tag cpu] [-S key=value ...]
+
+Writes benchmarks/results/detect_<tag>.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
+from common import machine, save_results  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+
+
+def make_media(data: Path, out: Path) -> dict[str, Path]:
+    """A 10 s 720p video and a 720p photo from an FF++ video; a folder of DFDC crops."""
+    import cv2
+
+    src = next((data / "ffpp-videos" / "manipulated_sequences" / "Deepfakes" / "c23" / "videos").glob("*.mp4"))
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25
+    video = out / "clip_720p_10s.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (1280, 720))
+    for i in range(int(10 * fps)):
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frame = cv2.resize(frame, (1280, 720), interpolation=cv2.INTER_LINEAR)
+        writer.write(frame)
+        if i == int(5 * fps):
+            cv2.imwrite(str(out / "photo_720p.jpg"), frame)
+    writer.release()
+    cap.release()
+    return {"video": video, "photo": out / "photo_720p.jpg", "source": src}
+
+
+def crops_folder(data: Path, out: Path, n: int) -> Path:
+    folder = out / "crops"
+    folder.mkdir()
+    for i, f in enumerate(sorted((data / "dfdc-crops" / "fake").glob("*.jpg"))[:n]):
+        (folder / f"{i:04d}.jpg").write_bytes(f.read_bytes())
+    return folder
+
+
+def register_champion(params: dict) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from dfcl.tracking import log_detector
+    from models import create_model
+
+    mp = params["model"]
+    model = create_model(mp["name"], pretrained=mp["pretrained"]).eval()
+    name = params["mlflow"]["registered_model"]
+    with mlflow.start_run(run_name="benchmark detector"):
+        info = log_detector(model, params["data"]["image_size"], 0.5, {"architecture": mp["name"], "methods": []}, name)
+    MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
+
+
+def shares(timings: list[dict]) -> dict:
+    total = {k: sum(t.get(k, 0.0) for t in timings) for k in ("decode", "faces", "classify")}
+    whole = sum(total.values()) or 1.0
+    return {k: round(v / whole, 3) for k, v in total.items()}
+
+
+def cli_speed(params: dict, media: dict, crops: Path, ws: Path) -> dict:
+    """The library `dfcl detect` calls, timed per stage (model loading excluded: once per command)."""
+    from dfcl.detect import FaceScorer, expand
+    from dfcl.evaluate import load_detector
+
+    detector = load_detector(f"models:/{params['mlflow']['registered_model']}@champion", params, ws)
+    scorer = FaceScorer(detector, params)
+    scorer.detect(media["photo"])  # warm-up: MTCNN and the model loaded, first-call allocations done
+    files = expand([str(crops)], params)
+    start = time.perf_counter()
+    results = [scorer.detect(f, "always") for f in files]
+    crop_s = time.perf_counter() - start
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        r = scorer.detect(media["video"])
+        runs.append((time.perf_counter() - start, r))
+    video_s = statistics.median(t for t, _ in runs)
+    video = runs[0][1]
+    photo_runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        r = scorer.detect(media["photo"])
+        photo_runs.append((time.perf_counter() - start, r))
+    return {
+        "crops": {"files": len(files), "seconds": round(crop_s, 2), "crops_per_s": round(len(files) / crop_s, 1),
+                  "shares": shares([r.timings for r in results])},
+        "video": {"seconds_long": video.video["seconds"], "size": f"{video.video['width']}x{video.video['height']}",
+                  "frames_scored": len(video.faces), "frames_sampled": len(video.frames),
+                  "seconds": round(video_s, 2), "video_s_per_s": round(video.video["seconds"] / video_s, 2),
+                  "shares": shares([r.timings for _, r in runs])},
+        "photo": {"seconds": round(statistics.median(t for t, _ in photo_runs), 3), "faces": len(photo_runs[0][1].faces),
+                  "shares": shares([r.timings for _, r in photo_runs])},
+    }
+
+
+def api_latency(url: str, path: Path, clients: int, requests: int) -> dict:
+    """`clients` threads, each sending `requests` uploads of `path` one after the other."""
+    import httpx
+
+    latencies, errors = [], []
+
+    def client():
+        with httpx.Client(timeout=600) as http:
+            for _ in range(requests):
+                start = time.perf_counter()
+                with open(path, "rb") as f:
+                    r = http.post(f"{url}/v1/detect", files={"file": (path.name, f)})
+                latencies.append(time.perf_counter() - start)
+                if r.status_code != 200:
+                    errors.append(r.text[:200])
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=20)
+    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "p50_s": round(statistics.median(latencies), 3),
+            "p95_s": round(q[18], 3), "throughput_per_s": round(len(latencies) / wall, 2)}
+
+
+def api_speed(ws: Path, media: dict, requests: int, overrides: list[str]) -> list[dict]:
+    import httpx
+
+    from tests.conftest import free_port  # the same helper the tests use
+
+    port = free_port()
+    args = [sys.executable, "-m", "dfcl.cli", "api", "--port", str(port)] + [a for o in overrides for a in ("-S", o)]
+    log = open(ws / "api.log", "w")
+    proc = subprocess.Popen(args, cwd=ws, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        api_latency(url, media["photo"], 1, 2)  # warm-up
+        rows = []
+        for kind in ("photo", "video"):
+            for clients in (1, 4):
+                n = requests if kind == "photo" else max(2, requests // 4)
+                rows.append({"input": kind, **api_latency(url, media[kind], clients, n)})
+                print(rows[-1], flush=True)
+        return rows
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+
+
+def markdown(report: dict, command: str, tag: str) -> str:
+    c, v, p = report["cli"]["crops"], report["cli"]["video"], report["cli"]["photo"]
+    t = report["targets"]
+    lines = [f"# Detection speed ({tag})", "",
+             f"Machine: {report['machine']}. Date: {report['date']}. Detector: {report['model']}.", "",
+             "Command:", "", f"    {command}", "",
+             "`dfcl detect` (the library it calls; model loading once per command, excluded):", "",
+             "| input | result | time shares (decode / faces / classify) |", "| --- | --- | --- |",
+             f"| {c['files']} DFDC face crops (`--crop`) | **{c['crops_per_s']} crops/s** | "
+             f"{c['shares']['decode']:.0%} / {c['shares']['faces']:.0%} / {c['shares']['classify']:.0%} |",
+             f"| {v['seconds_long']} s {v['size']} video, {v['frames_sampled']} frames | **{v['seconds']} s** "
+             f"({v['video_s_per_s']} video-s/s) | {v['shares']['decode']:.0%} / {v['shares']['faces']:.0%} / {v['shares']['classify']:.0%} |",
+             f"| 720p photo, {p['faces']} face(s) | **{p['seconds']} s** | "
+             f"{p['shares']['decode']:.0%} / {p['shares']['faces']:.0%} / {p['shares']['classify']:.0%} |", "",
+             "API (`dfcl api` on 127.0.0.1; each client sends its requests one after the other):", "",
+             "| input | clients | requests | p50 s | p95 s | throughput /s | errors |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["api"]:
+        lines.append(f"| {r['input']} | {r['clients']} | {r['requests']} | {r['p50_s']} | {r['p95_s']} | {r['throughput_per_s']} | {r['errors']} |")
+    lines += ["", "Targets:", "",
+              f"- face crops/s >= 25: {c['crops_per_s']} ({'met' if t['crops'] else 'missed'})",
+              f"- 10 s 720p video with 16 frames <= 5 s: {v['seconds']} s ({'met' if t['video'] else 'missed'})",
+              f"- photo p95 < 1 s with 4 clients: {t['photo_p95_4']} s ({'met' if t['photo'] else 'missed'})"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--crops", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=12, help="photo requests per client (videos: a quarter)")
+    parser.add_argument("-S", "--set", action="append", default=[])
+    parser.add_argument("--tag", default="cpu")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+    data, out = Path(args.data).resolve(), Path(args.out).resolve()
+    with tempfile.TemporaryDirectory(prefix="dfcl-detect-bench-") as tmp:
+        ws = Path(tmp)
+        os.chdir(ws)
+        os.environ["DFCL_WORKSPACE"] = str(ws)
+        from dfcl.config import load_params
+        from dfcl.workspace import Workspace, configure_environment
+
+        configure_environment(Workspace(ws))
+        params = load_params(REPO / "params.yaml", args.set)
+        media = make_media(data, ws)
+        crops = crops_folder(data, ws, args.crops)
+        register_champion(params)
+        cli = cli_speed(params, media, crops, ws)
+        print(json.dumps(cli), flush=True)
+        api = api_speed(ws, media, args.requests, args.set)
+    photo4 = next(r["p95_s"] for r in api if r["input"] == "photo" and r["clients"] == 4)
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "model": f"{params['model']['name']} at {params['data']['image_size']} px", "cli": cli, "api": api,
+              "targets": {"crops": cli["crops"]["crops_per_s"] >= 25, "video": cli["video"]["seconds"] <= 5,
+                          "photo": photo4 < 1, "photo_p95_4": photo4}}
+    command = "python benchmarks/detect.py " + " ".join(sys.argv[1:])
+    save_results(out, f"detect_{args.tag}", report, markdown(report, command, args.tag))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Evidence for a verdict: Grad-CAM heatmaps of the "fake" class over each scored face (the
+`grad-cam` package, on the layer the model registry declares for the architecture), and a
+video's P(fake) timeline as a plot.
+
+Grad-CAM hooks the model while it runs, so two explanations on one model must not overlap:
+callers that share a model between threads (the API) hold `LOCK`.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from dfcl.evaluate import Detector
+
+LOCK = threading.Lock()
+
+
+def heatmaps(detector: Detector, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """(N, S, S) in [0, 1]: where each face's evidence for "fake" lies."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from models import cam_layer
+
+    model = detector.model
+    layer = cam_layer(model, detector.info.get("architecture"))
+    out = []
+    with LOCK, GradCAM(model=model, target_layers=[layer]) as cam:
+        for start in range(0, len(crops), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(crops[start:start + batch_size])).permute(0, 3, 1, 2).float() / 255
+            out.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(1)] * len(x)))
+    return np.concatenate(out) if out else np.zeros((0,) + crops.shape[1:3], np.float32)
+
+
+def overlay(crop: np.ndarray, heat: np.ndarray, upscale: int = 2) -> np.ndarray:
+    """The face with its heatmap blended on (RGB uint8), enlarged so a person can see it."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    image = show_cam_on_image(crop.astype(np.float32) / 255, heat, use_rgb=True, image_weight=0.6)
+    size = crop.shape[0] * upscale
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def evidence(detector: Detector, result, top_frames: int) -> list[tuple[str, np.ndarray, dict]]:
+    """(name, overlay image, the face's row) per face of a photo, or per highest-scoring frame
+    of a video (the `top_frames` frames with the highest P(fake))."""
+    if result.crops is None or not len(result.crops):
+        return []
+    pick = list(range(len(result.crops)))
+    if result.kind == "video":
+        pick = sorted(pick, key=lambda k: -result.faces[k]["p_fake"])[:top_frames]
+    heat = heatmaps(detector, result.crops[pick])
+    out = []
+    for k, h in zip(pick, heat):
+        face = result.faces[k]
+        name = f"frame{face['frame']:05d}" if result.kind == "video" else f"face{k}"
+        out.append((name, overlay(result.crops[k], h), face))
+    return out
+
+
+def write_evidence(detector: Detector, result, out_dir: Path, top_frames: int, threshold: float) -> list[Path]:
+    """Heatmap overlays as PNG (and a video's timeline plot) under out_dir, named after the file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem, written = Path(result.file).stem, []
+    for name, image, face in evidence(detector, result, top_frames):
+        path = out_dir / f"{stem}_{name}_p{face['p_fake']:.2f}.png"
+        path.write_bytes(png_bytes(image))
+        written.append(path)
+    if result.kind == "video" and result.frames:
+        path = out_dir / f"{stem}_timeline.png"
+        timeline_plot(result.frames, threshold, path, Path(result.file).name)
+        written.append(path)
+    return written
+
+
+def timeline_plot(frames: list[dict], threshold: float, path: Path, title: str) -> None:
+    from dfcl.plots import plt
+
+    t = [f["time_s"] for f in frames if f["p_fake"] is not None]
+    p = [f["p_fake"] for f in frames if f["p_fake"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.plot(t, p, "o-", ms=3)
+    ax.axhline(threshold, color="red", ls="--", lw=1, label=f"threshold {threshold:.2f}")
+    ax.set(ylim=(0, 1), xlabel="time (s)", ylabel="P(fake)", title=title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

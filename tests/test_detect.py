@@ -1,0 +1,113 @@
+"""Detection for people through `dfcl detect`, on real files: a FaceForensics++ video, a whole
+video frame as a photo, DFDC and StyleGAN face crops, and broken files, scored by a champion
+registered by the real retraining flow."""
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from dfcl.cli import main
+from dfcl.detect import aggregate
+
+
+def test_detect_scores_photos_crops_and_videos_and_reports_broken_files(champion, media, tmp_path, capsys):
+    broken = ["text_mp4", "empty", "truncated", "noface", "unsupported"]
+    paths = [str(media[k]) for k in ("video", "photo", "dfdc_fake", "stylegan", *broken)]
+    out_json, out_csv, explain = tmp_path / "out.json", tmp_path / "out.csv", tmp_path / "explain"
+    rc = main(["detect", *paths, "--json", str(out_json), "--csv", str(out_csv), "--explain", str(explain)])
+    printed = capsys.readouterr().out
+    assert rc == 1, printed  # some files could not be scored
+    assert "version 1, alias champion" in printed
+    report = json.loads(out_json.read_text())
+    rows = {r["file"]: r for r in report["detections"]}
+    assert report["model"]["version"] == "1" and report["model"]["architecture"] == "small_cnn"
+
+    video = rows[str(media["video"])]
+    assert video["kind"] == "video" and video["verdict"] in ("fake", "real")
+    assert len(video["frames"]) == 16  # faces.frames_per_video, evenly spread over the whole video
+    frames = [f["frame"] for f in video["frames"]]
+    assert frames == sorted(frames) and frames[-1] > video["video"]["frames"] * 0.9
+    scored = [f["p_fake"] for f in video["frames"] if f["p_fake"] is not None]
+    assert len(scored) >= 12 and video["p_fake"] == pytest.approx(np.mean(scored), abs=1e-3)  # mean aggregation
+    assert (video["p_fake"] >= video["threshold"]) == (video["verdict"] == "fake")
+
+    photo = rows[str(media["photo"])]
+    h, w = cv2.imread(str(media["photo"])).shape[:2]
+    assert photo["kind"] == "photo" and len(photo["faces"]) >= 1
+    x1, y1, x2, y2 = photo["faces"][0]["box"]
+    assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and (x2 - x1) < w / 2  # a face inside a larger frame
+    assert photo["faces"][0]["score"] > 0.95
+    for crop in ("dfdc_fake", "stylegan"):  # a single face filling the image is taken as a crop
+        assert rows[str(media[crop])]["kind"] == "face crop", rows[str(media[crop])]
+
+    reasons = {k: rows[str(media[k])].get("error", "") for k in broken}
+    assert all(rows[str(media[k])]["verdict"] == "error" for k in broken)
+    assert "cannot open video" in reasons["text_mp4"] and "cannot open video" in reasons["truncated"]
+    assert reasons["empty"] == "empty file"
+    assert "no face found" in reasons["noface"]
+    assert "unsupported type '.txt'" in reasons["unsupported"]
+
+    with open(out_csv) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(paths) and {r["model_version"] for r in table} == {"1"}
+    assert len(json.loads(next(r for r in table if r["kind"] == "video")["timeline"])) == 16
+
+    # Evidence: a heatmap per face of a photo, the top frames and the timeline plot of a video.
+    assert sorted(p.name for p in explain.glob("frame_face*.png")) == [f"frame_face{i}_p{f['p_fake']:.2f}.png"
+                                                                      for i, f in enumerate(photo["faces"])]
+    video_maps = [p for p in explain.glob(f"{media['video'].stem}_frame*.png")]
+    assert len(video_maps) == 3
+    top = sorted(scored, reverse=True)[:3]
+    assert sorted(float(p.stem.rsplit("_p", 1)[1]) for p in video_maps) == pytest.approx(sorted(round(t, 2) for t in top), abs=0.006)
+    assert (explain / f"{media['video'].stem}_timeline.png").stat().st_size > 1000
+    overlay = cv2.imread(str(video_maps[0]))
+    assert overlay.shape[0] == overlay.shape[1] >= 64 and overlay.std() > 5
+
+
+def test_heatmaps_show_where_the_evidence_for_fake_is():
+    """A model whose "fake" logit grows with the activation of its last convolution: the heatmap
+    lights up where the image has content (top-left corner) and nowhere else; for a model
+    whose activations speak for "real", there is no evidence for fake anywhere."""
+    import torch
+
+    from dfcl.evaluate import Detector
+    from dfcl.explain import heatmaps
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, sign: float):
+            super().__init__()
+            self.features = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+            self.head = torch.nn.Linear(4, 2)
+            with torch.no_grad():
+                self.features.weight.fill_(0.1)
+                self.head.weight.copy_(torch.tensor([[-sign] * 4, [sign] * 4]))
+
+        def forward(self, x):
+            return self.head(self.features(x).mean((2, 3)))
+
+    crops = np.zeros((2, 32, 32, 3), np.uint8)
+    crops[:, :8, :8] = 255
+    maps = heatmaps(Detector(Tiny(1.0).eval(), 32, 0.5, {}), crops)
+    assert maps.shape == (2, 32, 32)
+    assert maps[:, :8, :8].mean() > 0.5 and maps[:, 16:, 16:].max() < 0.05
+    assert heatmaps(Detector(Tiny(-1.0).eval(), 32, 0.5, {}), crops).max() < 1e-6
+
+
+def test_detect_without_a_champion_says_so_in_one_line(workspace, media, capsys):
+    rc = main(["detect", str(media["dfdc_fake"])])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and "has the alias 'champion'" in err and "dfcl retrain" in err
+
+
+def test_video_aggregation_rules():
+    d = {"confident_fake": 0.8, "confident_fake_share": 0.4, "confident_real": 0.2, "confident_real_share": 0.9}
+    p = np.array([0.9] * 5 + [0.1] * 5)  # half the frames confidently fake: the forgery shows in part of it
+    assert aggregate(p, "mean", d) == pytest.approx(0.5)
+    assert aggregate(p, "confident", d) == pytest.approx(0.9)
+    assert aggregate(np.array([0.1] * 19 + [0.6]), "confident", d) == pytest.approx(0.1)
+    assert aggregate(np.array([0.5, 0.6]), "confident", d) == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="unknown detect.aggregate"):
+        aggregate(p, "median", d)
