@@ -152,11 +152,13 @@ def api_latency(url: str, path: Path, clients: int, requests: int) -> dict:
 
 
 def api_speed(ws: Path, media: dict, requests: int, overrides: list[str]) -> list[dict]:
+    import socket
+
     import httpx
 
-    from tests.conftest import free_port  # the same helper the tests use
-
-    port = free_port()
+    with socket.socket() as s:  # a free port of 127.0.0.1
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     args = [sys.executable, "-m", "dfcl.cli", "api", "--port", str(port)] + [a for o in overrides for a in ("-S", o)]
     log = open(ws / "api.log", "w")
     proc = subprocess.Popen(args, cwd=ws, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -21,7 +21,7 @@ class FaceCropClassifier(mlflow.pyfunc.PythonModel):
         # The detector itself, pickled by torch (its classes come from models/, shipped alongside).
         self.model = torch.load(context.artifacts["detector"], map_location="cpu", weights_only=False).eval()
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         faces = np.asarray(model_input)
         if faces.ndim != 4 or faces.shape[-1] != 3:
             raise ValueError(f"expected uint8 face crops (N, H, W, 3), got shape {faces.shape}")

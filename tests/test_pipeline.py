@@ -1,5 +1,6 @@
 """End to end through the real services: Prefect (temporary local API), DVC (local remote),
 MLflow (sqlite), with `dfcl` run as users run it, in subprocesses."""
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -89,10 +90,12 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
 
     # The champion serves detections
     image = next((data / "test" / "Deepfakes").glob("*.jpg"))
-    detect = run_dfcl(["detect", str(image), *TINY], ws)
+    detect = run_dfcl(["detect", str(image), "--json", str(ws / "detect.json"), *TINY], ws)
     out, _ = detect.communicate(timeout=180)
     assert detect.returncode == 0, out
-    assert '"p_fake"' in out and "@champion" in out
+    assert "version 1, alias champion" in out and "Add type hints" not in out
+    row = json.loads((ws / "detect.json").read_text())["detections"][0]
+    assert row["model"]["version"] == "1" and 0 <= row["p_fake"] <= 1 and row["verdict"] in ("fake", "real")
 
     # Re-running the same data is idempotent: same version, no new experience, no new commit
     again = run_dfcl(args, ws)
