@@ -67,9 +67,8 @@ class ModelHolder:
             if str(version.version) == served:
                 return False
             detector = load_mlflow_detector(f"models:/{self.name}@{self.alias}")
-            scorer = FaceScorer(detector, self.params)
-            if self.current is not None:  # MTCNN does not change with the model: keep it loaded
-                scorer._finder = self.current._finder
+            # MTCNN does not change with the model: the new scorer keeps the loaded one.
+            scorer = FaceScorer(detector, self.params, self.current._finder if self.current else None)
             self.current, self.loaded_at = scorer, time.time()
             log.info("serving %s version %s (%s)%s", self.name, detector.info["version"], self.alias,
                      f", was version {served}" if served else "")

@@ -107,11 +107,12 @@ def aggregate(p: np.ndarray, rule: str, d: dict) -> float:
 class FaceScorer:
     """The detector plus the face finder (MTCNN, loaded on first use) and the settings of both."""
 
-    def __init__(self, detector: Detector, params: dict):
+    def __init__(self, detector: Detector, params: dict, finder: FaceDetector | None = None):
+        """`finder`: an MTCNN already loaded (it does not depend on the detector), else loaded on first use."""
         self.detector = detector
         self.params = params
         self.settings = FaceSettings.from_params({**params, "data": {**params["data"], "image_size": detector.image_size}})
-        self._finder: FaceDetector | None = None
+        self._finder = finder
 
     @property
     def finder(self) -> FaceDetector:
@@ -156,9 +157,9 @@ class FaceScorer:
         if crop == "auto":
             crop = "always" if found and self._fills(found[0][0], h, w) else "never"
         if crop == "always":  # the image is the face, as the training crops were
-            box = found[0][0] if found else np.array([0, 0, w, h], float)
-            crops, boxes, scores, kind = cv2.resize(image, (s.size, s.size), interpolation=cv2.INTER_AREA)[None], [box], \
-                [found[0][2] if found else None], "face crop"
+            crops = cv2.resize(image, (s.size, s.size), interpolation=cv2.INTER_AREA)[None]
+            boxes = [found[0][0] if found else np.array([0, 0, w, h], float)]
+            scores, kind = [found[0][2] if found else None], "face crop"
         else:
             if not found:
                 return Result(str(path), "photo", "error", timings=timings,
@@ -215,8 +216,7 @@ class FaceScorer:
         score = aggregate(p, d["aggregate"], d)
         result = Result(str(path), "video", self.verdict(score), score, faces=faces, frames=timeline, video=info,
                         crops=crops, timings=timings)
-        if problem:
-            result.error = None
+        if problem:  # e.g. truncated after some frames: scored on what could be read, and said
             result.video = {**info, "warning": problem}
         return result
 
