@@ -14,7 +14,7 @@ A row named `dfdc_first` puts dfdc-crops in front of all three (pre-training / a
 experience). Balanced accuracy is at the threshold chosen on the validation split.
 
 It needs only torch, timm, Avalanche and OpenCV (no Prefect, DVC or MLflow), so it runs on a
-bare GPU machine too; the faces are extracted with dfcl.faces straight from the folders.
+bare GPU machine too; the faces are extracted with dfcl.extraction straight from the folders.
 
     python benchmarks/ablation.py [--rows a,b] [--data DIR] [-S key=value ...] [--tag cpu]
 
@@ -23,9 +23,7 @@ Writes benchmarks/results/ablation_<tag>.{md,json,png}.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
 from common import extract_once as extract, machine  # noqa: E402
-from dfcl.data import first_of_each_face  # noqa: E402
+from dfcl.config import apply_overrides  # noqa: E402
+from dfcl.data import SPLITS, face_arrays, first_of_each_face  # noqa: E402
 
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 LEFT_OUT = "NeuralTextures"
@@ -87,16 +86,16 @@ def merged(name: str, parts: list[dict], work: Path, size: int) -> dict:
     """One experience out of several: every split concatenated, identical faces kept once
     (FF++'s originals are the real class of every method)."""
     out = work / f"merged-{size}" / name
-    paths = {f"{s}_{a}": str(out / f"{s}-{a}.npy") for s in ("train", "val", "test") for a in "xy"}
-    if not Path(paths["test_y"]).exists():
+    paths = face_arrays(out)
+    if not paths["test_y"].exists():
         out.mkdir(parents=True, exist_ok=True)
-        for s in ("train", "val", "test"):
+        for s in SPLITS:
             x = np.concatenate([np.load(p[f"{s}_x"]) for p in parts])
             y = np.concatenate([np.load(p[f"{s}_y"]) for p in parts])
             keep = first_of_each_face(x)
-            np.save(out / f"{s}-x.npy", x[keep])
-            np.save(out / f"{s}-y.npy", y[keep])
-    return paths
+            np.save(paths[f"{s}_x"], x[keep])
+            np.save(paths[f"{s}_y"], y[keep])
+    return {k: str(v) for k, v in paths.items()}
 
 
 def spec(key: str, paths: dict):
@@ -116,14 +115,11 @@ def auc_on(model, device, paths: dict, splits=("test",)) -> float:
 
 
 def train(sequence: list, params: dict, folder: Path):
-    from dfcl.learner import Learner
+    """A new learner on `sequence` (dfcl.learner.train_sequence): it, its last results, seconds."""
+    from dfcl.learner import train_sequence
 
-    shutil.rmtree(folder, ignore_errors=True)
-    learner = Learner(folder, params, Path("/"))
-    start = time.perf_counter()
-    for s in sequence:
-        results = learner.learn(s)
-    return learner, results, time.perf_counter() - start
+    learner, report = train_sequence(sequence, params, folder, Path("/"))
+    return learner, learner.last_results(), report["train_seconds"]
 
 
 def run_row(params: dict, data: Path, work: Path, dfdc_first: bool) -> dict:
@@ -137,8 +133,7 @@ def run_row(params: dict, data: Path, work: Path, dfdc_first: bool) -> dict:
     seen = [m for m in FFPP if m != LEFT_OUT]
     three = spec("ffpp-three", merged("three", [ffpp[m] for m in seen], work, size))
 
-    naive = copy.deepcopy(params)
-    naive["strategy"]["name"] = "naive"
+    naive = apply_overrides(params, ["strategy.name=naive"])
     row = {}
     learner, _, seconds = train(first + [joint], naive, work / "learner-joint")
     model, device = learner.strategy.model, learner.strategy.device

@@ -17,15 +17,17 @@ def machine() -> dict:
 
 def extract_once(folder: Path, work: Path, params: dict) -> dict[str, dict]:
     """Faces of one dataset folder at the params' image size, extracted straight from the
-    folder (dfcl.faces, no DVC or Prefect) once per size: {method: {train_x: path, ...}}."""
-    from dfcl.faces import extract_dataset
+    folder (dfcl.extraction, no DVC or Prefect) once per size: {method: {train_x: path, ...}}."""
+    from dfcl.data import face_arrays
+    from dfcl.extraction import extract_dataset
+    from dfcl.layouts import dataset_name
 
-    name = folder.name if folder.name != "images" else folder.parent.name
+    name = dataset_name(folder)
     out = work / f"faces-{params['data']['image_size']}" / name
     if not (out / "experiences.json").exists():
         extract_dataset(folder, out, params, name, cache_dir=work / "cache")
     info = json.loads((out / "experiences.json").read_text())
-    return {m: {f"{s}_{a}": str(out / m / f"{s}-{a}.npy") for s in ("train", "val", "test") for a in "xy"}
+    return {m: {k: str(v) for k, v in face_arrays(out / m).items()}
             for m in info["methods"] if info["experiences"][m]["learnable"]}
 
 

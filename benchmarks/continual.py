@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
 
@@ -61,7 +62,7 @@ def bare_loop(params: dict, spec, root: Path) -> float:
     from torch.utils.data import DataLoader
 
     from dfcl.data import FaceArrayDataset
-    from dfcl.learner import make_model, make_optimizer, pick_device
+    from dfcl.strategies import make_model, make_optimizer, pick_device
 
     tp = params["train"]
     torch.manual_seed(tp["seed"])
@@ -69,7 +70,7 @@ def bare_loop(params: dict, spec, root: Path) -> float:
     model = make_model(params["model"]).to(device, memory_format=torch.channels_last)
     cuda = device.type == "cuda"
     opt = make_optimizer(model, tp)
-    data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=params.get("augment"))
+    data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=params["augment"])
     workers = tp["num_workers"]
     loader = DataLoader(data, batch_size=tp["batch_size"], shuffle=True, num_workers=workers,
                         pin_memory=cuda, persistent_workers=workers > 0)
@@ -111,68 +112,56 @@ def pipeline_loop(params: dict, specs: list, root: Path, tmp: Path) -> tuple[flo
     return images / seconds, timer.seconds / max(timer.steps, 1)
 
 
-def with_strategy(params: dict, name: str) -> dict:
-    import copy
-
-    p = copy.deepcopy(params)
-    p["strategy"]["name"] = name
-    return p
-
-
 def speed(params: dict, specs: list, root: Path, work: Path) -> dict:
+    from dfcl.config import apply_overrides
+
     # Like for like: the bare loop has no validation, early stopping or schedule, nor does this.
-    params = copy_with(params, {"train.early_stopping_patience": 0, "train.schedule": "constant"})
+    params = apply_overrides(params, ["train.early_stopping_patience=0", "train.schedule=constant"])
 
     bare_loop(params, specs[0], root)  # warm-up: first-call allocations, kernel selection
     bare = bare_loop(params, specs[0], root)
-    naive, _ = pipeline_loop(with_strategy(params, "naive"), specs[:1], root, work / "speed-naive")
-    _, naive_step = pipeline_loop(with_strategy(params, "naive"), specs[:2], root, work / "speed-naive2")
-    _, gem_step = pipeline_loop(with_strategy(params, "gem"), specs[:2], root, work / "speed-gem")
+    naive_params, gem_params = (apply_overrides(params, [f"strategy.name={n}"]) for n in ("naive", "gem"))
+    naive, _ = pipeline_loop(naive_params, specs[:1], root, work / "speed-naive")
+    _, naive_step = pipeline_loop(naive_params, specs[:2], root, work / "speed-naive2")
+    _, gem_step = pipeline_loop(gem_params, specs[:2], root, work / "speed-gem")
     return {"bare_images_per_s": round(bare, 1), "pipeline_images_per_s": round(naive, 1),
             "pipeline_over_bare": round(naive / bare, 3), "naive_ms_per_step": round(1000 * naive_step, 2),
             "gem_ms_per_step": round(1000 * gem_step, 2), "gem_overhead_ms_per_step": round(1000 * (gem_step - naive_step), 2),
             "measured_on": specs[0].key, "gem_measured_on": specs[1].key}
 
 
-def copy_with(params: dict, changes: dict) -> dict:
-    import copy
-
-    p = copy.deepcopy(params)
-    for key, value in changes.items():
-        section, name = key.split(".")
-        p[section][name] = value
-    return p
-
-
-def run_direct(folders: list[Path], params: dict, strategies: list[str], work: Path, plots: Path) -> dict:
-    """What flows.compare.compare_strategies does, without Prefect, DVC or MLflow."""
-    import shutil
+def run_direct(folders: list[Path], params: dict, strategies: list[str], seeds: list[int], work: Path,
+               plots: Path) -> dict:
+    """What flows.compare does, without Prefect, DVC or MLflow: the same trainings
+    (dfcl.learner.train_sequence) and the same report (mean and spread over seeds)."""
     from dataclasses import asdict
 
-    from dfcl.learner import ExperienceSpec, Learner, strategy_report
+    from dfcl.config import apply_overrides
+    from dfcl.layouts import dataset_name
+    from dfcl.learner import ExperienceSpec, train_sequence
     from dfcl.plots import strategy_plots
+    from dfcl.report import over_seeds
 
     specs = []
     for i, folder in enumerate(folders):
         methods = extract_once(folder, work, params)
-        name = folder.name if folder.name != "images" else folder.parent.name
+        name = dataset_name(folder)
         for m in (FFPP if i == 0 else methods):
             key = name if m == name else f"{name}/{m}"
             specs.append(ExperienceSpec(key=key, dataset=name, method=m, version="direct", **methods[m]))
-    report = {"methods": [s.key for s in specs], "experiences": [asdict(s) for s in specs], "strategies": {}}
+    keys = [s.key for s in specs]
+    report = {"methods": keys, "experiences": [asdict(s) for s in specs], "seeds": seeds, "strategies": {}}
     for name in strategies:
-        folder = work / "direct" / name
-        shutil.rmtree(folder, ignore_errors=True)
-        learner = Learner(folder, with_strategy(params, name), Path("/"))
-        start = time.perf_counter()
-        for spec in specs:
-            results = learner.learn(spec)
-            print(f"{name}: after {spec.key}: avg acc {results['avg_accuracy']:.3f}, avg AUC {results['avg_auc']:.3f}",
-                  flush=True)
-        seconds = time.perf_counter() - start
-        learner.save()  # its size is reported (state_mb)
-        strategy_plots(learner.history, plots, name)
-        report["strategies"][name] = strategy_report(learner, results, seconds)
+        runs = {}
+        for seed in seeds:
+            def progress(step, results, learner):
+                print(f"{name} seed {seed}: after {keys[step]}: avg acc {results['avg_accuracy']:.3f}, "
+                      f"avg AUC {results['avg_auc']:.3f}", flush=True)
+
+            _, runs[seed] = train_sequence(specs, apply_overrides(params, [f"strategy.name={name}", f"train.seed={seed}"]),
+                                           work / "direct" / f"{name}-seed{seed}", Path("/"), on_experience=progress)
+        report["strategies"][name] = over_seeds(runs)
+        strategy_plots(report["strategies"][name], keys, plots, name)
     return report
 
 
@@ -209,16 +198,26 @@ def markdown(report: dict, command: str, tag: str) -> str:
              f"Machine: {report['machine']}. Date: {report['date']}. Wall clock: {report['wall_s'] / 60:.1f} min.", "",
              "Command:", "", f"    {command}", "",
              f"Sequence: {' -> '.join(methods)}. Parameters: `{json.dumps(report['params'])}`.", "",
+             f"Seeds: {report.get('seeds', [0])}" + (" (each figure: mean ± standard deviation over them)." if len(report.get('seeds', [0])) > 1 else "."), "",
              "| strategy | final avg acc | final avg balanced acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | BWT | train s | state MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in report["strategies"].items():
-        auc = r["auc_matrix"][-1]
-        ff = [auc[i] for i in ffpp if not math.isnan(auc[i])]
-        allauc = [a for a in auc if not math.isnan(a)]
-        bal = r.get("avg_balanced_accuracy")
-        lines.append(f"| {name} | {r['avg_accuracy']:.3f} | {'n/a' if bal is None else f'{bal:.3f}'} | {sum(ff) / max(len(ff), 1):.3f} | "
-                     f"{sum(allauc) / max(len(allauc), 1):.3f} | {r['forgetting']:.3f} | {r['bwt']:.3f} | {r['train_seconds']:.0f} | "
-                     f"{r.get('state_mb', '-')} |")
+    seeds = len(report.get("seeds", [0]))
+
+    def pm(values: list[float], digits: int = 3) -> str:  # mean ± std over the seeds' runs
+        values = [v for v in values if v is not None and not math.isnan(v)]
+        if not values:
+            return "n/a"
+        text = f"{np.mean(values):.{digits}f}"
+        return text + (f" ± {np.std(values):.{digits}f}" if seeds > 1 else "")
+
+    for name, entry in report["strategies"].items():
+        runs = list(entry.get("runs", {"0": entry}).values())
+        last = [r["auc_matrix"][-1] for r in runs]
+        ff = [float(np.nanmean([a[i] for i in ffpp])) for a in last]
+        allauc = [float(np.nanmean(a)) for a in last]
+        lines.append(f"| {name} | {pm([r['avg_accuracy'] for r in runs])} | {pm([r.get('avg_balanced_accuracy') for r in runs])} "
+                     f"| {pm(ff)} | {pm(allauc)} | {pm([r['forgetting'] for r in runs])} | {pm([r['bwt'] for r in runs])} "
+                     f"| {pm([r['train_seconds'] for r in runs], 0)} | {pm([r.get('state_mb') for r in runs], 1)} |")
     s = report["speed"]
     lines += ["", "Training speed (first experience, same model, batch, data and epochs):", "",
               "| loop | images/s |", "| --- | --- |",
@@ -237,7 +236,8 @@ def markdown(report: dict, command: str, tag: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--strategies", default="naive,cwr,replay,gem,lwf,ewc,cumulative")
+    parser.add_argument("--strategies", help="comma-separated (default: every strategy)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds; figures are mean ± std over them")
     parser.add_argument("-S", "--set", action="append", default=[])
     parser.add_argument("--tag", default="cpu")
     parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work"))
@@ -260,30 +260,29 @@ def main() -> None:
     os.environ["DFCL_WORKSPACE"] = str(work)
     from dfcl.config import load_params
     from dfcl.plots import forgetting_curves, matrix_frame
+    from dfcl.strategies import STRATEGIES
 
     params = load_params(REPO / "params.yaml", args.set)
-    strategies = args.strategies.split(",")
+    strategies = args.strategies.split(",") if args.strategies else list(STRATEGIES)
+    seeds = [int(s) for s in args.seeds.split(",")]
     data = Path(args.data).resolve()
     folders = [data / "ffpp-crops", data / "stylegan-faces" / "images", data / "dfdc-crops"]
     plots = out / f"continual_{args.tag}"
     start = time.perf_counter()
     if args.direct:
-        report = run_direct(folders, params, strategies, work, plots)
+        report = run_direct(folders, params, strategies, seeds, work, plots)
     else:
         from dfcl.workspace import Workspace, configure_environment
 
         configure_environment(Workspace(work))
-        from flows.compare import compare_strategies
+        from flows.compare import compare
 
-        report = compare_strategies([str(f) for f in folders], params, strategies, methods=FFPP, artifacts_dir=str(plots))
+        report = compare([str(f) for f in folders], params, strategies=strategies, seeds=seeds, methods=FFPP,
+                         artifacts_dir=str(plots))
     wall = time.perf_counter() - start
-    for name, r in report["strategies"].items():
-        # What each strategy keeps besides the model (GEM's gradients memory, EWC's importances,
-        # LwF's teacher, Replay's buffer of face indices): the size of its saved learner state.
-        state = work / ("direct" if args.direct else "data/compare") / name
-        r["state_mb"] = round(sum(f.stat().st_size for f in state.rglob("*") if f.is_file()) / 2**20, 1)
     frames = {n: matrix_frame(r["accuracy_matrix"], report["methods"]) for n, r in report["strategies"].items()}
-    forgetting_curves(frames, plots / "forgetting_all.png")
+    spread = {n: matrix_frame(r["std"]["accuracy_matrix"], report["methods"]) for n, r in report["strategies"].items()}
+    forgetting_curves(frames, plots / "forgetting_all.png", spread if len(seeds) > 1 else None)
 
     from dfcl.learner import ExperienceSpec
 

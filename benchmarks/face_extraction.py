@@ -29,7 +29,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from dfcl.config import load_params
-    from dfcl.faces import FaceDetector, FaceSettings, extract_dataset, read_frames
+    from dfcl.extraction import extract_dataset
+    from dfcl.faces import FaceDetector, FaceSettings, read_frames
     from dfcl.layouts import recognise
 
     params = load_params(REPO / "params.yaml", [f"faces.device={args.device}", *args.set])

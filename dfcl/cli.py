@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from dfcl.config import ConfigError, apply_overrides, load_params
-from dfcl.layouts import KNOWN_LAYOUTS, LayoutError
+from dfcl.layouts import LayoutError, known_layouts
 from dfcl.ops import OpsError
 from dfcl.pinning import PinnedDataError
 from dfcl.workspace import Workspace, configure_environment, ensure_workspace, put_this_python_on_path
@@ -102,7 +102,7 @@ def cmd_ingest(args, params):
 def cmd_extract_faces(args, params):
     import json
 
-    from dfcl.faces import extract_dataset
+    from dfcl.extraction import extract_dataset
 
     stats = extract_dataset(args.raw, args.out, params, args.name)
     if args.stats:
@@ -312,7 +312,7 @@ def cmd_make_sbi(args, params):
     import numpy as np
 
     from dfcl.data import first_of_each_face
-    from dfcl.faces import extract_dataset
+    from dfcl.extraction import extract_dataset
     from dfcl.sbi import write_sbi_dataset
 
     require_folder(args.data)
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="recognise a dataset (FF++, Celeb-DF, DFDC, image folders), version it, extract faces",
-                       epilog="layouts it recognises:\n  " + "\n  ".join(KNOWN_LAYOUTS))
+                       epilog="layouts it recognises:\n  " + "\n  ".join(known_layouts()))
     p.add_argument("data", help="dataset folder; `dfcl ingest --help` lists the layouts")
     p.add_argument("--method", help="name of a one-method dataset (default: the folder name)")
     p.add_argument("--methods", help="comma-separated subset (and order) of a multi-method dataset's methods")
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_names(params: dict) -> None:
     """Fail before any work on an unknown strategy or model name."""
-    from dfcl.learner import STRATEGIES
+    from dfcl.strategies import STRATEGIES
     from models import list_models, pretrained_tags
 
     if params["strategy"]["name"] not in STRATEGIES:

@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
 PACKAGED_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+# Keys that moved: the flat strategy settings now sit under the strategy they belong to.
+RENAMED = {"strategy.replay_mem_size": "strategy.replay.mem_size",
+           "strategy.gem_patterns_per_exp": "strategy.gem.patterns_per_exp",
+           "strategy.gem_memory_strength": "strategy.gem.memory_strength",
+           "strategy.cwr_layer_name": "strategy.cwr.cwr_layer_name",
+           "strategy.lwf_alpha": "strategy.lwf.alpha", "strategy.lwf_temperature": "strategy.lwf.temperature",
+           "strategy.ewc_lambda": "strategy.ewc.ewc_lambda", "strategy.ewc_decay": "strategy.ewc.decay_factor"}
 
 
 class ConfigError(ValueError):
@@ -21,8 +29,23 @@ def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     params = yaml.safe_load(PACKAGED_PARAMS.read_text()) or {}
     path = Path(path) if path else Path("params.yaml")
     if path.exists() and path.resolve() != PACKAGED_PARAMS.resolve():
-        params = merged(params, yaml.safe_load(path.read_text()) or {})
+        params = merged(params, moved_keys_renamed(yaml.safe_load(path.read_text()) or {}, path))
     return apply_overrides(params, overrides)
+
+
+def moved_keys_renamed(params: dict, path: Path) -> dict:
+    """A workspace's params.yaml written before keys moved (see RENAMED) keeps its values, under
+    the new names; a warning says which."""
+    for old, new in RENAMED.items():
+        section, leaf = old.split(".")
+        if leaf in params.get(section, {}):
+            value = params[section].pop(leaf)
+            node = params
+            for part in new.split(".")[:-1]:
+                node = node.setdefault(part, {})
+            node[new.rsplit(".", 1)[1]] = value
+            warnings.warn(f"{path}: {old} is now {new}; please rename it there", stacklevel=2)
+    return params
 
 
 def merged(base: dict, over: dict) -> dict:
@@ -39,7 +62,10 @@ def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=1)")
         key, raw = item.split("=", 1)
-        *parents, leaf = key.strip().split(".")
+        key = key.strip()
+        if key in RENAMED:
+            raise ConfigError(f"{key} is now {RENAMED[key]} (strategy settings sit under their strategy)")
+        *parents, leaf = key.split(".")
         node = params
         for part in parents:
             if not isinstance(node.get(part), dict):
@@ -48,8 +74,21 @@ def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
         if leaf not in node:
             known = ", ".join(sorted(node))
             raise ConfigError(f"unknown parameter {key!r}; known here: {known}")
-        node[leaf] = _parse_value(raw)
+        node[leaf] = _checked(key, _parse_value(raw), node[leaf])
     return params
+
+
+def _checked(key: str, value: Any, default: Any) -> Any:
+    """`value` if it has the type of the default (an int where a float is expected is taken as a
+    float; a null default takes anything), else a one-line error (as nanoGPT's configurator)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not type(default):
+        raise ConfigError(f"{key}={value!r} is {type(value).__name__}, but {key} takes "
+                          f"{type(default).__name__} (like its default {default!r})")
+    return value
 
 
 def _parse_value(raw: str) -> Any:

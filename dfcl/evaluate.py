@@ -15,7 +15,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_eer, binary_roc
 
 from dfcl.config import ConfigError
-from dfcl.faces import face_videos
+from dfcl.data import SPLITS, face_arrays, face_videos
 from dfcl.metrics import balanced_accuracy, fake_probabilities, video_auc
 
 
@@ -102,20 +102,19 @@ def scores(y: np.ndarray, p: np.ndarray, threshold: float = 0.5, videos: np.ndar
 
 
 def evaluate(detector: Detector, data: str, params: dict, roc_png: Path | None = None) -> dict:
-    from dfcl.faces import extract_dataset
-    from dfcl.workspace import Workspace
+    from dfcl.extraction import extract_dataset
 
     size, threshold = detector.image_size, detector.threshold
     params = {**params, "data": {**params["data"], "image_size": size}}
     name = Path(data).resolve().name
     with tempfile.TemporaryDirectory() as tmp:
-        extract_dataset(data, Path(tmp) / name, params, name, cache_dir=Workspace.here().root / "data" / "cache" / "faces")
+        extract_dataset(data, Path(tmp) / name, params, name)
         per_method, ys, ps, vs = {}, [], [], []
         for folder in sorted(p for p in (Path(tmp) / name).iterdir() if p.is_dir()):
-            splits = ("train", "val", "test")
-            x = np.concatenate([np.load(folder / f"{s}-x.npy", mmap_mode="r") for s in splits])
-            y = np.concatenate([np.load(folder / f"{s}-y.npy") for s in splits])
-            v = np.concatenate([face_videos(folder / f"{s}-x.npy") for s in splits])
+            arrays = face_arrays(folder)
+            x = np.concatenate([np.load(arrays[f"{s}_x"], mmap_mode="r") for s in SPLITS])
+            y = np.concatenate([np.load(arrays[f"{s}_y"]) for s in SPLITS])
+            v = np.concatenate([face_videos(arrays[f"{s}_x"]) for s in SPLITS])
             p = fake_probabilities(detector.model, x).numpy()
             per_method[folder.name] = scores(y, p, threshold, v)
             ys.append(y)

@@ -1,19 +1,8 @@
-"""Faces out of a raw dataset: what the DVC stage `extract_faces_<dataset>` runs.
-
-Videos: K evenly spaced frames over the whole video (OpenCV), the most confident face of each
-frame (facenet-pytorch MTCNN, batched, on the GPU when there is one), a square crop around it
-enlarged by `faces.margin`, resized to `data.image_size`; the same box is cut from the mask
-video when FF++ ships one. Images are treated as face crops and only resized, unless
-`faces.detect_in_images` is on. Every sampled frame gets a manifest row (box, landmarks, score,
-frame index, video id, split) and kept faces go into one uint8 array per method and split:
-
-    <out>/<method>/{train,val,test}-x.npy  -y.npy  [-mask.npy]  manifest.csv  preview.png
-    <out>/skipped.csv     every skipped file or frame, with its reason
-    <out>/experiences.json   faces per method, split and class; which methods can be learned
-
-A video's detections are cached under data/cache/faces/ by its content hash and the detection
-settings, so an unchanged video is never detected twice, even when the dataset around it, the
-crop margin or the crop size change.
+"""Faces out of frames and images: K evenly spaced frames of a video (OpenCV), the most confident
+face of each (facenet-pytorch MTCNN, batched, on the GPU when there is one), a square crop around
+it enlarged by `faces.margin`, resized to `data.image_size`; the same box cut from the mask video
+when FF++ ships one. Images are face crops, only resized, unless `faces.detect_in_images` is on.
+A whole dataset goes through dfcl.extraction (the DVC stage `extract_faces_<dataset>`).
 """
 from __future__ import annotations
 
@@ -21,8 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,11 +17,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
-from tqdm.auto import tqdm
 
 from dfcl.data import read_image
-from dfcl.layouts import assign_splits, cap_per_class, recognise
 
 log = logging.getLogger("dfcl.faces")
 
@@ -259,7 +243,7 @@ def file_md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _prefetched(fn, items, depth: int = 2):
+def prefetched(fn, items, depth: int = 2):
     """fn(item) for each item, computed `depth` ahead in a thread: OpenCV decodes the next
     videos (it releases the GIL) while MTCNN works on the current one. Bounded, unlike
     Executor.map, so a long dataset never sits in memory as decoded frames."""
@@ -273,193 +257,3 @@ def _prefetched(fn, items, depth: int = 2):
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
-
-
-def _manifest(files: pd.DataFrame, results: dict[str, FileFaces], dup_of: dict[str, str],
-              md5: dict[str, str]) -> pd.DataFrame:
-    """One row per (experience, file, sampled frame), kept or skipped, with the file's MD5 (what
-    tells a learned method that one of its files changed, see dfcl.pinning)."""
-    per_file = []
-    for path, r in results.items():
-        for j in range(len(r.frames)):
-            per_file.append(dict(path=path, frame=int(r.frames[j]), n_frames=r.n_frames, face=j,
-                                 x1=r.boxes[j, 0], y1=r.boxes[j, 1], x2=r.boxes[j, 2], y2=r.boxes[j, 3],
-                                 score=r.scores[j], landmarks=json.dumps(np.round(r.landmarks[j].astype(float), 1).tolist()),
-                                 skipped=""))
-        per_file += [dict(path=path, frame=frame, n_frames=r.n_frames, face=-1, skipped=reason)
-                     for frame, reason in r.skipped if reason]
-    per_file += [dict(path=p, frame=-1, face=-1, skipped=f"duplicate of {first}") for p, first in dup_of.items()]
-    table = pd.DataFrame(per_file, columns=["path", "frame", "n_frames", "face", "x1", "y1", "x2", "y2", "score",
-                                            "landmarks", "skipped"])
-    m = files.merge(table, on="path", how="left").rename(columns={"path": "source"})
-    m["face"] = m["face"].fillna(-1).astype(int)
-    m["frame"] = m["frame"].fillna(-1).astype(int)
-    m["skipped"] = m["skipped"].fillna("")
-    m["md5"] = m["source"].map(md5).fillna("")
-    return m.sort_values(["experience", "split", "label", "source", "frame"]).reset_index(drop=True)
-
-
-def face_videos(images: str | Path) -> np.ndarray | None:
-    """The source video (file) of every face of `<method>/<split>-x.npy`, in array order, from
-    the manifest beside it; None when there is no manifest (faces not from extract_dataset)."""
-    images = Path(images)
-    manifest = images.parent / "manifest.csv"
-    if not manifest.is_file():
-        return None
-    split = images.name.split("-")[0]
-    rows = pd.read_csv(manifest, usecols=["split", "index", "source"], keep_default_na=False)
-    rows = rows[(rows["split"] == split) & (rows["index"] >= 0)].sort_values("index")
-    return rows["source"].to_numpy(str)
-
-
-def _preview(x: np.ndarray, y: np.ndarray, path: Path, n: int = 8) -> None:
-    """Up to n real faces (top row) and n fake faces (bottom row): a quick look at the crops."""
-    size = x.shape[1] if len(x) else 1
-    sheet = np.zeros((2 * size, n * size, 3), np.uint8)
-    for row, label in enumerate((0, 1)):
-        picks = np.flatnonzero(y == label)
-        picks = picks[np.linspace(0, len(picks) - 1, min(n, len(picks))).astype(int)] if len(picks) else []
-        for col, i in enumerate(picks):
-            sheet[row * size:(row + 1) * size, col * size:(col + 1) * size] = x[i]
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-
-
-def _write_experience(folder: Path, rows: pd.DataFrame, results: dict[str, FileFaces], with_masks: bool,
-                      size: int) -> dict:
-    folder.mkdir(parents=True)
-    rows = rows.copy()
-    rows["index"] = -1
-    counts = {}
-    for split in ("train", "val", "test"):
-        kept = rows[(rows.split == split) & (rows.face >= 0)]
-        rows.loc[kept.index, "index"] = np.arange(len(kept))
-        x = (np.stack([results[p].crops[f] for p, f in zip(kept.source, kept.face)]) if len(kept)
-             else np.zeros((0, size, size, 3), np.uint8))
-        y = kept.label.to_numpy(np.int64)
-        np.save(folder / f"{split}-x.npy", x)
-        np.save(folder / f"{split}-y.npy", y)
-        if with_masks:
-            np.save(folder / f"{split}-mask.npy", np.stack(
-                [results[p].masks[f] if results[p].masks is not None else np.zeros((size, size), np.uint8)
-                 for p, f in zip(kept.source, kept.face)]) if len(kept) else np.zeros((0, size, size), np.uint8))
-        if split == "train":
-            _preview(x, y, folder / "preview.png")
-        counts[split] = {"real": int((y == 0).sum()), "fake": int((y == 1).sum()),
-                         "real_videos": int(kept[kept.label == 0].source.nunique()),
-                         "fake_videos": int(kept[kept.label == 1].source.nunique())}
-    rows.to_csv(folder / "manifest.csv", index=False)
-    missing = [f"{split} {cls}" for split in ("train", "test") for cls in ("real", "fake") if not counts[split][cls]]
-    empty_test = not (counts["test"]["real"] or counts["test"]["fake"])
-    counts["learnable"] = not any(m.startswith("train") for m in missing) and not empty_test
-    counts["problems"] = [f"no {m} faces" for m in missing]
-    return counts
-
-
-def extract_dataset(raw_dir: str | Path, out_dir: str | Path, params: dict, name: str,
-                    cache_dir: str | Path | None = None) -> dict:
-    """Extract faces from every file of the dataset in raw_dir into out_dir (replaced at the
-    end, in one move, so a failure leaves the previous version in place). Returns the stats."""
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    dp, s = params["data"], FaceSettings.from_params(params)
-    cache_dir = Path(cache_dir) if cache_dir else Path("data") / "cache" / "faces"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    sources = recognise(raw_dir, dp["real_names"], name, compression=dp["compression"])
-    print(f"{raw_dir}: layout {sources.layout}, methods {', '.join(sources.methods)}")
-    for note in sources.notes:
-        print(f"  note: {note}")
-    files = sources.files.copy()
-    files["split"] = assign_splits(files, dp["test_fraction"], dp["seed"], dp.get("val_fraction", 0.0))
-
-    kinds = files.drop_duplicates("path").set_index("path")
-    masks = files[files["mask"] != ""].drop_duplicates("path").set_index("path")["mask"].to_dict()
-    with ThreadPoolExecutor(4) as pool:  # hashlib releases the GIL on large reads
-        paths = kinds.index.tolist()
-        sizes = {p: (raw_dir / p).stat().st_size for p in paths}
-        md5 = dict(zip(paths, pool.map(lambda p: file_md5(raw_dir / p), paths)))
-    first, dup_of = {}, {}
-    for p in paths:  # identical content is kept once: a copy could otherwise land in train and test
-        if sizes[p] and md5[p] in first:
-            dup_of[p] = first[md5[p]]
-        else:
-            first.setdefault(md5[p], p)
-    todo = [p for p in paths if p not in dup_of]
-    results: dict[str, FileFaces] = {}
-    detector = None
-    images = [p for p in todo if kinds.kind[p] == "image"]
-    videos = [p for p in todo if kinds.kind[p] == "video"]
-    if videos or (images and s.detect_in_images):
-        detector = FaceDetector(s)
-    with ThreadPoolExecutor(4) as pool:  # OpenCV releases the GIL while decoding images
-        for p, r in zip(images, pool.map(lambda p: faces_in_image(raw_dir / p, s, detector if s.detect_in_images else None), images)):
-            results[p] = r
-
-    def cache_file(p):
-        return cache_dir / f"{md5[p]}-{s.detection_key()}.json"
-
-    def read(p):
-        if sizes[p] == 0:
-            return {}, 0, "empty file (0 bytes)"
-        return read_frames(raw_dir / p, s.frames_per_video)
-
-    # Frames are decoded every time (crops depend on margin and size); MTCNN runs only on
-    # videos whose content and detection settings it has not seen.
-    start, frames_done, detected = time.perf_counter(), 0, 0
-    bar = tqdm(total=len(videos), desc="videos", unit="video", disable=not videos)
-    for p, (frames, n, problem) in _prefetched(read, videos):
-        if cache_file(p).exists():
-            found = load_detections(cache_file(p))
-        else:
-            order = sorted(frames)
-            found = dict(zip(order, detector.detect([frames[i] for i in order])))
-            if frames:  # nothing worth caching when no frame decoded
-                save_detections(cache_file(p), found)
-            detected += 1
-        mask = raw_dir / masks[p] if p in masks and (raw_dir / masks[p]).is_file() else None
-        results[p] = faces_in_video(frames, n, problem, found, mask, s)
-        frames_done += len(frames)
-        bar.update(1)
-        bar.set_postfix(frames_per_s=f"{frames_done / (time.perf_counter() - start):.1f}")
-    bar.close()
-    seconds = time.perf_counter() - start
-
-    manifest = _manifest(files, results, dup_of, md5)
-    kept = manifest[manifest.face >= 0].copy()
-    kept["path"] = kept.source + "#" + kept.frame.astype(str)
-    capped = cap_per_class(kept, dp["max_per_class"], dp["seed"])
-    dropped = kept.index.difference(capped.index)
-    manifest.loc[dropped, "face"] = -1
-    manifest.loc[dropped, "skipped"] = "over data.max_per_class"
-
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with_masks = any(r.masks is not None for r in results.values())
-    experiences = {m: _write_experience(tmp / m, manifest[manifest.experience == m], results, with_masks, s.size)
-                   for m in sources.methods}
-    skipped = manifest[(manifest.skipped != "") & (manifest.skipped != "over data.max_per_class")]
-    skipped = skipped.drop_duplicates(["source", "frame", "skipped"])[["source", "frame", "skipped"]]
-    skipped.to_csv(tmp / "skipped.csv", index=False)
-    (tmp / "experiences.json").write_text(json.dumps(
-        {"layout": sources.layout, "methods": sources.methods, "notes": sources.notes,
-         "experiences": experiences}, indent=1) + "\n")
-    if out_dir.exists():  # swap in the new version; the old one goes only once the new one is complete
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
-
-    stats = {"layout": sources.layout, "methods": len(sources.methods), "videos": len(videos), "images": len(images),
-             "videos_detected": detected, "videos_from_cache": len(videos) - detected, "duplicates": len(dup_of),
-             "frames": frames_done, "faces_kept": int((manifest.face >= 0).sum()), "skipped": len(skipped),
-             "video_seconds": round(seconds, 2), "frames_per_s": round(frames_done / seconds, 2) if frames_done else None,
-             "device": str(detector.device) if detector else "none"}
-    print(f"{name}: {stats['faces_kept']} faces kept, {len(skipped)} file(s)/frame(s) skipped; "
-          f"{frames_done} frames of {len(videos)} video(s) in {seconds:.1f} s"
-          + (f" ({stats['frames_per_s']} frames/s on {stats['device']})" if frames_done else "")
-          + (f"; {len(videos) - detected} unchanged video(s) not detected again" if len(videos) - detected else ""))
-    if len(skipped):
-        print(skipped.to_string(index=False))
-    return stats

@@ -1,9 +1,9 @@
 """Dataset layouts: recognise what a folder is and list its files as a pandas table.
 
-`recognise(root, ...)` tries each known layout in turn and returns `Sources`: the layout's
+`recognise(root, ...)` tries each registered layout in turn and returns `Sources`: the layout's
 name, the fake methods (each becomes one experience) and one row per (experience, file) with
 label, video id, split group, official split (when the dataset ships one), the original a fake
-was made from and its mask video. Frames and faces come later (`dfcl.faces`).
+was made from and its mask video. Frames and faces come later (`dfcl.extraction`).
 """
 from __future__ import annotations
 
@@ -11,24 +11,48 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
-KNOWN_LAYOUTS = (
-    "FaceForensics++ official: original_sequences/youtube/<c23|c40|raw>/videos/*.mp4 + "
-    "manipulated_sequences/<Method>/<c>/videos/*.mp4",
-    "Celeb-DF v2: Celeb-real/ + Celeb-synthesis/ (+ YouTube-real/, List_of_testing_videos.txt)",
-    "DFDC: metadata.json (label REAL/FAKE, original) beside the videos, in the folder or its sub-folders",
-    "per-method: {train,test}/{<real>,<Method>...}/ of images or videos",
-    "real-fake: real/ + fake/ of images or videos (optional metadata.csv with file, original)",
-)
 COLUMNS = ["experience", "path", "kind", "label", "video", "group", "split", "original", "mask"]
 
 
 class LayoutError(ValueError):
     pass
+
+
+@dataclass
+class Request:
+    """What the caller knows about a dataset besides its folder."""
+    name: str                        # names a one-method dataset (its only experience)
+    real_names: list[str]            # folder names that hold real faces (per-method layout)
+    methods: list[str] | None = None  # subset and order of a multi-method dataset's methods
+    compression: str = "c23"         # FaceForensics++ quality
+
+
+@dataclass
+class Layout:
+    name: str
+    description: str                                   # what the folder looks like (errors, --help)
+    read: Callable[[Path, Request], "Sources | None"]  # None: the folder is not in this layout
+
+
+# Layouts in the order they are tried; add one with @register_layout (as timm registers models).
+LAYOUTS: dict[str, Layout] = {}
+
+
+def register_layout(name: str, description: str):
+    def register(read):
+        LAYOUTS[name] = Layout(name, description, read)
+        return read
+    return register
+
+
+def known_layouts() -> list[str]:
+    return [layout.description for layout in LAYOUTS.values()]
 
 
 @dataclass
@@ -117,7 +141,10 @@ def _ffpp_official_splits(root: Path) -> tuple[dict[str, str], list[str]]:
     return split_of, files
 
 
-def _ffpp(root: Path, compression: str, methods: list[str] | None) -> Sources | None:
+@register_layout("FaceForensics++", "FaceForensics++ official: original_sequences/youtube/<c23|c40|raw>/videos/*.mp4 + "
+                                     "manipulated_sequences/<Method>/<c>/videos/*.mp4")
+def _ffpp(root: Path, ask: Request) -> Sources | None:
+    compression, methods = ask.compression, ask.methods
     originals_root, manipulated = root / "original_sequences" / "youtube", root / "manipulated_sequences"
     if not manipulated.is_dir():
         return None
@@ -164,7 +191,9 @@ def _ffpp(root: Path, compression: str, methods: list[str] | None) -> Sources | 
 
 # --- Celeb-DF v2 ---------------------------------------------------------------------------
 
-def _celebdf(root: Path, name: str) -> Sources | None:
+@register_layout("Celeb-DF v2", "Celeb-DF v2: Celeb-real/ + Celeb-synthesis/ (+ YouTube-real/, List_of_testing_videos.txt)")
+def _celebdf(root: Path, ask: Request) -> Sources | None:
+    name = ask.name
     if not ((root / "Celeb-synthesis").is_dir() and (root / "Celeb-real").is_dir()):
         return None
     test, extra = set(), []
@@ -190,7 +219,9 @@ def _celebdf(root: Path, name: str) -> Sources | None:
 
 # --- DFDC ----------------------------------------------------------------------------------
 
-def _dfdc(root: Path, name: str) -> Sources | None:
+@register_layout("DFDC", "DFDC: metadata.json (label REAL/FAKE, original) beside the videos, in the folder or its sub-folders")
+def _dfdc(root: Path, ask: Request) -> Sources | None:
+    name = ask.name
     metas = sorted(root.glob("metadata.json")) + sorted(root.glob("*/metadata.json"))
     if not metas:
         return None
@@ -211,15 +242,23 @@ def _dfdc(root: Path, name: str) -> Sources | None:
 
 # --- plain folders -------------------------------------------------------------------------
 
-def _per_method(root: Path, subdirs: dict[str, Path], real_names, methods) -> Sources:
-    real_lower = {n.lower() for n in real_names}
+def _subfolders(root: Path) -> dict[str, Path]:
+    return {p.name: p for p in root.iterdir() if p.is_dir()}
+
+
+@register_layout("per-method", "per-method: {train,test}/{<real>,<Method>...}/ of images or videos")
+def _per_method(root: Path, ask: Request) -> Sources | None:
+    subdirs = _subfolders(root)
+    if not {"train", "test"} <= set(subdirs):
+        return None
+    methods, real_lower = ask.methods, {n.lower() for n in ask.real_names}
     found: dict[str, dict[str, list[Path]]] = {}
     for split in ("train", "test"):
         for cls in sorted(p for p in subdirs[split].iterdir() if p.is_dir()):
             found.setdefault(cls.name, {})[split] = _media(cls)
     reals = [n for n in found if n.lower() in real_lower]
     if len(reals) != 1:
-        raise LayoutError(f"{root}: expected one real-face folder (one of {list(real_names)}) "
+        raise LayoutError(f"{root}: expected one real-face folder (one of {list(ask.real_names)}) "
                           f"under train/ and test/, found {reals or 'none'}")
     real = reals[0]
     fakes = _select([n for n in found if n != real], methods, root)
@@ -240,8 +279,12 @@ def _per_method(root: Path, subdirs: dict[str, Path], real_names, methods) -> So
     return Sources("per-method", fakes, _frame(rows))
 
 
-def _real_fake(root: Path, subdirs: dict[str, Path], name: str) -> Sources:
-    lower = {n.lower(): p for n, p in subdirs.items()}
+@register_layout("real-fake", "real-fake: real/ + fake/ of images or videos (optional metadata.csv with file, original)")
+def _real_fake(root: Path, ask: Request) -> Sources | None:
+    lower = {n.lower(): p for n, p in _subfolders(root).items()}
+    if not {"real", "fake"} <= set(lower):
+        return None
+    name = ask.name
     links, extra = {}, []
     meta = root / "metadata.csv"
     if meta.is_file():  # e.g. DFDC crops: file, original (the real video a fake was made from)
@@ -276,16 +319,11 @@ def recognise(root: str | Path, real_names, name: str, methods: list[str] | None
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root} is not a folder")
-    found = (_ffpp(root, compression, methods) or _celebdf(root, name) or _dfdc(root, name))
+    ask = Request(name, list(real_names), methods, compression)
+    found = next(filter(None, (layout.read(root, ask) for layout in LAYOUTS.values())), None)
     if found is None:
-        subdirs = {p.name: p for p in root.iterdir() if p.is_dir()}
-        if {"train", "test"} <= set(subdirs):
-            found = _per_method(root, subdirs, real_names, methods)
-        elif {"real", "fake"} <= {n.lower() for n in subdirs}:
-            found = _real_fake(root, subdirs, name)
-        else:
-            raise LayoutError(f"{root}: unknown dataset layout (sub-folders: {sorted(subdirs) or 'none'}). "
-                              f"Known layouts: {'; '.join(KNOWN_LAYOUTS)}")
+        raise LayoutError(f"{root}: unknown dataset layout (sub-folders: {sorted(_subfolders(root)) or 'none'}). "
+                          f"Known layouts: {'; '.join(known_layouts())}")
     labels = set(found.files.label)
     if labels != {0, 1}:
         raise LayoutError(f"{root} ({found.layout}): no {'real' if 0 not in labels else 'fake'} files found; "

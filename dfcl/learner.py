@@ -3,46 +3,32 @@ whole state (weights, optimizer, replay buffer / GEM memories / CWR* consolidate
 clock and evaluator history) persists between runs with Avalanche's checkpointing."""
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
-from avalanche.core import SupervisedPlugin
-from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
-from avalanche.training import EWC, GEM, CWRStar, Cumulative, LwF, Naive, Replay
-from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 from torch.utils.data import ConcatDataset
-from torchmetrics.functional.classification import binary_auroc
 
 from dfcl import pinning
-from dfcl.data import FaceArrayDataset
-from dfcl.faces import face_videos
-from dfcl.metrics import ExperienceAUC, calibrate_threshold, fake_probabilities, per_experience, stream_value
-from dfcl.progress import EpochProgress
+from dfcl.config import ConfigError
+from dfcl.data import FaceArrayDataset, face_videos
+from dfcl.metrics import ExperienceAUC, calibrate_threshold, per_experience, stream_value, validation_scores
+# Checkpoints pickle their plugins by module path: those saved before dfcl.plugins existed name
+# them dfcl.learner.*, so these names stay importable from here.
+from dfcl.plugins import (BestValidationEpoch, ChannelsLast, ClassBalancedLoss, CosineEpochs,  # noqa: F401
+                          CudaSpeedups, FrozenBatchNormStats, LRSchedule)
+from dfcl.results import strategy_report, summarize
 from dfcl.sbi import SelfBlendedFakes
-from models import create_model
-
-# Strategy name in params.yaml -> Avalanche strategy built from its `strategy:` settings.
-STRATEGIES = {
-    "naive": lambda sp, common: Naive(**common),
-    "cwr": lambda sp, common: CWRStar(cwr_layer_name=sp["cwr_layer_name"], **common),
-    "replay": lambda sp, common: Replay(mem_size=sp["replay_mem_size"], **common),
-    "gem": lambda sp, common: GEM(patterns_per_exp=sp["gem_patterns_per_exp"],
-                                  memory_strength=sp["gem_memory_strength"], **common),
-    "lwf": lambda sp, common: LwF(alpha=sp["lwf_alpha"], temperature=sp["lwf_temperature"], **common),
-    "ewc": lambda sp, common: EWC(ewc_lambda=sp["ewc_lambda"], mode="online", decay_factor=sp["ewc_decay"], **common),
-    # Joint retraining on every method so far: the upper bound the others are compared with.
-    "cumulative": lambda sp, common: Cumulative(**common),
-}
+from dfcl.strategies import build_strategy, make_optimizer, pick_device
 
 
 @dataclass
@@ -73,222 +59,10 @@ class History:
     identity: dict = field(default_factory=dict)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-class ChannelsLast(SupervisedPlugin):
-    """Batches in channels_last memory layout, as the model is (see build_strategy): faster
-    convolutions on CPU (measured 1.4x for EfficientNet-Lite0 at 128 px) and on CUDA."""
-
-    def _to_channels_last(self, strategy, **_):
-        strategy.mbatch[0] = strategy.mbatch[0].contiguous(memory_format=torch.channels_last)
-
-    before_forward = before_eval_forward = _to_channels_last
-
-
-class CudaSpeedups(SupervisedPlugin):
-    """bf16 autocast on CUDA. Avalanche's templates have no AMP switch, so this plugin wraps
-    the forward passes; bf16 needs no gradient scaler."""
-
-    def __init__(self):
-        super().__init__()
-        self._ctx = None
-
-    def _enter(self, strategy, **_):
-        self._ctx = torch.autocast("cuda", dtype=torch.bfloat16)
-        self._ctx.__enter__()
-
-    def _exit(self, strategy, **_):
-        self._ctx.__exit__(None, None, None)
-        self._ctx = None  # keeps the plugin picklable for the checkpoint
-        strategy.mb_output = strategy.mb_output.float()
-
-    before_forward = before_eval_forward = _enter
-    after_forward = after_eval_forward = _exit
-
-
-def validation_scores(model: torch.nn.Module, faces: list[tuple[Path, Path]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and P(fake) of the validation faces [(images .npy, labels .npy), ...]."""
-    y = torch.from_numpy(np.concatenate([np.load(labels) for _, labels in faces]))
-    p = torch.cat([fake_probabilities(model, np.load(images, mmap_mode="r"), device) for images, _ in faces])
-    return y, p
-
-
-class ClassBalancedLoss(SupervisedPlugin):
-    """Weights the cross-entropy by the inverse class frequency of the data being learned, so a
-    fake-heavy (or real-heavy) experience does not push every decision to one class. Avalanche
-    has no class-weighting plugin. The weights follow the mix actually trained on: with Replay
-    every batch is half new data, half buffer, so the buffer's classes count for that half."""
-
-    def after_train_dataset_adaptation(self, strategy, **_):
-        share = _class_shares(strategy.adapted_dataset.targets)
-        replay = next((p for p in strategy.plugins if isinstance(p, ReplayPlugin)), None)
-        if replay is not None and len(replay.storage_policy.buffer):
-            new, mem = replay.batch_size or strategy.train_mb_size, replay.batch_size_mem or strategy.train_mb_size
-            share = (new * share + mem * _class_shares(replay.storage_policy.buffer.targets)) / (new + mem)
-        weights = (1 / (len(share) * share.clamp(min=1e-6))).float()
-        strategy._criterion = torch.nn.CrossEntropyLoss(weight=weights.to(strategy.device))
-
-
-def _class_shares(targets) -> torch.Tensor:
-    counts = torch.bincount(torch.as_tensor(list(targets)), minlength=2).double()
-    return counts / counts.sum()
-
-
-class LRSchedule(SupervisedPlugin):
-    """Per-iteration learning rate within each experience: a linear warm-up over the first
-    `warmup_epochs` (fractions allowed), then constant or cosine decay to zero at the end of
-    the experience; restarts with every experience. Each optimizer group keeps its own scale
-    (`lr_scale`: the pretrained backbone learns slower than the new head, see make_optimizer).
-    Avalanche's LRSchedulerPlugin holds a torch scheduler that holds the optimizer, which the
-    checkpoint cannot pickle (see Learner.save); this keeps only numbers."""
-
-    # Class-level defaults: plugins pickled in checkpoints before warm-up existed lack them.
-    warmup_epochs = 0.0
-    cosine = True
-
-    def __init__(self, lr: float, cosine: bool = True, warmup_epochs: float = 0.0):
-        super().__init__()
-        self.lr, self.cosine, self.warmup_epochs = lr, cosine, warmup_epochs
-
-    def factor(self, progress: float) -> float:
-        """The share of the base rate `progress` epochs into the experience (from step 0)."""
-        warm = min(1.0, (progress + self._step) / self.warmup_epochs) if self.warmup_epochs > 0 else 1.0
-        if not self.cosine:
-            return warm
-        return warm * 0.5 * (1 + math.cos(math.pi * min(progress / max(self._total, 1), 1.0)))
-
-    def before_training_iteration(self, strategy, **_):
-        steps = max(len(strategy.dataloader), 1)
-        self._total, self._step = strategy.train_epochs, 1 / steps
-        progress = strategy.clock.train_exp_epochs + strategy.clock.train_epoch_iterations / steps
-        scale = self.factor(progress)
-        for group in strategy.optimizer.param_groups:
-            group["lr"] = self.lr * group.get("lr_scale", 1.0) * scale
-
-
-CosineEpochs = LRSchedule  # the name checkpoints from before warm-up pickled
-
-
-class FrozenBatchNormStats(SupervisedPlugin):
-    """Batch-norm layers keep their running statistics (eval mode) while the rest trains:
-    `after_first` freezes them from the second experience on, else from the start. A new
-    method's faces otherwise drag the statistics every earlier method is evaluated with (a
-    known source of forgetting); the affine weights still learn."""
-
-    def __init__(self, after_first: bool = True):
-        super().__init__()
-        self.after_first = after_first
-
-    def before_training_iteration(self, strategy, **_):
-        # Every iteration: Avalanche and the validation hooks switch the model back to train().
-        if self.after_first and strategy.clock.train_exp_counter == 0:
-            return
-        for module in strategy.model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.training:
-                module.eval()
-
-
-class BestValidationEpoch(SupervisedPlugin):
-    """Early stopping on validation AUC (the validation faces of every experience so far):
-    stops after `patience` epochs without a gain and keeps the best epoch's weights.
-    Avalanche's EarlyStoppingPlugin reads periodic evaluations from the evaluator, which would
-    feed validation results into the forgetting/BWT metrics, which are keyed by experience id."""
-
-    def __init__(self, patience: int):
-        super().__init__()
-        self.patience, self.faces = patience, []  # faces: [(images .npy, labels .npy)], set per experience
-        self._best = self._best_auc = None
-        self._best_epoch = 0
-
-    def before_training_exp(self, strategy, **_):
-        self._best, self._best_auc, self._best_epoch = None, None, 0
-
-    def after_training_epoch(self, strategy, **_):
-        if not self.faces:
-            return
-        y, p = validation_scores(strategy.model, self.faces, strategy.device)
-        if y.min() == y.max():
-            return
-        auc, epoch = float(binary_auroc(p, y)), strategy.clock.train_exp_epochs
-        if self._best_auc is None or auc > self._best_auc:
-            self._best = copy.deepcopy(strategy.model.state_dict())
-            self._best_auc, self._best_epoch = auc, epoch
-        elif epoch - self._best_epoch >= self.patience:
-            strategy.stop_training()
-
-    def after_training_exp(self, strategy, **_):
-        if self._best is not None:
-            strategy.model.load_state_dict(self._best)
-        self._best, self.faces = None, []  # nothing heavy or path-bound goes into the checkpoint
-
-
 def identity_of(params: dict) -> dict:
     """What must match for a saved learner to be continued instead of refused."""
     return {"model": params["model"], "strategy": params["strategy"]["name"],
             "data.image_size": params["data"]["image_size"]}
-
-
-def make_model(model_params: dict) -> torch.nn.Module:
-    """The configured detector from the registry (`model:` in params.yaml)."""
-    mp = model_params
-    return create_model(mp["name"], width=mp["width"], dropout=mp["dropout"], weights=mp["weights"],
-                        pretrained=mp["pretrained"])
-
-
-def make_optimizer(model: torch.nn.Module, train_params: dict) -> torch.optim.Optimizer:
-    """AdamW with two groups: the `head` at train.lr and everything before it at
-    train.lr x train.backbone_lr_scale, so fine-tuning does not wash out pretrained features.
-    Each group carries its `lr_scale` for LRSchedule."""
-    head = [p for n, p in model.named_parameters() if n.startswith("head.")]
-    body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
-    scale = train_params["backbone_lr_scale"]
-    groups = [{"params": body, "lr": train_params["lr"] * scale, "lr_scale": scale},
-              {"params": head, "lr": train_params["lr"], "lr_scale": 1.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=train_params["lr"],
-                             weight_decay=train_params["weight_decay"])
-
-
-def build_strategy(params: dict):
-    """The configured Avalanche strategy around a fresh model from the registry."""
-    tp, sp, mp = params["train"], params["strategy"], params["model"]
-    if tp["schedule"] not in ("constant", "cosine"):
-        raise ValueError(f"train.schedule={tp['schedule']!r}: choose constant or cosine")
-    if tp["batchnorm"] not in ("train", "freeze_after_first", "frozen"):
-        raise ValueError(f"train.batchnorm={tp['batchnorm']!r}: choose train, freeze_after_first or frozen")
-    torch.manual_seed(tp["seed"])
-    device = pick_device(tp["device"])
-    model = make_model(mp)
-    plugins = [EpochProgress()]
-    if tp.get("class_balance", False):
-        plugins.append(ClassBalancedLoss())
-    if tp["schedule"] == "cosine" or tp["warmup_epochs"] > 0:
-        plugins.append(LRSchedule(tp["lr"], cosine=tp["schedule"] == "cosine", warmup_epochs=tp["warmup_epochs"]))
-    if tp["batchnorm"] != "train":
-        plugins.append(FrozenBatchNormStats(after_first=tp["batchnorm"] == "freeze_after_first"))
-    if tp.get("early_stopping_patience", 0) > 0:
-        plugins.append(BestValidationEpoch(tp["early_stopping_patience"]))
-    model = model.to(memory_format=torch.channels_last)
-    plugins.append(ChannelsLast())
-    if device.type == "cuda":
-        plugins.append(CudaSpeedups())
-    optimizer = make_optimizer(model, tp)
-    evaluator = EvaluationPlugin(
-        accuracy_metrics(experience=True, stream=True),
-        forgetting_metrics(experience=True, stream=True),
-        bwt_metrics(experience=True, stream=True),
-        ExperienceAUC(),
-        loggers=[],  # results go to MLflow through the flow's tasks
-    )
-    common = dict(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
-                  train_mb_size=tp["batch_size"], train_epochs=tp["epochs"],
-                  eval_mb_size=tp["eval_batch_size"], device=device, plugins=plugins, evaluator=evaluator)
-    if sp["name"] not in STRATEGIES:
-        raise KeyError(f"unknown strategy {sp['name']!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[sp["name"]](sp, common)
 
 
 class Learner:
@@ -321,7 +95,7 @@ class Learner:
         if isinstance(saved.get("model"), dict):  # learners from before pretrained weights existed
             saved["model"].setdefault("pretrained", "none")
         if saved != learner.history.identity:
-            raise ValueError(
+            raise ConfigError(
                 f"the learner in {folder} was trained with {saved}, but params ask for "
                 f"{learner.history.identity}; restore those params or start over with --fresh")
         experiences = [ExperienceSpec(**e) for e in data["experiences"]]
@@ -374,10 +148,10 @@ class Learner:
         return {e.key for e in self.history.experiences}
 
     def _dataset(self, images: str, labels: str, train: bool):
-        augment = self.params.get("augment") if train else None
+        augment = self.params["augment"] if train else None
         faces = FaceArrayDataset(self.root / images, self.root / labels, augment=augment)
-        sbi = self.params.get("sbi", {})
-        if train and sbi.get("enabled"):  # extra fakes blended from this experience's own real faces
+        sbi = self.params["sbi"]
+        if train and sbi["enabled"]:  # extra fakes blended from this experience's own real faces
             blended = SelfBlendedFakes(self.root / images, self.root / labels, augment=augment,
                                        per_real=sbi["per_real"], seed=self.params["train"]["seed"])
             faces = ConcatDataset([faces, blended])
@@ -473,59 +247,22 @@ class Learner:
         return {i: v for i, v in found.items() if v is not None}
 
 
-def _mean(values) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
-def summarize(experiences: list[ExperienceSpec], row_acc: list[float], row_auc: list[float],
-              forgetting: float = math.nan, bwt: float = math.nan, row_bal: list[float] | None = None,
-              threshold: float = 0.5, row_video_auc: list[float] | None = None) -> dict:
-    keys = [e.key for e in experiences]
-    out = {
-        "methods": keys,
-        "accuracy": dict(zip(keys, row_acc)),
-        "auc": dict(zip(keys, row_auc)),
-        "avg_accuracy": sum(row_acc) / len(row_acc),
-        "avg_auc": _mean(row_auc),
-        "forgetting": forgetting,
-        "bwt": bwt,
-        "threshold": threshold,
-    }
-    if row_bal is not None:
-        out["balanced_accuracy"] = dict(zip(keys, row_bal))
-        out["avg_balanced_accuracy"] = _mean(row_bal)
-    if row_video_auc is not None and any(not math.isnan(v) for v in row_video_auc):
-        # Video level (mean P(fake) of a video's faces) where methods have several faces per video.
-        out["video_auc"] = {k: v for k, v in zip(keys, row_video_auc) if not math.isnan(v)}
-        out["avg_video_auc"] = _mean(row_video_auc)
-    return out
-
-
-def strategy_report(learner: Learner, results: dict, seconds: float) -> dict:
-    """One strategy's whole run, as `dfcl compare` and the benchmarks report it."""
-    h = learner.history
-    return {"accuracy_matrix": h.accuracy_matrix, "auc_matrix": h.auc_matrix,
-            "balanced_accuracy_matrix": h.balanced_accuracy_matrix, "video_auc_matrix": h.video_auc_matrix,
-            "avg_accuracy": results["avg_accuracy"], "avg_video_auc": results.get("avg_video_auc"),
-            "avg_balanced_accuracy": results.get("avg_balanced_accuracy"), "threshold": results["threshold"],
-            "forgetting": results["forgetting"], "bwt": results["bwt"], "train_seconds": seconds}
-
-
-def score_model(model: torch.nn.Module, learner: Learner) -> dict:
-    """Accuracy and AUC of any detector (e.g. the champion) on the learner's test sets,
-    through the same Avalanche evaluation as the learner itself."""
-    tp = learner.params["train"]
-    device = pick_device(tp["device"])
-    scores = ExperienceAUC()
-    experiences = learner.history.experiences
-    scores.videos = learner.test_videos(experiences)
-    evaluator = EvaluationPlugin(accuracy_metrics(experience=True), scores, loggers=[])
-    judge = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-                  eval_mb_size=tp["eval_batch_size"], device=device, evaluator=evaluator)
-    metrics = judge.eval(learner.benchmark(experiences).test_stream)
-    acc, auc = per_experience(metrics, "Top1_Acc_Exp"), per_experience(metrics, "AUC_Exp")
-    bal, vid = per_experience(metrics, "BalAcc_Exp"), per_experience(metrics, "VideoAUC_Exp")
-    n = len(experiences)
-    return summarize(experiences, [acc[i] for i in range(n)], [auc[i] for i in range(n)],
-                     row_bal=[bal[i] for i in range(n)], row_video_auc=[vid.get(i, math.nan) for i in range(n)])
+def train_sequence(specs: list[ExperienceSpec], params: dict, folder: Path, root: Path,
+                   on_experience: Callable[[int, dict, Learner], None] | None = None) -> tuple[Learner, dict]:
+    """A new learner (whatever `folder` held is removed) trained on `specs` in order, then saved:
+    the learner and its report (`strategy_report`). `on_experience(step, results, learner)` runs
+    after each experience (progress, MLflow). `dfcl compare` and the benchmarks all train this way."""
+    shutil.rmtree(folder, ignore_errors=True)
+    learner = Learner(folder, params, root)
+    start, results = time.perf_counter(), {}
+    for step, spec in enumerate(specs):
+        results = learner.learn(spec)
+        if on_experience:
+            on_experience(step, results, learner)
+    seconds = time.perf_counter() - start
+    learner.save()
+    report = strategy_report(learner, results, seconds)
+    # What the strategy keeps besides the model (GEM's gradient memories, EWC's importances, LwF's
+    # teacher, Replay's buffer): the size of its saved state.
+    report["state_mb"] = round(sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20, 1)
+    return learner, report

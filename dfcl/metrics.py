@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,6 +68,13 @@ def fake_probabilities(model: torch.nn.Module, faces, device: torch.device | str
         out.append(torch.softmax(logits.float(), 1)[:, 1].cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def validation_scores(model: torch.nn.Module, faces: list[tuple[Path, Path]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and P(fake) of the validation faces [(images .npy, labels .npy), ...]."""
+    y = torch.from_numpy(np.concatenate([np.load(labels) for _, labels in faces]))
+    p = torch.cat([fake_probabilities(model, np.load(images, mmap_mode="r"), device) for images, _ in faces])
+    return y, p
 
 
 class ExperienceAUC(PluginMetric[float]):

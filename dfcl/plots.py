@@ -36,17 +36,24 @@ def heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
-def forgetting_curves(frames: dict[str, pd.DataFrame], path: Path) -> Path:
-    """Accuracy of each method over the experiences that followed it, one panel per strategy."""
+def forgetting_curves(frames: dict[str, pd.DataFrame], path: Path,
+                      spread: dict[str, pd.DataFrame] | None = None) -> Path:
+    """Accuracy of each method over the experiences that followed it, one panel per strategy;
+    with `spread` (standard deviations over seeds), a band of ± one around each curve."""
     fig, axes = plt.subplots(1, len(frames), figsize=(4.2 * len(frames), 3.4), squeeze=False, sharey=True)
     for ax, (name, frame) in zip(axes[0], frames.items()):
+        x = np.arange(len(frame))
         for method in frame.columns:
-            ax.plot(range(len(frame)), frame[method].to_numpy(dtype=float), marker="o", label=method)
-        ax.set_xticks(range(len(frame)), range(len(frame)))
+            mean = frame[method].to_numpy(dtype=float)
+            line, = ax.plot(x, mean, marker="o", label=method)
+            if spread is not None:
+                sd = spread[name][method].to_numpy(dtype=float)
+                ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
+        ax.set_xticks(x, x)
         ax.set_xlabel("after experience")
         ax.set_title(name)
         ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].set_ylabel("accuracy" + (" (mean ± std over seeds)" if spread is not None else ""))
     axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -54,11 +61,14 @@ def forgetting_curves(frames: dict[str, pd.DataFrame], path: Path) -> Path:
     return path
 
 
-def strategy_plots(history, folder: Path, name: str) -> None:
-    """Accuracy and AUC heatmaps and forgetting curves of one strategy's learner history."""
+def strategy_plots(entry: dict, methods: list[str], folder: Path, name: str) -> None:
+    """Accuracy and AUC heatmaps (means over seeds) and forgetting curves (with their spread over
+    seeds, when there are several) of one strategy's entry in a compare report."""
     folder.mkdir(parents=True, exist_ok=True)
-    methods = [e.key for e in history.experiences]
-    frame = matrix_frame(history.accuracy_matrix, methods)
-    heatmap(frame, folder / f"{name}_accuracy_matrix.png", f"accuracy ({name})")
-    heatmap(matrix_frame(history.auc_matrix, methods), folder / f"{name}_auc_matrix.png", f"AUC ({name})")
-    forgetting_curves({name: frame}, folder / f"{name}_forgetting.png")
+    frame = matrix_frame(entry["accuracy_matrix"], methods)
+    seeds = len(entry.get("runs", {}))
+    title = f" ({name}, mean of {seeds} seeds)" if seeds > 1 else f" ({name})"
+    heatmap(frame, folder / f"{name}_accuracy_matrix.png", "accuracy" + title)
+    heatmap(matrix_frame(entry["auc_matrix"], methods), folder / f"{name}_auc_matrix.png", "AUC" + title)
+    spread = {name: matrix_frame(entry["std"]["accuracy_matrix"], methods)} if seeds > 1 else None
+    forgetting_curves({name: frame}, folder / f"{name}_forgetting.png", spread)

@@ -1,6 +1,8 @@
-"""What ops decide on: the promotion decision table (Markdown) and its plot."""
+"""Tables and plots people read: what ops decide on (the promotion decision table and its plot)
+and what researchers compare (the strategy table, mean and spread over seeds)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +85,44 @@ def decision_plot(verdict: dict, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# Figures of one training (dfcl.results.strategy_report) that a sweep averages over seeds.
+FIGURES = ("accuracy_matrix", "auc_matrix", "balanced_accuracy_matrix", "video_auc_matrix", "avg_accuracy", "avg_auc",
+           "avg_balanced_accuracy", "avg_video_auc", "threshold", "forgetting", "bwt", "train_seconds", "state_mb")
+
+
+def over_seeds(runs: dict[int, dict]) -> dict:
+    """One strategy's trainings {seed: report} as one entry: each figure's mean over the seeds,
+    `std` with each figure's standard deviation (0 with one seed), and the `runs` themselves."""
+    entry = {"std": {}, "runs": {str(seed): r for seed, r in runs.items()}}
+    for key in FIGURES:
+        values = [r.get(key) for r in runs.values()]
+        if any(v is None for v in values):
+            continue
+        if isinstance(values[0], list):  # a matrix: row lengths grow, so average row by row
+            rows = [np.array([v[i] for v in values], dtype=float) for i in range(len(values[0]))]
+            entry[key] = [row.mean(axis=0).tolist() for row in rows]
+            entry["std"][key] = [row.std(axis=0).tolist() for row in rows]
+        else:
+            entry[key], entry["std"][key] = float(np.mean(values)), float(np.std(values))
+    return entry
+
+
+def _mean_sd(value: float | None, spread: float | None, seeds: int) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.3f}" + (f" ± {spread:.3f}" if seeds > 1 else "")
+
+
+def compare_table(report: dict) -> str:
+    """The strategies side by side: final means (± standard deviation over seeds)."""
+    seeds = len(report["seeds"])
+    columns = [("avg acc", "avg_accuracy"), ("avg AUC", "avg_auc"), ("video AUC", "avg_video_auc"),
+               ("forgetting", "forgetting"), ("BWT", "bwt"), ("train s", "train_seconds")]
+    width = 16 if seeds > 1 else 10
+    lines = [f"{'strategy':<10} " + " ".join(f"{title:>{width}}" for title, _ in columns)
+             + (f"   ({seeds} seeds: mean ± std)" if seeds > 1 else "")]
+    for name, r in report["strategies"].items():
+        lines.append(f"{name:<10} " + " ".join(f"{_mean_sd(r.get(k), r['std'].get(k), seeds):>{width}}" for _, k in columns))
+    return "\n".join(lines)

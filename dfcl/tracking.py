@@ -67,3 +67,32 @@ def log_matrices(learner) -> None:
             frame.to_csv(Path(tmp) / f"{name}_matrix.csv")
             heatmap(frame, Path(tmp) / f"{name}_matrix.png", f"{name} ({learner.params['strategy']['name']})")
         mlflow.log_artifacts(tmp, artifact_path="evaluation")
+
+
+def log_sweep(report: dict) -> None:
+    """A sweep's results in its (parent) run: per strategy, each final figure's mean and standard
+    deviation over seeds, the table, and the whole report as JSON."""
+    from dfcl.report import compare_table
+
+    metrics = {}
+    for name, entry in report["strategies"].items():
+        for key in ("avg_accuracy", "avg_auc", "avg_balanced_accuracy", "forgetting", "bwt", "train_seconds"):
+            if key in entry:
+                metrics[f"{name}/{key}"] = entry[key]
+                metrics[f"{name}/{key}_std"] = entry["std"][key]
+    mlflow.log_metrics(metrics)
+    mlflow.log_params({"seeds": ",".join(map(str, report["seeds"])), "strategies": ",".join(report["strategies"])})
+    mlflow.log_text(compare_table(report), "comparison.txt")
+    mlflow.log_dict(report, "comparison.json")
+
+
+def close_abandoned_runs(experiment_id: str, parent_run_id: str) -> int:
+    """Child runs of a finished sweep still marked RUNNING: attempts whose worker died mid-training
+    (the training ran again elsewhere). Closed as FAILED, saying why. Returns how many."""
+    client = mlflow.MlflowClient()
+    abandoned = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                                    "and attributes.status = 'RUNNING'")
+    for run in abandoned:
+        client.set_tag(run.info.run_id, "failure", "its worker stopped mid-training; the training ran again")
+        client.set_terminated(run.info.run_id, "FAILED")
+    return len(abandoned)

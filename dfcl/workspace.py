@@ -25,6 +25,11 @@ class Workspace:
         return cls(Path(os.environ.get("DFCL_WORKSPACE", ".")).resolve())
 
     @property
+    def face_cache(self) -> Path:
+        """MTCNN detections per video content and detection settings (dfcl.extraction)."""
+        return self.root / "data" / "cache" / "faces"
+
+    @property
     def raw(self) -> Path:
         return self.root / "data" / "raw"
 

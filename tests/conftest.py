@@ -67,7 +67,7 @@ def workspace(tmp_path, monkeypatch):
 # learning rate (tests of the pretrained detector ask for it).
 SMALL = ["data.image_size=32", "train.epochs=1", "train.batch_size=32", "model.name=small_cnn", "model.width=8",
          "model.pretrained=none", "train.schedule=constant", "train.warmup_epochs=0", "train.backbone_lr_scale=1.0",
-         "strategy.replay_mem_size=40", "strategy.gem_patterns_per_exp=16"]
+         "strategy.replay.mem_size=40", "strategy.gem.patterns_per_exp=16"]
 
 
 def small_params(*overrides: str) -> dict:
@@ -79,7 +79,7 @@ def small_params(*overrides: str) -> dict:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     """The synthetic sequence, small: three methods, 24 faces per class and split."""
-    from tasks.generate_demo_data import generate
+    from dfcl.demo_data import generate
 
     out = tmp_path_factory.mktemp("demo")
     generate(out, ["BlendSwap", "GANUpsample", "MouthWarp"], train_per_class=24, test_per_class=12, size=32, seed=0)

@@ -1,6 +1,6 @@
 import pytest
 
-from dfcl.config import ConfigError, apply_overrides, flatten
+from dfcl.config import RENAMED, ConfigError, apply_overrides, flatten, load_params
 
 BASE = {"train": {"epochs": 5, "lr": 0.001, "device": "auto"}, "data": {"real_names": ["real"]}}
 
@@ -24,3 +24,68 @@ def test_bad_overrides_say_what_is_wrong(bad, message):
 
 def test_flatten_joins_keys_with_dots():
     assert flatten(BASE)["train.lr"] == 0.001
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("train.epochs=abc", "train.epochs='abc' is str, but train.epochs takes int"),
+    ("train.epochs=1.5", "takes int"),
+    ("train.class_balance=1", "takes bool"),
+    ("data.real_names=real", "takes list"),
+])
+def test_an_override_of_the_wrong_type_is_one_line(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(None, [bad])
+
+
+def test_an_int_where_a_float_is_expected_is_a_float_and_null_defaults_take_anything():
+    p = load_params(None, ["train.lr=1", "model.weights=/w.pth"])
+    assert p["train"]["lr"] == 1.0 and isinstance(p["train"]["lr"], float) and p["model"]["weights"] == "/w.pth"
+
+
+@pytest.mark.parametrize("old, new", sorted(RENAMED.items()))
+def test_an_old_flat_strategy_key_names_its_new_place(old, new):
+    with pytest.raises(ConfigError, match=f"{old} is now {new}"):
+        load_params(None, [f"{old}=1"])
+    load_params(None, [f"{new}={_value_at(load_params(None), new)}"])  # the new key exists
+
+
+def test_a_workspace_params_file_with_old_keys_keeps_its_values(tmp_path):
+    (tmp_path / "params.yaml").write_text("strategy:\n  name: gem\n  replay_mem_size: 77\n  ewc_decay: 0.5\n")
+    with pytest.warns(UserWarning, match="strategy.replay_mem_size is now strategy.replay.mem_size"):
+        p = load_params(tmp_path / "params.yaml")
+    assert p["strategy"]["replay"] == {"mem_size": 77} and p["strategy"]["ewc"]["decay_factor"] == 0.5
+    assert "replay_mem_size" not in p["strategy"] and p["strategy"]["name"] == "gem"
+
+
+def test_every_strategy_has_its_settings_section_and_nothing_else():
+    from dfcl.strategies import STRATEGIES
+
+    sections = {k for k, v in load_params(None)["strategy"].items() if isinstance(v, dict)}
+    assert sections == set(STRATEGIES)
+
+
+def test_old_checkpoints_plugin_names_still_resolve():
+    # Checkpoints pickle plugins by module path; these are the names ones saved before the
+    # plugins moved to dfcl.plugins hold.
+    import pickle
+
+    from dfcl import plugins
+
+    for module, name, now in [("dfcl.learner", "LRSchedule", plugins.LRSchedule),
+                              ("dfcl.learner", "CosineEpochs", plugins.LRSchedule),
+                              ("dfcl.learner", "ClassBalancedLoss", plugins.ClassBalancedLoss),
+                              ("dfcl.learner", "BestValidationEpoch", plugins.BestValidationEpoch),
+                              ("dfcl.learner", "FrozenBatchNormStats", plugins.FrozenBatchNormStats),
+                              ("dfcl.learner", "ChannelsLast", plugins.ChannelsLast),
+                              ("dfcl.learner", "CudaSpeedups", plugins.CudaSpeedups),
+                              ("dfcl.progress", "EpochProgress", plugins.EpochProgress)]:
+        assert pickle.loads(f"c{module}\n{name}\n.".encode()) is now
+    frozen = plugins.FrozenBatchNormStats.__new__(plugins.FrozenBatchNormStats)
+    frozen.__setstate__({"after_first": False})  # as pickled before the attribute's rename
+    assert frozen.from_second is False
+
+
+def _value_at(params: dict, key: str):
+    for part in key.split("."):
+        params = params[part]
+    return params

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfcl.faces import crop_square, extract_dataset, frame_indices
+from dfcl.extraction import extract_dataset
+from dfcl.faces import crop_square, frame_indices
 from tests.conftest import shared_data, small_params
 
 K = 4

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from dfcl.faces import extract_dataset
+from dfcl.config import ConfigError
+from dfcl.extraction import extract_dataset
 from dfcl.learner import ExperienceSpec, Learner
 from tests.conftest import small_params
 
@@ -78,7 +79,7 @@ def test_changed_identity_is_refused(specs, tmp_path):
     learner = Learner(tmp_path / "learner", small_params(), root)
     learner.learn(first)
     learner.save()
-    with pytest.raises(ValueError, match="start over with --fresh"):
+    with pytest.raises(ConfigError, match="start over with --fresh"):  # one `dfcl:` line, no traceback
         Learner.load(tmp_path / "learner", small_params("strategy.name=gem"), root)
 
 

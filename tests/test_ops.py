@@ -124,7 +124,7 @@ def shuffled_copy(src, dst, seed=0):
 @pytest.fixture(scope="module")
 def learnable_data(tmp_path_factory):
     """Enough synthetic faces (96 per class) for the small CNN to learn a method well."""
-    from tasks.generate_demo_data import generate
+    from dfcl.demo_data import generate
 
     out = tmp_path_factory.mktemp("learnable")
     generate(out, ["BlendSwap", "GANUpsample"], train_per_class=96, test_per_class=24, size=32, seed=1)

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from tests.conftest import REPO, run_dfcl, shared_data
 
 TINY = ["-S", "data.image_size=32", "-S", "train.epochs=1", "-S", "model.width=8",
-        "-S", "strategy.replay_mem_size=40"]
+        "-S", "strategy.replay.mem_size=40"]
 
 
 def processed_version(ws: Path, name: str) -> str:

@@ -51,7 +51,7 @@ def test_with_replay_the_class_weights_count_the_buffer(specs, tmp_path):
 
     root, (first, second) = specs
     learner = Learner(tmp_path / "l", small_params("train.epochs=1", "strategy.name=replay",
-                                                   "strategy.replay_mem_size=30"), root)
+                                                   "strategy.replay.mem_size=30"), root)
     learner.learn(first)
     replay = next(p for p in learner.strategy.plugins if isinstance(p, ReplayPlugin))
     buffer = np.asarray(list(replay.storage_policy.buffer.targets))

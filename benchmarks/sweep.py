@@ -1,0 +1,173 @@
+"""Strategy sweep speed: the same compare (strategies x seeds on FF++ crops at a small setting)
+one training after the other in this process, then on a LocalCluster of single-threaded Dask
+workers (compare.runner=dask), through the same flow (flows/compare.py).
+
+    python benchmarks/sweep.py [--strategies naive,replay,gem,lwf] [--seeds 0,1] [--workers 2] [-S key=value ...]
+
+Reports the wall-clock ratio sequential / Dask, Dask's per-task overhead (a no-op Prefect task on
+the same kind of cluster, against the same task run locally), the peak memory of each worker
+process, and whether both runs gave the same numbers. Writes benchmarks/results/sweep_<tag>.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
+from common import machine, save_results  # noqa: E402
+
+FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+SMALL = ["data.max_per_class=100", "train.epochs=1"]
+
+
+class PeakMemory(threading.Thread):
+    """Peak resident memory of each Dask worker process (children of this one), sampled."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak_mb: dict[int, float] = {}
+        self.stop = threading.Event()
+
+    def run(self):
+        import psutil
+
+        while not self.stop.is_set():
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    if "spawn_main" in " ".join(child.cmdline()) and "resource_tracker" not in " ".join(child.cmdline()):
+                        mb = child.memory_info().rss / 2**20
+                        self.peak_mb[child.pid] = max(self.peak_mb.get(child.pid, 0.0), mb)
+                except psutil.Error:
+                    pass
+            time.sleep(0.5)
+
+
+def task_overhead(params: dict, n: int = 16) -> dict:
+    """Seconds per no-op Prefect task: on the local runner, and on a fresh Dask LocalCluster
+    (cluster start-up reported apart)."""
+    from prefect import flow, task
+
+    from dfcl.config import apply_overrides
+    from dfcl.runners import sweep_task_runner
+
+    @task
+    def noop(i: int) -> int:
+        return i
+
+    def timed(runner) -> tuple[float, float]:
+        @flow(task_runner=runner)
+        def many() -> tuple[float, float]:
+            start = time.perf_counter()
+            noop.submit(-1).result()  # the first task waits for the workers to be up
+            warm = time.perf_counter()
+            [f.result() for f in [noop.submit(i) for i in range(n)]]
+            return warm - start, (time.perf_counter() - warm) / n
+        return many()  # (seconds to the first answer, seconds per task after it)
+
+    _, local = timed(sweep_task_runner(params["compare"]))
+    start = time.perf_counter()
+    _, dask = timed(sweep_task_runner(apply_overrides(params, ["compare.runner=dask"])["compare"]))
+    # Start-up: the flow run, the cluster and its workers, up to the first task's answer.
+    return {"local_s_per_task": round(local, 4), "dask_s_per_task": round(dask, 4),
+            "dask_overhead_s_per_task": round(dask - local, 4),
+            "dask_cluster_start_s": round(time.perf_counter() - start - n * dask, 1)}
+
+
+def same_numbers(a: dict, b: dict) -> float:
+    """Largest difference between the two sweeps' per-training figures."""
+    import numpy as np
+
+    def flat(v):
+        return [x for item in v for x in flat(item)] if isinstance(v, list) else [v]
+
+    worst = 0.0
+    for name, entry in a["strategies"].items():
+        for seed, run in entry["runs"].items():
+            for key, value in run.items():
+                if key in ("train_seconds", "state_mb") or value is None:
+                    continue
+                x, y = np.array(flat(value), float), np.array(flat(b["strategies"][name]["runs"][seed][key]), float)
+                worst = max(worst, float(np.nanmax(np.abs(x - y))) if x.size else 0.0)
+    return worst
+
+
+def markdown(report: dict, command: str, tag: str) -> str:
+    r, o = report, report["overhead"]
+    lines = [f"# Strategy sweep: sequential vs Dask LocalCluster ({tag})", "",
+             f"Machine: {r['machine']}. Date: {r['date']}.", "", "Command:", "", f"    {command}", "",
+             f"Sweep: strategies {', '.join(r['strategies'])} x seeds {r['seeds']} = {r['trainings']} trainings over "
+             f"FF++ {' -> '.join(FFPP)}, settings `{' '.join(r['settings'])}` (everything else: params.yaml).", "",
+             "| run | wall clock s | trainings' own seconds (sum) |", "| --- | --- | --- |",
+             f"| sequential, one process, {r['sequential_threads']} torch threads | {r['sequential_s']:.0f} | {r['sequential_train_s']:.0f} |",
+             f"| Dask LocalCluster, {r['workers']} workers x 1 thread | {r['dask_s']:.0f} | {r['dask_train_s']:.0f} |", "",
+             f"**Speed-up sequential / Dask: {r['speedup']:.2f}x** (target >= 1.7x).", "",
+             f"Dask's per-task overhead (a no-op Prefect task): {o['dask_s_per_task'] * 1000:.0f} ms on the cluster against "
+             f"{o['local_s_per_task'] * 1000:.0f} ms locally, i.e. {o['dask_overhead_s_per_task'] * 1000:.0f} ms per task; "
+             f"starting the cluster took {o['dask_cluster_start_s']:.1f} s.", "",
+             "Peak memory per worker process: " + ", ".join(f"{mb:.0f} MB" for mb in r["worker_peak_mb"]) + ".", "",
+             f"Same numbers both ways: the largest difference between any figure of the two sweeps is "
+             f"{r['max_difference']:.2g}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strategies", default="naive,replay,gem,lwf")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("-S", "--set", action="append", default=[])
+    parser.add_argument("--tag", default="cpu")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work" / "sweep"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+    work, out = Path(args.workspace).resolve(), Path(args.out).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)
+    os.environ["DFCL_WORKSPACE"] = str(work)
+    from dfcl.config import apply_overrides, load_params
+    from dfcl.workspace import Workspace, configure_environment
+
+    configure_environment(Workspace(work))
+    import torch
+
+    from flows.compare import compare
+
+    settings = SMALL + args.set
+    params = load_params(REPO / "params.yaml", settings + [f"compare.dask_workers={args.workers}",
+                                                           f"compare.worker_data={work / 'worker-data'}"])
+    strategies, seeds = args.strategies.split(","), [int(s) for s in args.seeds.split(",")]
+    data = str(Path(args.data).resolve() / "ffpp-crops")
+    compare(data, params, strategies=strategies[:1], seeds=seeds[:1], methods=FFPP[:1])  # ingest once, warm caches
+
+    start = time.perf_counter()
+    sequential = compare(data, params, strategies=strategies, seeds=seeds, methods=FFPP)
+    sequential_s = time.perf_counter() - start
+    memory = PeakMemory()
+    memory.start()
+    start = time.perf_counter()
+    dask = compare(data, apply_overrides(params, ["compare.runner=dask"]), strategies=strategies, seeds=seeds, methods=FFPP)
+    dask_s = time.perf_counter() - start
+    memory.stop.set()
+
+    def trained(report):
+        return sum(run["train_seconds"] for e in report["strategies"].values() for run in e["runs"].values())
+
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "strategies": strategies, "seeds": seeds,
+              "trainings": len(strategies) * len(seeds), "workers": args.workers, "settings": settings,
+              "sequential_threads": torch.get_num_threads(), "sequential_s": round(sequential_s, 1),
+              "dask_s": round(dask_s, 1), "speedup": round(sequential_s / dask_s, 3),
+              "sequential_train_s": round(trained(sequential), 1), "dask_train_s": round(trained(dask), 1),
+              "worker_peak_mb": sorted(round(mb) for mb in memory.peak_mb.values()),
+              "max_difference": same_numbers(sequential, dask), "overhead": task_overhead(params)}
+    command = "python benchmarks/sweep.py " + " ".join(sys.argv[1:])
+    save_results(out, f"sweep_{args.tag}", report, markdown(report, command, args.tag))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""What a learner's evaluation reports: one row of results (`summarize`) and one strategy's
+whole run (`strategy_report`), as the flows, the CLI and the benchmarks show them."""
+from __future__ import annotations
+
+import math
+
+def _mean(values) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def summarize(experiences: list, row_acc: list[float], row_auc: list[float],
+              forgetting: float = math.nan, bwt: float = math.nan, row_bal: list[float] | None = None,
+              threshold: float = 0.5, row_video_auc: list[float] | None = None) -> dict:
+    keys = [e.key for e in experiences]
+    out = {
+        "methods": keys,
+        "accuracy": dict(zip(keys, row_acc)),
+        "auc": dict(zip(keys, row_auc)),
+        "avg_accuracy": sum(row_acc) / len(row_acc),
+        "avg_auc": _mean(row_auc),
+        "forgetting": forgetting,
+        "bwt": bwt,
+        "threshold": threshold,
+    }
+    if row_bal is not None:
+        out["balanced_accuracy"] = dict(zip(keys, row_bal))
+        out["avg_balanced_accuracy"] = _mean(row_bal)
+    if row_video_auc is not None and any(not math.isnan(v) for v in row_video_auc):
+        # Video level (mean P(fake) of a video's faces) where methods have several faces per video.
+        out["video_auc"] = {k: v for k, v in zip(keys, row_video_auc) if not math.isnan(v)}
+        out["avg_video_auc"] = _mean(row_video_auc)
+    return out
+
+
+def strategy_report(learner, results: dict, seconds: float) -> dict:
+    """One strategy's whole run, as `dfcl compare` and the benchmarks report it."""
+    h = learner.history
+    return {"accuracy_matrix": h.accuracy_matrix, "auc_matrix": h.auc_matrix,
+            "balanced_accuracy_matrix": h.balanced_accuracy_matrix, "video_auc_matrix": h.video_auc_matrix,
+            "avg_accuracy": results["avg_accuracy"], "avg_auc": results["avg_auc"], "avg_video_auc": results.get("avg_video_auc"),
+            "avg_balanced_accuracy": results.get("avg_balanced_accuracy"), "threshold": results["threshold"],
+            "forgetting": results["forgetting"], "bwt": results["bwt"], "train_seconds": seconds}

@@ -1,0 +1,39 @@
+"""Where a sweep's trainings run (`compare:` in params.yaml): one after the other in this process,
+or on a Dask cluster through prefect-dask; the flow is the same either way."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from dfcl.config import ConfigError
+
+RUNNERS = ("local", "dask")
+
+
+def sweep_task_runner(cp: dict):
+    """The Prefect task runner of `compare.runner`."""
+    if cp["runner"] not in RUNNERS:
+        raise ConfigError(f"compare.runner={cp['runner']!r}: choose one of {', '.join(RUNNERS)}")
+    if cp["runner"] == "local":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=1)  # one training at a time, with all the cores
+    from prefect_dask import DaskTaskRunner
+
+    if cp["dask_address"]:
+        return DaskTaskRunner(address=cp["dask_address"])
+    # A cluster of its own on this machine: single-threaded worker processes, one training each.
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
+        "n_workers": cp["dask_workers"], "threads_per_worker": 1, "processes": True,
+        "host": "127.0.0.1", "dashboard_address": None})
+
+
+def training_data(cp: dict, params: dict, root: Path) -> dict:
+    """Where a training reads its faces: the workspace here; on Dask, the DVC versions, checked
+    out by each worker from the remote (see dfcl.versions) into `compare.worker_data`."""
+    if cp["runner"] == "local":
+        return {"root": str(root)}
+    from dfcl.versions import remote_url
+
+    cache = cp["worker_data"] or str(Path(tempfile.gettempdir()) / "dfcl-worker-data")
+    return {"remote": remote_url(params, root), "cache": cache, "threads": cp["dask_threads_per_worker"]}

@@ -1,0 +1,48 @@
+import os
+from pathlib import Path
+
+import mlflow
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from dfcl.config import flatten
+from dfcl.learner import ExperienceSpec, train_sequence
+from dfcl.tracking import log_dataset_inputs, log_matrices
+from dfcl.versions import checked_out
+
+
+@task(cache_policy=NO_CACHE, retry_delay_seconds=2)  # retries: compare.retries (the flow sets them)
+def train_strategy(specs: list[ExperienceSpec], params: dict, workdir: str, data: dict, mlflow_run: dict) -> dict:
+    """One strategy at one seed (both in `params`) over the whole sequence, from scratch, as an
+    MLflow child run of the sweep's run. `data` says where the faces are: {"root": folder} on the
+    launching machine, or {"remote": DVC URL, "cache": folder} for a worker that checks the DVC
+    versions out itself. `mlflow_run`: tracking URI, experiment and parent run ids."""
+    logger = get_run_logger()
+    name, seed = params["strategy"]["name"], params["train"]["seed"]
+    if data.get("threads"):  # one training per worker process: it gets that many cores, no more
+        import torch
+
+        torch.set_num_threads(data["threads"])
+    if "remote" in data:
+        root = Path(data["cache"])
+        specs = checked_out(specs, data["remote"], root)
+    else:
+        root = Path(data["root"])
+    mlflow.set_tracking_uri(mlflow_run["tracking_uri"])
+    with mlflow.start_run(run_name=f"compare {name} seed {seed}", experiment_id=mlflow_run["experiment_id"],
+                          parent_run_id=mlflow_run["parent_run_id"], nested=mlflow.active_run() is not None):
+        mlflow.set_tags({"strategy": name, "seed": str(seed), "host": os.uname().nodename})
+        mlflow.log_params(flatten({k: params[k] for k in ("model", "strategy", "train", "data")}))
+        mlflow.log_params({f"data.{s.key}.version": s.version for s in specs})
+        log_dataset_inputs(specs, context="training")
+
+        def log_step(step: int, results: dict, learner) -> None:
+            logger.info("%s seed %d: after %s: avg accuracy %.3f, avg AUC %.3f", name, seed,
+                        specs[step].key, results["avg_accuracy"], results["avg_auc"])
+            mlflow.log_metrics({"avg_accuracy": results["avg_accuracy"], "avg_auc": results["avg_auc"],
+                                **{f"auc/{k}": v for k, v in results["auc"].items()}}, step=step)
+
+        learner, report = train_sequence(specs, params, Path(workdir), root, on_experience=log_step)
+        mlflow.log_metrics({k: report[k] for k in ("avg_accuracy", "avg_auc", "forgetting", "bwt", "train_seconds")})
+        log_matrices(learner)
+    return report
