@@ -1,10 +1,9 @@
-"""Face arrays: reading an image, and the torch Dataset
-over the uint8 arrays that face extraction writes (see dfcl.faces)."""
+"""Face arrays: the torch Dataset over the uint8 arrays that face extraction writes (see
+dfcl.faces)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -13,16 +12,6 @@ from dfcl.augment import DEFAULTS, Augmenter
 
 # What augment=True meant before dfcl.augment (a flip with p=0.5), for older checkpoints.
 LEGACY_AUGMENT = {**{key: 0 for key in DEFAULTS if key.endswith("_p")}, "flip_p": 0.5}
-
-
-def read_image(path: Path) -> np.ndarray | str:
-    """The image as RGB uint8, or the reason it cannot be used."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return "missing or empty file"
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        return "unreadable image (corrupt or not an image)"
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def face_tensor(image: np.ndarray) -> torch.Tensor:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dfcl.data import read_image
+from dfcl.images import read_image
 from dfcl.layouts import assign_splits, cap_per_class, recognise
 
 log = logging.getLogger("dfcl.faces")
