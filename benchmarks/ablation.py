@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
 from common import extract_once as extract, machine  # noqa: E402
 from dfcl.config import apply_overrides  # noqa: E402
-from dfcl.data import SPLITS, face_arrays, first_of_each_face  # noqa: E402
+from dfcl.arrays import SPLITS, face_arrays  # noqa: E402
+from dfcl.data import first_of_each_face  # noqa: E402
 
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 LEFT_OUT = "NeuralTextures"

@@ -18,7 +18,7 @@ def machine() -> dict:
 def extract_once(folder: Path, work: Path, params: dict) -> dict[str, dict]:
     """Faces of one dataset folder at the params' image size, extracted straight from the
     folder (dfcl.extraction, no DVC or Prefect) once per size: {method: {train_x: path, ...}}."""
-    from dfcl.data import face_arrays
+    from dfcl.arrays import face_arrays
     from dfcl.extraction import extract_dataset
     from dfcl.layouts import dataset_name
 

@@ -1,52 +1,16 @@
-"""Face arrays: where extraction writes them (the one place their file layout is spelled), the
-video of each face, reading an image, and the torch Dataset over the uint8 arrays."""
+"""The torch Dataset over the uint8 face arrays that extraction writes (dfcl.arrays)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
 from dfcl.augment import DEFAULTS, Augmenter
 
-SPLITS = ("train", "val", "test")
-
-
-def face_arrays(folder: str | Path, splits=SPLITS, masks: bool = False) -> dict[str, Path]:
-    """One method's faces on disk: {"train_x": <folder>/train-x.npy (N, S, S, 3) uint8,
-    "train_y": train-y.npy (N,) labels, ...}, with "<split>_mask" (N, S, S) when `masks`."""
-    kinds = ("x", "y", "mask") if masks else ("x", "y")
-    return {f"{s}_{k}": Path(folder) / f"{s}-{k}.npy" for s in splits for k in kinds}
-
-
-def face_videos(images: str | Path) -> np.ndarray | None:
-    """The source video (file) of every face of `<method>/<split>-x.npy`, in array order, from
-    the manifest beside it; None when there is no manifest (faces not from dfcl.extraction)."""
-    images = Path(images)
-    manifest = images.parent / "manifest.csv"
-    if not manifest.is_file():
-        return None
-    split = images.name.split("-")[0]
-    rows = pd.read_csv(manifest, usecols=["split", "index", "source"], keep_default_na=False)
-    rows = rows[(rows["split"] == split) & (rows["index"] >= 0)].sort_values("index")
-    return rows["source"].to_numpy(str)
-
-
 # What augment=True meant before dfcl.augment (a flip with p=0.5), for older checkpoints.
 LEGACY_AUGMENT = {**{key: 0 for key in DEFAULTS if key.endswith("_p")}, "flip_p": 0.5}
-
-
-def read_image(path: Path) -> np.ndarray | str:
-    """The image as RGB uint8, or the reason it cannot be used."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return "missing or empty file"
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        return "unreadable image (corrupt or not an image)"
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def face_tensor(image: np.ndarray) -> torch.Tensor:

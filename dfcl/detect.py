@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfcl.data import read_image
+from dfcl.images import read_image
 from dfcl.evaluate import Detector
 from dfcl.faces import FaceDetector, FaceSettings, crop_square, read_frames
 from dfcl.metrics import fake_probabilities

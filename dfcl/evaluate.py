@@ -15,7 +15,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_eer, binary_roc
 
 from dfcl.config import ConfigError
-from dfcl.data import SPLITS, face_arrays, face_videos
+from dfcl.arrays import SPLITS, face_arrays, face_videos
 from dfcl.metrics import balanced_accuracy, fake_probabilities, video_auc
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from dfcl.data import SPLITS, face_arrays
+from dfcl.arrays import SPLITS, face_arrays
 from dfcl.faces import (FaceDetector, FaceSettings, FileFaces, prefetched, faces_in_image, faces_in_video, file_md5,
                         load_detections, read_frames, save_detections)
 from dfcl.layouts import Sources, assign_splits, cap_per_class, recognise

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfcl.data import read_image
+from dfcl.images import read_image
 
 log = logging.getLogger("dfcl.faces")
 

@@ -20,7 +20,8 @@ from torch.utils.data import ConcatDataset
 
 from dfcl import pinning
 from dfcl.config import ConfigError
-from dfcl.data import FaceArrayDataset, face_videos
+from dfcl.arrays import face_videos
+from dfcl.data import FaceArrayDataset
 from dfcl.metrics import ExperienceAUC, calibrate_threshold, per_experience, stream_value, validation_scores
 # Checkpoints pickle their plugins by module path: those saved before dfcl.plugins existed name
 # them dfcl.learner.*, so these names stay importable from here.

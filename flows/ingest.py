@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
 
-from dfcl.data import face_arrays
+from dfcl.arrays import face_arrays
 from dfcl.layouts import dataset_name
 from dfcl.learner import ExperienceSpec
 from dfcl.workspace import Workspace, ensure_workspace

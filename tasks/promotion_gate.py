@@ -6,7 +6,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dfcl import bootstrap
 from dfcl.evaluate import load_mlflow_detector
-from dfcl.data import face_videos
+from dfcl.arrays import face_videos
 from dfcl.learner import Learner
 from dfcl.metrics import fake_probabilities
 from dfcl.registry import champion_version

@@ -17,6 +17,9 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
 # A generous start-up timeout: on a busy 2-core machine the server can take over 30 s.
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"
+# As dfcl.workspace.configure_environment sets it for `dfcl` (before torch is imported): OpenMP
+# threads that sleep instead of spinning, or a busy 2-core machine trains 10-30x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from dfcl.api import create_app
 from tests.conftest import SMALL, free_port, run_dfcl, small_params
-from tests.test_pipeline import approve_when_paused
+from tests.test_pipeline import approve_when_paused, finish
 
 REGISTERED = "deepfake-detector"
 
@@ -119,7 +119,7 @@ def test_hot_swap_follows_approval_and_rollback_and_requests_in_flight_keep_thei
                          *small_cli_overrides("train.epochs=2", "gate.max_forgetting=1", "gate.max_drop_per_method=1",
                                                "gate.max_drop_average=1")], champion)
         approve_when_paused(proc, champion, "approve", "--reason", "hot swap test")
-        out, _ = proc.communicate(timeout=600)
+        out = finish(proc, timeout=600)
         assert proc.returncode == 0 and "outcome: promoted" in out, out[-3000:]
         wait_for_version(client, "2")
         assert client.get("/v1/model").json()["methods"] == ["BlendSwap", "GANUpsample"]

@@ -1,6 +1,8 @@
 """The promotion gate: challenger vs the real champion on the same test faces, per method, with a
 paired bootstrap interval: "worse", "better" or "cannot tell"."""
+import copy
 import dataclasses
+import shutil
 import time
 
 import mlflow
@@ -14,7 +16,7 @@ from dfcl import bootstrap
 from dfcl.learner import Learner
 from dfcl.report import decision_plot, decision_table
 from tasks.promotion_gate import promotion_gate
-from tests.conftest import small_params
+from tests.conftest import _use_workspace, small_params
 from tests.test_learner import specs_for
 
 
@@ -65,20 +67,42 @@ class Noisy(torch.nn.Module):
         return self.model(x) + self.scale * torch.randn(x.shape[0], 2, generator=g)
 
 
+CHAMPION_PARAMS = ["train.epochs=8", "train.lr=0.005"]
+
+
+@pytest.fixture(scope="module")
+def trained_champion(tmp_path_factory, demo_data):
+    """A learner on BlendSwap, saved and registered as champion in a workspace of its own:
+    trained once for the module (the tests change only their own copy of the learner)."""
+    root = tmp_path_factory.mktemp("gate")
+    with pytest.MonkeyPatch.context() as mp:
+        _use_workspace(mp, root)
+        mlflow.set_experiment("Default")  # forget an experiment id made active by an earlier test
+        specs = specs_for(demo_data, root, ["BlendSwap", "GANUpsample"])
+        learner = Learner(root / "learner", small_params(*CHAMPION_PARAMS), root)
+        results = learner.learn(specs[0])
+        learner.save()
+        with mlflow.start_run():
+            # Requirements given: inferring them loads the model again in a subprocess.
+            info = mlflow.pytorch.log_model(learner.strategy.model, name="model", serialization_format="pickle",
+                                            registered_model_name="deepfake-detector", pip_requirements=["torch"],
+                                            metadata={"threshold": learner.history.threshold})
+        client = MlflowClient()
+        client.set_registered_model_alias("deepfake-detector", "champion", info.registered_model_version)
+        client.set_model_version_tag("deepfake-detector", info.registered_model_version, "methods", "BlendSwap")
+        mlflow.set_tracking_uri(None)
+    return root, results, specs
+
+
 @pytest.fixture
-def champion(workspace, demo_data):
-    """A learner on BlendSwap, registered as champion."""
-    specs = specs_for(demo_data, workspace.root, ["BlendSwap", "GANUpsample"])
-    learner = Learner(workspace.root / "learner", small_params("train.epochs=8", "train.lr=0.005"), workspace.root)
-    results = learner.learn(specs[0])
-    with mlflow.start_run():
-        info = mlflow.pytorch.log_model(learner.strategy.model, name="model", serialization_format="pickle",
-                                        registered_model_name="deepfake-detector",
-                                        metadata={"threshold": learner.history.threshold})
-    client = MlflowClient()
-    client.set_registered_model_alias("deepfake-detector", "champion", info.registered_model_version)
-    client.set_model_version_tag("deepfake-detector", info.registered_model_version, "methods", "BlendSwap")
-    return learner, results, specs
+def champion(trained_champion, tmp_path, monkeypatch):
+    """The champion's workspace as the current one, and a learner restored from the champion's
+    saved state (weights, strategy memory, threshold) that the test may change."""
+    root, results, specs = trained_champion
+    _use_workspace(monkeypatch, root)
+    shutil.copytree(root / "learner", tmp_path / "learner")
+    learner = Learner.load(tmp_path / "learner", small_params(*CHAMPION_PARAMS), root)
+    return learner, copy.deepcopy(results), specs
 
 
 def test_the_same_model_ties_and_goes_to_ops_saying_so(champion, tmp_path):
@@ -119,7 +143,7 @@ def test_a_shuffled_label_challenger_is_rejected(champion, tmp_path):
     y = np.load(root / specs[0].train_y)
     np.save(tmp_path / "shuffled-y.npy", np.random.default_rng(0).permutation(y))
     shuffled = dataclasses.replace(specs[0], train_y=str(tmp_path / "shuffled-y.npy"))
-    bad = Learner(tmp_path / "bad", small_params("train.epochs=8", "train.lr=0.005"), root)
+    bad = Learner(tmp_path / "bad", small_params(*CHAMPION_PARAMS), root)
     results = bad.learn(shuffled)
     verdict = promotion_gate(bad, results, bad.params)
     assert not verdict["passed"]

@@ -62,8 +62,9 @@ def register_dummy(n: int) -> list[str]:
     versions = []
     for _ in range(n):
         with mlflow.start_run():
+            # Requirements given: inferring them loads the model again in a subprocess.
             info = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", serialization_format="pickle",
-                                            registered_model_name=REGISTERED)
+                                            registered_model_name=REGISTERED, pip_requirements=["torch"])
         versions.append(str(info.registered_model_version))
     return versions
 

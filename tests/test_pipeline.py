@@ -2,6 +2,7 @@
 MLflow (sqlite), with `dfcl` run as users run it, in subprocesses."""
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -22,17 +23,47 @@ def processed_version(ws: Path, name: str) -> str:
     return next(o["md5"] for o in outs if o["path"] == f"data/processed/{name}")
 
 
-def approve_when_paused(proc, ws: Path, verb: str, *extra: str, timeout: float = 420) -> str:
-    """Poll `dfcl approve|reject` until the retraining run is paused and accepts it."""
+def read_along(proc) -> list[str]:
+    """The lines `proc` has printed so far, read by a thread as they come (see finish)."""
+    if not hasattr(proc, "lines"):
+        proc.lines = []
+
+        def read():
+            for line in proc.stdout:
+                proc.lines.append(line)
+
+        proc.reader = threading.Thread(target=read, daemon=True)
+        proc.reader.start()
+    return proc.lines
+
+
+def finish(proc, timeout: float) -> str:
+    """The whole output of a process whose lines read_along reads, once it has ended."""
+    proc.wait(timeout)
+    proc.reader.join(timeout)
+    return "".join(proc.lines)
+
+
+def approve_when_paused(proc, ws: Path, verb: str, *extra: str, timeout: float = 600) -> str:
+    """`dfcl approve|reject` once the retraining run says it waits for ops, again until the run
+    is paused and accepts it. (Each try is a process of its own: trying before the run waits
+    would only take the CPU from its training.)"""
     deadline = time.time() + timeout
+    lines = read_along(proc)
+    while not any("for ops" in line for line in lines):
+        if proc.poll() is not None:
+            pytest.fail(f"retrain ended before pausing:\n{finish(proc, 60)[-4000:]}")
+        if time.time() > deadline:
+            pytest.fail(f"retrain never said it waits for ops:\n{''.join(lines)[-4000:]}")
+        time.sleep(1)
     while time.time() < deadline:
         decide = run_dfcl([verb, "--by", "alice", *extra], ws)
-        out, _ = decide.communicate(timeout=180)
+        out, _ = decide.communicate(timeout=300)
         if decide.returncode == 0:
             return out
         assert "no paused retraining run" in out, out
         if proc.poll() is not None:
-            pytest.fail(f"retrain ended before pausing:\n{proc.stdout.read()[-4000:]}")
+            pytest.fail(f"retrain ended before pausing:\n{finish(proc, 60)[-4000:]}")
         time.sleep(2)
     pytest.fail("retrain never paused for approval")
 
@@ -45,7 +76,7 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     proc = run_dfcl(args, ws)
     said = approve_when_paused(proc, ws, "approve", "--reason", "numbers look right")
     assert "approved flow run" in said
-    out, _ = proc.communicate(timeout=300)
+    out = finish(proc, timeout=300)
     assert proc.returncode == 0, out[-4000:]
     assert "outcome: promoted" in out
 
@@ -126,7 +157,7 @@ def test_ops_rejection_keeps_the_champion_where_it_was(demo_data, tmp_path):
     ws = tmp_path
     proc = run_dfcl(["retrain", str(demo_data / "BlendSwap"), *TINY], ws)
     approve_when_paused(proc, ws, "reject", "--reason", "not today")
-    out, _ = proc.communicate(timeout=300)
+    out = finish(proc, timeout=300)
     assert proc.returncode == 0, out[-4000:]
     assert "outcome: rejected by ops" in out
     mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
