@@ -1,6 +1,8 @@
-"""What ops decide on: the promotion decision table (Markdown) and its plot."""
+"""What ops decide on: the promotion decision table (Markdown) and its plot; a retraining
+run's outcome in a few lines of text."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +85,19 @@ def decision_plot(verdict: dict, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def outcome_summary(outcome: dict) -> str:
+    """A retraining run's outcome (flows.retrain.retrain_detector) as text for the console."""
+    if "results" not in outcome:
+        return f"outcome: {outcome['outcome']}"
+    r = outcome["results"]
+    bal = r.get("balanced_accuracy", {})
+    return "\n".join([
+        f"\noutcome: {outcome['outcome']} (model version {outcome['version']}, MLflow run {outcome['run_id']})",
+        *(f"  {key:<40} accuracy {r['accuracy'][key]:.3f}  balanced {bal.get(key, float('nan')):.3f}  "
+          f"AUC {r['auc'][key]:.3f}" for key in r["methods"]),
+        f"  average accuracy {r['avg_accuracy']:.3f}, balanced {r.get('avg_balanced_accuracy', float('nan')):.3f} "
+        f"(threshold {r.get('threshold', 0.5):.3f}), average AUC {r['avg_auc']:.3f}, "
+        f"forgetting {r['forgetting']:.3f}, BWT {r['bwt']:.3f}",
+        f"MLflow UI: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}"])
