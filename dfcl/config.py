@@ -91,6 +91,22 @@ def _checked(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+def check_names(params: dict) -> None:
+    """Fail before any work on an unknown strategy or model name."""
+    # Imported here: the strategies and models pull in torch, and this module stays light.
+    from dfcl.strategies import STRATEGIES
+    from models import list_models, pretrained_tags
+
+    if params["strategy"]["name"] not in STRATEGIES:
+        raise ConfigError(f"unknown strategy.name {params['strategy']['name']!r}; choose one of {', '.join(STRATEGIES)}")
+    mp = params["model"]
+    if mp["name"] not in list_models():
+        raise ConfigError(f"unknown model.name {mp['name']!r}; registered: {', '.join(list_models())}")
+    if mp["pretrained"] not in ("none", None, *pretrained_tags(mp["name"])):
+        raise ConfigError(f"model {mp['name']!r} has no {mp['pretrained']!r} weights; it has: "
+                          f"{', '.join(pretrained_tags(mp['name'])) or 'none (use model.pretrained=none)'}")
+
+
 def _parse_value(raw: str) -> Any:
     if raw == "":
         return None

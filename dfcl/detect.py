@@ -21,8 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dfcl.config import ConfigError
+from dfcl.evaluate import Detector, load_detector
 from dfcl.images import read_image
-from dfcl.evaluate import Detector
 from dfcl.faces import FaceDetector, FaceSettings, crop_square, read_frames
 from dfcl.metrics import fake_probabilities
 
@@ -251,6 +252,27 @@ def detect_files(scorer: FaceScorer, paths: list[str], crop: str | None = None, 
             row["evidence"] = [str(p) for p in written]
         rows.append(row)
     return rows
+
+
+def detect_with_model(ref: str, paths: list[str], params: dict, root: Path, crop: bool = False,
+                      explain_dir: Path | None = None) -> list[dict]:
+    """`dfcl detect`: the model `ref` (load_detector: the face size and decision threshold
+    travel with it) on every photo and video of `paths`, one row each."""
+    d = params["detect"]
+    if not expand(paths, params):
+        raise ConfigError(f"no photo or video in {', '.join(paths)} "
+                          f"(known types: {', '.join(d['image_types'] + d['video_types'])})")
+    scorer = FaceScorer(load_detector(ref, params, root), params)
+    return detect_files(scorer, paths, crop="always" if crop else None, explain_dir=explain_dir)
+
+
+def table(rows: list[dict]) -> str:
+    """One line per file: verdict, P(fake), faces and why it could not be scored."""
+    import pandas as pd
+
+    return pd.DataFrame([{"file": r["file"], "kind": r["kind"], "verdict": r["verdict"],
+                          "P(fake)": "" if r["p_fake"] is None else f"{r['p_fake']:.3f}",
+                          "faces": len(r.get("faces", [])), "note": r.get("error", "")} for r in rows]).to_string(index=False)
 
 
 def csv_rows(rows: list[dict]) -> list[dict]:

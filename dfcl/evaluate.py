@@ -51,9 +51,9 @@ def load_detector(ref: str, params: dict, root: Path) -> Detector:
     if path.is_file():
         model = torch.load(path, map_location="cpu", weights_only=False)  # the user's own file
         if not isinstance(model, torch.nn.Module):
-            raise ValueError(f"{ref} holds a {type(model).__name__}, not a torch module")
+            raise ConfigError(f"{ref} holds a {type(model).__name__}, not a torch module")
         return Detector(model.eval(), size, 0.5, {"uri": ref})
-    raise ValueError(f"--model {ref!r} is not an MLflow URI (models:/NAME@ALIAS, runs:/ID/model), "
+    raise ConfigError(f"--model {ref!r} is not an MLflow URI (models:/NAME@ALIAS, runs:/ID/model), "
                      "an MLflow model folder, a learner folder or a torch file")
 
 
@@ -127,6 +127,16 @@ def evaluate(detector: Detector, data: str, params: dict, roc_png: Path | None =
     if roc_png:
         plot_roc({m: (y, p) for m, y, p in zip(per_method, ys, ps)}, roc_png, report)
     return report
+
+
+def table(report: dict) -> str:
+    """The report as a text table: one row per method, then overall."""
+    lines = [f"{'method':<28} {'faces':>6} {'accuracy':>8} {'bal acc':>7} {'AUC':>6} {'AP':>6} {'EER':>6} {'video AUC':>9}"]
+    for name, r in [*report["methods"].items(), ("overall", report["overall"])]:
+        video = f"{r['video_auc']:>9.3f}" if "video_auc" in r else f"{'-':>9}"  # one face per video: = AUC
+        lines.append(f"{name:<28} {r['faces']:>6} {r['accuracy']:>8.3f} {r['balanced_accuracy']:>7.3f} "
+                     f"{r['auc']:>6.3f} {r['ap']:>6.3f} {r['eer']:>6.3f} {video}")
+    return "\n".join(lines)
 
 
 def plot_roc(curves: dict, path: Path, report: dict) -> None:

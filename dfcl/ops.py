@@ -1,5 +1,6 @@
-"""Operations helpers: one retraining at a time, service checks before any work, and the
-champion alias's history (promote, reject, rollback) kept as MLflow registered-model tags."""
+"""Operations helpers: one retraining at a time, service checks before any work, the champion
+alias's history (promote, reject, rollback) kept as MLflow registered-model tags, and ops'
+answer to a run paused for approval."""
 from __future__ import annotations
 
 import fcntl
@@ -111,6 +112,20 @@ def alias_events(registered_model: str) -> list[dict]:
     return sorted(events, key=lambda e: e["n"])
 
 
+def alias_history(registered_model: str) -> tuple[dict[str, str], list[dict]]:
+    """Where each alias of the model points now, and every recorded move (alias_events)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = MlflowClient().get_registered_model(registered_model).aliases
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise OpsError(f"no registered model {registered_model!r} yet: nothing has been trained here") from None
+    return aliases, alias_events(registered_model)
+
+
 def record_alias_event(registered_model: str, action: str, version: str | None, by: str, reason: str,
                        previous: str | None = None) -> dict:
     from mlflow import MlflowClient
@@ -152,3 +167,39 @@ def rollback_champion(registered_model: str, by: str, reason: str) -> tuple[str,
     client.set_model_version_tag(registered_model, current, "rollback_reason", reason)
     record_alias_event(registered_model, "rollback", previous, by, reason, previous=current)
     return current, previous
+
+
+# -- approval ---------------------------------------------------------------------------
+
+def answer_paused_run(flow_run: str | None, approve: bool, approver: str, reason: str):
+    """Resume the retraining run `flow_run` (id or name; default: the latest paused one), which
+    waits for ops, with their answer (flows.retrain.ApprovalDecision). Returns the flow run."""
+    from prefect.flow_runs import resume_flow_run
+
+    run = _find_run(flow_run)
+    if run.state is None or not run.state.is_paused():
+        raise OpsError(f"flow run {run.name} ({run.id}) is {run.state.name if run.state else 'unknown'}, not paused")
+    resume_flow_run(run.id, run_input={"approve": approve, "approver": approver, "reason": reason})
+    return run
+
+
+def _find_run(flow_run: str | None):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        if flow_run:
+            try:
+                return client.read_flow_run(flow_run)
+            except Exception:  # not an id (or no run has it): a name, then
+                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": [flow_run]}))
+                if runs:
+                    return runs[0]
+                raise OpsError(f"no flow run with id or name {flow_run!r}") from None
+        paused = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))),
+            sort=FlowRunSort.START_TIME_DESC)
+        if not paused:
+            raise OpsError("no paused retraining run is waiting for approval")
+        return paused[0]

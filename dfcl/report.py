@@ -1,8 +1,10 @@
-"""Tables and plots people read: what ops decide on (the promotion decision table and its plot)
-and what researchers compare (the strategy table, mean and spread over seeds)."""
+"""Tables and plots people read: what ops decide on (the promotion decision table and its plot),
+a retraining run's outcome in a few lines, and what researchers compare (the strategy table,
+mean and spread over seeds)."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +128,19 @@ def compare_table(report: dict) -> str:
     for name, r in report["strategies"].items():
         lines.append(f"{name:<10} " + " ".join(f"{_mean_sd(r.get(k), r['std'].get(k), seeds):>{width}}" for _, k in columns))
     return "\n".join(lines)
+
+
+def outcome_summary(outcome: dict) -> str:
+    """A retraining run's outcome (flows.retrain.retrain_detector) as text for the console."""
+    if "results" not in outcome:
+        return f"outcome: {outcome['outcome']}"
+    r = outcome["results"]
+    bal = r.get("balanced_accuracy", {})
+    return "\n".join([
+        f"\noutcome: {outcome['outcome']} (model version {outcome['version']}, MLflow run {outcome['run_id']})",
+        *(f"  {key:<40} accuracy {r['accuracy'][key]:.3f}  balanced {bal.get(key, float('nan')):.3f}  "
+          f"AUC {r['auc'][key]:.3f}" for key in r["methods"]),
+        f"  average accuracy {r['avg_accuracy']:.3f}, balanced {r.get('avg_balanced_accuracy', float('nan')):.3f} "
+        f"(threshold {r.get('threshold', 0.5):.3f}), average AUC {r['avg_auc']:.3f}, "
+        f"forgetting {r['forgetting']:.3f}, BWT {r['bwt']:.3f}",
+        f"MLflow UI: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}"])

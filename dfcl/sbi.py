@@ -15,6 +15,7 @@ landmarks, when there are any, are pixel (x, y) coordinates in the crop.
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -23,7 +24,10 @@ import torch
 from torch.utils.data import Dataset
 
 from dfcl.augment import Augmenter
-from dfcl.data import face_tensor
+from dfcl.config import ConfigError
+from dfcl.data import face_tensor, first_of_each_face
+from dfcl.extraction import extract_dataset
+from dfcl.workspace import Workspace
 
 # Paper (dynamic_blend): full-strength blends are the most common, partial ones add variety.
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
@@ -264,3 +268,21 @@ def write_sbi_dataset(images: np.ndarray, out_dir: Path, seed: int = 0, per_real
             cv2.imwrite(str(fake_dir / f"{i:06d}_{j}.png"), cv2.cvtColor(fake, cv2.COLOR_RGB2BGR))
             n_fake += 1
     return {"real": len(images), "fake": n_fake}
+
+
+def make_sbi_dataset(data: str | Path, out: str | Path, params: dict, per_real: int = 1) -> dict:
+    """An SBI dataset (write_sbi_dataset) in `out`, from the real TRAINING faces of the dataset
+    folder `data` (any layout ingest knows), extracted as ingest extracts them into a temporary
+    folder: an SBI experience must not be made of another dataset's test faces. Returns the counts."""
+    data, out = Path(data), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not empty: nothing is overwritten")
+    with tempfile.TemporaryDirectory() as tmp:
+        faces = Path(tmp) / "faces"
+        extract_dataset(data, faces, params, data.resolve().name, cache_dir=Workspace.here().face_cache)
+        reals = [x[y == 0] for x, y in ((np.load(m / "train-x.npy"), np.load(m / "train-y.npy"))
+                                        for m in sorted(faces.iterdir()) if (m / "train-x.npy").is_file())]
+        if not sum(map(len, reals)):
+            raise ConfigError(f"{data} holds no real training faces to blend")
+        reals = np.concatenate(reals)
+        return write_sbi_dataset(reals[first_of_each_face(reals)], out, seed=params["data"]["seed"], per_real=per_real)

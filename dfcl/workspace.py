@@ -9,6 +9,7 @@ Every service default can be replaced by the usual environment variable:
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -53,6 +54,11 @@ class Workspace:
     def params_file(self) -> Path:
         return self.root / "params.yaml"
 
+    @property
+    def log_file(self) -> Path:
+        """`dfcl`'s log, tracebacks included (the console shows errors as one line)."""
+        return self.root / ".dfcl" / "logs" / "dfcl.log"
+
 
 def configure_environment(ws: Workspace) -> None:
     """Embedded defaults; must run before prefect or mlflow are imported. Variables the user
@@ -80,6 +86,10 @@ def put_this_python_on_path() -> None:
 
 def ensure_dvc_repo(ws: Workspace, remote_name: str, remote_url: str) -> None:
     """Make the workspace a git + DVC repository with a default remote, once (idempotent)."""
+    # Whether DVC's files are committed is params' dvc.git_commit, not the user's job: no
+    # "To track the changes with git, run: ..." hints.
+    for hint in ("dvc.repo.scm_context", "dvc.repo.init"):
+        logging.getLogger(hint).setLevel(logging.WARNING)
     if not (ws.root / ".git").exists():
         subprocess.run(["git", "init", "-q", str(ws.root)], check=True)
     from dvc.repo import Repo

@@ -1,8 +1,12 @@
-"""What users see when they ask for something wrong: one clear line and exit code 2."""
+"""What users see when something goes wrong: one clear line (exit code 2 for a mistake in what
+they asked for, 1 for anything else), the traceback in the workspace's log file."""
+import json
+from pathlib import Path
+
 import pytest
 
 from dfcl.cli import main
-from tests.conftest import run_dfcl
+from tests.conftest import SMALL, run_dfcl
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -10,10 +14,12 @@ from tests.conftest import run_dfcl
     (["retrain", "DATA", "-S", "strategy.name=magic"], "unknown strategy.name 'magic'"),
     (["retrain", "DATA", "-S", "model.name=resnet9000"], "unknown model.name 'resnet9000'"),
     (["compare", "--data", "DATA", "--strategies", "naive,magic"], "unknown strategy.name 'magic'"),
+    (["demo", "-S", "demo.size=16"], "edit its `demo:` section instead of -S demo.*"),
 ])
 def test_bad_names_fail_before_any_work(argv, message, capsys, workspace):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+    assert not (workspace.root / ".dvc").exists(), "no DVC repository made"
 
 
 @pytest.mark.parametrize("folders, message", [
@@ -35,3 +41,82 @@ def test_a_dataset_no_layout_fits_is_one_line_before_any_work(folders, message, 
 def test_models_lists_the_registry(capsys, workspace):
     assert main(["models"]) == 0
     assert "small_cnn" in capsys.readouterr().out.split()
+
+
+def test_verbose_goes_before_or_after_the_subcommand():
+    from dfcl.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["-v", "models"]).verbose and parse(["models", "--verbose"]).verbose
+    assert not parse(["models"]).verbose
+
+
+def corrupt_dataset(root: Path) -> Path:
+    """real/ + fake/ images that are all unreadable: the layout is recognised, no face is found."""
+    for label in ("real", "fake"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            (root / label / f"{i}.png").write_text(f"not an image: {label} {i}\n")
+    return root
+
+
+def test_ingest_shows_no_git_hints_and_a_flow_failing_inside_is_one_line(tmp_path):
+    """`dfcl ingest` drives DVC without its "git add ..." hints. `dfcl retrain` of the same data
+    fails inside the flow (nothing can be learned): one `dfcl:` line for the user, Prefect's
+    traceback in the workspace's log file only."""
+    data, ws = corrupt_dataset(tmp_path / "corrupt"), tmp_path / "ws"
+    ws.mkdir()
+    ingest = run_dfcl(["ingest", str(data), "-S", "data.image_size=32"], ws)
+    out, _ = ingest.communicate(timeout=600)
+    assert ingest.returncode == 0, out[-3000:]
+    assert "left out corrupt: no train real faces" in out
+    for hint in ("To track the changes with git", "git add", "You can now commit"):
+        assert hint not in out
+
+    retrain = run_dfcl(["retrain", str(data), "-S", "data.image_size=32"], ws)
+    out, _ = retrain.communicate(timeout=600)
+    assert retrain.returncode == 2, out[-3000:]
+    assert [line for line in out.splitlines() if line.startswith("dfcl:")] == [
+        "dfcl: corrupt: no method can be learned: corrupt: no train real faces; no train fake faces; "
+        "no test real faces; no test fake faces"]
+    assert "Traceback" not in out
+    log = (ws / ".dfcl" / "logs" / "dfcl.log").read_text()
+    assert "Traceback" in log and "LayoutError: corrupt: no method can be learned" in log
+
+
+def test_an_unexpected_error_is_one_line_and_verbose_prints_its_traceback(tmp_path):
+    (tmp_path / "mlflow.db").write_text("not a database\n")  # a broken service, not a mistake in the command
+    log = tmp_path / ".dfcl" / "logs" / "dfcl.log"
+    quiet = run_dfcl(["history"], tmp_path)
+    out, _ = quiet.communicate(timeout=300)
+    assert quiet.returncode == 1, out[-3000:]
+    assert out.strip().splitlines() == [f"dfcl: DatabaseError: (sqlite3.DatabaseError) file is not a database "
+                                        f"(traceback in {log})"]
+    assert log.read_text().count("ERROR dfcl: dfcl history failed\nTraceback") == 1
+
+    verbose = run_dfcl(["history", "--verbose"], tmp_path)
+    out, _ = verbose.communicate(timeout=300)
+    assert verbose.returncode == 1 and "Traceback" in out and out.strip().endswith(f"(traceback in {log})")
+    assert log.read_text().count("ERROR dfcl: dfcl history failed\nTraceback") == 2
+
+
+def fake_learner(folder: Path, identity: dict) -> Path:
+    """A learner folder whose saved state says it was trained with `identity`."""
+    state = folder / "state-0001"
+    state.mkdir(parents=True)
+    (state / "history.json").write_text(json.dumps({"identity": identity, "experiences": []}))
+    (folder / "CURRENT").write_text(state.name)
+    return folder
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([], "was trained with {'model': 'another'}"),
+    (["strategy.name=magic"], "unknown strategy.name 'magic'"),
+])
+def test_a_learner_that_cannot_be_loaded_is_one_line(overrides, message, workspace, capsys):
+    learner = fake_learner(workspace.root / "learner", {"model": "another"})
+    (workspace.root / "face.png").write_bytes(b"")  # never read: the model fails to load first
+    options = [arg for item in [*SMALL, *overrides] for arg in ("-S", item)]
+    assert main(["detect", "--model", str(learner), str(workspace.root / "face.png"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dfcl: ") and message in err

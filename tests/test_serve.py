@@ -1,6 +1,8 @@
 """`dfcl serve` against a real Prefect server on 127.0.0.1 (started and stopped here): a new
 dataset in data/incoming/ triggers a run, a second one waits its turn, ops approve through
-the CLI, an already-trained dataset triggers nothing, and the champion's history shows it all."""
+the CLI, an already-trained dataset triggers nothing, and the champion's history shows it all;
+SIGTERM and SIGINT stop it cleanly."""
+import contextlib
 import os
 import shutil
 import signal
@@ -82,6 +84,33 @@ def wait_for(condition, what: str, serve_log: Path, timeout: float = 300):
     pytest.fail(f"timed out waiting for {what}\n{serve_log.read_text()[-5000:]}")
 
 
+def deployment_paused(api: str, name: str) -> bool:
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name).paused
+
+
+def start_serve(ws: Path, env: dict, serve_log: Path) -> subprocess.Popen:
+    """`dfcl serve` checking data/incoming/ every 2 s, once it says it is serving."""
+    with open(serve_log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dfcl.cli", "serve", "-S", "flow.serve.poll_s=2", *TINY],
+                                cwd=ws, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "serving retrain-detector/triggered" in serve_log.read_text() or proc.poll() is not None,
+                 "dfcl serve", serve_log)
+        assert proc.poll() is None, serve_log.read_text()[-3000:]
+    except BaseException:  # pytest.fail included
+        stop(proc)
+        raise
+    return proc
+
+
+def serve_env(env: dict, api: str, ws: Path) -> dict:
+    return {**env, "PREFECT_API_URL": api, "DFCL_WORKSPACE": str(ws), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+
+
 def states(api):
     return {str(r.parameters["data"]).rsplit("/", 1)[-1]: (r.state.name if r.state else None, r.name)
             for r in flow_runs(api)}
@@ -91,13 +120,10 @@ def test_serve_triggers_queues_and_waits_for_ops_on_a_real_prefect_server(tmp_pa
     api, env = prefect_server
     ws = tmp_path / "ws"
     ws.mkdir()
-    env = {**env, "PREFECT_API_URL": api, "DFCL_WORKSPACE": str(ws), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+    env = serve_env(env, api, ws)
     serve_log = tmp_path / "serve.log"
-    with open(serve_log, "w") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "dfcl.cli", "serve", "-S", "flow.serve.poll_s=2", *TINY],
-                                 cwd=ws, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    serve = start_serve(ws, env, serve_log)
     try:
-        wait_for(lambda: "Your deployments are being served" in serve_log.read_text(), "dfcl serve", serve_log)
         incoming = ws / "data" / "incoming"
         shutil.copytree(demo_data / "BlendSwap", incoming / "BlendSwap")
         wait_for(lambda: states(api).get("BlendSwap", ("",))[0] == "Paused", "the first run to pause", serve_log)
@@ -129,3 +155,35 @@ def test_serve_triggers_queues_and_waits_for_ops_on_a_real_prefect_server(tmp_pa
         assert "promote" in history and "reject" in history and "not this week" in history
     finally:
         stop(serve)
+
+
+def test_sigterm_and_sigint_stop_serve_cleanly_and_the_run_they_cancel_is_queued_again(tmp_path, prefect_server,
+                                                                                      demo_data):
+    """As systemd and containers stop a service (SIGTERM to its main process) and as Ctrl-C
+    does: the run in flight is cancelled and marked so, never left "Running"; the schedule is
+    paused; the process says why it stopped and exits 0; the next `dfcl serve` queues the
+    cancelled run's dataset again."""
+    api, env = prefect_server
+    ws = tmp_path / "ws"
+    shutil.copytree(demo_data / "BlendSwap", ws / "data" / "incoming" / "BlendSwap")
+    env = serve_env(env, api, ws)
+    for n, sig in enumerate((signal.SIGTERM, signal.SIGINT), 1):
+        serve_log = tmp_path / f"serve-{sig.name}.log"
+        serve = start_serve(ws, env, serve_log)
+        try:
+            assert not deployment_paused(api, "retrain-incoming/scheduled")
+            wait_for(lambda: len(flow_runs(api)) == n and "Running" in [r.state.name for r in flow_runs(api)],
+                     f"run {n} to start", serve_log)
+            os.kill(serve.pid, sig)
+            assert serve.wait(300) == 0, serve_log.read_text()[-5000:]
+        finally:
+            stop(serve)
+            with contextlib.suppress(ProcessLookupError):  # what the cancelled run left, e.g. its DVC stage
+                os.killpg(serve.pid, signal.SIGKILL)
+        said = serve_log.read_text()
+        assert f"dfcl serve: stopped ({sig.name})" in said.splitlines(), said[-5000:]
+        # A traceback of the serving process would run through dfcl's code. (The output of the
+        # cancelled run's process comes here too; it may print a traceback of its own.)
+        assert "dfcl/cli.py" not in said and "flows/serve.py" not in said, said[-5000:]
+        assert [r.state.name for r in flow_runs(api)] == ["Cancelled"] * n
+        assert deployment_paused(api, "retrain-incoming/scheduled")

@@ -1,0 +1,36 @@
+"""What `dfcl` shows: log records of INFO and up on the console and in the workspace's log file
+(Workspace.log_file). A record carrying a traceback (Prefect logs one for every failed task
+and flow run) goes to the file only, unless --verbose: users get the error as one line. Library
+chatter users cannot act on is kept out."""
+from __future__ import annotations
+
+import logging
+import warnings
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+
+class LogFile(RotatingFileHandler):
+    """Opened on the first record: a command that logs nothing leaves no file behind."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, maxBytes=10 * 2**20, backupCount=2, delay=True)
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
+def configure_logging(log_file: Path, verbose: bool) -> None:
+    console = logging.StreamHandler()  # stderr
+    if not verbose:
+        console.addFilter(lambda record: not record.exc_info)
+    # A no-op where the root logger has handlers already (pytest's), as before.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[console, LogFile(log_file)])
+    logging.getLogger("dvc").propagate = False  # DVC prints its own messages; once is enough
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    # Library deprecation chatter (DVC, Avalanche) that users cannot act on.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="No loggers specified")
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")  # our pyfunc validates itself
