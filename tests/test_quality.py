@@ -10,7 +10,8 @@ import torch
 from dfcl.layouts import assign_splits
 from avalanche.core import SupervisedPlugin
 
-from dfcl.learner import BestValidationEpoch, ClassBalancedLoss, Learner
+from dfcl.learner import Learner
+from dfcl.plugins import BestValidationEpoch, ClassBalancedLoss
 from tests.conftest import small_params
 from tests.test_learner import specs_for
 
