@@ -31,7 +31,7 @@ def train_strategy(specs: list[ExperienceSpec], params: dict, workdir: str, data
     mlflow.set_tracking_uri(mlflow_run["tracking_uri"])
     with mlflow.start_run(run_name=f"compare {name} seed {seed}", experiment_id=mlflow_run["experiment_id"],
                           parent_run_id=mlflow_run["parent_run_id"], nested=mlflow.active_run() is not None):
-        mlflow.set_tags({"strategy": name, "seed": str(seed), "host": os.uname().nodename})
+        mlflow.set_tags({"strategy": name, "seed": str(seed), "host": os.uname().nodename, "pid": str(os.getpid())})
         mlflow.log_params(flatten({k: params[k] for k in ("model", "strategy", "train", "data")}))
         mlflow.log_params({f"data.{s.key}.version": s.version for s in specs})
         log_dataset_inputs(specs, context="training")

@@ -86,20 +86,22 @@ def figures(report: dict) -> dict:
 
 
 def kill_a_worker_once_training_started(tracking_uri: str, killed: list) -> None:
-    """SIGKILL one Dask worker process as soon as a training is under way (an MLflow child run is
-    RUNNING), as a machine of a cluster would die."""
+    """SIGKILL the Dask worker process of a training under way (its MLflow child run is RUNNING
+    and names its process), as a machine of a cluster would die."""
     client = mlflow.MlflowClient(tracking_uri)
     deadline = time.monotonic() + 1800  # a busy machine starts workers slowly
     while time.monotonic() < deadline and not killed:
         experiment = client.get_experiment_by_name("deepfake-cl-compare")
-        running = experiment and client.search_runs([experiment.experiment_id],
-                                                    "attributes.status = 'RUNNING' and tags.seed = '0'")
-        workers = [c for c in psutil.Process().children(recursive=True)
-                   if "spawn_main" in " ".join(c.cmdline()) and "resource_tracker" not in " ".join(c.cmdline())]
-        if running and workers:
-            workers[0].kill()
-            killed.append(workers[0].pid)
-        time.sleep(1)
+        running = experiment and client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' "
+                                                    "and tags.seed = '0' and tags.pid != ''")
+        workers = {c.pid for c in psutil.Process().children(recursive=True)}
+        for run in running or []:
+            pid = int(run.data.tags["pid"])
+            if pid in workers:  # a Dask worker, not this process (the sequential run)
+                psutil.Process(pid).kill()
+                killed.append(pid)
+                break
+        time.sleep(0.5)
 
 
 def test_a_dask_cluster_gives_the_sequential_results_even_when_a_worker_dies(workspace, two_methods, monkeypatch):
