@@ -50,8 +50,8 @@ class Workspace:
 
 
 def configure_environment(ws: Workspace) -> None:
-    """Embedded defaults; must run before prefect or mlflow are imported. Variables the user
-    already set win."""
+    """Embedded defaults; must run before torch, prefect or mlflow are imported. Variables the
+    user already set win."""
     os.environ.setdefault("PREFECT_HOME", str(ws.root / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary API of a second process (e.g. `dfcl approve` beside a paused run) can be

@@ -30,8 +30,14 @@ def prefect_api():
     run no flow never wait for it), with a home of its own for the session; stopped here, before
     pytest closes its output streams (otherwise its shutdown log line hits a closed file)."""
     yield
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
+    # Logs and events still queued go to the API while it runs: left for the exit, they would
+    # be retried against the stopped server for over a minute.
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
     for server in list(SubprocessASGIServer._instances.values()):
         server.stop()
 
@@ -47,13 +53,36 @@ def shared_data(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow database with its tables made and no experiment: what a new one is once MLflow
+    has migrated it (about 2 s), done once here. MLflow makes the Default experiment, in the
+    workspace's mlruns/, when it first opens a copy."""
+    import sqlite3
+
+    import mlflow
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    mlflow.search_experiments()
+    mlflow.set_tracking_uri(None)
+    with sqlite3.connect(db) as connection:
+        connection.execute("DELETE FROM experiment_tags")
+        connection.execute("DELETE FROM experiments")
+    connection.close()
+    return db
+
+
 @pytest.fixture
-def workspace(tmp_path, monkeypatch):
+def workspace(tmp_path, monkeypatch, empty_mlflow_db):
     """A fresh deepfake-cl workspace as the current folder."""
+    import shutil
+
     import mlflow
 
     from dfcl.workspace import Workspace
 
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DFCL_WORKSPACE", str(tmp_path))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
