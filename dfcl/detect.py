@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfcl.images import read_image
 from dfcl.evaluate import Detector
 from dfcl.faces import FaceDetector, FaceSettings, crop_square, read_frames
+from dfcl.images import read_image
 from dfcl.metrics import fake_probabilities
 
 
