@@ -50,8 +50,8 @@ class Workspace:
 
 
 def configure_environment(ws: Workspace) -> None:
-    """Embedded defaults; must run before torch, prefect or mlflow are imported. Variables the
-    user already set win."""
+    """Embedded defaults; must run before prefect or mlflow are imported. Variables the user
+    already set win."""
     os.environ.setdefault("PREFECT_HOME", str(ws.root / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary API of a second process (e.g. `dfcl approve` beside a paused run) can be
@@ -61,12 +61,6 @@ def configure_environment(ws: Workspace) -> None:
     # `dfcl serve` looks for runs to start (a triggered one, the next in line) every 2 s instead
     # of Prefect's 10 s: one small request to the API each time.
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
-    # Torch's OpenMP threads otherwise spin while they wait for work: on a machine busier than
-    # its cores (a 2-core CI runner, `dfcl approve` beside a training run) the spinning threads
-    # take the cores from the one with work, and small models train 10-30x slower. Sleeping
-    # threads cost nothing measurable on a quiet machine. Read when torch loads, so it is set
-    # here, before any import of torch; the DVC stages and served runs inherit it.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # MLflow looks for git to tag runs with a commit; a workspace need not be one.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 

@@ -17,8 +17,11 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
 # A generous start-up timeout: on a busy 2-core machine the server can take over 30 s.
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"
-# As dfcl.workspace.configure_environment sets it for `dfcl` (before torch is imported): OpenMP
-# threads that sleep instead of spinning, or a busy 2-core machine trains 10-30x slower.
+# Torch's OpenMP threads sleep instead of spinning while they wait for work: on a 2-core machine
+# busier than its cores (the suite runs `dfcl` processes and Prefect's API beside each other) the
+# spinning threads take the cores from the ones with work, and small models train 4-30x slower.
+# (Quiet, a single-image forward pass is ~30% slower this way, so dfcl keeps OpenMP's default.)
+# Read when torch loads, so set before any import of it; every `dfcl` the tests start inherits it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
