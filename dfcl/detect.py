@@ -23,8 +23,8 @@ import numpy as np
 
 from dfcl.config import ConfigError
 from dfcl.evaluate import Detector, load_detector
-from dfcl.images import read_image
 from dfcl.faces import FaceDetector, FaceSettings, crop_square, read_frames
+from dfcl.images import read_image
 from dfcl.metrics import fake_probabilities
 
 

@@ -69,12 +69,9 @@ def configure_environment(ws: Workspace) -> None:
     # slow to start on a busy 2-core machine; 20 s is Prefect's default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ws.root / 'mlflow.db'}")
-    # Torch's OpenMP threads otherwise spin while they wait for work: on a machine busier than
-    # its cores (a 2-core CI runner, `dfcl approve` beside a training run) the spinning threads
-    # take the cores from the one with work, and small models train 10-30x slower. Sleeping
-    # threads cost nothing measurable on a quiet machine. Read when torch loads, so it is set
-    # here, before any import of torch; the DVC stages and served runs inherit it.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # `dfcl serve` looks for runs to start (a triggered one, the next in line) every 2 s instead
+    # of Prefect's 10 s: one small request to the API each time.
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
     # MLflow looks for git to tag runs with a commit; a workspace need not be one.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 

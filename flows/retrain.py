@@ -49,7 +49,9 @@ def ask_ops(version: str, verdict: dict, params: dict, auto_approve: bool) -> Ap
     logger.info("waiting up to %ss for ops: `dfcl approve` or `dfcl reject --reason ...` "
                 "(or the Prefect UI form) on challenger version %s", timeout, version)
     try:
-        return pause_flow_run(wait_for_input=ApprovalDecision, timeout=timeout)
+        # Checks every 2 s whether ops answered (Prefect's default, 10 s, kept an approved run
+        # waiting up to 10 s more); one small request to the API each time.
+        return pause_flow_run(wait_for_input=ApprovalDecision, timeout=timeout, poll_interval=2)
     except FlowPauseTimeout:
         return ApprovalDecision(approve=False, approver="timeout",
                                 reason=f"no answer within {timedelta(seconds=timeout)}")

@@ -17,8 +17,11 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
 # A generous start-up timeout: on a busy 2-core machine the server can take over 30 s.
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"
-# As dfcl.workspace.configure_environment sets it for `dfcl` (before torch is imported): OpenMP
-# threads that sleep instead of spinning, or a busy 2-core machine trains 10-30x slower.
+# Torch's OpenMP threads sleep instead of spinning while they wait for work: on a 2-core machine
+# busier than its cores (the suite runs `dfcl` processes and Prefect's API beside each other) the
+# spinning threads take the cores from the ones with work, and small models train 4-30x slower.
+# (Quiet, a single-image forward pass is ~30% slower this way, so dfcl keeps OpenMP's default.)
+# Read when torch loads, so set before any import of it; every `dfcl` the tests start inherits it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -30,8 +33,14 @@ def prefect_api():
     run no flow never wait for it), with a home of its own for the session; stopped here, before
     pytest closes its output streams (otherwise its shutdown log line hits a closed file)."""
     yield
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
+    # Logs and events still queued go to the API while it runs: left for the exit, they would
+    # be retried against the stopped server for over a minute.
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
     for server in list(SubprocessASGIServer._instances.values()):
         server.stop()
 
@@ -47,13 +56,36 @@ def shared_data(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow database with its tables made and no experiment: what a new one is once MLflow
+    has migrated it (about 2 s), done once here. MLflow makes the Default experiment, in the
+    workspace's mlruns/, when it first opens a copy."""
+    import sqlite3
+
+    import mlflow
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    mlflow.search_experiments()
+    mlflow.set_tracking_uri(None)
+    with sqlite3.connect(db) as connection:
+        connection.execute("DELETE FROM experiment_tags")
+        connection.execute("DELETE FROM experiments")
+    connection.close()
+    return db
+
+
 @pytest.fixture
-def workspace(tmp_path, monkeypatch):
+def workspace(tmp_path, monkeypatch, empty_mlflow_db):
     """A fresh deepfake-cl workspace as the current folder."""
+    import shutil
+
     import mlflow
 
     from dfcl.workspace import Workspace
 
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DFCL_WORKSPACE", str(tmp_path))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -148,17 +148,20 @@ def wait_for_version(client, version: str, timeout: float = 120) -> None:
     pytest.fail(f"the API did not move to version {version}: {client.get('/v1/model').json()}")
 
 
-@pytest.fixture
-def api_server(champion, tmp_path):
-    """`dfcl api` as users start it, on a free port of 127.0.0.1."""
+@pytest.fixture(scope="module")
+def api_server(champion_root, tmp_path_factory):
+    """`dfcl api` as users start it, on a free port of 127.0.0.1, on the champion's workspace:
+    one for the module (the web page, then the SIGTERM test stops it)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    log = open(tmp_path / "api.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "dfcl.cli", "api", "--port", str(port)], cwd=champion, env=env,
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env["DFCL_WORKSPACE"] = str(champion_root)
+    log_file = tmp_path_factory.mktemp("api") / "api.log"
+    log = open(log_file, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "dfcl.cli", "api", "--port", str(port)], cwd=champion_root, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(f"{url}/health", proc, tmp_path / "api.log")
-    yield url, proc
+    wait_healthy(f"{url}/health", proc, log_file)
+    yield url, proc, log_file
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
@@ -200,7 +203,7 @@ def test_web_page_in_chromium_shows_the_verdict_faces_and_model(api_server, medi
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, _ = api_server
+    url, _, _ = api_server
     driver = chromium_driver()
     try:
         driver.get(url + "/")
@@ -231,11 +234,11 @@ def test_web_page_in_chromium_shows_the_verdict_faces_and_model(api_server, medi
         driver.quit()
 
 
-def test_api_stops_cleanly_on_sigterm(api_server, tmp_path):
-    url, proc = api_server
+def test_api_stops_cleanly_on_sigterm(api_server):
+    url, proc, log = api_server
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(60) == 0
-    assert "dfcl api: stopped (SIGTERM)" in (tmp_path / "api.log").read_text()
+    assert "dfcl api: stopped (SIGTERM)" in log.read_text()
 
 
 def test_mlflow_models_serve_answers_p_fake_for_uint8_crops(champion, media, tmp_path):
