@@ -24,8 +24,12 @@ demo: install
 # in many CI images): the suite starts dozens of Python processes (dfcl, its DVC stages, Prefect's
 # temporary API) that import torch, Avalanche, Prefect and MLflow, and without the cache each
 # compiles them again (measured: the full stack 20 s instead of 50 s of CPU per process).
+#
+# Two test processes (pytest-xdist), a test file each at a time (module-scoped fixtures are made
+# once): most of the suite's time goes to `dfcl` processes, Prefect APIs and DVC stages starting
+# and waiting on each other, which overlaps well even on 2 cores.
 test: install browser
-	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest --durations=15
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 # The web page test drives Debian's chromium (Playwright's browser download does not work offline).
 # Without root or apt the test skips, and fails under CI=true.

@@ -43,6 +43,9 @@ def prefect_api():
     EventsWorker.drain_all()
     for server in list(SubprocessASGIServer._instances.values()):
         server.stop()
+    import shutil
+
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 
 def shared_data(name: str) -> Path:
@@ -121,11 +124,25 @@ def demo_data(tmp_path_factory) -> Path:
     return out
 
 
-def run_dfcl(args: list[str], cwd: Path, **kwargs):
-    """`dfcl ...` in a subprocess with the workspace's own Prefect home and MLflow db."""
+@pytest.fixture(scope="session")
+def prefect_api_url() -> str:
+    """The session's temporary Prefect API (the one the tests' own flows use), for `dfcl`
+    processes: each would otherwise start a temporary API of its own, ~15 s of CPU."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    return server.api_url
+
+
+def run_dfcl(args: list[str], cwd: Path, api: str | None = None, **kwargs):
+    """`dfcl ...` in a subprocess with the workspace's own MLflow db, and its own Prefect home
+    and temporary API, or the Prefect API at `api`."""
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    if api:
+        env["PREFECT_API_URL"] = api
     env["DFCL_WORKSPACE"] = str(cwd)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.Popen([sys.executable, "-m", "dfcl.cli", *args], cwd=cwd, env=env, text=True,

@@ -90,7 +90,8 @@ def test_no_champion_is_a_503_with_the_reason(workspace):
         assert client.get("/v1/model").status_code == 503
 
 
-def test_hot_swap_follows_approval_and_rollback_and_requests_in_flight_keep_their_model(champion, demo_data, media):
+def test_hot_swap_follows_approval_and_rollback_and_requests_in_flight_keep_their_model(champion, demo_data, media,
+                                                                                       prefect_api_url):
     """Version 1 is served; a retraining run is approved by ops (`dfcl approve`), and within
     api.reload_s the API serves version 2 without a restart; `dfcl rollback` brings back 1.
     A request that started on version 1 answers from version 1 even when the swap happens
@@ -117,8 +118,8 @@ def test_hot_swap_follows_approval_and_rollback_and_requests_in_flight_keep_thei
 
         proc = run_dfcl(["retrain", str(demo_data / "GANUpsample"), "-S", "approval.timeout_s=600",
                          *small_cli_overrides("train.epochs=2", "gate.max_forgetting=1", "gate.max_drop_per_method=1",
-                                               "gate.max_drop_average=1")], champion)
-        approve_when_paused(proc, champion, "approve", "--reason", "hot swap test")
+                                               "gate.max_drop_average=1")], champion, prefect_api_url)
+        approve_when_paused(proc, champion, prefect_api_url, "approve", "--reason", "hot swap test")
         out = finish(proc, timeout=600)
         assert proc.returncode == 0 and "outcome: promoted" in out, out[-3000:]
         wait_for_version(client, "2")
@@ -128,7 +129,7 @@ def test_hot_swap_follows_approval_and_rollback_and_requests_in_flight_keep_thei
         assert answers["r"].status_code == 200 and answers["r"].json()["model"]["version"] == "1"
         assert post(client, media["dfdc_fake"]).json()["model"]["version"] == "2"
 
-        rollback = run_dfcl(["rollback", "--by", "ops", "--reason", "hot swap test"], champion)
+        rollback = run_dfcl(["rollback", "--by", "ops", "--reason", "hot swap test"], champion, prefect_api_url)
         said, _ = rollback.communicate(timeout=300)
         assert rollback.returncode == 0, said
         wait_for_version(client, "1")

@@ -26,16 +26,15 @@ def test_bad_names_fail_before_any_work(argv, message, capsys, workspace):
     (None, "nowhere is not a folder"),
     (["clips", "misc"], "unknown dataset layout (sub-folders: ['clips', 'misc'])"),
 ])
-def test_a_dataset_no_layout_fits_is_one_line_before_any_work(folders, message, tmp_path):
-    data = tmp_path / "nowhere"
+def test_a_dataset_no_layout_fits_is_one_line_before_any_work(folders, message, workspace, capsys):
+    data = workspace.root / "nowhere"
     for name in folders or []:
         (data / name).mkdir(parents=True)
-    proc = run_dfcl(["retrain", str(data)], tmp_path)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 2, out[-3000:]
-    assert "dfcl: " in out and message in out
-    assert "Traceback" not in out
-    assert not (tmp_path / "data" / "raw").exists(), "nothing is copied or versioned"
+    assert main(["retrain", str(data)]) == 2
+    out = capsys.readouterr()
+    assert out.err.startswith("dfcl: ") and message in out.err
+    assert "Traceback" not in out.out + out.err
+    assert not (workspace.root / "data" / "raw").exists(), "nothing is copied or versioned"
 
 
 def test_models_lists_the_registry(capsys, workspace):

@@ -98,7 +98,10 @@ def kill_a_worker_once_training_started(tracking_uri: str, killed: list) -> None
         for run in running or []:
             pid = int(run.data.tags["pid"])
             if pid in workers:  # a Dask worker, not this process (the sequential run)
-                psutil.Process(pid).kill()
+                worker = psutil.Process(pid)
+                # With the whole machine: what the worker started (its temporary Prefect API) too.
+                for process in [*worker.children(recursive=True), worker]:
+                    process.kill()
                 killed.append(pid)
                 break
         time.sleep(0.5)

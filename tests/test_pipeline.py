@@ -44,7 +44,7 @@ def finish(proc, timeout: float) -> str:
     return "".join(proc.lines)
 
 
-def approve_when_paused(proc, ws: Path, verb: str, *extra: str, timeout: float = 600) -> str:
+def approve_when_paused(proc, ws: Path, api: str | None, verb: str, *extra: str, timeout: float = 600) -> str:
     """`dfcl approve|reject` once the retraining run says it waits for ops, again until the run
     is paused and accepts it. (Each try is a process of its own: trying before the run waits
     would only take the CPU from its training.)"""
@@ -57,7 +57,7 @@ def approve_when_paused(proc, ws: Path, verb: str, *extra: str, timeout: float =
             pytest.fail(f"retrain never said it waits for ops:\n{''.join(lines)[-4000:]}")
         time.sleep(1)
     while time.time() < deadline:
-        decide = run_dfcl([verb, "--by", "alice", *extra], ws)
+        decide = run_dfcl([verb, "--by", "alice", *extra], ws, api)
         out, _ = decide.communicate(timeout=300)
         if decide.returncode == 0:
             return out
@@ -68,13 +68,13 @@ def approve_when_paused(proc, ws: Path, verb: str, *extra: str, timeout: float =
     pytest.fail("retrain never paused for approval")
 
 
-def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(tmp_path):
+def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(tmp_path, prefect_api_url):
     data = shared_data("ffpp-crops")
     ws = tmp_path
     args = ["retrain", str(data), "--methods", "Deepfakes,FaceSwap", "-S", "data.max_per_class=60",
             "-S", "dvc.git_commit=true", "-S", "approval.timeout_s=600", *TINY]
-    proc = run_dfcl(args, ws)
-    said = approve_when_paused(proc, ws, "approve", "--reason", "numbers look right")
+    proc = run_dfcl(args, ws, prefect_api_url)
+    said = approve_when_paused(proc, ws, prefect_api_url, "approve", "--reason", "numbers look right")
     assert "approved flow run" in said
     out = finish(proc, timeout=300)
     assert proc.returncode == 0, out[-4000:]
@@ -121,7 +121,7 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
 
     # The champion serves detections
     image = next((data / "test" / "Deepfakes").glob("*.jpg"))
-    detect = run_dfcl(["detect", str(image), "--json", str(ws / "detect.json"), *TINY], ws)
+    detect = run_dfcl(["detect", str(image), "--json", str(ws / "detect.json"), *TINY], ws, prefect_api_url)
     out, _ = detect.communicate(timeout=180)
     assert detect.returncode == 0, out
     assert "version 1, alias champion" in out and "Add type hints" not in out
@@ -129,7 +129,7 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     assert row["model"]["version"] == "1" and 0 <= row["p_fake"] <= 1 and row["verdict"] in ("fake", "real")
 
     # Re-running the same data is idempotent: same version, no new experience, no new commit
-    again = run_dfcl(args, ws)
+    again = run_dfcl(args, ws, prefect_api_url)
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out[-3000:]
     assert "outcome: nothing new" in out
@@ -140,7 +140,8 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     # continues (experience 2) and is evaluated on all three methods.
     stylegan = shared_data("stylegan-faces") / "images"
     later = run_dfcl(["retrain", str(stylegan), "--auto-approve", "-S", "data.max_per_class=40",
-                      "-S", "gate.max_drop_per_method=1", "-S", "gate.max_drop_average=1", "-S", "gate.max_forgetting=1", *TINY], ws)
+                      "-S", "gate.max_drop_per_method=1", "-S", "gate.max_drop_average=1", "-S", "gate.max_forgetting=1",
+                      *TINY], ws, prefect_api_url)
     out, _ = later.communicate(timeout=300)
     assert later.returncode == 0, out[-3000:]
     assert "outcome: promoted" in out
@@ -153,10 +154,10 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     assert "Challenger v2 vs champion v1" in decision and "| stylegan-faces |" in decision
 
 
-def test_ops_rejection_keeps_the_champion_where_it_was(demo_data, tmp_path):
+def test_ops_rejection_keeps_the_champion_where_it_was(demo_data, tmp_path, prefect_api_url):
     ws = tmp_path
-    proc = run_dfcl(["retrain", str(demo_data / "BlendSwap"), *TINY], ws)
-    approve_when_paused(proc, ws, "reject", "--reason", "not today")
+    proc = run_dfcl(["retrain", str(demo_data / "BlendSwap"), *TINY], ws, prefect_api_url)
+    approve_when_paused(proc, ws, prefect_api_url, "reject", "--reason", "not today")
     out = finish(proc, timeout=300)
     assert proc.returncode == 0, out[-4000:]
     assert "outcome: rejected by ops" in out
