@@ -13,8 +13,12 @@ rows above it unless it says otherwise). For each row three trainings:
 A row named `dfdc_first` puts dfdc-crops in front of all three (pre-training / an earlier
 experience). Balanced accuracy is at the threshold chosen on the validation split.
 
-It needs only torch, timm, Avalanche and OpenCV (no Prefect, DVC or MLflow), so it runs on a
-bare GPU machine too; the faces are extracted with dfcl.extraction straight from the folders.
+Every training is a Prefect task on the task runner `compare.runner` chooses, as in `dfcl
+compare`: one after the other here (`local`), or side by side on Dask workers (`-S
+compare.runner=dask`: a LocalCluster of `compare.dask_workers` single-threaded processes, or the
+scheduler at `compare.dask_address`). The faces are extracted with dfcl.extraction straight from
+the folders (no DVC or MLflow) into --workspace, which the workers read: on a cluster of several
+machines, put it on storage they share.
 
     python benchmarks/ablation.py [--rows a,b] [--data DIR] [-S key=value ...] [--tag cpu]
 
@@ -34,7 +38,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
 from common import extract_once as extract, machine  # noqa: E402
-from dfcl.config import apply_overrides  # noqa: E402
+from dfcl.workspace import Workspace, configure_environment  # noqa: E402
+
+# Prefect reads its settings when imported: its home and temporary API go under benchmarks/.work.
+configure_environment(Workspace(REPO / "benchmarks" / ".work"))
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from dfcl.config import apply_overrides, load_params  # noqa: E402
 from dfcl.arrays import SPLITS, face_arrays  # noqa: E402
 from dfcl.data import first_of_each_face  # noqa: E402
 
@@ -115,15 +127,24 @@ def auc_on(model, device, paths: dict, splits=("test",)) -> float:
     return float(binary_auroc(fake_probabilities(model, x, device), y))
 
 
-def train(sequence: list, params: dict, folder: Path):
-    """A new learner on `sequence` (dfcl.learner.train_sequence): it, its last results, seconds."""
+@task(cache_policy=NO_CACHE, retry_delay_seconds=2)  # retries: compare.retries (the flow sets them)
+def train_and_score(sequence: list, params: dict, folder: str, scored: dict, threads: int | None) -> dict:
+    """A new learner on `sequence` (dfcl.learner.train_sequence), then the AUC of its model on each
+    of `scored` ({name: (face paths, splits)}): those, its last results and its training seconds.
+    `threads`: torch threads of a Dask worker (one training per worker process)."""
     from dfcl.learner import train_sequence
 
-    learner, report = train_sequence(sequence, params, folder, Path("/"))
-    return learner, learner.last_results(), report["train_seconds"]
+    if threads:
+        torch.set_num_threads(threads)
+    learner, report = train_sequence(sequence, params, Path(folder), Path("/"))
+    model, device = learner.strategy.model, learner.strategy.device
+    return {"results": learner.last_results(), "seconds": report["train_seconds"],
+            "auc": {name: auc_on(model, device, paths, splits) for name, (paths, splits) in scored.items()}}
 
 
-def run_row(params: dict, data: Path, work: Path, dfdc_first: bool) -> dict:
+def submit_row(name: str, params: dict, data: Path, work: Path, dfdc_first: bool, threads: int | None) -> dict:
+    """The row's three trainings (joint, continual, left-out) submitted to the flow's task runner;
+    the faces are extracted first, here."""
     size = params["data"]["image_size"]
     ffpp = extract(data / "ffpp-crops", work, params)
     stylegan = next(iter(extract(data / "stylegan-faces" / "images", work, params).values()))
@@ -135,28 +156,32 @@ def run_row(params: dict, data: Path, work: Path, dfdc_first: bool) -> dict:
     three = spec("ffpp-three", merged("three", [ffpp[m] for m in seen], work, size))
 
     naive = apply_overrides(params, ["strategy.name=naive"])
-    row = {}
-    learner, _, seconds = train(first + [joint], naive, work / "learner-joint")
-    model, device = learner.strategy.model, learner.strategy.device
-    row["joint_auc"] = {m: auc_on(model, device, ffpp[m]) for m in FFPP}
-    row["joint_mean_auc"] = float(np.mean(list(row["joint_auc"].values())))
-    row["stylegan_auc"] = auc_on(model, device, stylegan, ("train", "val", "test"))
-    row["dfdc_auc"] = auc_on(model, device, dfdc_faces)  # its test split; never trained on (but dfdc_first)
-    row["joint_seconds"] = round(seconds, 1)
+    train = train_and_score.with_options(retries=params["compare"]["retries"])
+    folder = work / "learners" / name
+    # The joint model is also scored on methods it never trained on: StyleGAN (all of it) and
+    # DFDC's test split (unless dfdc_first trained on it).
+    joint_scored = {**{m: (ffpp[m], ("test",)) for m in FFPP},
+                    "stylegan": (stylegan, ("train", "val", "test")), "dfdc": (dfdc_faces, ("test",))}
+    return {"joint": train.submit(first + [joint], naive, str(folder / "joint"), joint_scored, threads),
+            "continual": train.submit(first + per_method, params, str(folder / "continual"), {}, threads),
+            "left_out": train.submit(first + [three], naive, str(folder / "left-out"),
+                                     {LEFT_OUT: (ffpp[LEFT_OUT], ("test",))}, threads)}
 
-    learner, results, seconds = train(first + per_method, params, work / "learner-continual")
-    ff = [f"ffpp-crops/{m}" for m in FFPP]
-    row["continual_auc"] = {k.split("/")[-1]: results["auc"][k] for k in ff}
-    row["continual_mean_auc"] = float(np.mean([results["auc"][k] for k in ff]))
-    row["continual_balanced_accuracy"] = float(np.mean([results["balanced_accuracy"][k] for k in ff]))
-    row["continual_accuracy"] = float(np.mean([results["accuracy"][k] for k in ff]))
-    row["continual_forgetting"] = results["forgetting"]
-    row["continual_seconds"] = round(seconds, 1)
 
-    learner, _, seconds = train(first + [three], naive, work / "learner-leftout")
-    row["left_out_auc"] = auc_on(learner.strategy.model, learner.strategy.device, ffpp[LEFT_OUT])
-    row["left_out_seconds"] = round(seconds, 1)
-    return row
+def row_of(trainings: dict) -> dict:
+    """A table row out of a row's three finished trainings."""
+    joint, continual, left_out = (trainings[k].result() for k in ("joint", "continual", "left_out"))
+    results, ff = continual["results"], [f"ffpp-crops/{m}" for m in FFPP]
+    return {"joint_auc": {m: joint["auc"][m] for m in FFPP},
+            "joint_mean_auc": float(np.mean([joint["auc"][m] for m in FFPP])),
+            "stylegan_auc": joint["auc"]["stylegan"], "dfdc_auc": joint["auc"]["dfdc"],
+            "joint_seconds": round(joint["seconds"], 1),
+            "continual_auc": {k.split("/")[-1]: results["auc"][k] for k in ff},
+            "continual_mean_auc": float(np.mean([results["auc"][k] for k in ff])),
+            "continual_balanced_accuracy": float(np.mean([results["balanced_accuracy"][k] for k in ff])),
+            "continual_accuracy": float(np.mean([results["accuracy"][k] for k in ff])),
+            "continual_forgetting": results["forgetting"], "continual_seconds": round(continual["seconds"], 1),
+            "left_out_auc": left_out["auc"][LEFT_OUT], "left_out_seconds": round(left_out["seconds"], 1)}
 
 
 def markdown(report: dict, tag: str) -> str:
@@ -219,64 +244,97 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@flow(name="ablation", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def ablation(plan: list[dict], report: dict, data: str, work: str, out: str, tag: str, notes: str,
+             threads: int | None = None) -> dict:
+    """Every row's three trainings as Prefect tasks on the flow's task runner (compare.runner), all
+    submitted before any is waited for; the results files are rewritten as each row lands, in order."""
+    work_dir, out_dir, start, prior = Path(work), Path(out), time.perf_counter(), report.get("wall_s", 0)
+    pending, ran = [], []
+
+    def record(entry: dict, trainings: dict, submitted: float) -> None:
+        try:
+            row = row_of(trainings)
+        except Exception as e:  # one broken row must not lose the others' numbers
+            row = {"error": f"{type(e).__name__}: {e}"}
+        key = entry["name"] + entry["suffix"]
+        report["rows"][key] = {"change": entry["change"], "overrides": entry["overrides"], **row,
+                               "wall_s": round(time.perf_counter() - submitted, 1)}
+        ran.append(key)
+        print(json.dumps(report["rows"][key]), flush=True)
+        report["wall_s"] = round(prior + time.perf_counter() - start, 1)
+        (out_dir / f"ablation_{tag}.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out_dir / f"ablation_{tag}.md").write_text(markdown(report, tag) + notes)
+        plot(report, out_dir / f"ablation_{tag}.png")
+
+    def record_pending() -> None:
+        for item in pending:
+            record(*item)
+        pending.clear()
+
+    for entry in plan:
+        if entry["name"] == "dfdc_first":  # the best row's settings (continual mean AUC) so far
+            record_pending()
+            done = [k for k in ran if "error" not in report["rows"][k]]
+            if done:
+                best = max(done, key=lambda k: report["rows"][k]["continual_mean_auc"])
+                entry = {**entry, "overrides": report["rows"][best]["overrides"]}
+                entry["params"] = load_params(REPO / "params.yaml", entry["overrides"])
+        print(f"== {entry['name']}: {entry['change']}", flush=True)
+        pending.append((entry, submit_row(entry["name"] + entry["suffix"], entry["params"], Path(data), work_dir,
+                                          entry["name"] == "dfdc_first", threads), time.perf_counter()))
+    record_pending()
+    return report
+
+
+def plan_rows(names: list[str], base_overrides: list[str], suffix: str) -> list[dict]:
+    """Each row's settings: params.yaml, the command's -S, then the rows' overrides (cumulative
+    but for ONE_OFF rows; RESTART rows start again)."""
+    plan, overrides = [], []
+    for name in names:
+        change, extra = ROWS[name]
+        if name in RESTART:
+            overrides = []
+        row_overrides = overrides + extra
+        if name not in ONE_OFF:
+            overrides = row_overrides
+        plan.append({"name": name, "suffix": suffix, "change": change, "overrides": base_overrides + row_overrides,
+                     "params": load_params(REPO / "params.yaml", base_overrides + row_overrides)})
+    return plan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=",".join(ROWS), help="which rows, in order (default: all)")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    parser.add_argument("-S", "--set", action="append", default=[], help="base overrides for every row")
+    parser.add_argument("-S", "--set", action="append", default=[],
+                        help="base overrides for every row (compare.runner=dask: the trainings on Dask workers)")
     parser.add_argument("--tag", default="cpu")
     parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work" / "ablation"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--append", action="store_true", help="add the rows to the existing results of --tag")
     parser.add_argument("--suffix", default="", help="added to the row names in the table (e.g. seed rows of another row)")
-    parser.add_argument("--budget-s", type=float, default=0, help="start no row that would likely end past this")
     args = parser.parse_args()
-    from dfcl.config import load_params
+    from dfcl.runners import sweep_task_runner
 
+    unknown = [r for r in args.rows.split(",") if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {', '.join(unknown)}; known: {', '.join(ROWS)}")
     work, out = Path(args.workspace).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     base = load_params(REPO / "params.yaml", args.set)
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "strategy": base["strategy"]["name"],
               "base": {k: base[k] for k in ("data", "model", "train", "strategy", "augment", "sbi")}, "rows": {}}
-    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
     earlier, notes = out / f"ablation_{args.tag}.json", ""
     if args.append and earlier.exists():  # more rows for the same table (same data and seeds)
         report = {**json.loads(earlier.read_text()), "machine": report["machine"]}
         notes = hand_written(out / f"ablation_{args.tag}.md")
-    overrides, best, start, prior = [], None, time.perf_counter(), report.get("wall_s", 0)
-    report["commands"] = report.get("commands", []) + [command]
-    slowest = 0.0
-    for name in args.rows.split(","):
-        change, extra = ROWS[name]
-        if args.budget_s and time.perf_counter() - start + slowest > args.budget_s:
-            print(f"== {name}: not run, the time budget ({args.budget_s:.0f} s) would run out", flush=True)
-            continue
-        if name in RESTART:
-            overrides = []
-        row_overrides = overrides + extra
-        if name not in ONE_OFF:
-            overrides = row_overrides
-        if name == "dfdc_first" and best:
-            overrides = [o for o in report["rows"][best]["overrides"] if o not in args.set]
-            row_overrides = overrides
-        params = load_params(REPO / "params.yaml", args.set + row_overrides)
-        print(f"== {name}: {change}", flush=True)
-        t = time.perf_counter()
-        try:
-            row = run_row(params, Path(args.data), work, dfdc_first=name == "dfdc_first")
-        except Exception as e:  # one broken row must not lose the others' numbers
-            row = {"error": f"{type(e).__name__}: {e}"}
-        report["rows"][name + args.suffix] = {"change": change, "overrides": list(args.set + row_overrides), **row,
-                                "wall_s": round(time.perf_counter() - t, 1)}
-        slowest = max(slowest, time.perf_counter() - t)
-        print(json.dumps(report["rows"][name + args.suffix]), flush=True)
-        if "error" not in row and (best is None or row["continual_mean_auc"] > report["rows"][best]["continual_mean_auc"]):
-            best = name + args.suffix
-        report["wall_s"] = round(prior + time.perf_counter() - start, 1)
-        (out / f"ablation_{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out / f"ablation_{args.tag}.md").write_text(markdown(report, args.tag) + notes)
-        plot(report, out / f"ablation_{args.tag}.png")
+    report["commands"] = report.get("commands", []) + ["python benchmarks/ablation.py " + " ".join(sys.argv[1:])]
+    cp = base["compare"]
+    runner = ablation.with_options(task_runner=sweep_task_runner(cp))
+    report = runner(plan_rows(args.rows.split(","), args.set, args.suffix), report, str(Path(args.data).resolve()),
+                    str(work), str(out), args.tag, notes, cp["dask_threads_per_worker"] if cp["runner"] == "dask" else None)
     print(markdown(report, args.tag))
     if any("error" in r for r in report["rows"].values()):
         sys.exit(1)

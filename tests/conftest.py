@@ -1,6 +1,8 @@
 """Test setup: every test gets its own workspace (git + DVC repo, sqlite MLflow); Prefect
 runs on its temporary local API with a home of its own for the session."""
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,6 +14,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Before prefect/mlflow are imported anywhere.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="dfcl-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)  # after the API's own atexit stop
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
@@ -43,9 +46,6 @@ def prefect_api():
     EventsWorker.drain_all()
     for server in list(SubprocessASGIServer._instances.values()):
         server.stop()
-    import shutil
-
-    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 
 def shared_data(name: str) -> Path:
