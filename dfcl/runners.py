@@ -22,10 +22,27 @@ def sweep_task_runner(cp: dict):
 
     if cp["dask_address"]:
         return DaskTaskRunner(address=cp["dask_address"])
-    # A cluster of its own on this machine: single-threaded worker processes, one training each.
+    # A cluster of its own on this machine: single-threaded worker processes, one training each,
+    # reporting to this process's Prefect API.
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": cp["dask_workers"], "threads_per_worker": 1, "processes": True,
-        "host": "127.0.0.1", "dashboard_address": None})
+        "host": "127.0.0.1", "dashboard_address": None, "env": {"PREFECT_API_URL": prefect_api_url()}})
+
+
+def prefect_api_url() -> str:
+    """The Prefect API this process uses. Without PREFECT_API_URL that is Prefect's temporary
+    local API, started here if it is not yet: worker processes given its address report to it
+    (left alone, each would start a temporary API of its own on the same database)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if url:
+        return url
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one Prefect's own client starts in this process
+    server.start()
+    return server.api_url
 
 
 def training_data(cp: dict, params: dict, root: Path) -> dict:
