@@ -128,11 +128,9 @@ def demo_data(tmp_path_factory) -> Path:
 def prefect_api_url() -> str:
     """The session's temporary Prefect API (the one the tests' own flows use), for `dfcl`
     processes: each would otherwise start a temporary API of its own, ~15 s of CPU."""
-    from prefect.server.api.server import SubprocessASGIServer
+    from dfcl.runners import prefect_api_url
 
-    server = SubprocessASGIServer()
-    server.start()
-    return server.api_url
+    return prefect_api_url()
 
 
 def run_dfcl(args: list[str], cwd: Path, api: str | None = None, **kwargs):
