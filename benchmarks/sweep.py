@@ -4,7 +4,9 @@ workers (compare.runner=dask), through the same flow (flows/compare.py).
 
     python benchmarks/sweep.py [--strategies naive,replay,gem,lwf] [--seeds 0,1] [--workers 2] [-S key=value ...]
 
-Reports the wall-clock ratio sequential / Dask, Dask's per-task overhead (a no-op Prefect task on
+Reports the wall-clock ratio sequential / Dask, the most it could be on this machine (training
+steps of the model, timed with all cores in one process against one-thread processes side by side),
+Dask's per-task overhead (a no-op Prefect task on
 the same kind of cluster, against the same task run locally), the peak memory of each worker
 process, and whether both runs gave the same numbers. Writes benchmarks/results/sweep_<tag>.{json,md}.
 """
@@ -78,6 +80,42 @@ def task_overhead(params: dict, n: int = 16) -> dict:
             "dask_cluster_start_s": round(time.perf_counter() - start - n * dask, 1)}
 
 
+def step_seconds(params: dict, threads: int, steps: int = 6) -> float:
+    """Seconds per training step (forward, backward, optimiser) of the params' model on random
+    faces of its size and batch, with `threads` torch threads."""
+    import torch
+
+    from dfcl.strategies import make_model
+
+    torch.set_num_threads(threads)
+    model, size, batch = make_model(params["model"]), params["data"]["image_size"], params["train"]["batch_size"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,))
+    for i in range(steps + 1):
+        if i == 1:  # the first step allocates; time the rest
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return (time.perf_counter() - start) / steps
+
+
+def compute_ceiling(settings: list[str], workers: int) -> dict:
+    """The speed-up the cluster could reach on compute alone: one process with all cores against
+    `workers` one-thread processes at the same time (they share the cores and memory bandwidth)."""
+    import subprocess
+
+    def timed(threads: int, n: int) -> list[float]:
+        command = [sys.executable, __file__, "--step-seconds", str(threads)] + [a for s in settings for a in ("-S", s)]
+        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        return [float(p.communicate()[0].split()[-1]) for p in procs]
+
+    [sequential] = timed(os.cpu_count(), 1)
+    side_by_side = timed(1, workers)
+    return {"step_s_all_cores": round(sequential, 3), "step_s_one_thread_side_by_side": [round(t, 3) for t in side_by_side],
+            "ceiling": round(workers * sequential / max(side_by_side), 3)}
+
+
 def same_numbers(a: dict, b: dict) -> float:
     """Largest difference between the two sweeps' per-training figures."""
     import numpy as np
@@ -97,7 +135,7 @@ def same_numbers(a: dict, b: dict) -> float:
 
 
 def markdown(report: dict, command: str, tag: str) -> str:
-    r, o = report, report["overhead"]
+    r, o, c = report, report["overhead"], report["ceiling"]
     lines = [f"# Strategy sweep: sequential vs Dask LocalCluster ({tag})", "",
              f"Machine: {r['machine']}. Date: {r['date']}.", "", "Command:", "", f"    {command}", "",
              f"Sweep: strategies {', '.join(r['strategies'])} x seeds {r['seeds']} = {r['trainings']} trainings over "
@@ -106,6 +144,11 @@ def markdown(report: dict, command: str, tag: str) -> str:
              f"| sequential, one process, {r['sequential_threads']} torch threads | {r['sequential_s']:.0f} | {r['sequential_train_s']:.0f} |",
              f"| Dask LocalCluster, {r['workers']} workers x 1 thread | {r['dask_s']:.0f} | {r['dask_train_s']:.0f} |", "",
              f"**Speed-up sequential / Dask: {r['speedup']:.2f}x** (target >= 1.7x).", "",
+             f"Ceiling on compute alone: a training step of the model took {c['step_s_all_cores']:.2f} s with all "
+             f"{r['machine']['cpu_cores']} cores in one process, and "
+             + ", ".join(f"{t:.2f}" for t in c["step_s_one_thread_side_by_side"])
+             + f" s in {r['workers']} one-thread processes side by side: at most **{c['ceiling']:.2f}x** from running "
+             "trainings side by side, before any Dask or Prefect overhead.", "",
              f"Dask's per-task overhead (a no-op Prefect task): {o['dask_s_per_task'] * 1000:.0f} ms on the cluster against "
              f"{o['local_s_per_task'] * 1000:.0f} ms locally, i.e. {o['dask_overhead_s_per_task'] * 1000:.0f} ms per task; "
              f"starting the cluster took {o['dask_cluster_start_s']:.1f} s.", "",
@@ -125,7 +168,13 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work" / "sweep"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--step-seconds", type=int, help=argparse.SUPPRESS)  # compute_ceiling's child processes
     args = parser.parse_args()
+    if args.step_seconds:
+        from dfcl.config import load_params
+
+        print(step_seconds(load_params(REPO / "params.yaml", SMALL + args.set), args.step_seconds))
+        return
     work, out = Path(args.workspace).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
@@ -164,7 +213,8 @@ def main() -> None:
               "dask_s": round(dask_s, 1), "speedup": round(sequential_s / dask_s, 3),
               "sequential_train_s": round(trained(sequential), 1), "dask_train_s": round(trained(dask), 1),
               "worker_peak_mb": sorted(round(mb) for mb in memory.peak_mb.values()),
-              "max_difference": same_numbers(sequential, dask), "overhead": task_overhead(params)}
+              "max_difference": same_numbers(sequential, dask), "overhead": task_overhead(params),
+              "ceiling": compute_ceiling(settings, args.workers)}
     command = "python benchmarks/sweep.py " + " ".join(sys.argv[1:])
     save_results(out, f"sweep_{args.tag}", report, markdown(report, command, args.tag))
 

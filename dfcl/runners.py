@@ -18,8 +18,13 @@ def sweep_task_runner(cp: dict):
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=1)  # one training at a time, with all the cores
+    import dask
     from prefect_dask import DaskTaskRunner
 
+    # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also stops glibc from
+    # raising its mmap threshold: every large tensor is then mmap'ed and page-faulted afresh, and
+    # PyTorch CPU training runs about 2x slower (benchmarks/results/sweep_cpu.md). None unsets it.
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     if cp["dask_address"]:
         return DaskTaskRunner(address=cp["dask_address"])
     # A cluster of its own on this machine: single-threaded worker processes, one training each,
