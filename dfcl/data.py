@@ -16,7 +16,7 @@ LEGACY_AUGMENT = {**{key: 0 for key in DEFAULTS if key.endswith("_p")}, "flip_p"
 def face_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 RGB (S, S, 3) -> float (3, S, S) in [0, 1]: what every model takes (each model
     normalises its input itself, see models/normalize.py)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)  # a writable copy of the memmap
 
 
 def first_of_each_face(faces: np.ndarray) -> np.ndarray:

@@ -61,7 +61,7 @@ def fake_probabilities(model: torch.nn.Module, faces, device: torch.device | str
     model.eval()
     out = []
     for start in range(0, len(faces), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(faces[start:start + batch_size])).to(device)
+        x = torch.from_numpy(np.array(faces[start:start + batch_size])).to(device)  # a writable copy of the memmap
         x = x.permute(0, 3, 1, 2).float().div_(255)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x.contiguous(memory_format=torch.channels_last))
