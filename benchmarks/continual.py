@@ -182,7 +182,8 @@ def log_to_mlflow(path: Path, experiment: str) -> None:
             mlflow.log_params(flatten({**report["params"], "strategy": {**report["params"]["strategy"], "name": name}}))
             for step, (acc, auc) in enumerate(zip(r["accuracy_matrix"], r["auc_matrix"])):
                 mlflow.log_metrics({"avg_accuracy": sum(acc) / len(acc), "avg_auc": sum(auc) / len(auc)}, step=step)
-            mlflow.log_metrics({k: r[k] for k in ("forgetting", "bwt", "train_seconds", "avg_balanced_accuracy") if r.get(k) is not None})
+            mlflow.log_metrics({k: r[k] for k in ("forgetting", "auc_forgetting", "bwt", "train_seconds", "avg_balanced_accuracy")
+                                if r.get(k) is not None})
             for kind in ("accuracy", "auc"):
                 frame: pd.DataFrame = matrix_frame(r[f"{kind}_matrix"], report["methods"])
                 mlflow.log_text(frame.to_csv(), f"evaluation/{kind}_matrix.csv")
@@ -192,6 +193,8 @@ def log_to_mlflow(path: Path, experiment: str) -> None:
 
 
 def markdown(report: dict, command: str, tag: str) -> str:
+    from dfcl.results import matrix_forgetting
+
     methods = report["methods"]
     ffpp = [i for i, m in enumerate(methods) if m.split("/")[-1] in FFPP]
     lines = [f"# Continual strategies on real forgeries ({tag})", "",
@@ -199,8 +202,8 @@ def markdown(report: dict, command: str, tag: str) -> str:
              "Command:", "", f"    {command}", "",
              f"Sequence: {' -> '.join(methods)}. Parameters: `{json.dumps(report['params'])}`.", "",
              f"Seeds: {report.get('seeds', [0])}" + (" (each figure: mean ± standard deviation over them)." if len(report.get('seeds', [0])) > 1 else "."), "",
-             "| strategy | final avg acc | final avg balanced acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | BWT | train s | state MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| strategy | final avg acc | final avg balanced acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | AUC forgetting | BWT | train s | state MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     seeds = len(report.get("seeds", [0]))
 
     def pm(values: list[float], digits: int = 3) -> str:  # mean ± std over the seeds' runs
@@ -216,7 +219,8 @@ def markdown(report: dict, command: str, tag: str) -> str:
         ff = [float(np.nanmean([a[i] for i in ffpp])) for a in last]
         allauc = [float(np.nanmean(a)) for a in last]
         lines.append(f"| {name} | {pm([r['avg_accuracy'] for r in runs])} | {pm([r.get('avg_balanced_accuracy') for r in runs])} "
-                     f"| {pm(ff)} | {pm(allauc)} | {pm([r['forgetting'] for r in runs])} | {pm([r['bwt'] for r in runs])} "
+                     f"| {pm(ff)} | {pm(allauc)} | {pm([r['forgetting'] for r in runs])} "
+                     f"| {pm([matrix_forgetting(r['auc_matrix']) for r in runs])} | {pm([r['bwt'] for r in runs])} "
                      f"| {pm([r['train_seconds'] for r in runs], 0)} | {pm([r.get('state_mb') for r in runs], 1)} |")
     s = report["speed"]
     lines += ["", "Training speed (first experience, same model, batch, data and epochs):", "",

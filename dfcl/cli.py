@@ -40,7 +40,8 @@ def require_dataset(path: str, params: dict, method: str | None = None, methods:
     from dfcl.layouts import dataset_name, recognise
 
     dp = params["data"]
-    recognise(path, dp["real_names"], dataset_name(path, method), methods=methods, compression=dp["compression"])
+    recognise(path, dp["real_names"], dataset_name(path, method), methods=methods, compression=dp["compression"],
+              method=method)
 
 
 def cmd_ingest(args, params):
@@ -229,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="recognise a dataset (FF++, Celeb-DF, DFDC, image folders), version it, extract faces",
                        epilog="layouts it recognises:\n  " + "\n  ".join(known_layouts()))
     p.add_argument("data", help="dataset folder; `dfcl ingest --help` lists the layouts")
-    p.add_argument("--method", help="name of a one-method dataset (default: the folder name)")
+    p.add_argument("--method", help="name of a one-method dataset, e.g. real/ + fake/ (default: the folder name)")
     p.add_argument("--methods", help="comma-separated subset (and order) of a multi-method dataset's methods")
 
     p = sub.add_parser("extract-faces", parents=[common],
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retrain", parents=[common], help="ingest a dataset and continue training on its new methods")
     p.add_argument("data", help="dataset folder (any layout `dfcl ingest` knows, videos or images)")
-    p.add_argument("--method", help="name of a one-method dataset (default: the folder name)")
+    p.add_argument("--method", help="name of a one-method dataset, e.g. real/ + fake/ (default: the folder name)")
     p.add_argument("--methods", help="comma-separated subset and order of methods to learn")
     p.add_argument("--auto-approve", action="store_true", help="promote without waiting for ops (demo, tests)")
     p.add_argument("--fresh", action="store_true", help="start a new learner instead of continuing the saved one")

@@ -312,10 +312,15 @@ def dataset_name(path: str | Path, method: str | None = None) -> str:
     return method or (p.parent.name if p.name.lower() in {"images", "data"} else p.name)
 
 
+# Layouts whose folder holds one forgery method with no name of its own: `--method` names it.
+ONE_METHOD_LAYOUTS = ("real-fake", "Celeb-DF v2", "DFDC")
+
+
 def recognise(root: str | Path, real_names, name: str, methods: list[str] | None = None,
-              compression: str = "c23") -> Sources:
+              compression: str = "c23", method: str | None = None) -> Sources:
     """The layout of `root` and its files. `name` names single-method datasets; `methods`
-    picks (and orders) the methods of multi-method ones."""
+    picks (and orders) the methods of multi-method ones. `method` is the name the user gave
+    (`--method`), which only a one-method dataset may take."""
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root} is not a folder")
@@ -328,8 +333,13 @@ def recognise(root: str | Path, real_names, name: str, methods: list[str] | None
     if labels != {0, 1}:
         raise LayoutError(f"{root} ({found.layout}): no {'real' if 0 not in labels else 'fake'} files found; "
                           "a dataset needs both")
-    if methods and found.methods != list(methods) and found.layout in ("real-fake", "Celeb-DF v2", "DFDC"):
+    if methods and found.methods != list(methods) and found.layout in ONE_METHOD_LAYOUTS:
         raise LayoutError(f"{root} is one method ({found.layout}); use --method NAME to name it, not --methods")
+    if method and found.layout not in ONE_METHOD_LAYOUTS:
+        # Otherwise `--method X` silently renames the dataset and its methods come back as new
+        # experiences (X/Deepfakes, ...) that repeat what was already learned.
+        raise LayoutError(f"{root} names its own methods ({found.layout}: {', '.join(found.methods)}); "
+                          "--method only names a one-method dataset. Use --methods A,B to choose among them")
     return found
 
 

@@ -27,7 +27,7 @@ from dfcl.metrics import ExperienceAUC, calibrate_threshold, per_experience, str
 # them dfcl.learner.*, so these names stay importable from here.
 from dfcl.plugins import (BestValidationEpoch, ChannelsLast, ClassBalancedLoss, CosineEpochs,  # noqa: F401
                           CudaSpeedups, FrozenBatchNormStats, LRSchedule)
-from dfcl.results import strategy_report, summarize
+from dfcl.results import matrix_forgetting, strategy_report, summarize
 from dfcl.sbi import SelfBlendedFakes
 from dfcl.strategies import build_strategy, make_optimizer, pick_device
 
@@ -210,13 +210,11 @@ class Learner:
         acc, auc = h.accuracy_matrix, h.auc_matrix
         if not acc:
             return {}
-        n = len(acc)
-        drops = [acc[i][i] - acc[-1][i] for i in range(n - 1)]
-        forgetting = sum(drops) / len(drops) if drops else 0.0
+        forgetting = matrix_forgetting(acc)
         bal = h.balanced_accuracy_matrix[-1] if h.balanced_accuracy_matrix else None
         vid = h.video_auc_matrix[-1] if h.video_auc_matrix else None
         return summarize(h.experiences, acc[-1], auc[-1], forgetting=forgetting, bwt=-forgetting,
-                         row_bal=bal, threshold=h.threshold, row_video_auc=vid)
+                         row_bal=bal, threshold=h.threshold, row_video_auc=vid) | self.metric_forgetting()
 
     def _evaluate(self, bench) -> dict:
         """Evaluate on every learned experience and append the row to the matrices."""
@@ -240,7 +238,13 @@ class Learner:
         return summarize(self.history.experiences, row_acc, row_auc,
                          forgetting=0.0 if math.isnan(forgetting) else forgetting,
                          bwt=0.0 if math.isnan(bwt) else bwt, row_bal=row_bal, threshold=self.history.threshold,
-                         row_video_auc=row_vid)
+                         row_video_auc=row_vid) | self.metric_forgetting()
+
+    def metric_forgetting(self) -> dict:
+        """Forgetting in AUC and balanced accuracy, beside Avalanche's accuracy forgetting."""
+        h = self.history
+        return {"auc_forgetting": matrix_forgetting(h.auc_matrix),
+                "balanced_accuracy_forgetting": matrix_forgetting(h.balanced_accuracy_matrix)}
 
     def test_videos(self, experiences: list[ExperienceSpec]) -> dict[int, np.ndarray]:
         """Experience index -> the video of each test face, where the manifest tells."""

@@ -91,7 +91,8 @@ def decision_plot(verdict: dict, path: Path) -> Path | None:
 
 # Figures of one training (dfcl.results.strategy_report) that a sweep averages over seeds.
 FIGURES = ("accuracy_matrix", "auc_matrix", "balanced_accuracy_matrix", "video_auc_matrix", "avg_accuracy", "avg_auc",
-           "avg_balanced_accuracy", "avg_video_auc", "threshold", "forgetting", "bwt", "train_seconds", "state_mb")
+           "avg_balanced_accuracy", "avg_video_auc", "threshold", "forgetting", "auc_forgetting", "bwt", "train_seconds",
+           "state_mb")
 
 
 def over_seeds(runs: dict[int, dict]) -> dict:
@@ -121,7 +122,8 @@ def compare_table(report: dict) -> str:
     """The strategies side by side: final means (± standard deviation over seeds)."""
     seeds = len(report["seeds"])
     columns = [("avg acc", "avg_accuracy"), ("avg AUC", "avg_auc"), ("video AUC", "avg_video_auc"),
-               ("forgetting", "forgetting"), ("BWT", "bwt"), ("train s", "train_seconds")]
+               ("forgetting", "forgetting"), ("AUC forget", "auc_forgetting"), ("BWT", "bwt"),
+               ("train s", "train_seconds")]
     width = 16 if seeds > 1 else 10
     lines = [f"{'strategy':<10} " + " ".join(f"{title:>{width}}" for title, _ in columns)
              + (f"   ({seeds} seeds: mean ± std)" if seeds > 1 else "")]
@@ -142,5 +144,5 @@ def outcome_summary(outcome: dict) -> str:
           f"AUC {r['auc'][key]:.3f}" for key in r["methods"]),
         f"  average accuracy {r['avg_accuracy']:.3f}, balanced {r.get('avg_balanced_accuracy', float('nan')):.3f} "
         f"(threshold {r.get('threshold', 0.5):.3f}), average AUC {r['avg_auc']:.3f}, "
-        f"forgetting {r['forgetting']:.3f}, BWT {r['bwt']:.3f}",
+        f"forgetting {r['forgetting']:.3f} (AUC {r.get('auc_forgetting', float('nan')):.3f}), BWT {r['bwt']:.3f}",
         f"MLflow UI: mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}"])

@@ -21,12 +21,12 @@ def sweep_task_runner(cp: dict):
     import dask
     from prefect_dask import DaskTaskRunner
 
+    if cp["dask_address"]:  # its workers' settings are their own (README: "Workers' malloc setting")
+        return DaskTaskRunner(address=cp["dask_address"])
     # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also stops glibc from
     # raising its mmap threshold: every large tensor is then mmap'ed and page-faulted afresh, and
     # PyTorch CPU training runs about 2x slower (benchmarks/results/sweep_cpu.md). None unsets it.
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
-    if cp["dask_address"]:
-        return DaskTaskRunner(address=cp["dask_address"])
     # A cluster of its own on this machine: single-threaded worker processes, one training each,
     # reporting to this process's Prefect API.
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={

@@ -35,7 +35,7 @@ def ingest_dataset(data: str, params: dict, method: str | None = None,
     ws = Workspace.here()
     ensure_workspace(ws, params)
     name = dataset_name(data, method)
-    sources = discover_dataset(data, params, name, methods)
+    sources = discover_dataset(data, params, name, methods, method)
     raw_dir = copy_raw_dataset(ws, data, name, sources.all_paths())
     raw_version = version_with_dvc(ws, raw_dir, params, f"dfcl: raw dataset {name}")
     version = extract_faces(ws, name, params)

@@ -4,10 +4,11 @@ from dfcl.layouts import Sources, cap_per_class, recognise
 
 
 @task
-def discover_dataset(path: str, params: dict, name: str, methods: list[str] | None = None) -> Sources:
+def discover_dataset(path: str, params: dict, name: str, methods: list[str] | None = None,
+                     method: str | None = None) -> Sources:
     """Recognise the dataset's layout (and say which) and list its files in a pandas table."""
     dp = params["data"]
-    found = recognise(path, dp["real_names"], name, methods=methods, compression=dp["compression"])
+    found = recognise(path, dp["real_names"], name, methods=methods, compression=dp["compression"], method=method)
     # quick runs copy (and version) only the files they use
     found.files = cap_per_class(found.files, dp["max_per_class"], dp["seed"])
     counts = found.files.groupby(["experience", "kind", "label"]).size().unstack(fill_value=0)

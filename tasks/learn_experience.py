@@ -13,6 +13,7 @@ def learn_experience(learner: Learner, spec: ExperienceSpec) -> dict:
                 learner.params["strategy"]["name"])
     results = learner.learn(spec)
     learner.save()
-    logger.info("after %s: avg accuracy %.3f, avg AUC %.3f, forgetting %.3f, BWT %.3f", spec.key,
-                results["avg_accuracy"], results["avg_auc"], results["forgetting"], results["bwt"])
+    logger.info("after %s: avg accuracy %.3f, avg AUC %.3f, forgetting %.3f (AUC %.3f), BWT %.3f", spec.key,
+                results["avg_accuracy"], results["avg_auc"], results["forgetting"], results["auc_forgetting"],
+                results["bwt"])
     return results

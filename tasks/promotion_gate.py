@@ -65,7 +65,7 @@ def promotion_gate(learner: Learner, challenger: dict, params: dict) -> dict:
         if champion["average"]["verdict"] == "worse":
             reasons.append(f"average {metric} worse by {-avg['difference']:.3f} ({gate['confidence']:.0%} interval "
                            f"{avg['low']:+.3f} to {avg['high']:+.3f})")
-    forgetting = metric_forgetting(learner, metric)
+    forgetting = learner.metric_forgetting()[f"{metric}_forgetting"]
     if not math.isnan(forgetting) and forgetting > gate["max_forgetting"]:
         reasons.append(f"forgetting {forgetting:.3f} ({metric}) exceeds the bound {gate['max_forgetting']}")
     verdict = {"passed": not reasons, "reasons": reasons, "champion": champion, "metric": metric,
@@ -74,13 +74,3 @@ def promotion_gate(learner: Learner, challenger: dict, params: dict) -> dict:
                 "" if verdict["passed"] else " - " + "; ".join(reasons))
     return verdict
 
-
-def metric_forgetting(learner: Learner, metric: str) -> float:
-    """Mean drop of `metric` on the earlier methods, from right after learning each to now."""
-    h = learner.history
-    matrix = h.auc_matrix if metric == "auc" else h.balanced_accuracy_matrix
-    if len(matrix) < 2:
-        return 0.0
-    drops = [matrix[i][i] - matrix[-1][i] for i in range(len(matrix) - 1)]
-    drops = [d for d in drops if not math.isnan(d)]
-    return sum(drops) / len(drops) if drops else math.nan

@@ -136,3 +136,9 @@ def test_empty_class_is_a_clear_error(demo_data, tmp_path):
 def test_unknown_method_is_a_clear_error(demo_data):
     with pytest.raises(LayoutError, match=r"no method named \['Nope'\]"):
         recognise(demo_data / "BlendSwap", ["real"], "x", methods=["Nope"])
+
+
+def test_method_name_on_a_dataset_of_named_methods_is_a_clear_error(demo_data):
+    # `--method` would rename the dataset, and its methods would be learned again under new keys
+    with pytest.raises(LayoutError, match=r"names its own methods \(per-method: BlendSwap\).*--methods"):
+        recognise(demo_data / "BlendSwap", ["real"], "Renamed", method="Renamed")

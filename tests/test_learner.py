@@ -72,6 +72,11 @@ def test_learner_resumes_with_its_strategy_state(specs, tmp_path, strategy, mode
     expected = again.history.accuracy_matrix[0][0] - again.history.accuracy_matrix[1][0]
     assert r2["forgetting"] == pytest.approx(expected, abs=1e-6)
     assert r2["bwt"] == pytest.approx(-expected, abs=1e-6)
+    # the same definition on AUC and balanced accuracy, which Avalanche does not compute
+    auc, bal = again.history.auc_matrix, again.history.balanced_accuracy_matrix
+    assert r2["auc_forgetting"] == pytest.approx(auc[0][0] - auc[1][0], abs=1e-6)
+    assert r2["balanced_accuracy_forgetting"] == pytest.approx(bal[0][0] - bal[1][0], abs=1e-6)
+    assert r1["auc_forgetting"] == 0.0 and again.last_results()["auc_forgetting"] == r2["auc_forgetting"]
 
 
 def test_changed_identity_is_refused(specs, tmp_path):
