@@ -62,10 +62,13 @@ def bare_loop(params: dict, spec, root: Path) -> float:
     from torch.utils.data import DataLoader
 
     from dfcl.data import FaceArrayDataset
+    from dfcl.memory import keep_large_allocations_on_the_heap
     from dfcl.strategies import make_model, make_optimizer, pick_device
 
     tp = params["train"]
     torch.manual_seed(tp["seed"])
+    if tp["heap_allocations"]:  # as the pipeline does (dfcl.strategies.build_strategy)
+        keep_large_allocations_on_the_heap()
     device = pick_device(tp["device"])
     model = make_model(params["model"]).to(device, memory_format=torch.channels_last)
     cuda = device.type == "cuda"

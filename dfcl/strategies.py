@@ -9,6 +9,7 @@ from avalanche.training import EWC, GEM, CWRStar, Cumulative, LwF, Naive, Replay
 from avalanche.training.plugins import EvaluationPlugin
 
 from dfcl.config import ConfigError
+from dfcl.memory import keep_large_allocations_on_the_heap
 from dfcl.metrics import ExperienceAUC
 from dfcl.plugins import (BestValidationEpoch, ChannelsLast, ClassBalancedLoss, CudaSpeedups, EpochProgress,
                           FrozenBatchNormStats, LRSchedule)
@@ -82,6 +83,8 @@ def build_strategy(params: dict):
     check_choices(params)
     tp, sp = params["train"], params["strategy"]
     torch.manual_seed(tp["seed"])
+    if tp["heap_allocations"]:
+        keep_large_allocations_on_the_heap()
     device = pick_device(tp["device"])
     model = make_model(params["model"]).to(memory_format=torch.channels_last)  # see ChannelsLast
     evaluator = EvaluationPlugin(
