@@ -62,13 +62,12 @@ def bare_loop(params: dict, spec, root: Path) -> float:
     from torch.utils.data import DataLoader
 
     from dfcl.data import FaceArrayDataset
-    from dfcl.memory import keep_large_allocations_on_the_heap
+    from dfcl.memory import apply_heap_allocations
     from dfcl.strategies import make_model, make_optimizer, pick_device
 
     tp = params["train"]
     torch.manual_seed(tp["seed"])
-    if tp["heap_allocations"]:  # as the pipeline does (dfcl.strategies.build_strategy)
-        keep_large_allocations_on_the_heap()
+    apply_heap_allocations(tp)  # as the pipeline does (dfcl.strategies.build_strategy)
     device = pick_device(tp["device"])
     model = make_model(params["model"]).to(device, memory_format=torch.channels_last)
     cuda = device.type == "cuda"
@@ -196,7 +195,6 @@ def log_to_mlflow(path: Path, experiment: str) -> None:
 
 
 def markdown(report: dict, command: str, tag: str) -> str:
-    from dfcl.results import matrix_forgetting
 
     methods = report["methods"]
     ffpp = [i for i, m in enumerate(methods) if m.split("/")[-1] in FFPP]
@@ -223,7 +221,7 @@ def markdown(report: dict, command: str, tag: str) -> str:
         allauc = [float(np.nanmean(a)) for a in last]
         lines.append(f"| {name} | {pm([r['avg_accuracy'] for r in runs])} | {pm([r.get('avg_balanced_accuracy') for r in runs])} "
                      f"| {pm(ff)} | {pm(allauc)} | {pm([r['forgetting'] for r in runs])} "
-                     f"| {pm([matrix_forgetting(r['auc_matrix']) for r in runs])} | {pm([r['bwt'] for r in runs])} "
+                     f"| {pm([r['auc_forgetting'] for r in runs])} | {pm([r['bwt'] for r in runs])} "
                      f"| {pm([r['train_seconds'] for r in runs], 0)} | {pm([r.get('state_mb') for r in runs], 1)} |")
     s = report["speed"]
     lines += ["", "Training speed (first experience, same model, batch, data and epochs):", "",

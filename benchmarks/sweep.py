@@ -85,12 +85,11 @@ def step_seconds(params: dict, threads: int, steps: int = 6) -> float:
     faces of its size and batch, with `threads` torch threads."""
     import torch
 
-    from dfcl.memory import keep_large_allocations_on_the_heap
+    from dfcl.memory import apply_heap_allocations
     from dfcl.strategies import make_model
 
     torch.set_num_threads(threads)
-    if params["train"]["heap_allocations"]:  # as the pipeline does (dfcl.strategies.build_strategy)
-        keep_large_allocations_on_the_heap()
+    apply_heap_allocations(params["train"])  # as the pipeline does (dfcl.strategies.build_strategy)
     model, size, batch = make_model(params["model"]), params["data"]["image_size"], params["train"]["batch_size"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,))

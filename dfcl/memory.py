@@ -21,6 +21,12 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's malloc.h
 KEEP_FREED = 1 << 30  # bytes of freed heap kept for reuse before glibc trims; above one step's needs
 
 
+def apply_heap_allocations(train_params: dict) -> bool:
+    """What every training calls first (pipeline and bare benchmark loops alike, so their speeds
+    compare): keep large tensors on the heap if `train.heap_allocations` says so."""
+    return bool(train_params["heap_allocations"]) and keep_large_allocations_on_the_heap()
+
+
 def keep_large_allocations_on_the_heap() -> bool:
     """No mmap for large blocks and no trimming below 1 GB, on glibc; True if both were set.
     A no-op elsewhere (macOS, musl) and when MALLOC_MMAP_MAX_ is in the environment (the user's

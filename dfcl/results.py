@@ -51,5 +51,5 @@ def strategy_report(learner, results: dict, seconds: float) -> dict:
             "balanced_accuracy_matrix": h.balanced_accuracy_matrix, "video_auc_matrix": h.video_auc_matrix,
             "avg_accuracy": results["avg_accuracy"], "avg_auc": results["avg_auc"], "avg_video_auc": results.get("avg_video_auc"),
             "avg_balanced_accuracy": results.get("avg_balanced_accuracy"), "threshold": results["threshold"],
-            "forgetting": results["forgetting"], "auc_forgetting": results.get("auc_forgetting"), "bwt": results["bwt"],
+            "forgetting": results["forgetting"], "auc_forgetting": results["auc_forgetting"], "bwt": results["bwt"],
             "train_seconds": seconds}

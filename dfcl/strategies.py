@@ -9,7 +9,7 @@ from avalanche.training import EWC, GEM, CWRStar, Cumulative, LwF, Naive, Replay
 from avalanche.training.plugins import EvaluationPlugin
 
 from dfcl.config import ConfigError
-from dfcl.memory import keep_large_allocations_on_the_heap
+from dfcl.memory import apply_heap_allocations
 from dfcl.metrics import ExperienceAUC
 from dfcl.plugins import (BestValidationEpoch, ChannelsLast, ClassBalancedLoss, CudaSpeedups, EpochProgress,
                           FrozenBatchNormStats, LRSchedule)
@@ -83,8 +83,7 @@ def build_strategy(params: dict):
     check_choices(params)
     tp, sp = params["train"], params["strategy"]
     torch.manual_seed(tp["seed"])
-    if tp["heap_allocations"]:
-        keep_large_allocations_on_the_heap()
+    apply_heap_allocations(tp)
     device = pick_device(tp["device"])
     model = make_model(params["model"]).to(memory_format=torch.channels_last)  # see ChannelsLast
     evaluator = EvaluationPlugin(

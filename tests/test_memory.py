@@ -8,9 +8,8 @@ import pytest
 
 PROBE = """
 import resource, sys, torch
-from dfcl.memory import keep_large_allocations_on_the_heap
-if sys.argv[1] == "heap":
-    assert keep_large_allocations_on_the_heap()
+from dfcl.memory import apply_heap_allocations
+assert apply_heap_allocations({"heap_allocations": sys.argv[1] == "heap"}) == (sys.argv[1] == "heap")
 torch.set_num_threads(1)
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
                           torch.nn.Conv2d(32, 96, 3, padding=1), torch.nn.BatchNorm2d(96), torch.nn.ReLU(),
