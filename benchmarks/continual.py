@@ -40,8 +40,10 @@ FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 
 
 class StepTimer(SupervisedPlugin):
-    """Seconds spent per training iteration (forward, backward, step and every plugin hook,
-    so GEM's gradient projection is inside), as an Avalanche plugin."""
+    """Seconds spent per training iteration (forward, backward, step and the other plugins'
+    hooks, so GEM's memory gradients and projection are inside), as an Avalanche plugin. It must
+    be the strategy's first plugin: hooks run in list order, and GEM computes its memory's
+    gradients in its own before_training_iteration."""
 
     def __init__(self):
         super().__init__()
@@ -106,7 +108,7 @@ def pipeline_loop(params: dict, specs: list, root: Path, tmp: Path) -> tuple[flo
     for i in range(len(specs) - 1):
         learner.strategy.train(bench.train_stream[i], **loader_args)
     timer = StepTimer()
-    learner.strategy.plugins.append(timer)
+    learner.strategy.plugins.insert(0, timer)
     start = time.perf_counter()
     learner.strategy.train(bench.train_stream[len(specs) - 1], **loader_args)
     seconds = time.perf_counter() - start
