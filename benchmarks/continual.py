@@ -197,7 +197,6 @@ def log_to_mlflow(path: Path, experiment: str) -> None:
 
 
 def markdown(report: dict, command: str, tag: str) -> str:
-
     methods = report["methods"]
     ffpp = [i for i, m in enumerate(methods) if m.split("/")[-1] in FFPP]
     lines = [f"# Continual strategies on real forgeries ({tag})", "",
