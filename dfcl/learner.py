@@ -113,6 +113,11 @@ class Learner:
                                                        map_location=device)
         # The optimizer is saved apart (see save()); re-bind it to the restored model.
         strategy = learner.strategy
+        # The checkpoint pickles the whole strategy, its loop settings included; this run's
+        # params decide how the next experience trains (`dfcl retrain -S train.epochs=1`).
+        tp = params["train"]
+        strategy.train_epochs, strategy.train_mb_size, strategy.eval_mb_size = (
+            tp["epochs"], tp["batch_size"], tp["eval_batch_size"])
         strategy.optimizer = make_optimizer(strategy.model, params["train"])
         saved_optimizer = torch.load(state / cls.OPTIMIZER, map_location=device)
         if len(saved_optimizer["param_groups"]) != len(strategy.optimizer.param_groups):

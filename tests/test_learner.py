@@ -88,6 +88,16 @@ def test_changed_identity_is_refused(specs, tmp_path):
         Learner.load(tmp_path / "learner", small_params("strategy.name=gem"), root)
 
 
+def test_a_resumed_learner_trains_with_this_runs_loop_settings(specs, tmp_path):
+    """The checkpoint holds the strategy of the first run; -S train.epochs=... must still apply."""
+    root, (first, _) = specs
+    learner = Learner(tmp_path / "learner", small_params(), root)
+    learner.learn(first)
+    learner.save()
+    again = Learner.load(tmp_path / "learner", small_params("train.epochs=3", "train.batch_size=8"), root)
+    assert (again.strategy.train_epochs, again.strategy.train_mb_size) == (3, 8)
+
+
 def test_learning_the_same_method_twice_is_refused(specs, tmp_path):
     root, (first, _) = specs
     learner = Learner(tmp_path / "learner", small_params(), root)
