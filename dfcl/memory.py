@@ -5,7 +5,7 @@ and unmaps them on free, and it gives freed memory at the top of its heap back t
 above a trim threshold; either way the kernel faults in and zeroes those pages again at every
 training step. EfficientNet-Lite's activations at 160 px are that large: a Lite0 step (batch 64,
 what Replay trains on) took 4.15 s with 2.76 s of it in the kernel, and 2.43 s with 0.04 s once
-both are off (peak memory 3.7 -> 4.2 GB; benchmarks/results/champion_ffpp_cpu.md). PyTorch has no
+both are off (peak memory 3.7 -> 4.2 GB; `python benchmarks/allocator.py` measures a training). PyTorch has no
 CPU caching allocator to do this (its caching allocator is CUDA's), and glibc's MALLOC_*
 environment variables only work if set before the process starts, so the settings are made
 here, through mallopt, when a training starts.
