@@ -66,7 +66,8 @@ class ModelHolder:
                 return served is not None
             if str(version.version) == served:
                 return False
-            detector = load_mlflow_detector(f"models:/{self.name}@{self.alias}")
+            detector = load_mlflow_detector(f"models:/{self.name}@{self.alias}",
+                                            trust_pickle=self.params["api"]["trust_pickle"])
             # MTCNN does not change with the model: the new scorer keeps the loaded one.
             scorer = FaceScorer(detector, self.params, self.current._finder if self.current else None)
             self.current, self.loaded_at = scorer, time.time()

@@ -155,7 +155,7 @@ def cmd_evaluate(args, params):
 
     require_folder(args.data)
     detector = load_detector(args.model or f"models:/{params['mlflow']['registered_model']}@champion",
-                             params, Workspace.here().root)
+                             params, Workspace.here().root, args.trust_pickle)
     roc = Path(args.roc) if args.roc else (Path(args.json).with_suffix(".roc.png") if args.json else None)
     report = evaluate(detector, args.data, params, roc_png=roc)
     print(f"decision threshold {detector.threshold:.3f} (P(fake) at or above it = fake)")
@@ -172,7 +172,8 @@ def cmd_detect(args, params):
     from dfcl.detect import csv_rows, detect_with_model, table
 
     rows = detect_with_model(args.model or f"models:/{params['mlflow']['registered_model']}@champion", args.paths,
-                             params, Workspace.here().root, args.crop, Path(args.explain) if args.explain else None)
+                             params, Workspace.here().root, args.crop, Path(args.explain) if args.explain else None,
+                             args.trust_pickle)
     card = rows[0]["model"]
     print(f"model {card['uri']}" + (f" ({card['name']} version {card['version']}, alias {card['alias']})" if card["version"] else "")
           + f"; threshold {card['threshold']:.3f} (P(fake) at or above it = fake)")
@@ -215,6 +216,8 @@ def cmd_models(args, params):
 
 def build_parser() -> argparse.ArgumentParser:
     verbose = dict(action="store_true", help="tracebacks on the console too (they always go to the workspace's .dfcl/logs/dfcl.log)")
+    trust_pickle = dict(action="store_true", help="also load a model stored as a pickle (a version registered before "
+                        "weights-only registration, a torch.save of a whole module): only if you trust whoever wrote it")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params.yaml entry, e.g. -S train.epochs=1 (repeatable)")
@@ -279,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a labelled folder in any layout `dfcl ingest` knows")
     p.add_argument("--json", help="write the report here (and the ROC plot beside it, .roc.png)")
     p.add_argument("--roc", help="where to draw the ROC plot (PNG)")
+    p.add_argument("--trust-pickle", **trust_pickle)
 
     p = sub.add_parser("detect", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="is this photo or video forged? the champion's verdict with its evidence",
@@ -292,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write every result (faces, boxes, timeline, model) as JSON")
     p.add_argument("--csv", metavar="OUT", help="write one row per file as CSV")
     p.add_argument("--explain", metavar="DIR", help="write Grad-CAM heatmaps per face (a video: its top frames) here")
+    p.add_argument("--trust-pickle", **trust_pickle)
     p = sub.add_parser("api", parents=[common], help="REST API and web page for detection, on the champion")
     p.add_argument("--host", help="default: api.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: api.port (8000)")

@@ -255,14 +255,15 @@ def detect_files(scorer: FaceScorer, paths: list[str], crop: str | None = None, 
 
 
 def detect_with_model(ref: str, paths: list[str], params: dict, root: Path, crop: bool = False,
-                      explain_dir: Path | None = None) -> list[dict]:
+                      explain_dir: Path | None = None, trust_pickle: bool = False) -> list[dict]:
     """`dfcl detect`: the model `ref` (load_detector: the face size and decision threshold
-    travel with it) on every photo and video of `paths`, one row each."""
+    travel with it; a pickled one only with `trust_pickle`) on every photo and video of
+    `paths`, one row each."""
     d = params["detect"]
     if not expand(paths, params):
         raise ConfigError(f"no photo or video in {', '.join(paths)} "
                           f"(known types: {', '.join(d['image_types'] + d['video_types'])})")
-    scorer = FaceScorer(load_detector(ref, params, root), params)
+    scorer = FaceScorer(load_detector(ref, params, root, trust_pickle), params)
     return detect_files(scorer, paths, crop="always" if crop else None, explain_dir=explain_dir)
 
 

@@ -33,14 +33,24 @@ class NoModel(ConfigError):
     """No registered version carries the alias asked for (no champion yet)."""
 
 
-def load_detector(ref: str, params: dict, root: Path) -> Detector:
+class UntrustedModel(ConfigError):
+    """The model is a pickle: loading it would run whatever code it holds."""
+
+
+PICKLE_HINT = ("loading it unpickles it, which runs any code whoever wrote it put there; if you trust "
+               "that, pass --trust-pickle (the API: api.trust_pickle, the gate: gate.trust_pickle)")
+
+
+def load_detector(ref: str, params: dict, root: Path, trust_pickle: bool = False) -> Detector:
     """A model with the face size and decision threshold it was trained with, from an MLflow
     URI or model folder (register_challenger's metadata), a learner folder (data/learner: its
-    current state), or a file holding a pickled torch module (size from params, threshold 0.5)."""
+    current state), or a file (size from params, threshold 0.5): a weights file saved by
+    models.pyfunc.save_weights, a state dict of params' `model:` (torch.save of tensors only),
+    or, with `trust_pickle`, a pickled torch module."""
     path = Path(ref)
     size = params["data"]["image_size"]
     if ref.startswith(("models:/", "runs:/")) or (path / "MLmodel").is_file():
-        return load_mlflow_detector(ref, size)
+        return load_mlflow_detector(ref, size, trust_pickle)
     if (path / "CURRENT").is_file():
         from dfcl.learner import Learner
 
@@ -49,21 +59,59 @@ def load_detector(ref: str, params: dict, root: Path) -> Detector:
                         {"uri": ref, "architecture": params["model"]["name"],
                          "methods": [e.key for e in learner.history.experiences]})
     if path.is_file():
-        model = torch.load(path, map_location="cpu", weights_only=False)  # the user's own file
-        if not isinstance(model, torch.nn.Module):
-            raise ConfigError(f"{ref} holds a {type(model).__name__}, not a torch module")
-        return Detector(model.eval(), size, 0.5, {"uri": ref})
+        return Detector(load_model_file(path, params, trust_pickle), size, 0.5, {"uri": ref})
     raise ConfigError(f"--model {ref!r} is not an MLflow URI (models:/NAME@ALIAS, runs:/ID/model), "
                      "an MLflow model folder, a learner folder or a torch file")
 
 
-def load_mlflow_detector(ref: str, default_size: int = 128) -> Detector:
+def load_model_file(path: Path, params: dict, trust_pickle: bool = False) -> torch.nn.Module:
+    """The user's own file: a detector weights file, a state dict of the configured model, or a
+    pickled module (only when trusted)."""
+    import pickle
+
+    from models.pyfunc import NotWeightsFile, load_weights
+
+    try:
+        return load_weights(path)
+    except NotWeightsFile:
+        pass
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
+    except pickle.UnpicklingError:
+        if not trust_pickle:
+            raise UntrustedModel(f"{path} is a pickled torch object, not a state dict; {PICKLE_HINT}") from None
+        model = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"{path} holds a {type(model).__name__}, not a torch module") from None
+        return model.eval()
+    except Exception as e:  # not a torch file at all
+        raise ConfigError(f"{path} is neither a safetensors nor a torch file ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path} holds a {type(state).__name__}, not a state dict (name -> tensor)")
+    from dfcl.strategies import make_model
+
+    model = make_model({**params["model"], "pretrained": "none", "weights": None})
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"{path} is not a state dict of model.name={params['model']['name']!r} "
+                          f"with these model.* settings: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_mlflow_detector(ref: str, default_size: int = 128, trust_pickle: bool = False) -> Detector:
     """A logged detector. `models:/NAME@ALIAS` is first resolved to its version, so the model,
     its metadata and the version it reports are one and the same even if the alias moves.
-    `default_size` is for models logged without an `image_size` in their metadata."""
+    `default_size` is for models logged without an `image_size` in their metadata.
+
+    Only the weights file is read (models.pyfunc.load_weights builds the network from this
+    installation's model registry): neither the pickled objects nor the code a logged model
+    carries are loaded. Versions registered before weights-only registration are pickles:
+    they load only with `trust_pickle`."""
     import mlflow
 
     from dfcl.registry import alias_version
+    from models.pyfunc import WEIGHTS_FORMAT, load_weights
 
     info = {"uri": ref}
     if ref.startswith("models:/") and "@" in ref:
@@ -74,14 +122,30 @@ def load_mlflow_detector(ref: str, default_size: int = 128) -> Detector:
                           f"`dfcl retrain DATA` (or `dfcl demo`) and approve it, or pass --model")
         ref = f"models:/{name}/{version.version}"
         info.update(uri=ref, name=name, version=str(version.version), alias=alias)
-    logged = mlflow.models.get_model_info(ref)
+    logged = mlflow.models.get_model_info(ref)  # the MLmodel file: YAML, nothing executed
     meta = logged.metadata or {}
-    if "pytorch" in logged.flavors:  # versions registered before the pyfunc wrapper
+    if meta.get("weights_format") == WEIGHTS_FORMAT:
+        model = load_weights(_detector_artifact(ref, logged))
+    elif not trust_pickle:
+        raise UntrustedModel(f"{ref} was registered as a pickled torch module (before weights-only "
+                             f"registration); {PICKLE_HINT}")
+    elif "pytorch" in logged.flavors:  # versions registered before the pyfunc wrapper
         model = mlflow.pytorch.load_model(ref, map_location="cpu")
-    else:
-        model = mlflow.pyfunc.load_model(ref).unwrap_python_model().model
-    info.update(architecture=meta.get("architecture"), methods=meta.get("methods", []))
+    else:  # the pyfunc over a pickled module: the module alone, not this installation's pyfunc class
+        model = torch.load(_detector_artifact(ref, logged), map_location="cpu", weights_only=False)
+    info.update(architecture=meta.get("architecture"), methods=meta.get("methods", []),
+                test_sets=meta.get("test_sets", {}))
     return Detector(model.eval(), int(meta.get("image_size", default_size)), float(meta.get("threshold", 0.5)), info)
+
+
+def _detector_artifact(ref: str, logged) -> Path:
+    """The local path of a logged pyfunc's `detector` artifact (downloaded when remote)."""
+    import mlflow
+
+    artifact = logged.flavors["python_function"]["artifacts"]["detector"]["path"]
+    if Path(ref).is_dir():
+        return Path(ref) / artifact
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{ref.rstrip('/')}/{artifact}"))
 
 
 def scores(y: np.ndarray, p: np.ndarray, threshold: float = 0.5, videos: np.ndarray | None = None) -> dict:

@@ -30,22 +30,34 @@ def log_dataset_inputs(specs, context: str) -> None:
 
 
 def log_detector(model: torch.nn.Module, image_size: int, threshold: float, metadata: dict,
-                 registered_model: str | None = None):
-    """Log a detector in the active run as an MLflow pyfunc (models/pyfunc.py) over the pickled
-    torch module, so `mlflow models serve` takes uint8 face crops and answers P(fake), while
-    dfcl loads the torch module itself (dfcl.evaluate.load_mlflow_detector). Registered as a new
-    version of `registered_model` when given. Returns MLflow's ModelInfo."""
-    from models.pyfunc import FaceCropClassifier
+                 registered_model: str | None = None, architecture: dict | None = None):
+    """Log a detector in the active run as an MLflow pyfunc (models/pyfunc.py) over its weights:
+    a safetensors state dict plus the architecture's registry name and constructor arguments
+    (`architecture`, by default what models.create_model recorded on the model), never a
+    pickle. `mlflow models serve` takes uint8 face crops and answers P(fake); dfcl builds the
+    torch module itself (dfcl.evaluate.load_mlflow_detector). `metadata` is open: every key
+    goes into the model's MLflow metadata. Registered as a new version of `registered_model`
+    when given. Returns MLflow's ModelInfo."""
+    import safetensors
 
+    from models.pyfunc import WEIGHTS_FILE, WEIGHTS_FORMAT, architecture_of, save_weights
+
+    architecture = architecture or architecture_of(model)
+    if architecture is None:
+        raise ValueError(f"{type(model).__name__} was not built by models.create_model: give its architecture "
+                         "({'name': ..., 'arguments': {...}}) to register it")
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size, 3))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(model, Path(tmp) / "detector.pt")
+        weights = save_weights(model, Path(tmp) / WEIGHTS_FILE, architecture)
         return mlflow.pyfunc.log_model(
-            name="model", python_model=FaceCropClassifier(), artifacts={"detector": str(Path(tmp) / "detector.pt")},
+            name="model", python_model=str(MODELS_DIR / "pyfunc.py"), artifacts={"detector": str(weights)},
             code_paths=[str(MODELS_DIR)], signature=signature,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", f"mlflow=={mlflow.__version__}"],
-            metadata={"image_size": image_size, "classes": ["real", "fake"], "threshold": threshold, **metadata},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", f"safetensors=={safetensors.__version__}",
+                              f"mlflow=={mlflow.__version__}"],
+            metadata={"image_size": image_size, "classes": ["real", "fake"], "threshold": threshold,
+                      "weights_format": WEIGHTS_FORMAT, "architecture": architecture["name"],
+                      "model_arguments": architecture["arguments"], **metadata},
             registered_model_name=registered_model)
 
 

@@ -3,13 +3,74 @@
 Input: uint8 RGB face crops (N, H, W, 3) at the model's input size (its `image_size`
 metadata); output: P(fake) per crop. The decision threshold travels in the model's metadata.
 It lives in `models/` because that folder ships with every logged model (code_paths): a
-serving machine needs only torch, timm and mlflow, not deepfake-cl.
+serving machine needs only torch, timm, safetensors and mlflow, not deepfake-cl.
+
+The detector is stored as weights only: a safetensors file of its state dict whose header names
+the architecture and its constructor arguments. Loading builds the network from the model
+registry and fills in the tensors, so nothing in the registry is ever unpickled (a pickle
+runs whatever code its author put in it). The pyfunc itself is logged as code (MLflow's
+models-from-code, this file), not as a pickled object.
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import torch
+
+WEIGHTS_FORMAT = "dfcl-state-dict-1"  # in the file's header and in the MLflow metadata (`weights_format`)
+WEIGHTS_FILE = "detector.safetensors"
+
+
+class NotWeightsFile(ValueError):
+    """The file is not a detector saved by save_weights."""
+
+
+def architecture_of(model: torch.nn.Module) -> dict | None:
+    """{"name": ..., "arguments": {...}} that models.create_model recorded when it built `model`
+    (None for a model built before it recorded them, or not by the registry)."""
+    return getattr(model, "created_as", None)
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, architecture: dict) -> Path:
+    """The model's tensors and `architecture` ({"name", "arguments"}: what create_model rebuilds
+    it from) in one safetensors file."""
+    from safetensors.torch import save_model
+
+    header = {"format": WEIGHTS_FORMAT, "architecture": architecture["name"],
+              "arguments": json.dumps(architecture["arguments"], sort_keys=True)}
+    save_model(model, str(path), metadata=header)
+    return Path(path)
+
+
+def read_architecture(path: str | Path) -> dict:
+    """The architecture a weights file names, from its header (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise NotWeightsFile(f"{path} is not a safetensors file ({e})") from None
+    if header.get("format") != WEIGHTS_FORMAT:
+        raise NotWeightsFile(f"{path} is a safetensors file without a detector header "
+                             f"(format {header.get('format')!r}, expected {WEIGHTS_FORMAT!r})")
+    return {"name": header["architecture"], "arguments": json.loads(header["arguments"])}
+
+
+def load_weights(path: str | Path) -> torch.nn.Module:
+    """The detector in `path`: the network built by the model registry (never from the file),
+    then every tensor loaded into it, strictly (a missing or extra tensor is an error)."""
+    from safetensors.torch import load_model
+
+    from models.registry import create_model
+
+    architecture = read_architecture(path)
+    model = create_model(architecture["name"], **architecture["arguments"])
+    load_model(model, str(path), strict=True, device="cpu")
+    return model.eval()
 
 
 class FaceCropClassifier(mlflow.pyfunc.PythonModel):
@@ -18,8 +79,7 @@ class FaceCropClassifier(mlflow.pyfunc.PythonModel):
         self.model: torch.nn.Module | None = None
 
     def load_context(self, context):
-        # The detector itself, pickled by torch (its classes come from models/, shipped alongside).
-        self.model = torch.load(context.artifacts["detector"], map_location="cpu", weights_only=False).eval()
+        self.model = load_weights(context.artifacts["detector"])
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         faces = np.asarray(model_input)
@@ -32,3 +92,7 @@ class FaceCropClassifier(mlflow.pyfunc.PythonModel):
                 x = x.permute(0, 3, 1, 2).float().div_(255)  # every model normalises [0, 1] input itself
                 out.append(torch.softmax(self.model(x).float(), 1)[:, 1])
         return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+# Models-from-code: MLflow runs this file to get the model it logs and serves.
+mlflow.models.set_model(FaceCropClassifier())

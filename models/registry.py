@@ -66,4 +66,7 @@ def create_model(name: str, *, num_classes: int = 2, pretrained: str = "none", w
     model = _MODELS[name](num_classes=num_classes, weights=weights, **kwargs)
     if pretrained != "none":
         _PRETRAINED[name][pretrained](model)
+    # What rebuilds this network around a saved state dict (models/pyfunc.py): not the weights it
+    # started from, which the state dict replaces.
+    model.created_as = {"name": name, "arguments": {"num_classes": num_classes, **kwargs}}
     return model

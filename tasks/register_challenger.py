@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dfcl.learner import Learner
 from dfcl.tracking import log_detector, log_matrices
-
+from models.pyfunc import architecture_of
 
 
 @task(cache_policy=NO_CACHE)
@@ -17,9 +17,18 @@ def register_challenger(learner: Learner, results: dict, registered_model: str) 
     `challenger` alias at it. Returns the version number."""
     log_matrices(learner)
     model = copy.deepcopy(learner.strategy.model).to("cpu", memory_format=torch.contiguous_format).eval()
+    mp = learner.params["model"]
+    # A model restored from a checkpoint saved before create_model recorded its arguments was
+    # built by make_model from these same params (the learner refuses other ones).
+    architecture = architecture_of(model) or {
+        "name": mp["name"], "arguments": {"num_classes": 2, **{k: v for k, v in mp.items()
+                                                             if k not in ("name", "pretrained", "weights")}}}
+    # Where each method's test faces are pinned: the gate scores a later challenger on them even
+    # if that one never learned the method.
+    test_sets = {e.key: {"test_x": e.test_x, "test_y": e.test_y, "digest": e.digest}
+                 for e in learner.history.experiences}
     info = log_detector(model, learner.params["data"]["image_size"], learner.history.threshold,
-                        {"methods": results["methods"], "architecture": learner.params["model"]["name"]},
-                        registered_model)
+                        {"methods": results["methods"], "test_sets": test_sets}, registered_model, architecture)
     version = str(info.registered_model_version)
     client = MlflowClient()
     run = mlflow.active_run().info.run_id
