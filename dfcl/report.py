@@ -41,14 +41,21 @@ def decision_table(version: str, challenger: dict, verdict: dict, experiences: l
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for key, r in champion["methods"].items():
             dataset, dvc = data.get(key, ("?", "?"))
-            new_to_champion = key not in champion.get("methods_learned", [])
-            why = WHY[r["verdict"]] + (" (the champion never learned it)" if new_to_champion else "")
+            why = WHY[r["verdict"]]
+            if key not in champion.get("methods_learned", []):
+                why += " (the champion never learned it)"
+            if not r.get("challenger_learned", True):
+                why += " (the challenger never learned it)"
             auc, bal = r["auc"], r["balanced_accuracy"]
             lines.append(f"| {key} | {auc['old']:.3f} | {auc['new']:.3f} | {_pm(auc)} | {bal['old']:.3f} | {bal['new']:.3f} "
                          f"| {_pm(bal)} | **{r['verdict']}** | {why} | {dataset} | `{dvc[:12]}` |")
+        for key, why in champion.get("unscored", {}).items():
+            dataset, dvc = data.get(key, ("?", "?"))
+            lines.append(f"| {key} | | | | | | | **no score** | {why}: rejected | {dataset} | `{dvc[:12]}` |")
         avg = champion["average"]
-        lines.append(f"| **average** | | | {_pm(avg['auc'])} | | | {_pm(avg['balanced_accuracy'])} | "
-                     f"**{avg['verdict']}** | {WHY[avg['verdict']]} | | |")
+        if avg is not None:
+            lines.append(f"| **average** | | | {_pm(avg['auc'])} | | | {_pm(avg['balanced_accuracy'])} | "
+                         f"**{avg['verdict']}** | {WHY[avg['verdict']]} | | |")
     video = challenger.get("video_auc", {})
     if video:  # methods with several faces per video
         lines += ["", "Challenger video-level AUC (mean P(fake) of a video's faces): "
@@ -64,7 +71,7 @@ def decision_plot(verdict: dict, path: Path) -> Path | None:
     from dfcl.plots import plt
 
     champion = verdict["champion"]
-    if champion is None:
+    if champion is None or not champion["methods"]:
         return None
     keys = list(champion["methods"])
     rows = [champion["methods"][k]["auc"] for k in keys]

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from scipy.stats import norm
 
 from dfcl import bootstrap
 from dfcl.learner import Learner
+from dfcl.registry import alias_version
 from dfcl.report import decision_plot, decision_table
+from dfcl.tracking import log_detector
 from tasks.promotion_gate import promotion_gate
 from tests.conftest import _use_workspace, small_params
 from tests.test_learner import specs_for
@@ -83,10 +86,11 @@ def trained_champion(tmp_path_factory, demo_data):
         results = learner.learn(specs[0])
         learner.save()
         with mlflow.start_run():
-            # Requirements given: inferring them loads the model again in a subprocess.
-            info = mlflow.pytorch.log_model(learner.strategy.model, name="model", serialization_format="pickle",
-                                            registered_model_name="deepfake-detector", pip_requirements=["torch"],
-                                            metadata={"threshold": learner.history.threshold})
+            e = learner.history.experiences[0]
+            info = log_detector(learner.strategy.model, 32, learner.history.threshold,
+                                {"methods": ["BlendSwap"],
+                                 "test_sets": {e.key: {"test_x": e.test_x, "test_y": e.test_y, "digest": e.digest}}},
+                                "deepfake-detector")
         client = MlflowClient()
         client.set_registered_model_alias("deepfake-detector", "champion", info.registered_model_version)
         client.set_model_version_tag("deepfake-detector", info.registered_model_version, "methods", "BlendSwap")
@@ -156,3 +160,58 @@ def test_forgetting_bound_is_in_the_gate_metric(champion):
     learner.history.auc_matrix = [[0.9], [0.5, 0.9]]  # BlendSwap: 0.9 right after, 0.5 now
     verdict = promotion_gate(learner, results, learner.params)
     assert "forgetting 0.400 (auc) exceeds the bound 0.15" in verdict["reasons"]
+
+
+def test_a_method_only_the_champion_learned_is_scored_on_its_pinned_test_faces(champion, tmp_path):
+    # A challenger started over (--fresh) on another method: users still expect it to be
+    # checked on what the champion catches today.
+    _, _, specs = champion
+    fresh = Learner(tmp_path / "fresh", small_params(*CHAMPION_PARAMS), champion[0].root)
+    results = fresh.learn(specs[1])
+    verdict = promotion_gate(fresh, results, fresh.params)
+    methods = verdict["champion"]["methods"]
+    assert set(methods) == {"BlendSwap", "GANUpsample"}
+    assert methods["BlendSwap"]["challenger_learned"] is False and methods["BlendSwap"]["faces"] > 0
+    assert methods["GANUpsample"]["challenger_learned"] is True
+    table = decision_table("2", results, verdict, fresh.history.experiences)
+    assert "(the challenger never learned it)" in table and "(the champion never learned it)" in table
+
+
+def test_a_method_only_the_champion_learned_without_its_faces_is_a_failure(champion, tmp_path, demo_data):
+    other_root = tmp_path / "elsewhere"  # the champion's pinned faces are not under this root
+    spec = specs_for(demo_data, other_root, ["GANUpsample"])[0]
+    fresh = Learner(other_root / "learner", small_params(*CHAMPION_PARAMS), other_root)
+    results = fresh.learn(spec)
+    verdict = promotion_gate(fresh, results, fresh.params)
+    assert not verdict["passed"]
+    assert set(verdict["champion"]["unscored"]) == {"BlendSwap"}
+    assert any(r.startswith("BlendSwap: the champion learned it, the challenger did not") for r in verdict["reasons"])
+    assert "**no score**" in decision_table("2", results, verdict, fresh.history.experiences)
+
+
+def test_a_one_class_test_split_is_a_failure_not_cannot_tell(champion, tmp_path):
+    learner, results, _ = champion
+    e = learner.history.experiences[0]
+    y = np.load(learner.root / e.test_y)
+    x = np.load(learner.root / e.test_x)
+    np.save(tmp_path / "test-x.npy", x[y == 0])
+    np.save(tmp_path / "test-y.npy", y[y == 0])
+    learner.history.experiences[0] = dataclasses.replace(e, test_x=str(tmp_path / "test-x.npy"),
+                                                         test_y=str(tmp_path / "test-y.npy"))
+    verdict = promotion_gate(learner, results, learner.params)
+    assert not verdict["passed"]
+    assert f"BlendSwap: its test split has only real faces ({int((y == 0).sum())}): no AUC to compare" in verdict["reasons"]
+    assert verdict["champion"]["average"] is None and not verdict["champion"]["methods"]
+
+
+def test_an_mlflow_error_is_not_no_champion(champion, monkeypatch):
+    learner, results, _ = champion
+    assert alias_version("no-such-model") is None  # only "not found" means nothing registered
+    assert alias_version("deepfake-detector", "no-such-alias") is None
+
+    def down(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("database is locked", error_code=INTERNAL_ERROR)
+
+    monkeypatch.setattr(MlflowClient, "get_registered_model", down)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="database is locked"):
+        promotion_gate(learner, results, learner.params)  # never a pass "with no champion yet"
