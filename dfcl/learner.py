@@ -16,6 +16,7 @@ import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
+from avalanche.evaluation.metrics import ExperienceForwardTransfer
 from torch.utils.data import ConcatDataset
 
 from dfcl import pinning
@@ -27,7 +28,8 @@ from dfcl.metrics import ExperienceAUC, calibrate_threshold, per_experience, str
 # them dfcl.learner.*, so these names stay importable from here.
 from dfcl.plugins import (BestValidationEpoch, ChannelsLast, ClassBalancedLoss, CosineEpochs,  # noqa: F401
                           CudaSpeedups, FrozenBatchNormStats, LRSchedule)
-from dfcl.results import matrix_forgetting, strategy_report, summarize
+from dfcl.results import (matrix_forgetting, matrix_forward_transfer, strategy_report, summarize,
+                          values_before_learning)
 from dfcl.sbi import SelfBlendedFakes
 from dfcl.strategies import build_strategy, make_optimizer, pick_device
 
@@ -56,6 +58,10 @@ class History:
     auc_matrix: list[list[float]] = field(default_factory=list)
     balanced_accuracy_matrix: list[list[float]] = field(default_factory=list)
     video_auc_matrix: list[list[float]] = field(default_factory=list)  # NaN: one face per video
+    # [key, DVC version] of each matrix column: the learned experiences in order, then methods
+    # evaluated before they were learned (row i's cells after i: the upper triangle). NaN or
+    # missing: a method not known at that time.
+    columns: list[list[str]] = field(default_factory=list)
     threshold: float = 0.5   # P(fake) cut chosen on validation faces after the latest experience
     identity: dict = field(default_factory=dict)
 
@@ -74,6 +80,7 @@ class Learner:
     HISTORY = "history.json"
     CURRENT = "CURRENT"   # names the state folder in use; replaced atomically after a save
     EXPERIENCES = "experiences"  # the learned methods' pinned faces (dfcl.pinning)
+    CELLS = ("Top1_Acc_Exp", "AUC_Exp", "BalAcc_Exp", "VideoAUC_Exp")  # a matrix cell each, per experience
 
     def __init__(self, folder: Path, params: dict, root: Path):
         self.folder, self.params, self.root = Path(folder), params, Path(root)
@@ -107,6 +114,8 @@ class Learner:
             accuracy_matrix=data["accuracy_matrix"], auc_matrix=data["auc_matrix"],
             balanced_accuracy_matrix=data.get("balanced_accuracy_matrix", []),
             video_auc_matrix=data.get("video_auc_matrix", []),
+            # Saved before the upper triangle: square lower-triangular matrices, one column per experience.
+            columns=data.get("columns") or [[e.key, e.version] for e in experiences],
             threshold=data.get("threshold", 0.5), identity=saved)
         device = pick_device(params["train"]["device"])
         learner.strategy, done = maybe_load_checkpoint(learner.strategy, str(state / cls.CHECKPOINT),
@@ -157,9 +166,13 @@ class Learner:
         augment = self.params["augment"] if train else None
         faces = FaceArrayDataset(self.root / images, self.root / labels, augment=augment)
         sbi = self.params["sbi"]
-        if train and sbi["enabled"]:  # extra fakes blended from this experience's own real faces
+        # Training faces without a fake are a self-blended experience (extraction refuses any other
+        # such method): it learns against SBI fakes of its reals, new ones every epoch.
+        alone = train and 1 not in faces.targets
+        if train and (sbi["enabled"] or alone):  # extra fakes blended from this experience's own real faces
             blended = SelfBlendedFakes(self.root / images, self.root / labels, augment=augment,
-                                       per_real=sbi["per_real"], seed=self.params["train"]["seed"])
+                                       per_real=sbi["experience_per_real"] if alone else sbi["per_real"],
+                                       seed=self.params["train"]["seed"])
             faces = ConcatDataset([faces, blended])
             faces.targets = faces.datasets[0].targets + blended.targets
         # Domain-incremental: one task (label 0) for all experiences; the name is public
@@ -190,14 +203,21 @@ class Learner:
             return 0.5
         return calibrate_threshold(*validation_scores(self.strategy.model, faces, self.strategy.device))
 
-    def learn(self, spec: ExperienceSpec) -> dict:
-        """Train on one new experience, then evaluate on every experience seen so far."""
+    def learn(self, spec: ExperienceSpec, upcoming: list[ExperienceSpec] = ()) -> dict:
+        """Train on one new experience, then evaluate on every experience seen so far and, with
+        train.eval_upcoming, on `upcoming`: methods known but not learned yet, in the order they
+        will be learned (their cells are the upper triangle of the matrices: forward transfer)."""
         if spec.key in self.learned:
             raise ValueError(f"{spec.key} is already learned")
         # From now on the learner reads this method's faces only from its pinned copy.
         spec = pinning.pin(spec, self.root, self.folder / self.EXPERIENCES)
         experiences = self.history.experiences + [spec]
-        bench = self.benchmark(experiences)
+        ahead = []
+        if self.params["train"]["eval_upcoming"]:
+            ahead = [e for e in upcoming if e.key not in {x.key for x in experiences}]
+        self._align_columns(experiences + ahead)
+        # Upcoming methods get the experience ids they will be learned with (benchmark()).
+        bench = self.benchmark(experiences + ahead)
         index = len(experiences) - 1
         stopper = self._plugin(BestValidationEpoch)
         if stopper:
@@ -206,7 +226,57 @@ class Learner:
                             persistent_workers=self.params["train"]["num_workers"] > 0)
         self.history.experiences.append(spec)
         self.history.threshold = self.calibrate(experiences)
-        return self._evaluate(bench)
+        return self._evaluate(bench, ahead)
+
+    def _align_columns(self, plan: list[ExperienceSpec]) -> None:
+        """A cell measured before its method was learned keeps its column only while that column
+        still means the same method and data: a run that stopped half-way may be followed by
+        another dataset's methods. From the first column that differs on, later cells go."""
+        h = self.history
+        wanted = [[e.key, e.version] for e in plan]
+        start = len(h.experiences)  # learned columns never differ: only upcoming ones can
+        differ = next((j for j in range(start, min(len(h.columns), len(wanted))) if list(h.columns[j]) != wanted[j]),
+                      None)
+        if differ is not None:
+            for matrix in (h.accuracy_matrix, h.auc_matrix, h.balanced_accuracy_matrix, h.video_auc_matrix):
+                for row in matrix:
+                    del row[differ:]
+            del h.columns[differ:]
+        if len(wanted) > len(h.columns):
+            h.columns = wanted
+
+    def _rng_kept(self):
+        """Evaluations beyond the learned methods must not change what is learned: DataLoaders
+        draw their seeds from torch's RNG, so its state is put back afterwards."""
+        device = self.strategy.device
+        return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+    def track_forward_transfer(self, specs: list[ExperienceSpec]) -> None:
+        """Avalanche's forward transfer (accuracy on a method just before it is learned minus the
+        model's at initialisation), where the whole sequence is known before training (benchmarks,
+        `dfcl compare`): it needs every method evaluated once on the untrained model. Not in the
+        pipeline: a method ingested months later has no initial value (Avalanche's metric fails)."""
+        metric = ExperienceForwardTransfer()
+        self.strategy.evaluator.metrics.append(metric)
+        bench = self.benchmark(specs)
+        # Avalanche asserts periodic evaluation is on at the first evaluation, its way of getting
+        # the initial values; this explicit evaluation before training is that one.
+        every, self.strategy.eval_every = self.strategy.eval_every, 0
+        try:
+            with self._rng_kept():
+                self.strategy.eval(bench.test_stream)
+        finally:
+            self.strategy.eval_every = every
+
+    def _accuracy_forward_transfer(self) -> float:
+        """Mean of Avalanche's per-experience forward transfer over the learned methods; NaN when
+        it is not tracked (track_forward_transfer) or no method after the first is learned."""
+        metric = next((m for m in self.strategy.evaluator.metrics if isinstance(m, ExperienceForwardTransfer)), None)
+        if metric is None:
+            return math.nan
+        n = len(self.history.experiences)
+        values = [v for k, v in metric.result().items() if 0 < k < n]
+        return sum(values) / len(values) if values else math.nan
 
     def last_results(self) -> dict:
         """The latest evaluation, from the saved matrices; forgetting as Avalanche's
@@ -218,22 +288,30 @@ class Learner:
         forgetting = matrix_forgetting(acc)
         bal = h.balanced_accuracy_matrix[-1] if h.balanced_accuracy_matrix else None
         vid = h.video_auc_matrix[-1] if h.video_auc_matrix else None
-        return summarize(h.experiences, acc[-1], auc[-1], forgetting=forgetting, bwt=-forgetting,
-                         row_bal=bal, threshold=h.threshold, row_video_auc=vid) | self.metric_forgetting()
+        return (summarize(h.experiences, acc[-1], auc[-1], forgetting=forgetting, bwt=-forgetting,
+                          row_bal=bal, threshold=h.threshold, row_video_auc=vid)
+                | self.metric_forgetting() | self.forward_transfer())
 
-    def _evaluate(self, bench) -> dict:
-        """Evaluate on every learned experience and append the row to the matrices."""
-        n = len(self.history.experiences)
+    def _evaluate(self, bench, ahead: list[ExperienceSpec] = ()) -> dict:
+        """Evaluate on every learned experience, then on the upcoming ones (`ahead`, after them in
+        `bench`), and append the row to the matrices."""
+        n, m = len(self.history.experiences), len(self.history.experiences) + len(ahead)
         scores = self._scores_metric()
         scores.threshold = self.history.threshold
-        scores.videos = self.test_videos(self.history.experiences)
+        scores.videos = self.test_videos(self.history.experiences + list(ahead))
         metrics = self.strategy.eval(bench.test_stream[:n])
+        cells = {name: {k: v for k, v in per_experience(metrics, name).items() if k < n} for name in self.CELLS}
+        if ahead:
+            # A call of its own: Avalanche's stream figures (StreamForgetting, StreamBWT) stay those
+            # of the learned methods. (Its forgetting would skip an experience never trained on
+            # anyway: its value right after training is unset.) The per-experience figures of
+            # `metrics` for later ids are stale ones of earlier evaluations, hence k < n above.
+            with self._rng_kept():
+                later = self.strategy.eval(bench.test_stream[n:m])
+            for name in self.CELLS:
+                cells[name] |= {k: v for k, v in per_experience(later, name).items() if n <= k < m}
         scores.videos = {}  # nothing path-bound goes into the checkpoint
-        acc = per_experience(metrics, "Top1_Acc_Exp")
-        auc = per_experience(metrics, "AUC_Exp")
-        bal = per_experience(metrics, "BalAcc_Exp")
-        vid = per_experience(metrics, "VideoAUC_Exp")
-        row_acc, row_auc, row_bal, row_vid = ([m.get(i, math.nan) for i in range(n)] for m in (acc, auc, bal, vid))
+        row_acc, row_auc, row_bal, row_vid = ([cells[name].get(i, math.nan) for i in range(m)] for name in self.CELLS)
         self.history.accuracy_matrix.append(row_acc)
         self.history.auc_matrix.append(row_auc)
         self.history.balanced_accuracy_matrix.append(row_bal)
@@ -243,13 +321,23 @@ class Learner:
         return summarize(self.history.experiences, row_acc, row_auc,
                          forgetting=0.0 if math.isnan(forgetting) else forgetting,
                          bwt=0.0 if math.isnan(bwt) else bwt, row_bal=row_bal, threshold=self.history.threshold,
-                         row_video_auc=row_vid) | self.metric_forgetting()
+                         row_video_auc=row_vid) | self.metric_forgetting() | self.forward_transfer()
 
     def metric_forgetting(self) -> dict:
         """Forgetting in AUC and balanced accuracy, beside Avalanche's accuracy forgetting."""
         h = self.history
         return {"auc_forgetting": matrix_forgetting(h.auc_matrix),
                 "balanced_accuracy_forgetting": matrix_forgetting(h.balanced_accuracy_matrix)}
+
+    def forward_transfer(self) -> dict:
+        """Each learned method's AUC just before it was learned (`auc_before`), their mean
+        (`auc_forward_transfer`, dfcl.results.matrix_forward_transfer), and Avalanche's accuracy
+        forward transfer (`forward_transfer`) where it is tracked."""
+        h = self.history
+        out = {"auc_forward_transfer": matrix_forward_transfer(h.auc_matrix),
+               "auc_before": values_before_learning(h.auc_matrix, [e.key for e in h.experiences])}
+        accuracy = self._accuracy_forward_transfer()
+        return out | ({} if math.isnan(accuracy) else {"forward_transfer": accuracy})
 
     def test_videos(self, experiences: list[ExperienceSpec]) -> dict[int, np.ndarray]:
         """Experience index -> the video of each test face, where the manifest tells."""
@@ -261,12 +349,16 @@ def train_sequence(specs: list[ExperienceSpec], params: dict, folder: Path, root
                    on_experience: Callable[[int, dict, Learner], None] | None = None) -> tuple[Learner, dict]:
     """A new learner (whatever `folder` held is removed) trained on `specs` in order, then saved:
     the learner and its report (`strategy_report`). `on_experience(step, results, learner)` runs
-    after each experience (progress, MLflow). `dfcl compare` and the benchmarks all train this way."""
+    after each experience (progress, MLflow). `dfcl compare` and the benchmarks all train this way.
+    The whole sequence is known here, so every evaluation also covers the methods still to come
+    (train.eval_upcoming), and Avalanche's forward transfer is tracked from the untrained model."""
     shutil.rmtree(folder, ignore_errors=True)
     learner = Learner(folder, params, root)
     start, results = time.perf_counter(), {}
+    if params["train"]["eval_upcoming"] and len(specs) > 1:
+        learner.track_forward_transfer(specs)  # one test pass of the untrained model, timed with the rest
     for step, spec in enumerate(specs):
-        results = learner.learn(spec)
+        results = learner.learn(spec, upcoming=specs[step + 1:])
         if on_experience:
             on_experience(step, results, learner)
     seconds = time.perf_counter() - start

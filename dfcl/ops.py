@@ -99,9 +99,38 @@ def check_services(params: dict, root: Path) -> None:
 # -- alias history ----------------------------------------------------------------------
 # MLflow keeps only where an alias points now, not where it pointed before; rollback and
 # `dfcl history` need the sequence, so every move is also written as a registered-model tag
-# `alias_event.<n>` (a JSON record), which any MLflow client can read.
+# `alias_event.<n>` (a JSON record), which any MLflow client can read. MLflow has no
+# compare-and-set, so a move, the look at where the alias points and the event's number are one
+# step under a flock of the workspace (data/alias.lock): a promotion and a rollback at the same
+# moment get events n and n+1, and neither moves the alias from under the other.
 
 EVENT_PREFIX = "alias_event."
+ALIAS_LOCK_WAIT_S = 60  # each holder makes a few registry calls; longer means a hung one
+
+
+@contextmanager
+def alias_lock(root: Path | None = None, wait_s: float = ALIAS_LOCK_WAIT_S):
+    """Moves of the aliases and their history, one at a time per workspace. Not the retraining
+    lock: a run holds that while it waits (up to a day) for ops, and rollback must not wait."""
+    from dfcl.workspace import Workspace
+
+    path = (root or Workspace.here().root) / "data" / "alias.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Busy(f"another promotion, rejection or rollback has held {path} for over {wait_s:.0f} s; "
+                               "try again") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def alias_events(registered_model: str) -> list[dict]:
@@ -126,18 +155,41 @@ def alias_history(registered_model: str) -> tuple[dict[str, str], list[dict]]:
     return aliases, alias_events(registered_model)
 
 
-def record_alias_event(registered_model: str, action: str, version: str | None, by: str, reason: str,
-                       previous: str | None = None) -> dict:
+def _record(registered_model: str, action: str, version: str | None, by: str, reason: str,
+            previous: str | None = None) -> dict:
+    """Write the next event (caller holds alias_lock). Any error reading the history raises:
+    numbering from a history that failed to load would overwrite event 1."""
     from mlflow import MlflowClient
 
-    try:
-        n = len(alias_events(registered_model)) + 1
-    except Exception:  # the registered model exists once a version is registered
-        n = 1
+    client = MlflowClient()
+    tags = client.get_registered_model(registered_model).tags
+    numbers = [int(k[len(EVENT_PREFIX):]) for k in tags if k.startswith(EVENT_PREFIX) and k[len(EVENT_PREFIX):].isdigit()]
+    n = max(numbers, default=0) + 1  # not len + 1: a deleted event would make it reuse a number
+    key = f"{EVENT_PREFIX}{n:05d}"
+    if key in tags:  # by construction impossible; the guard is what "never overwrite" rests on
+        raise OpsError(f"{registered_model}: event {key} exists already; not overwriting it")
     event = {"n": n, "at": now(), "action": action, "version": version, "previous": previous, "by": by,
              "reason": reason}
-    MlflowClient().set_registered_model_tag(registered_model, f"{EVENT_PREFIX}{n:05d}", json.dumps(event))
+    client.set_registered_model_tag(registered_model, key, json.dumps(event))
     return event
+
+
+def promote(registered_model: str, version: str, by: str, reason: str) -> dict:
+    """Point `champion` at `version` and record it, with the version it replaced."""
+    from mlflow import MlflowClient
+
+    from dfcl.registry import champion_version
+
+    with alias_lock():
+        before = champion_version(registered_model)
+        MlflowClient().set_registered_model_alias(registered_model, "champion", version)
+        return _record(registered_model, "promote", version, by, reason,
+                       previous=str(before.version) if before else None)
+
+
+def record_rejection(registered_model: str, version: str, by: str, reason: str) -> dict:
+    with alias_lock():
+        return _record(registered_model, "reject", version, by, reason)
 
 
 def champion_stack(events: list[dict]) -> list[str]:
@@ -152,20 +204,30 @@ def champion_stack(events: list[dict]) -> list[str]:
 
 
 def rollback_champion(registered_model: str, by: str, reason: str) -> tuple[str, str]:
-    """Point `champion` back at the version that held it before the current one."""
+    """Point `champion` back at the version that held it before the current one. Refused when the
+    alias does not point where the history says (moved by hand, or by another tool): which
+    "previous" was meant is then unknown."""
     from mlflow import MlflowClient
 
-    stack = champion_stack(alias_events(registered_model))
-    if len(stack) < 2:
-        raise OpsError(f"{registered_model}: no earlier champion to roll back to "
-                         f"(champions so far: {stack or 'none'})")
-    current, previous = stack[-1], stack[-2]
-    client = MlflowClient()
-    client.set_registered_model_alias(registered_model, "champion", previous)
-    client.set_model_version_tag(registered_model, current, "rolled_back_at", now())
-    client.set_model_version_tag(registered_model, current, "rolled_back_by", by)
-    client.set_model_version_tag(registered_model, current, "rollback_reason", reason)
-    record_alias_event(registered_model, "rollback", previous, by, reason, previous=current)
+    from dfcl.registry import champion_version
+
+    with alias_lock():
+        stack = champion_stack(alias_events(registered_model))
+        if len(stack) < 2:
+            raise OpsError(f"{registered_model}: no earlier champion to roll back to "
+                           f"(champions so far: {stack or 'none'})")
+        current, previous = stack[-1], stack[-2]
+        points = champion_version(registered_model)
+        if points is None or str(points.version) != current:
+            raise OpsError(f"{registered_model}: champion points at {f'version {points.version}' if points else 'nothing'}, "
+                           f"but its history's last champion is version {current}: the alias was moved outside dfcl. "
+                           f"Point it back at version {current} (or promote through dfcl) before rolling back")
+        client = MlflowClient()
+        client.set_registered_model_alias(registered_model, "champion", previous)
+        client.set_model_version_tag(registered_model, current, "rolled_back_at", now())
+        client.set_model_version_tag(registered_model, current, "rolled_back_by", by)
+        client.set_model_version_tag(registered_model, current, "rollback_reason", reason)
+        _record(registered_model, "rollback", previous, by, reason, previous=current)
     return current, previous
 
 

@@ -20,10 +20,30 @@ def matrix_forgetting(matrix: list[list[float]]) -> float:
     return _mean(drops)
 
 
+def matrix_forward_transfer(matrix: list[list[float]]) -> float:
+    """Mean over the methods learned after the first of each one's value just before it was
+    learned (cell [j-1][j], the upper triangle's first diagonal); NaN where none was measured
+    (a method not yet known then, or evaluation of upcoming methods off). Avalanche's forward
+    transfer is accuracy minus the accuracy of the model at initialisation, and Avalanche has no
+    AUC: this is the AUC version, by hand, and absolute (0.5 is chance, as the matrix shows it)."""
+    return _mean([matrix[j - 1][j] for j in range(1, len(matrix)) if j < len(matrix[j - 1])])
+
+
+def values_before_learning(matrix: list[list[float]], keys: list[str]) -> dict[str, float]:
+    """{method: its cell [j-1][j]} for each learned method measured just before it was learned."""
+    return {keys[j]: matrix[j - 1][j] for j in range(1, min(len(matrix), len(keys)))
+            if j < len(matrix[j - 1]) and not math.isnan(matrix[j - 1][j])}
+
+
 def summarize(experiences: list, row_acc: list[float], row_auc: list[float],
               forgetting: float = math.nan, bwt: float = math.nan, row_bal: list[float] | None = None,
               threshold: float = 0.5, row_video_auc: list[float] | None = None) -> dict:
+    """One evaluation's results on the learned `experiences` (a row's later cells, methods not
+    learned yet, are left out: averages are over what the model has learned)."""
     keys = [e.key for e in experiences]
+    row_acc, row_auc = row_acc[:len(keys)], row_auc[:len(keys)]
+    row_bal = None if row_bal is None else row_bal[:len(keys)]
+    row_video_auc = None if row_video_auc is None else row_video_auc[:len(keys)]
     out = {
         "methods": keys,
         "accuracy": dict(zip(keys, row_acc)),
@@ -52,4 +72,5 @@ def strategy_report(learner, results: dict, seconds: float) -> dict:
             "avg_accuracy": results["avg_accuracy"], "avg_auc": results["avg_auc"], "avg_video_auc": results.get("avg_video_auc"),
             "avg_balanced_accuracy": results.get("avg_balanced_accuracy"), "threshold": results["threshold"],
             "forgetting": results["forgetting"], "auc_forgetting": results["auc_forgetting"], "bwt": results["bwt"],
+            "auc_forward_transfer": results.get("auc_forward_transfer"), "forward_transfer": results.get("forward_transfer"),
             "train_seconds": seconds}

@@ -2,8 +2,7 @@ import mlflow
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
 
-from dfcl.ops import now, record_alias_event
-from dfcl.registry import champion_version
+from dfcl import ops
 
 
 def tag_decision(registered_model: str, version: str, tags: dict[str, str]) -> None:
@@ -19,11 +18,8 @@ def promote_champion(registered_model: str, version: str, approver: str, reason:
     """Move the `champion` alias to `version`, keeping who, when and why as MLflow tags
     (on the model version and on the run that trained it)."""
     tag_decision(registered_model, version,
-                 {"promoted_by": approver, "promoted_at": now(), "promotion_reason": reason})
-    before = champion_version(registered_model)
-    MlflowClient().set_registered_model_alias(registered_model, "champion", version)
-    record_alias_event(registered_model, "promote", version, approver, reason,
-                       previous=str(before.version) if before else None)
+                 {"promoted_by": approver, "promoted_at": ops.now(), "promotion_reason": reason})
+    ops.promote(registered_model, version, approver, reason)
     get_run_logger().info("version %s of %s is now 'champion' (approved by %s)", version, registered_model, approver)
 
 
@@ -31,6 +27,6 @@ def promote_champion(registered_model: str, version: str, approver: str, reason:
 def record_rejection(registered_model: str, version: str, approver: str, reason: str) -> None:
     """Keep the rejection on the record; the champion alias does not move."""
     tag_decision(registered_model, version,
-                 {"rejected_by": approver, "rejected_at": now(), "rejection_reason": reason})
-    record_alias_event(registered_model, "reject", version, approver, reason)
+                 {"rejected_by": approver, "rejected_at": ops.now(), "rejection_reason": reason})
+    ops.record_rejection(registered_model, version, approver, reason)
     get_run_logger().info("version %s of %s rejected by %s: %s", version, registered_model, approver, reason)

@@ -1,10 +1,15 @@
-"""The learner keeps weights AND strategy memory across runs (save -> load -> continue)."""
+"""The learner keeps weights AND strategy memory across runs (save -> load -> continue), and
+evaluates the methods still to come (the matrices' upper triangle: forward transfer)."""
+import json
+import math
+
 import pytest
 import torch
 
 from dfcl.config import ConfigError
 from dfcl.extraction import extract_dataset
 from dfcl.learner import ExperienceSpec, Learner
+from dfcl.metrics import per_experience
 from tests.conftest import small_params
 
 
@@ -104,3 +109,157 @@ def test_learning_the_same_method_twice_is_refused(specs, tmp_path):
     learner.learn(first)
     with pytest.raises(ValueError, match="already learned"):
         learner.learn(first)
+
+
+@pytest.fixture(scope="module")
+def three(demo_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache3")
+    return root, specs_for(demo_data, root, ["BlendSwap", "GANUpsample", "MouthWarp"])
+
+
+def lower(matrix):
+    return [row[:i + 1] for i, row in enumerate(matrix)]
+
+
+@pytest.fixture(scope="module")
+def sequences(three, tmp_path_factory):
+    """The same three-method sequence trained twice from the same seed: with the methods still to
+    come evaluated after each experience (the default), and without."""
+    from dfcl.learner import train_sequence
+
+    root, specs = three
+    folder = tmp_path_factory.mktemp("sequences")
+    on = train_sequence(specs, small_params(), folder / "on", root)
+    off = train_sequence(specs, small_params("train.eval_upcoming=false"), folder / "off", root)
+    return on, off
+
+
+def test_upcoming_methods_fill_the_upper_triangle(sequences):
+    (on, report), (off, _) = sequences
+    h = on.history
+    assert [len(row) for row in h.auc_matrix] == [3, 3, 3]
+    assert [len(row) for row in off.history.auc_matrix] == [1, 2, 3]
+    for matrix in (h.accuracy_matrix, h.auc_matrix, h.balanced_accuracy_matrix):
+        assert all(0 <= v <= 1 for row in matrix for v in row)
+    assert h.columns == [[k, "test"] for k in ("BlendSwap", "GANUpsample", "MouthWarp")]
+    r = on.last_results()
+    # Forward transfer: each method's AUC just before it was learned, and their mean.
+    assert r["auc_before"] == {"GANUpsample": h.auc_matrix[0][1], "MouthWarp": h.auc_matrix[1][2]}
+    assert r["auc_forward_transfer"] == pytest.approx((h.auc_matrix[0][1] + h.auc_matrix[1][2]) / 2)
+    assert report["auc_forward_transfer"] == pytest.approx(r["auc_forward_transfer"])
+    assert math.isnan(off.last_results()["auc_forward_transfer"]) and off.last_results()["auc_before"] == {}
+    # Averages are over the learned methods only.
+    assert r["methods"] == ["BlendSwap", "GANUpsample", "MouthWarp"]
+    assert r["avg_auc"] == pytest.approx(sum(h.auc_matrix[-1]) / 3)
+
+
+def test_evaluating_upcoming_methods_changes_neither_training_nor_forgetting(sequences):
+    (on, on_report), (off, off_report) = sequences
+    # Same seed, same training: the extra evaluations leave torch's RNG where it was.
+    for name in ("accuracy_matrix", "auc_matrix", "balanced_accuracy_matrix"):
+        assert lower(getattr(on.history, name)) == getattr(off.history, name), name
+    for key in ("forgetting", "bwt", "auc_forgetting", "avg_accuracy", "avg_auc"):
+        assert on_report[key] == pytest.approx(off_report[key], abs=1e-9), key
+    assert on.history.threshold == off.history.threshold
+
+
+class RandomProjection(torch.nn.Module):
+    """A stand-in detector whose answers change, fixed, with each `reseed`: accuracies away from
+    0.5 that differ from one evaluation to the next (the tiny CNN answers 0.5 everywhere)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3 * 32 * 32, 2))
+
+    @torch.no_grad()
+    def reseed(self, seed: int):
+        self.w.copy_(torch.randn(self.w.shape, generator=torch.Generator().manual_seed(seed)))
+
+    def forward(self, x):
+        return (x - 0.5).reshape(len(x), -1) @ self.w
+
+
+class ReseedAfterEachExperience:
+    """Plugin: after each experience's training, other answers for its evaluations."""
+
+    def __init__(self):
+        self.seed = 0
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.seed += 1
+        strategy.model.reseed(self.seed)
+
+    def __getattr__(self, name):  # every other Avalanche callback: nothing to do
+        if name.startswith(("before_", "after_")):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
+def test_forgetting_counts_from_right_after_learning_not_from_before(three, tmp_path):
+    """Avalanche's StreamForgetting (accuracy) takes a method's value right after training on it:
+    the evaluation before it was learned (the upper triangle) must not become that value."""
+    root, specs = three
+    from dfcl.strategies import make_optimizer
+
+    learner = Learner(tmp_path / "learner", small_params("strategy.name=naive"), root)
+    learner.strategy.model = RandomProjection()
+    learner.strategy.optimizer = make_optimizer(learner.strategy.model, learner.params["train"])
+    learner.strategy.plugins.append(ReseedAfterEachExperience())
+    results = [learner.learn(spec, upcoming=specs[i + 1:]) for i, spec in enumerate(specs)]
+    acc = learner.history.accuracy_matrix
+    assert len({v for row in acc for v in row}) > 3, f"the test needs accuracies that differ: {acc}"
+    assert acc[0][1] != acc[1][1] and acc[1][2] != acc[2][2]
+    assert results[1]["forgetting"] == pytest.approx(acc[0][0] - acc[1][0], abs=1e-6)
+    expected = ((acc[0][0] - acc[2][0]) + (acc[1][1] - acc[2][1])) / 2
+    assert results[2]["forgetting"] == pytest.approx(expected, abs=1e-6)
+    assert results[2]["bwt"] == pytest.approx(-expected, abs=1e-6)
+    auc = learner.history.auc_matrix
+    assert results[2]["auc_forgetting"] == pytest.approx(((auc[0][0] - auc[2][0]) + (auc[1][1] - auc[2][1])) / 2)
+    assert results[2]["auc_forward_transfer"] == pytest.approx((auc[0][1] + auc[1][2]) / 2)
+
+
+def test_accuracy_forward_transfer_is_avalanches_against_the_untrained_model(three, sequences):
+    """Avalanche's forward transfer: accuracy just before learning minus the untrained model's."""
+    root, specs = three
+    (on, report), (off, off_report) = sequences
+    untrained = Learner(root / "untrained", small_params(), root)  # the same seed: the same initial model
+    metrics = untrained.strategy.eval(untrained.benchmark(specs).test_stream)
+    initial = per_experience(metrics, "Top1_Acc_Exp")
+    acc = on.history.accuracy_matrix
+    expected = ((acc[0][1] - initial[1]) + (acc[1][2] - initial[2])) / 2
+    assert report["forward_transfer"] == pytest.approx(expected, abs=1e-6)
+    assert on.last_results()["forward_transfer"] == pytest.approx(expected, abs=1e-6)
+    assert off_report["forward_transfer"] is None
+
+
+def test_a_column_that_changed_method_is_dropped(three, tmp_path):
+    """A run that stopped after the first method, followed by another dataset's: the cell measured
+    for the method planned second must not count as the new second method's."""
+    root, (first, second, third) = three
+    learner = Learner(tmp_path / "learner", small_params(), root)
+    learner.learn(first, upcoming=[second])
+    assert len(learner.history.auc_matrix[0]) == 2
+    r = learner.learn(third)
+    assert [len(row) for row in learner.history.auc_matrix] == [1, 2]
+    assert learner.history.columns == [["BlendSwap", "test"], ["MouthWarp", "test"]]
+    assert r["auc_before"] == {} and math.isnan(r["auc_forward_transfer"])
+
+
+def test_a_learner_saved_before_the_upper_triangle_loads_and_continues(three, tmp_path):
+    root, (first, second, third) = three
+    learner = Learner(tmp_path / "learner", small_params(), root)
+    learner.learn(first)
+    learner.save()
+    history = learner.folder / learner.folder.joinpath("CURRENT").read_text().strip() / "history.json"
+    data = json.loads(history.read_text())
+    del data["columns"]  # as saved before: square lower-triangular matrices, no columns
+    history.write_text(json.dumps(data))
+
+    again = Learner.load(tmp_path / "learner", small_params(), root)
+    assert again.history.columns == [["BlendSwap", "test"]]
+    assert math.isnan(again.last_results()["auc_forward_transfer"])
+    r = again.learn(second, upcoming=[third])
+    assert [len(row) for row in again.history.auc_matrix] == [1, 3]
+    assert r["methods"] == ["BlendSwap", "GANUpsample"] and r["auc_before"] == {}  # unknown when BlendSwap was learned
+    r = again.learn(third)
+    assert r["auc_before"] == {"MouthWarp": again.history.auc_matrix[1][2]}

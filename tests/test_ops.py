@@ -91,6 +91,75 @@ def test_rollback_walks_back_through_champions_and_history_keeps_who_when_why(wo
     assert events[1]["previous"] == v1 and events[3]["reason"] == "false alarms" and events[0]["at"]
 
 
+def test_a_promotion_and_a_rollback_at_once_get_events_of_their_own(workspace, monkeypatch):
+    import threading
+
+    from dfcl import ops
+
+    v1, v2, v3 = register_dummy(3)
+    ops.promote(REGISTERED, v1, "alice", "first")
+    ops.promote(REGISTERED, v2, "bob", "second")
+    # Widen the window between reading the history and writing the next event, as a slow
+    # registry does: unlocked, both would write the same number and one event would be lost.
+    read = MlflowClient.get_registered_model
+
+    def slow(self, name):
+        model = read(self, name)
+        time.sleep(0.3)
+        return model
+
+    monkeypatch.setattr(MlflowClient, "get_registered_model", slow)
+    errors = []
+
+    def run(fn, *args):
+        try:
+            fn(*args)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(ops.promote, REGISTERED, v3, "carol", "third")),
+               threading.Thread(target=run, args=(rollback_champion, REGISTERED, "dave", "false alarms"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.setattr(MlflowClient, "get_registered_model", read)
+    events = alias_events(REGISTERED)
+    assert [e["n"] for e in events] == [1, 2, 3, 4], events
+    # Whichever went first, the history and the alias agree.
+    assert ops.champion_stack(events)[-1] == str(MlflowClient().get_model_version_by_alias(REGISTERED, "champion").version)
+    assert len(errors) <= 1 and all("champion points at" in str(e) for e in errors), errors
+
+
+def test_a_registry_error_never_overwrites_an_event(workspace, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+
+    from dfcl import ops
+
+    v1, v2 = register_dummy(2)
+    ops.promote(REGISTERED, v1, "alice", "first")
+    monkeypatch.setattr(MlflowClient, "get_registered_model",
+                        lambda self, name: (_ for _ in ()).throw(MlflowException("timed out", error_code=INTERNAL_ERROR)))
+    with pytest.raises(MlflowException, match="timed out"):
+        ops.record_rejection(REGISTERED, v2, "bob", "no")
+    monkeypatch.undo()
+    assert [(e["n"], e["action"], e["by"]) for e in alias_events(REGISTERED)] == [(1, "promote", "alice")]
+
+
+def test_rollback_refuses_when_the_alias_was_moved_outside_dfcl(workspace):
+    from dfcl import ops
+
+    v1, v2, v3 = register_dummy(3)
+    ops.promote(REGISTERED, v1, "alice", "first")
+    ops.promote(REGISTERED, v2, "bob", "second")
+    MlflowClient().set_registered_model_alias(REGISTERED, "champion", v3)  # by hand, in the MLflow UI
+    with pytest.raises(OpsError, match=f"champion points at version {v3}, but its history's last champion is version {v2}"):
+        rollback_champion(REGISTERED, "dave", "false alarms")
+    assert MlflowClient().get_model_version_by_alias(REGISTERED, "champion").version == int(v3)
+    assert len(alias_events(REGISTERED)) == 2
+
+
 def test_trigger_sees_new_folders_and_new_versions_but_not_trained_ones(tmp_path, demo_data):
     incoming = tmp_path / "incoming"
     shutil.copytree(demo_data / "BlendSwap", incoming / "BlendSwap")
