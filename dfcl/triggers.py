@@ -1,17 +1,36 @@
-"""Which datasets in data/incoming/ are new: the trigger of scheduled and served retraining.
+"""Which datasets in data/incoming/ are due a retraining run: the trigger of scheduled and served
+retraining.
 
 A dataset's fingerprint is its DVC hash when it is DVC-tracked (`<folder>.dvc`: a new version
 pulled or imported is a new fingerprint), else a hash of its file names, sizes and modification
 times (cheap: nothing is read). The ledger data/triggers.json remembers, per folder, the
-fingerprint last queued or trained, so an already-trained version never starts a run."""
+fingerprint it last saw and what became of it:
+
+- `pending`: new, not taken yet. A dataset still being copied must not be trained on half its
+  files, so it is taken when a `READY` file appears at its top, or once its fingerprint has
+  stayed the same for `flow.serve.quiet_s` seconds (0: only with `READY`);
+- `queued`: a run was started for it (`attempts` runs so far for this fingerprint);
+- `failed`: its latest run failed; the next starts after `flow.serve.retry_backoff_s`, doubled
+  after every failure, until `flow.serve.max_attempts` runs failed: then `gave up` until it
+  changes (a dataset that always fails does not start a run on every poll forever);
+- `trained`: the fingerprint the run took when it ingested it (files added during the run make a
+  new version). An already-trained version never starts a run.
+
+A run cancelled (`dfcl serve` stopped) or no longer known to Prefect is queued again at once,
+without counting as a failed attempt."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from dfcl.layouts import LayoutError, recognise
+
+READY = "READY"  # the marker a producer drops when a dataset is complete; not part of its fingerprint
 
 
 def fingerprint(folder: Path) -> str:
@@ -22,7 +41,7 @@ def fingerprint(folder: Path) -> str:
         return "dvc:" + yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
     h = hashlib.sha1()
     for p in sorted(folder.rglob("*")):
-        if p.is_file():
+        if p.is_file() and p.relative_to(folder).as_posix() != READY:
             st = p.stat()
             h.update(f"{p.relative_to(folder).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return "files:" + h.hexdigest()
@@ -39,11 +58,13 @@ class Ledger:
         tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
         os.replace(tmp, self.path)
 
-    def mark(self, folder: Path, state: str, **extra) -> None:
+    def mark(self, folder: Path, state: str, fp: str | None = None, **extra) -> dict:
+        """Record `state` for the folder's fingerprint `fp` (default: as it is now)."""
         # re-read first: the serving process and the runs it started write the same file
         self.entries = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.entries[str(folder.resolve())] = {"fingerprint": fingerprint(folder), "state": state, **extra}
+        entry = self.entries[str(folder.resolve())] = {"fingerprint": fp or fingerprint(folder), "state": state, **extra}
         self.save()
+        return entry
 
 
 def dataset_folders(incoming: Path, real_names) -> list[Path]:
@@ -66,14 +87,47 @@ def dataset_folders(incoming: Path, real_names) -> list[Path]:
     return found
 
 
-def new_datasets(incoming: Path, ledger: Ledger, real_names, still_queued=lambda entry: True) -> list[Path]:
-    """Datasets whose current fingerprint was neither trained nor is waiting in the queue.
-    `still_queued(entry)` tells whether a queued run is still alive (a crashed one is retried)."""
-    out = []
+@dataclass
+class Due:
+    folder: Path
+    fingerprint: str
+    attempt: int  # the how-manieth run of this fingerprint it will be
+
+
+def due_datasets(incoming: Path, ledger: Ledger, real_names, serve: dict,
+                 run_state: Callable[[dict], str] = lambda entry: "alive", clock: Callable[[], float] = time.time,
+                 log: Callable[[str], None] = print) -> list[Due]:
+    """Datasets to queue a run for now (see the module's docstring). `serve` is params'
+    `flow.serve`; `run_state(entry)` says what became of a queued run: alive | failed |
+    cancelled | gone. Writes what it learns (pending, failed, gave up) to the ledger."""
+    due = []
     for folder in dataset_folders(incoming, real_names):
+        fp, now = fingerprint(folder), clock()
         entry = ledger.entries.get(str(folder.resolve()))
-        if entry and entry["fingerprint"] == fingerprint(folder):
-            if entry["state"] == "trained" or (entry["state"] == "queued" and still_queued(entry)):
+        if entry is None or entry["fingerprint"] != fp:  # new, or changed: complete yet?
+            entry = ledger.mark(folder, "pending", fp, since=now)
+        state = entry["state"]
+        if state == "pending":
+            quiet = serve["quiet_s"] > 0 and now - entry["since"] >= serve["quiet_s"]
+            if (folder / READY).is_file() or quiet:
+                due.append(Due(folder, fp, 1))
+            continue
+        attempts = entry.get("attempts", 1)
+        if state == "queued":
+            outcome = run_state(entry)
+            if outcome in ("cancelled", "gone"):  # not the data's fault: again, as the same attempt
+                due.append(Due(folder, fp, attempts))
                 continue
-        out.append(folder)
-    return out
+            if outcome != "failed":
+                continue
+            if attempts >= serve["max_attempts"]:
+                ledger.mark(folder, "gave up", fp, attempts=attempts, flow_run=entry.get("flow_run"))
+                log(f"{folder}: {attempts} retraining runs failed; left alone until it changes "
+                    f"(flow.serve.max_attempts); the last run: {entry.get('flow_run')}")
+                continue
+            entry = ledger.mark(folder, "failed", fp, attempts=attempts, failed_at=now, flow_run=entry.get("flow_run"))
+        if entry["state"] == "failed":
+            wait = serve["retry_backoff_s"] * 2 ** (attempts - 1)
+            if now - entry["failed_at"] >= wait:
+                due.append(Due(folder, fp, attempts + 1))
+    return due

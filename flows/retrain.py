@@ -22,7 +22,7 @@ from dfcl.ops import check_services, retrain_lock
 from dfcl.registry import registered_methods
 from dfcl.report import decision_plot, decision_table
 from dfcl.tracking import log_dataset_inputs, log_dataset_versions
-from dfcl.triggers import Ledger
+from dfcl.triggers import Ledger, fingerprint
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
 from dfcl.layouts import dataset_name
 from flows.ingest import ingest_dataset
@@ -66,8 +66,9 @@ def retrain_detector(data: str, params: dict, method: str | None = None, methods
     wait = params["flow"]["lock_wait_s"] if lock_wait_s is None else lock_wait_s
     with retrain_lock(ws.root / "data" / "retrain.lock", wait, holder=f"flow run {flow_run.get_name()} on {data}",
                       log=get_run_logger().info):
+        taken = fingerprint(Path(data))  # what ingest copies: a file added during the run is a new version
         outcome = _retrain(ws, data, params, method, methods, auto_approve, fresh)
-    Ledger(ws.root / "data" / "triggers.json").mark(Path(data), "trained", outcome=outcome["outcome"])
+    Ledger(ws.root / "data" / "triggers.json").mark(Path(data), "trained", taken, outcome=outcome["outcome"])
     return outcome
 
 

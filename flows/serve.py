@@ -24,7 +24,7 @@ log = logging.getLogger("dfcl.serve")
 class StoppableRunner(Runner):
     """Prefect's runner, stopped alike by SIGTERM and SIGINT: the runs in flight are cancelled
     and marked so (the next `dfcl serve` queues their datasets again, see
-    flows.incoming.still_queued), the schedules are paused, then `serve` returns. Prefect's own
+    flows.incoming.run_state), the schedules are paused, then `serve` returns. Prefect's own
     SIGTERM handler calls the async stop() from inside the running event loop, where it is
     never awaited, and exits at once."""
 

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from dfcl.learner import Learner
 from dfcl.ops import Busy, OpsError, ServiceUnavailable, alias_events, check_services, retrain_lock, rollback_champion
-from dfcl.triggers import Ledger, dataset_folders, new_datasets
+from dfcl.triggers import Ledger, dataset_folders, due_datasets, fingerprint
 from flows.retrain import retrain_detector
 from tests.conftest import small_params
 
@@ -160,22 +160,114 @@ def test_rollback_refuses_when_the_alias_was_moved_outside_dfcl(workspace):
     assert len(alias_events(REGISTERED)) == 2
 
 
+SERVE = {"quiet_s": 600, "max_attempts": 3, "retry_backoff_s": 100}
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_000_000.0
+
+    def __call__(self):
+        return self.t
+
+
+def names(due):
+    return [d.folder.name for d in due]
+
+
 def test_trigger_sees_new_folders_and_new_versions_but_not_trained_ones(tmp_path, demo_data):
     incoming = tmp_path / "incoming"
     shutil.copytree(demo_data / "BlendSwap", incoming / "BlendSwap")
     shutil.copytree(demo_data / "MouthWarp", incoming / "grouped" / "MouthWarp")
     (incoming / "notes").mkdir()  # not a dataset: ignored
+    for folder in (incoming / "BlendSwap", incoming / "grouped" / "MouthWarp"):
+        (folder / "READY").touch()
     ledger = Ledger(tmp_path / "triggers.json")
     real = ["real"]
     assert [p.name for p in dataset_folders(incoming, real)] == ["BlendSwap", "MouthWarp"]
-    assert [p.name for p in new_datasets(incoming, ledger, real)] == ["BlendSwap", "MouthWarp"]
+    assert names(due_datasets(incoming, ledger, real, SERVE)) == ["BlendSwap", "MouthWarp"]
     ledger.mark(incoming / "BlendSwap", "trained")
     ledger.mark(incoming / "grouped" / "MouthWarp", "queued", flow_run="x")
-    assert new_datasets(incoming, ledger, real, still_queued=lambda e: True) == []
-    # a queued run that crashed gives its dataset back; a changed dataset is a new version
-    assert [p.name for p in new_datasets(incoming, ledger, real, still_queued=lambda e: False)] == ["MouthWarp"]
+    assert due_datasets(incoming, ledger, real, SERVE, run_state=lambda e: "alive") == []
+    # a queued run that was cancelled gives its dataset back; a changed dataset is a new version
+    assert names(due_datasets(incoming, ledger, real, SERVE, run_state=lambda e: "cancelled")) == ["MouthWarp"]
     shutil.copy(incoming / "BlendSwap" / "train" / "real" / "0000.jpg", incoming / "BlendSwap" / "train" / "real" / "new.jpg")
-    assert [p.name for p in new_datasets(incoming, Ledger(tmp_path / "triggers.json"), real, lambda e: True)] == ["BlendSwap"]
+    assert names(due_datasets(incoming, Ledger(tmp_path / "triggers.json"), real, SERVE, lambda e: "alive")) == ["BlendSwap"]
+
+
+def test_a_dataset_is_taken_only_once_complete(tmp_path, demo_data):
+    incoming, clock = tmp_path / "incoming", Clock()
+    ledger = Ledger(tmp_path / "triggers.json")
+    shutil.copytree(demo_data / "BlendSwap", incoming / "BlendSwap")
+    assert due_datasets(incoming, ledger, ["real"], SERVE, clock=clock) == [], "taken while it may still be copied"
+    clock.t += 500
+    (incoming / "BlendSwap" / "test" / "real" / "late.jpg").write_bytes(b"more")  # the copy goes on
+    assert due_datasets(incoming, ledger, ["real"], SERVE, clock=clock) == []
+    clock.t += 599
+    assert due_datasets(incoming, ledger, ["real"], SERVE, clock=clock) == [], "a change restarts the quiet period"
+    clock.t += 1
+    assert names(due_datasets(incoming, ledger, ["real"], SERVE, clock=clock)) == ["BlendSwap"]
+
+    shutil.copytree(demo_data / "MouthWarp", incoming / "MouthWarp")
+    marker_only = {**SERVE, "quiet_s": 0}
+    clock.t += 10_000
+    assert "MouthWarp" not in names(due_datasets(incoming, ledger, ["real"], marker_only, clock=clock))
+    before = ledger.entries[str((incoming / "MouthWarp").resolve())]["fingerprint"]
+    (incoming / "MouthWarp" / "READY").touch()
+    assert "MouthWarp" in names(due_datasets(incoming, ledger, ["real"], marker_only, clock=clock))
+    assert fingerprint(incoming / "MouthWarp") == before, "the marker is not part of the dataset's version"
+
+
+def test_a_dataset_that_always_fails_is_retried_with_backoff_then_left_alone(tmp_path, demo_data):
+    incoming, clock, said = tmp_path / "incoming", Clock(), []
+    ledger = Ledger(tmp_path / "triggers.json")
+    shutil.copytree(demo_data / "BlendSwap", incoming / "BlendSwap")
+    (incoming / "BlendSwap" / "READY").touch()
+
+    def poll():
+        due = due_datasets(incoming, ledger, ["real"], SERVE, run_state=lambda e: "failed", clock=clock, log=said.append)
+        for d in due:  # as flows.incoming.queue_new_datasets does
+            ledger.mark(d.folder, "queued", d.fingerprint, flow_run=f"run-{d.attempt}", attempts=d.attempt)
+        return [d.attempt for d in due]
+
+    assert poll() == [1]
+    assert poll() == [], "the failed run is noticed; the next waits"
+    clock.t += 99
+    assert poll() == []
+    clock.t += 1
+    assert poll() == [2]
+    poll()
+    clock.t += 199
+    assert poll() == [], "the wait doubles"
+    clock.t += 1
+    assert poll() == [3]
+    for _ in range(3):
+        clock.t += 10_000
+        assert poll() == [], "three failures: left alone"
+    assert ledger.entries[str((incoming / "BlendSwap").resolve())]["state"] == "gave up"
+    assert len(said) == 1 and "3 retraining runs failed" in said[0]
+    (incoming / "BlendSwap" / "train" / "real" / "0000.jpg").write_bytes(b"fixed")  # a new version starts over
+    clock.t += 600
+    assert poll() == [1]
+
+
+def test_the_trained_fingerprint_is_the_one_ingest_took(workspace, demo_data, monkeypatch):
+    import flows.retrain
+
+    data = workspace.root / "data" / "incoming" / "BlendSwap"
+    shutil.copytree(demo_data / "BlendSwap", data)
+    taken = fingerprint(data)
+
+    def a_run_during_which_a_file_arrives(*args, **kwargs):
+        (data / "test" / "real" / "late.jpg").write_bytes((data / "test" / "real" / "0000.jpg").read_bytes())
+        return {"outcome": "promoted"}
+
+    monkeypatch.setattr(flows.retrain, "_retrain", a_run_during_which_a_file_arrives)
+    retrain_detector(str(data), small_params("dvc.push=false"))
+    ledger = Ledger(workspace.root / "data" / "triggers.json")
+    assert ledger.entries[str(data.resolve())] == {"fingerprint": taken, "state": "trained", "outcome": "promoted"}
+    (data / "READY").touch()
+    assert names(due_datasets(data.parent, ledger, ["real"], SERVE)) == ["BlendSwap"], "the late file is not trained"
 
 
 def shuffled_copy(src, dst, seed=0):

@@ -126,10 +126,12 @@ def test_serve_triggers_queues_and_waits_for_ops_on_a_real_prefect_server(tmp_pa
     try:
         incoming = ws / "data" / "incoming"
         shutil.copytree(demo_data / "BlendSwap", incoming / "BlendSwap")
+        (incoming / "BlendSwap" / "READY").touch()  # the copy is complete
         wait_for(lambda: states(api).get("BlendSwap", ("",))[0] == "Paused", "the first run to pause", serve_log)
 
         # a second new method while the first waits for ops: it is queued, not trained
         shutil.copytree(demo_data / "GANUpsample", incoming / "GANUpsample")
+        (incoming / "GANUpsample" / "READY").touch()
         wait_for(lambda: "GANUpsample" in states(api), "the second run to be created", serve_log)
         time.sleep(10)
         mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
@@ -166,6 +168,7 @@ def test_sigterm_and_sigint_stop_serve_cleanly_and_the_run_they_cancel_is_queued
     api, env = prefect_server
     ws = tmp_path / "ws"
     shutil.copytree(demo_data / "BlendSwap", ws / "data" / "incoming" / "BlendSwap")
+    (ws / "data" / "incoming" / "BlendSwap" / "READY").touch()
     env = serve_env(env, api, ws)
     for n, sig in enumerate((signal.SIGTERM, signal.SIGINT), 1):
         serve_log = tmp_path / f"serve-{sig.name}.log"
