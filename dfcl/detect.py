@@ -10,12 +10,17 @@ evidence out. One module behind `dfcl detect`, the REST API (dfcl.api) and the w
 - folder: every photo and video in it, recursively.
 
 Every verdict uses the model's own threshold (calibrated on validation faces when it was
-trained). A file that cannot be used gets a row with `error` and the reason, never an exception.
+trained). A file that cannot be used gets a row with `error` and the reason, never an exception:
+its bytes must be the kind its name says, and its size in pixels, read from the header before
+decoding, within `api.max_image_pixels` / `api.max_video_pixels` (dfcl.images).
 """
 from __future__ import annotations
 
+import copy
+import logging
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -23,9 +28,14 @@ import numpy as np
 
 from dfcl.config import ConfigError
 from dfcl.evaluate import Detector, load_detector
-from dfcl.faces import FaceDetector, FaceSettings, crop_square, read_frames
-from dfcl.images import read_image
+from dfcl.faces import FaceDetector, FaceSettings, crop_square
+from dfcl.images import Refusal, count_frames, open_video, read_frames, read_image, stored_frame_count
 from dfcl.metrics import fake_probabilities
+
+log = logging.getLogger("dfcl.detect")
+# A video whose container states no length is counted up to the frames `max_seconds` hold at
+# this rate (or at its stated one): no more decoding than the longest video allowed needs.
+MAX_FPS = 60
 
 
 @dataclass
@@ -43,6 +53,7 @@ class Result:
     seconds: float = 0.0
     crops: np.ndarray | None = None
     timings: dict = field(default_factory=dict)        # decode / faces / classify seconds
+    status: int | None = None  # an error's HTTP status in the API: 413 too large, 415 not its type, else 422
 
     def to_dict(self, detector: Detector, aggregate: str | None = None) -> dict:
         out = {"file": self.file, "kind": self.kind, "verdict": self.verdict,
@@ -114,6 +125,7 @@ class FaceScorer:
         self.params = params
         self.settings = FaceSettings.from_params({**params, "data": {**params["data"], "image_size": detector.image_size}})
         self._finder = finder
+        self._explainer, self._copying = None, threading.Lock()
 
     @property
     def finder(self) -> FaceDetector:
@@ -121,14 +133,26 @@ class FaceScorer:
             self._finder = FaceDetector(self.settings)
         return self._finder
 
+    @property
+    def explainer(self) -> Detector:
+        """The detector on a private copy of the model, for Grad-CAM: its hooks then see only
+        their own passes, never another request's scoring on the shared model (explanations on
+        it take turns: dfcl.explain.LOCK)."""
+        with self._copying:
+            if self._explainer is None:
+                self._explainer = replace(self.detector, model=copy.deepcopy(self.detector.model))
+            return self._explainer
+
     def score(self, crops: np.ndarray) -> np.ndarray:
         return fake_probabilities(self.detector.model, crops).numpy()
 
     def verdict(self, p: float) -> str:
         return "fake" if p >= self.detector.threshold else "real"
 
-    def detect(self, path: Path, crop: str | None = None) -> Result:
-        """One file. `crop`: auto | always | never (default: `detect.crop`)."""
+    def detect(self, path: Path, crop: str | None = None, max_seconds: float | None = None,
+               deadline: float | None = None) -> Result:
+        """One file. `crop`: auto | always | never (default: `detect.crop`); `max_seconds`: longer
+        videos are refused; `deadline` (time.monotonic()): past it, TimeoutError at the next step."""
         start = time.perf_counter()
         kind = file_kind(path, self.params)
         if not path.is_file():
@@ -139,22 +163,26 @@ class FaceScorer:
         elif path.stat().st_size == 0:
             result = Result(str(path), "photo" if kind == "image" else kind, "error", error="empty file")
         elif kind == "image":
-            result = self.detect_image(path, crop or self.params["detect"]["crop"])
+            result = self.detect_image(path, crop or self.params["detect"]["crop"], deadline)
         else:
-            result = self.detect_video(path)
+            result = self.detect_video(path, max_seconds, deadline)
         result.seconds = time.perf_counter() - start
         return result
 
-    def detect_image(self, path: Path, crop: str) -> Result:
+    def detect_image(self, path: Path, crop: str, deadline: float | None = None) -> Result:
         s, t = self.settings, time.perf_counter()
-        image = read_image(path)
+        image = read_image(path, self.params["api"]["max_image_pixels"])
         if isinstance(image, str):
-            return Result(str(path), "photo", "error", error=image)
+            return Result(str(path), "photo", "error", error=image, status=getattr(image, "status", None))
         timings = {"decode": time.perf_counter() - t}
+        h, w = image.shape[:2]
+        if crop != "always" and not s.searchable(h, w):
+            return Result(str(path), "photo", "error", timings=timings, error=self._too_small("image", h, w))
+        in_time(deadline)
         t = time.perf_counter()
         found = [] if crop == "always" else [f for f in self.finder.detect_all([image])[0] if f[2] >= s.min_score]
         timings["faces"] = time.perf_counter() - t
-        h, w = image.shape[:2]
+        in_time(deadline)
         if crop == "auto":
             crop = "always" if found and self._fills(found[0][0], h, w) else "never"
         if crop == "always":  # the image is the face, as the training crops were
@@ -175,23 +203,48 @@ class FaceScorer:
         top = float(p.max())
         return Result(str(path), kind, self.verdict(top), top, faces=faces, crops=crops, timings=timings)
 
+    def _too_small(self, what: str, h: int, w: int) -> str:
+        s = self.settings
+        scale = min(1.0, s.detect_max_side / max(h, w))
+        return (f"no face found: the {what} ({w}x{h}) is too small to search, {round(w * scale)}x{round(h * scale)} "
+                f"at detection scale, and a face needs at least {s.min_face_size} px (faces.min_face_size)"
+                + (" (if the image is a face crop already, use --crop)" if what == "image" else ""))
+
     def _fills(self, box, h: int, w: int) -> bool:
         """Is this face the whole image, as in a training crop? Its crop (box x margin) covers
         at least `detect.crop_min_fill` of the image's shorter side."""
         side = max(box[2] - box[0], box[3] - box[1]) * self.settings.margin
         return side >= self.params["detect"]["crop_min_fill"] * min(h, w)
 
-    def detect_video(self, path: Path) -> Result:
+    def detect_video(self, path: Path, max_seconds: float | None = None, deadline: float | None = None) -> Result:
         s, d, t = self.settings, self.params["detect"], time.perf_counter()
-        info = video_info(path)
-        frames, n, problem = read_frames(path, s.frames_per_video)
+        max_pixels = self.params["api"]["max_video_pixels"]
+        cap, problem = open_video(path, max_pixels)
+        if cap is None:
+            return Result(str(path), "video", "error", error=problem, status=problem.status)
+        try:
+            info = video_info(cap)
+            problem = None if max_seconds is None else too_long(cap, info, max_seconds, deadline)
+        finally:
+            cap.release()
+        if problem:
+            return Result(str(path), "video", "error", error=problem, status=problem.status, video=info)
+        frames, n, problem = read_frames(path, s.frames_per_video, max_pixels, deadline)
         timings = {"decode": time.perf_counter() - t}
         if not frames:
-            return Result(str(path), "video", "error", error=problem, timings=timings)
+            return Result(str(path), "video", "error", error=problem, timings=timings,
+                          status=getattr(problem, "status", None))
+        if info["frames"] is None:  # counted while reading
+            info.update(frames=n, seconds=round(n / info["fps"], 2) if info["fps"] else None)
+        h, w = next(iter(frames.values())).shape[:2]
+        if not s.searchable(h, w):
+            return Result(str(path), "video", "error", error=self._too_small("video", h, w), timings=timings, video=info)
+        in_time(deadline)
         t = time.perf_counter()
         order = sorted(frames)
         found = self.finder.detect([frames[i] for i in order])
         timings["faces"] = time.perf_counter() - t
+        in_time(deadline)
         fps = info["fps"] or 25.0
         timeline, kept = [], []
         for i, det in zip(order, found):
@@ -222,17 +275,35 @@ class FaceScorer:
         return result
 
 
-def video_info(path: Path) -> dict:
-    """Frame count, frame rate, length and size from the container (no decoding)."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-        fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
-        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    finally:
-        cap.release()
-    fps = fps if 0 < fps < 1000 else 0.0
-    return {"frames": n, "fps": round(fps, 3), "seconds": round(n / fps, 2) if fps else None, "width": w, "height": h}
+def in_time(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError("the detection ran past its deadline")
+
+
+def video_info(cap: cv2.VideoCapture) -> dict:
+    """Frame count, frame rate, length and size as the container states them (no decoding);
+    a count or rate it does not state, or states absurdly, is None (and so is the length)."""
+    n = stored_frame_count(cap)
+    fps = float(cap.get(cv2.CAP_PROP_FPS))
+    fps = round(fps, 3) if 0 < fps < 1000 else None
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    return {"frames": n, "fps": fps, "seconds": round(n / fps, 2) if n and fps else None, "width": w, "height": h}
+
+
+def too_long(cap: cv2.VideoCapture, info: dict, max_seconds: float, deadline: float | None = None) -> Refusal | None:
+    """Why the video is over `max_seconds`, or None. A container that states no length (a
+    live-recorded WebM, a raw stream) has its frames counted, at most as many as `max_seconds`
+    hold at its frame rate (MAX_FPS when it states none); the count goes into `info`."""
+    if info["seconds"] is not None:
+        over = info["seconds"] > max_seconds
+        return Refusal(f"video of {info['seconds']:.0f} s is over the limit of {max_seconds} s") if over else None
+    limit = int(max_seconds * (info["fps"] or MAX_FPS))
+    n = info["frames"] if info["frames"] is not None else count_frames(cap, limit, deadline)
+    if n is None or n > limit:
+        return Refusal(f"video over the limit of {max_seconds} s: its container states no length, "
+                       f"and it has more than {limit} frames")
+    info["frames"] = n
+    return None
 
 
 def detect_files(scorer: FaceScorer, paths: list[str], crop: str | None = None, explain_dir: Path | None = None,
@@ -245,11 +316,18 @@ def detect_files(scorer: FaceScorer, paths: list[str], crop: str | None = None, 
 
     files, d, rows = expand(paths, scorer.params), scorer.params["detect"], []
     for path in tqdm(files, desc="detect", unit="file", disable=not progress or len(files) < 2):
-        result = scorer.detect(path, crop)
-        row = result.to_dict(scorer.detector, d["aggregate"])
-        if explain_dir is not None and result.verdict != "error":
-            written = write_evidence(scorer.detector, result, explain_dir, d["explain_top_frames"], scorer.detector.threshold)
-            row["evidence"] = [str(p) for p in written]
+        try:
+            result = scorer.detect(path, crop)
+            row = result.to_dict(scorer.detector, d["aggregate"])
+            if explain_dir is not None and result.verdict != "error":
+                written = write_evidence(scorer.detector, result, explain_dir, d["explain_top_frames"],
+                                         scorer.detector.threshold)
+                row["evidence"] = [str(p) for p in written]
+        except Exception as e:  # one file a decoder or a bug chokes on: its row says so, the rest go on
+            log.error("detect %s failed", path, exc_info=e)
+            first = (str(e).splitlines() or [""])[0]
+            row = Result(str(path), "unknown", "error", error=f"{type(e).__name__}: {first} (traceback in the log)"
+                         ).to_dict(scorer.detector)
         rows.append(row)
     return rows
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfcl.images import read_image
+# Video reading lives beside image reading (dfcl.images): one set of checks and limits for every reader.
+from dfcl.images import frame_indices, read_frames, read_image  # noqa: F401
 
 log = logging.getLogger("dfcl.faces")
 
@@ -41,6 +42,12 @@ class FaceSettings:
         return cls(size=params["data"]["image_size"], frames_per_video=f["frames_per_video"], margin=f["margin"],
                    min_score=f["min_score"], min_face_size=f["min_face_size"], detect_max_side=f["detect_max_side"],
                    batch_size=f["batch_size"], device=f["device"], detect_in_images=f["detect_in_images"])
+
+    def searchable(self, h: int, w: int) -> bool:
+        """Can MTCNN look for faces in an h x w frame? Its image pyramid needs the short side, at
+        detection scale, to be at least min_face_size (below it, it raises on an empty pyramid)."""
+        scale = min(1.0, self.detect_max_side / max(h, w, 1))
+        return min(round(h * scale), round(w * scale)) >= self.min_face_size
 
     def detection_key(self) -> str:
         """What MTCNN's output depends on; margin, size and min_score only change the crops."""
@@ -85,47 +92,6 @@ def load_detections(path: Path) -> dict[int, Detection | None]:
     return {int(i): None if d is None else (np.array(d[0]), np.array(d[1]), d[2]) for i, d in faces.items()}
 
 
-def frame_indices(n_frames: int, k: int) -> list[int]:
-    """k frames spread over the whole video: the middle of k equal segments (not the first k
-    frames, and not the very first/last frame, which are often fades)."""
-    if n_frames <= k:
-        return list(range(n_frames))
-    return sorted({int((i + 0.5) * n_frames / k) for i in range(k)})
-
-
-def read_frames(path: Path, k: int) -> tuple[dict[int, np.ndarray], int, str | None]:
-    """The sampled frames (RGB) of a video, its frame count, and a problem if any."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            return {}, 0, "cannot open video (corrupt, truncated or not a video)"
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        if n <= 0:  # some containers do not store a frame count: count by decoding once
-            while cap.grab():
-                n += 1
-            cap.release()
-            cap = cv2.VideoCapture(str(path))
-        if n <= 0:
-            return {}, 0, "no decodable frames (empty or corrupt video)"
-        wanted = set(frame_indices(n, k))
-        # One sequential pass with grab() (decode, no colour conversion) is faster than seeking,
-        # which re-decodes from the previous keyframe for every frame: measured on FF++ c23,
-        # 8 frames of a 1080p video took 5.2 s by seeking and 1.7 s in one pass.
-        frames, i = {}, 0
-        while i <= max(wanted) and cap.grab():
-            if i in wanted:
-                ok, frame = cap.retrieve()
-                if ok:
-                    frames[i] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            i += 1
-        problem = None if i > max(wanted) else f"video ended at frame {i} of {n} (truncated?)"
-        if not frames:
-            problem = "no decodable frames (empty or corrupt video)"
-        return frames, n, problem
-    finally:
-        cap.release()
-
-
 def crop_square(image: np.ndarray, box, margin: float, size: int) -> np.ndarray:
     """A square around the box's centre, `margin` times its longer side, padded with black
     where it leaves the frame, resized to size x size."""
@@ -163,6 +129,8 @@ class FaceDetector:
         if not frames:
             return []
         h, w = frames[0].shape[:2]
+        if not self.settings.searchable(h, w):  # a thumbnail or a banner: no face of min_face_size fits
+            return [[] for _ in frames]
         scale = min(1.0, self.settings.detect_max_side / max(h, w))  # detection cost grows with pixels
         small = [cv2.resize(f, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
                  if scale < 1 else f for f in frames]
