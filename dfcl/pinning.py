@@ -78,6 +78,7 @@ def pin(spec, root: Path, store: Path):
         manifest = next(iter(sources.values())).parent / "manifest.csv"
         if manifest.is_file():
             shutil.copy2(manifest, tmp / "manifest.csv")  # video of each face, files' MD5s
+        _read_only(tmp)
         tmp.rename(folder)  # all or nothing
     try:
         where = folder.resolve().relative_to(root.resolve())
@@ -88,8 +89,21 @@ def pin(spec, root: Path, store: Path):
     return dataclasses.replace(spec, faces=face_counts(spec, root))
 
 
+def _read_only(folder: Path) -> None:
+    """Pinned files lose their write bits. A hard link shares its file with data/processed, so the
+    processed arrays turn read-only too: an edit in place there fails instead of changing what
+    the learner learned (extraction writes new files and swaps folders, which still works). Root
+    ignores the bits; the digest check on load (check) catches what gets through."""
+    for path in Path(folder).iterdir():
+        try:
+            path.chmod(path.stat().st_mode & ~0o222)
+        except OSError:  # not ours to change (a learner folder copied from elsewhere): check() still guards
+            pass
+
+
 def check(spec, root: Path) -> None:
-    """Fail clearly when a learned experience's pinned faces are missing or of another size."""
+    """Fail clearly when a learned experience's pinned faces are missing, of another size, or not
+    the bytes it learned (the recorded SHA-256)."""
     if not spec.faces:  # learned before pinning existed: nothing recorded to check against
         return
     for split, expected in spec.faces.items():
@@ -104,6 +118,13 @@ def check(spec, root: Path) -> None:
                 f"learned experience {spec.key}: {path} holds {found} {split} faces, the learner learned "
                 f"{expected} (version {spec.digest[:12]}); restore the learner folder with its experiences/ "
                 "or start over with --fresh")
+    found = array_digest(spec, root)
+    if found != spec.digest:
+        raise PinnedDataError(
+            f"learned experience {spec.key}: its pinned faces changed since it was learned (SHA-256 "
+            f"{spec.digest[:12]}, now {found[:12]}; were the arrays in data/processed, which they are hard links "
+            "to, edited in place?); restore the learner folder with its experiences/ or start over with --fresh")
+    _read_only((Path(root) / spec.test_y).parent)  # pinned before pins were made read-only
 
 
 def _files(spec, root: Path) -> pd.DataFrame:

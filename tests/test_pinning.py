@@ -52,6 +52,30 @@ def test_pinned_faces_are_checked_on_load(workspace, ffpp_small):
         Learner.load(workspace.learner, params, workspace.root)
 
 
+def test_pinned_faces_are_read_only_and_an_edit_in_place_is_caught_on_load(workspace, demo_data):
+    import stat
+
+    from tests.test_learner import specs_for
+
+    spec = specs_for(demo_data, workspace.root, ["BlendSwap"])[0]
+    params = small_params()
+    learner = Learner(workspace.learner, params, workspace.root)
+    learner.learn(spec)
+    learner.save()
+    pinned = learner.history.experiences[0]
+    processed = workspace.root / spec.test_x
+    for path in (workspace.root / pinned.test_x, workspace.root / pinned.train_y, processed):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o222 == 0, f"{path} is writable"
+    # An edit in place of data/processed (root ignores the mode): the same file, other bytes.
+    with open(processed, "r+b") as f:
+        f.seek(-16, 2)
+        tail = f.read()
+        f.seek(-16, 2)
+        f.write(bytes(255 - b for b in tail))
+    with pytest.raises(PinnedDataError, match="BlendSwap: its pinned faces changed since it was learned"):
+        Learner.load(workspace.learner, params, workspace.root)
+
+
 @pytest.mark.parametrize("strategy", ["replay", "gem", "cumulative"])
 def test_a_dataset_that_gains_a_method_leaves_the_learned_one_untouched(workspace, ffpp_small, strategy):
     params = small_params(f"strategy.name={strategy}", "augment.enabled=false")
