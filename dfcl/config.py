@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,12 +26,16 @@ class ConfigError(ValueError):
 def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
     """The packaged defaults, under the workspace's params.yaml (when there is one), then
     `section.key=value` overrides; values are parsed as YAML (`1`, `true`, `[a,b]`). A workspace
-    made by an older version thus still gets every setting added since."""
+    made by an older version thus still gets every setting added since. The workspace's file
+    gets the checks an override gets (a known key, the default's type, not null unless the
+    default is); then every value its range (RANGES, CHOICES)."""
     params = yaml.safe_load(PACKAGED_PARAMS.read_text()) or {}
     path = Path(path) if path else Path("params.yaml")
     if path.exists() and path.resolve() != PACKAGED_PARAMS.resolve():
-        params = merged(params, moved_keys_renamed(yaml.safe_load(path.read_text()) or {}, path))
-    return apply_overrides(params, overrides)
+        params = merged(params, moved_keys_renamed(yaml.safe_load(path.read_text()) or {}, path), where=f"{path}: ")
+    params = apply_overrides(params, overrides)
+    check_ranges(params)
+    return params
 
 
 def moved_keys_renamed(params: dict, path: Path) -> dict:
@@ -48,12 +53,33 @@ def moved_keys_renamed(params: dict, path: Path) -> dict:
     return params
 
 
-def merged(base: dict, over: dict) -> dict:
-    """`over` on top of `base`, section by section."""
+def merged(base: dict, over: dict, where: str = "", prefix: str = "") -> dict:
+    """`over` on top of `base`, section by section; every key of `over` must be one of `base`,
+    with a value of its type (`where` says which file, in errors)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        name = f"{prefix}{key}"
+        if key not in out:
+            raise ConfigError(f"{where}{_unknown(name, key, out)}")
+        if isinstance(out[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{name} is a section ({', '.join(sorted(out[key])) or 'empty'}), "
+                                  f"not a value ({value!r})")
+            out[key] = merged(out[key], value, where, name + ".")
+        else:
+            try:
+                out[key] = _checked(name, value, out[key])
+            except ConfigError as e:
+                raise ConfigError(f"{where}{e}") from None
     return out
+
+
+def _unknown(name: str, leaf: str, node: dict) -> str:
+    """'unknown parameter ...', with the closest known name when there is one."""
+    close = difflib.get_close_matches(leaf, list(node), n=1, cutoff=0.6)
+    parent = name.rsplit(".", 1)[0] + "." if "." in name else ""
+    hint = f" (did you mean {parent + close[0]!r}?)" if close else ""
+    return f"unknown parameter {name!r}{hint}; known here: {', '.join(sorted(node)) or 'none'}"
 
 
 def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
@@ -67,28 +93,101 @@ def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
             raise ConfigError(f"{key} is now {RENAMED[key]} (strategy settings sit under their strategy)")
         *parents, leaf = key.split(".")
         node = params
-        for part in parents:
+        for i, part in enumerate(parents):
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"unknown parameter section {part!r} in {key!r}")
+                close = difflib.get_close_matches(part, [k for k, v in node.items() if isinstance(v, dict)], n=1)
+                raise ConfigError(f"unknown parameter section {part!r} in {key!r}"
+                                  + (f" (did you mean {'.'.join(parents[:i] + close)!r}?)" if close else ""))
             node = node[part]
         if leaf not in node:
-            known = ", ".join(sorted(node))
-            raise ConfigError(f"unknown parameter {key!r}; known here: {known}")
+            raise ConfigError(_unknown(key, leaf, node))
+        if isinstance(node[leaf], dict):
+            raise ConfigError(f"{key} is a section ({', '.join(sorted(node[leaf])) or 'empty'}): set one of its keys")
         node[leaf] = _checked(key, _parse_value(raw), node[leaf])
     return params
 
 
 def _checked(key: str, value: Any, default: Any) -> Any:
     """`value` if it has the type of the default (an int where a float is expected is taken as a
-    float; a null default takes anything), else a one-line error (as nanoGPT's configurator)."""
-    if default is None or value is None:
+    float; a null default takes anything, and only a null default takes null), else a one-line
+    error (as nanoGPT's configurator)."""
+    if default is None:
         return value
+    if value is None:
+        raise ConfigError(f"{key} cannot be empty (null): it takes {type(default).__name__} "
+                          f"(like its default {default!r})")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value) is not type(default):
         raise ConfigError(f"{key}={value!r} is {type(value).__name__}, but {key} takes "
                           f"{type(default).__name__} (like its default {default!r})")
     return value
+
+
+def _at_least(low):
+    return (lambda v: v >= low), f"at least {low}"
+
+
+def _above(low):
+    return (lambda v: v > low), f"above {low}"
+
+
+def _within(low, high):
+    return (lambda v: low <= v <= high), f"from {low} to {high}"
+
+
+def _between(low, high):
+    return (lambda v: low < v < high), f"between {low} and {high} (exclusive)"
+
+
+# Values a setting can take, where its type alone allows nonsense (a 0 that divides, hangs or
+# rejects everything). Keys a params dict lacks are skipped; every `augment.*_p` is a probability.
+RANGES = {
+    "data.image_size": _at_least(16), "data.max_per_class": _at_least(0),
+    "data.test_fraction": _within(0, 0.9), "data.val_fraction": _within(0, 0.9),
+    "faces.frames_per_video": _at_least(1), "faces.margin": _above(0), "faces.min_score": _within(0, 1),
+    "faces.min_face_size": _at_least(1), "faces.detect_max_side": _at_least(1), "faces.batch_size": _at_least(1),
+    "augment.crop_scale_min": _within(0.01, 1), "augment.jpeg_quality_min": _within(1, 100),
+    "augment.jpeg_quality_max": _within(1, 100),
+    "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.eval_batch_size": _at_least(1),
+    "train.lr": _at_least(0), "train.backbone_lr_scale": _at_least(0), "train.warmup_epochs": _at_least(0),
+    "train.weight_decay": _at_least(0), "train.early_stopping_patience": _at_least(0),
+    "train.num_workers": _at_least(0),
+    "strategy.replay.mem_size": _at_least(1), "strategy.gem.patterns_per_exp": _at_least(1),
+    "strategy.gem.memory_strength": _at_least(0), "strategy.lwf.alpha": _at_least(0),
+    "strategy.lwf.temperature": _above(0), "strategy.ewc.ewc_lambda": _at_least(0),
+    "strategy.ewc.decay_factor": _within(0, 1),
+    "compare.dask_workers": _at_least(1), "compare.dask_threads_per_worker": _at_least(1),
+    "compare.retries": _at_least(0),
+    "gate.max_drop_per_method": _at_least(0), "gate.max_drop_average": _at_least(0),
+    "gate.confidence": _between(0, 1), "gate.bootstrap": _at_least(1), "gate.max_forgetting": _at_least(0),
+    "approval.timeout_s": _above(0),
+    "flow.serve.poll_s": _at_least(0), "flow.serve.queue_wait_s": _at_least(0), "flow.serve.quiet_s": _at_least(0),
+    "flow.serve.max_attempts": _at_least(1), "flow.serve.retry_backoff_s": _at_least(0),
+    "flow.lock_wait_s": _at_least(0),
+    "detect.crop_min_fill": _within(0, 1), "detect.confident_fake": _within(0, 1),
+    "detect.confident_fake_share": _within(0, 1), "detect.confident_real": _within(0, 1),
+    "detect.confident_real_share": _within(0, 1), "detect.explain_top_frames": _at_least(0),
+    "api.port": _within(0, 65535), "api.reload_s": _above(0), "api.max_upload_mb": _above(0),
+    "api.max_video_seconds": _above(0), "api.max_concurrent": _at_least(1), "api.queue_timeout_s": _at_least(0),
+}
+CHOICES = {"gate.metric": ("auc", "balanced_accuracy"), "detect.crop": ("auto", "always", "never"),
+           "detect.aggregate": ("mean", "confident"), "compare.runner": ("local", "dask"),
+           "data.compression": ("c23", "c40", "raw")}
+
+
+def check_ranges(params: dict) -> None:
+    """A one-line error for the first value out of its range (RANGES) or choices (CHOICES)."""
+    flat = flatten(params)
+    for key, value in flat.items():
+        if key.startswith("augment.") and key.endswith("_p"):
+            rule = _within(0, 1)
+        else:
+            rule = RANGES.get(key)
+        if rule and isinstance(value, (int, float)) and not isinstance(value, bool) and not rule[0](value):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {rule[1]}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{key}={value!r}: choose one of {', '.join(CHOICES[key])}")
 
 
 def check_names(params: dict) -> None:

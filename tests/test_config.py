@@ -89,3 +89,43 @@ def _value_at(params: dict, key: str):
     for part in key.split("."):
         params = params[part]
     return params
+
+
+def test_a_typo_in_the_workspace_params_file_is_refused_with_the_near_name(tmp_path):
+    (tmp_path / "params.yaml").write_text("gate:\n  max_forgeting: 0.5\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: unknown parameter 'gate.max_forgeting' "
+                                          r"\(did you mean 'gate.max_forgetting'\?\)"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("gtae:\n  metric: auc\n")
+    with pytest.raises(ConfigError, match=r"unknown parameter 'gtae' \(did you mean 'gate'\?\)"):
+        load_params(tmp_path / "params.yaml")
+    with pytest.raises(ConfigError, match=r"did you mean 'gate.max_forgetting'"):
+        load_params(None, ["gate.max_forgeting=0.5"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epochs: three\n", "train.epochs='three' is str, but train.epochs takes int"),
+    ("train:\n  epochs:\n", "train.epochs cannot be empty"),
+    ("train: 3\n", "train is a section"),
+    ("api:\n  max_concurrent: 0\n", "api.max_concurrent=0 is out of range: it must be at least 1"),
+])
+def test_the_workspace_params_file_gets_the_checks_of_an_override(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=", "train.epochs cannot be empty \\(null\\): it takes int"),
+    ("gate.metric=", "gate.metric cannot be empty"),
+    ("api.max_concurrent=0", "api.max_concurrent=0 is out of range: it must be at least 1"),
+    ("gate.confidence=1.5", "between 0 and 1"),
+    ("augment.flip_p=2", "augment.flip_p=2.0 is out of range: it must be from 0 to 1"),
+    ("gate.metric=AUC", "gate.metric='AUC': choose one of auc, balanced_accuracy"),
+    ("gate=1", "gate is a section"),
+])
+def test_an_empty_override_is_not_null_and_values_keep_their_range(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(None, [override])
+    assert load_params(None, ["model.weights=", "api.max_concurrent=1"])["model"]["weights"] is None, \
+        "a key whose default is null may be emptied"
