@@ -71,8 +71,9 @@ def log_dataset_versions(ingested) -> None:
 
 
 def log_matrices(learner) -> None:
-    """Accuracy and AUC matrices as CSV and heatmap PNG artifacts of the active run."""
-    methods = [e.key for e in learner.history.experiences]
+    """Accuracy and AUC matrices as CSV and heatmap PNG artifacts of the active run (a column per
+    method evaluated, learned or not yet: the upper triangle is forward transfer)."""
+    methods = [key for key, _ in learner.history.columns]
     with tempfile.TemporaryDirectory() as tmp:
         for name, matrix in (("accuracy", learner.history.accuracy_matrix), ("auc", learner.history.auc_matrix)):
             frame = matrix_frame(matrix, methods)
@@ -88,8 +89,9 @@ def log_sweep(report: dict) -> None:
 
     metrics = {}
     for name, entry in report["strategies"].items():
-        for key in ("avg_accuracy", "avg_auc", "avg_balanced_accuracy", "forgetting", "bwt", "train_seconds"):
-            if key in entry:
+        for key in ("avg_accuracy", "avg_auc", "avg_balanced_accuracy", "forgetting", "bwt", "auc_forward_transfer",
+                    "forward_transfer", "train_seconds"):
+            if key in entry and not np.isnan(entry[key]):  # forward transfer: NaN for a single method
                 metrics[f"{name}/{key}"] = entry[key]
                 metrics[f"{name}/{key}_std"] = entry["std"][key]
     mlflow.log_metrics(metrics)

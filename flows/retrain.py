@@ -98,8 +98,9 @@ def _retrain(ws: Workspace, data: str, params: dict, method, methods, auto_appro
         log_dataset_inputs(new, context="training")
         log_dataset_inputs(learner.history.experiences, context="evaluation")
         results = learner.last_results()
-        for spec in tqdm(new, desc="new methods", unit="experience"):
-            results = learn_experience(learner, spec)
+        for i, spec in enumerate(tqdm(new, desc="new methods", unit="experience")):
+            # The methods this run learns next are known now: each evaluation also tests them.
+            results = learn_experience(learner, spec, upcoming=new[i + 1:])
             log_experience_metrics(results, step=len(learner.history.experiences) - 1)
         version = register_challenger(learner, results, registered)
         verdict = promotion_gate(learner, results, params)

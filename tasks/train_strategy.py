@@ -1,3 +1,4 @@
+import math
 import os
 from pathlib import Path
 
@@ -44,5 +45,8 @@ def train_strategy(specs: list[ExperienceSpec], params: dict, workdir: str, data
 
         learner, report = train_sequence(specs, params, Path(workdir), root, on_experience=log_step)
         mlflow.log_metrics({k: report[k] for k in ("avg_accuracy", "avg_auc", "forgetting", "bwt", "train_seconds")})
+        # Forward transfer: NaN (left out) for a single method or with train.eval_upcoming off.
+        mlflow.log_metrics({k: report[k] for k in ("auc_forward_transfer", "forward_transfer")
+                            if report.get(k) is not None and not math.isnan(report[k])})
         log_matrices(learner)
     return report

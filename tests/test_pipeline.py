@@ -109,6 +109,9 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     for key in ("avg_accuracy", "avg_balanced_accuracy", "avg_auc", "forgetting", "auc_forgetting", "bwt", "threshold"):
         assert key in run.data.metrics
     assert "balanced_acc/ffpp-crops/FaceSwap" in run.data.metrics
+    # Forward transfer: FaceSwap, known from the ingest, was tested after Deepfakes, before it was learned.
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "auc_before/ffpp-crops/FaceSwap")] == [1]
+    assert run.data.metrics["auc_forward_transfer"] == pytest.approx(run.data.metrics["auc_before/ffpp-crops/FaceSwap"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/accuracy_matrix.csv", "evaluation/accuracy_matrix.png"} <= artifacts
     decision = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/promotion_decision.md")
