@@ -8,27 +8,41 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
 def matrix_frame(matrix: list[list[float]], methods: list[str]) -> pd.DataFrame:
-    """Row i = evaluation after experience i on methods 0..i (later cells empty)."""
+    """Row i = evaluation after experience i on methods 0..i, and on later methods where they were
+    evaluated before being learned (the upper triangle; NaN where a method was not known yet)."""
     n = len(methods)
     full = [[row[j] if j < len(row) else math.nan for j in range(n)] for row in matrix]
     return pd.DataFrame(full, index=[f"after {m}" for m in methods[: len(matrix)]], columns=methods)
 
 
 def heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(1.4 + 1.1 * frame.shape[1], 1.2 + 0.8 * frame.shape[0]))
-    image = ax.imshow(frame.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
+    """The matrix in colour. Cells above the diagonal (a method evaluated before it was learned:
+    forward transfer) are hatched, below a staircase line, and the title says so."""
+    fig, ax = plt.subplots(figsize=(1.4 + 1.1 * frame.shape[1], 1.4 + 0.8 * frame.shape[0]))
+    values = frame.to_numpy(dtype=float)
+    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
+    upper = [(i, j) for (i, j), v in np.ndenumerate(values) if j > i and not math.isnan(v)]
+    if upper:
+        for i, j in upper:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor="w", lw=0, alpha=0.6))
+        rows = values.shape[0]  # the staircase between each row's learned methods and the ones to come
+        xs = [x for i in range(rows) for x in (i + 0.5, i + 0.5)]
+        ys = [y for i in range(rows) for y in (i - 0.5, i + 0.5)]
+        ax.plot(xs, ys, color="w", lw=2, scalex=False, scaley=False)
+        title += "\nhatched: not learned yet (forward transfer)"
     ax.set_xticks(range(frame.shape[1]), frame.columns, rotation=30, ha="right")
     ax.set_yticks(range(frame.shape[0]), frame.index)
     for (i, j), v in np.ndenumerate(frame.to_numpy(dtype=float)):
         if not math.isnan(v):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k")
     ax.set_xlabel("evaluated on")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -38,14 +52,16 @@ def heatmap(frame: pd.DataFrame, path: Path, title: str) -> Path:
 
 def forgetting_curves(frames: dict[str, pd.DataFrame], path: Path,
                       spread: dict[str, pd.DataFrame] | None = None) -> Path:
-    """Accuracy of each method over the experiences that followed it, one panel per strategy;
-    with `spread` (standard deviations over seeds), a band of ± one around each curve."""
+    """Accuracy of each method over the experiences that followed it, one panel per strategy
+    (dotted before it: the method not learned yet, where it was evaluated); with `spread`
+    (standard deviations over seeds), a band of ± one around each curve."""
     fig, axes = plt.subplots(1, len(frames), figsize=(4.2 * len(frames), 3.4), squeeze=False, sharey=True)
     for ax, (name, frame) in zip(axes[0], frames.items()):
         x = np.arange(len(frame))
-        for method in frame.columns:
+        for j, method in enumerate(frame.columns):  # method j is learned at experience j
             mean = frame[method].to_numpy(dtype=float)
-            line, = ax.plot(x, mean, marker="o", label=method)
+            line, = ax.plot(x, np.where(x >= j, mean, np.nan), marker="o", label=method)
+            ax.plot(x, np.where(x <= j, mean, np.nan), ls=":", color=line.get_color())
             if spread is not None:
                 sd = spread[name][method].to_numpy(dtype=float)
                 ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)

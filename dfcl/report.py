@@ -98,8 +98,8 @@ def decision_plot(verdict: dict, path: Path) -> Path | None:
 
 # Figures of one training (dfcl.results.strategy_report) that a sweep averages over seeds.
 FIGURES = ("accuracy_matrix", "auc_matrix", "balanced_accuracy_matrix", "video_auc_matrix", "avg_accuracy", "avg_auc",
-           "avg_balanced_accuracy", "avg_video_auc", "threshold", "forgetting", "auc_forgetting", "bwt", "train_seconds",
-           "state_mb")
+           "avg_balanced_accuracy", "avg_video_auc", "threshold", "forgetting", "auc_forgetting", "bwt",
+           "auc_forward_transfer", "forward_transfer", "train_seconds", "state_mb")
 
 
 def over_seeds(runs: dict[int, dict]) -> dict:
@@ -126,11 +126,12 @@ def _mean_sd(value: float | None, spread: float | None, seeds: int) -> str:
 
 
 def compare_table(report: dict) -> str:
-    """The strategies side by side: final means (± standard deviation over seeds)."""
+    """The strategies side by side: final means (± standard deviation over seeds). "fwd AUC" is
+    forward transfer: the mean AUC of each method just before it was learned."""
     seeds = len(report["seeds"])
     columns = [("avg acc", "avg_accuracy"), ("avg AUC", "avg_auc"), ("video AUC", "avg_video_auc"),
                ("forgetting", "forgetting"), ("AUC forget", "auc_forgetting"), ("BWT", "bwt"),
-               ("train s", "train_seconds")]
+               ("fwd AUC", "auc_forward_transfer"), ("train s", "train_seconds")]
     width = 16 if seeds > 1 else 10
     lines = [f"{'strategy':<10} " + " ".join(f"{title:>{width}}" for title, _ in columns)
              + (f"   ({seeds} seeds: mean ± std)" if seeds > 1 else "")]

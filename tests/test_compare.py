@@ -38,8 +38,11 @@ def test_compare_trains_each_strategy_on_the_same_sequence(workspace, two_method
     assert report["methods"] == ["two-methods/BlendSwap", "two-methods/MouthWarp"] and report["seeds"] == [0]
     for name in ("naive", "replay"):
         r = report["strategies"][name]
-        assert [len(row) for row in r["accuracy_matrix"]] == [1, 2]
-        assert [len(row) for row in r["auc_matrix"]] == [1, 2]
+        # Row 0 also holds MouthWarp, tested before it was learned (the upper triangle).
+        assert [len(row) for row in r["accuracy_matrix"]] == [2, 2]
+        assert [len(row) for row in r["auc_matrix"]] == [2, 2]
+        assert r["auc_forward_transfer"] == pytest.approx(r["auc_matrix"][0][1])
+        assert r["std"]["auc_forward_transfer"] == 0 and -1 <= r["forward_transfer"] <= 1
         assert r["avg_accuracy"] == pytest.approx(sum(r["accuracy_matrix"][-1]) / 2)
         assert r["forgetting"] == pytest.approx(r["accuracy_matrix"][0][0] - r["accuracy_matrix"][1][0], abs=1e-6)
         assert r["bwt"] == pytest.approx(-r["forgetting"], abs=1e-6)
@@ -51,6 +54,8 @@ def test_compare_trains_each_strategy_on_the_same_sequence(workspace, two_method
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
     assert children == ["compare naive seed 0", "compare replay seed 0"]
     assert parent.data.metrics["replay/avg_auc"] == pytest.approx(report["strategies"]["replay"]["avg_auc"])
+    assert parent.data.metrics["replay/auc_forward_transfer"] == pytest.approx(
+        report["strategies"]["replay"]["auc_forward_transfer"])
 
 
 def test_seeds_give_every_figure_a_mean_and_a_spread(workspace, two_methods, tmp_path):
@@ -60,7 +65,7 @@ def test_seeds_give_every_figure_a_mean_and_a_spread(workspace, two_methods, tmp
     r = report["strategies"]["naive"]
     seeds = [r["runs"]["0"], r["runs"]["1"]]
     assert seeds[0]["auc_matrix"] != seeds[1]["auc_matrix"], "another seed trains another model"
-    for key in ("avg_auc", "forgetting", "avg_accuracy"):
+    for key in ("avg_auc", "forgetting", "avg_accuracy", "auc_forward_transfer"):
         values = [s[key] for s in seeds]
         assert r[key] == pytest.approx(sum(values) / 2)
         assert r["std"][key] == pytest.approx(abs(values[0] - values[1]) / 2)
@@ -70,6 +75,7 @@ def test_seeds_give_every_figure_a_mean_and_a_spread(workspace, two_methods, tmp
     table = Path(mlflow.artifacts.download_artifacts(run_id=sweep.info.run_id, artifact_path="comparison.txt",
                                                      dst_path=str(tmp_path))).read_text()
     assert f"{r['avg_auc']:.3f} ± {r['std']['avg_auc']:.3f}" in table
+    assert "fwd AUC" in table and f"{r['auc_forward_transfer']:.3f} ± {r['std']['auc_forward_transfer']:.3f}" in table
     assert sweep.data.metrics["naive/avg_auc_std"] == pytest.approx(r["std"]["avg_auc"])
     assert (tmp_path / "plots" / "naive_forgetting.png").stat().st_size > 0
 
