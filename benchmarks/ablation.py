@@ -181,6 +181,8 @@ def row_of(trainings: dict) -> dict:
             "continual_balanced_accuracy": float(np.mean([results["balanced_accuracy"][k] for k in ff])),
             "continual_accuracy": float(np.mean([results["accuracy"][k] for k in ff])),
             "continual_forgetting": results["forgetting"], "continual_seconds": round(continual["seconds"], 1),
+            # Mean AUC of each method just before the sequence learned it (dfdc_first: Deepfakes after DFDC too).
+            "continual_forward_transfer": results["auc_forward_transfer"],
             "left_out_auc": left_out["auc"][LEFT_OUT], "left_out_seconds": round(left_out["seconds"], 1)}
 
 
@@ -194,17 +196,19 @@ def markdown(report: dict, tag: str) -> str:
              "methods (Naive); *continual*: the FF++ sequence with "
              f"`{report['strategy']}`; *left-out*: joint on DF+F2F+FS, tested on NeuralTextures. "
              "Balanced accuracy at the threshold chosen on validation faces. StyleGAN and DFDC (its test split): "
-             "the joint model on methods it never trained on.", "",
+             "the joint model on methods it never trained on. *Forward transfer*: in the continual sequence, "
+             "each method's AUC just before it was learned, averaged.", "",
              "| row | change | joint mean AUC (FF++ 4) | continual mean AUC | continual bal. acc | forgetting | "
-             "StyleGAN AUC | DFDC AUC | left-out NT AUC | train s (joint/cont./left-out) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "forward transfer (AUC) | StyleGAN AUC | DFDC AUC | left-out NT AUC | train s (joint/cont./left-out) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in report["rows"].items():
         if "error" in r:
-            lines.append(f"| {name} | {r['change']} | failed: {r['error']} | | | | | | | |")
+            lines.append(f"| {name} | {r['change']} | failed: {r['error']} | | | | | | | | |")
             continue
         dfdc = f"{r['dfdc_auc']:.3f}" if "dfdc_auc" in r else "-"  # rows from before the column
+        forward = f"{r['continual_forward_transfer']:.3f}" if "continual_forward_transfer" in r else "-"  # likewise
         lines.append(f"| {name} | {r['change']} | {r['joint_mean_auc']:.3f} | {r['continual_mean_auc']:.3f} | "
-                     f"{r['continual_balanced_accuracy']:.3f} | {r['continual_forgetting']:.3f} | {r['stylegan_auc']:.3f} | "
+                     f"{r['continual_balanced_accuracy']:.3f} | {r['continual_forgetting']:.3f} | {forward} | {r['stylegan_auc']:.3f} | "
                      f"{dfdc} | {r['left_out_auc']:.3f} | {r['joint_seconds']:.0f} / {r['continual_seconds']:.0f} / {r['left_out_seconds']:.0f} |")
     lines += ["", "Per-method test AUC (joint / continual):", "",
               "| row | " + " | ".join(FFPP) + " |", "| --- |" + " --- |" * len(FFPP)]

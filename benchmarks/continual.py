@@ -185,9 +185,11 @@ def log_to_mlflow(path: Path, experiment: str) -> None:
             mlflow.set_tags({"benchmark": tag, "machine": json.dumps(report["machine"])})
             mlflow.log_params(flatten({**report["params"], "strategy": {**report["params"]["strategy"], "name": name}}))
             for step, (acc, auc) in enumerate(zip(r["accuracy_matrix"], r["auc_matrix"])):
+                acc, auc = acc[:step + 1], auc[:step + 1]  # the learned methods (later cells: not learned yet)
                 mlflow.log_metrics({"avg_accuracy": sum(acc) / len(acc), "avg_auc": sum(auc) / len(auc)}, step=step)
-            mlflow.log_metrics({k: r[k] for k in ("forgetting", "auc_forgetting", "bwt", "train_seconds", "avg_balanced_accuracy")
-                                if r.get(k) is not None})
+            mlflow.log_metrics({k: r[k] for k in ("forgetting", "auc_forgetting", "bwt", "auc_forward_transfer", "forward_transfer",
+                                                  "train_seconds", "avg_balanced_accuracy")
+                                if r.get(k) is not None and not math.isnan(r[k])})
             for kind in ("accuracy", "auc"):
                 frame: pd.DataFrame = matrix_frame(r[f"{kind}_matrix"], report["methods"])
                 mlflow.log_text(frame.to_csv(), f"evaluation/{kind}_matrix.csv")
@@ -204,8 +206,12 @@ def markdown(report: dict, command: str, tag: str) -> str:
              "Command:", "", f"    {command}", "",
              f"Sequence: {' -> '.join(methods)}. Parameters: `{json.dumps(report['params'])}`.", "",
              f"Seeds: {report.get('seeds', [0])}" + (" (each figure: mean ± standard deviation over them)." if len(report.get('seeds', [0])) > 1 else "."), "",
-             "| strategy | final avg acc | final avg balanced acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | AUC forgetting | BWT | train s | state MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "*Forward transfer (AUC)*: each method's AUC just before it was learned (the AUC matrix's upper "
+             "triangle), averaged over the methods after the first; *(acc.)*: Avalanche's, accuracy then "
+             "minus the untrained model's.", "",
+             "| strategy | final avg acc | final avg balanced acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | AUC forgetting | BWT "
+             "| forward transfer (AUC) | forward transfer (acc.) | train s | state MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     seeds = len(report.get("seeds", [0]))
 
     def pm(values: list[float], digits: int = 3) -> str:  # mean ± std over the seeds' runs
@@ -223,6 +229,7 @@ def markdown(report: dict, command: str, tag: str) -> str:
         lines.append(f"| {name} | {pm([r['avg_accuracy'] for r in runs])} | {pm([r.get('avg_balanced_accuracy') for r in runs])} "
                      f"| {pm(ff)} | {pm(allauc)} | {pm([r['forgetting'] for r in runs])} "
                      f"| {pm([r['auc_forgetting'] for r in runs])} | {pm([r['bwt'] for r in runs])} "
+                     f"| {pm([r.get('auc_forward_transfer') for r in runs])} | {pm([r.get('forward_transfer') for r in runs])} "
                      f"| {pm([r['train_seconds'] for r in runs], 0)} | {pm([r.get('state_mb') for r in runs], 1)} |")
     s = report["speed"]
     lines += ["", "Training speed (first experience, same model, batch, data and epochs):", "",
@@ -235,7 +242,8 @@ def markdown(report: dict, command: str, tag: str) -> str:
     for name, r in report["strategies"].items():
         cells = [f"{a:.2f} / {u:.2f}" for a, u in zip(r["accuracy_matrix"][-1], r["auc_matrix"][-1])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Plots: `continual_{tag}/` (per strategy: accuracy and AUC heatmaps, forgetting curves; "
+    lines += ["", f"Plots: `continual_{tag}/` (per strategy: accuracy and AUC heatmaps, the upper triangle hatched: "
+                  "methods not learned yet; forgetting curves, dotted before the method was learned; "
                   "`forgetting_all.png` side by side)."]
     return "\n".join(lines) + "\n"
 
