@@ -6,12 +6,24 @@
                       --json` writes for one file.
     GET  /v1/model    which model answers: name, version, alias, threshold, methods, input size, limits
     GET  /health      200 when a model is loaded, 503 when none is
-    GET  /            the web page (dfcl/web/, no CDN: it works offline);  /docs  OpenAPI
+    GET  /            the web page (dfcl/web/, no CDN: it works offline);  /openapi.json  the API's schema
+                      (no /docs: Swagger UI would come from a CDN)
 
-Bad input never makes a 500: over `api.max_upload_mb` 413, a type not in `api.allowed_types`
-415, a file that cannot be scored (corrupt, no face, video longer than `api.max_video_seconds`)
-422, all with a JSON `error`. Uploads are streamed by Starlette's multipart parser into a
-spooled temporary file (on disk past 1 MB), capped while they stream, and deleted after the answer.
+Bad input never makes a 500: over `api.max_upload_mb`, `api.max_image_pixels` or
+`api.max_video_pixels` 413, a type not in `api.allowed_types` or bytes that are not what the name
+says 415, a file that cannot be scored (corrupt, no face, too small, video longer than
+`api.max_video_seconds`) 422, all with a JSON `error`.
+
+Admission, in order: uvicorn takes at most `api.max_connections` at once (beyond: 503); a
+request waits up to `api.queue_timeout_s` for one of `api.max_concurrent` detection slots (503),
+and only then is its upload read (so at most that many are parsed and saved at once), capped
+while it streams and due within `api.upload_timeout_s` (408); the detection has
+`api.detect_timeout_s` (503): it stops at its next step and then frees its slot. Uploads go
+to a temporary folder deleted after the answer.
+
+Public deployment (see the README): `api.token_env` names the environment variable whose token
+/v1/* then requires as `Authorization: Bearer`; `api.allowed_hosts` (TrustedHostMiddleware);
+every answer carries a CSP without inline script, nosniff and frame-ancestors 'none'.
 
 Hot swap: a thread checks the alias every `api.reload_s` and, when it moved (an approval, a
 rollback), loads that version and swaps it in whole. A request takes the model once, when it
@@ -21,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -34,13 +48,23 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
-from dfcl.detect import FaceScorer, model_card, video_info
+from dfcl.config import ConfigError
+from dfcl.detect import FaceScorer, in_time, model_card
 from dfcl.evaluate import load_mlflow_detector
 from dfcl.registry import alias_version
 
 log = logging.getLogger("dfcl.api")
 WEB = Path(__file__).resolve().parent / "web"
+# The page's own files only: no inline script or style, no other origin, never inside a frame.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+LIMITS = ("max_upload_mb", "max_image_pixels", "max_video_pixels", "max_video_seconds", "allowed_types",
+          "max_concurrent", "detect_timeout_s")
 
 
 class ModelHolder:
@@ -83,10 +107,24 @@ class ModelHolder:
                 log.warning("checking alias %r: %s", self.alias, e)
 
 
-def create_app(params: dict) -> FastAPI:
+class Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def api_token(params: dict) -> str | None:
+    """The access token from the environment variable `api.token_env` names; None: none asked."""
+    name = params["api"]["token_env"]
+    token = os.environ.get(name, "").strip() if name else ""
+    return token or None
+
+
+def create_app(params: dict, holder: ModelHolder | None = None) -> FastAPI:
+    """The app; `holder` (default: one following the registry's alias) is what serves."""
     a = params["api"]
-    holder = ModelHolder(params)
-    max_bytes = int(a["max_upload_mb"] * 2**20)
+    holder = holder or ModelHolder(params)
+    token = api_token(params)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -101,14 +139,24 @@ def create_app(params: dict) -> FastAPI:
         yield
         stop.set()
 
-    app = FastAPI(title="deepfake-cl detection", lifespan=lifespan,
+    app = FastAPI(title="deepfake-cl detection", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Is this photo or video forged? Answered by the current champion.")
     app.state.holder = holder
-    app.add_middleware(UploadCap, max_bytes=max_bytes, limit_mb=a["max_upload_mb"])
+    # The last added runs first: headers on every answer, then the Host, the token, the upload.
+    app.add_middleware(UploadCap, max_bytes=int(a["max_upload_mb"] * 2**20), limit_mb=a["max_upload_mb"],
+                       timeout_s=a["upload_timeout_s"])
+    if token:
+        app.add_middleware(RequireToken, token=token)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=a["allowed_hosts"])
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):
         return error(e.status_code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception):  # the traceback goes to the log; the client gets one line
+        return error(500, f"internal error ({type(e).__name__}); the server's log has the details")
 
     @app.get("/health")
     def health():
@@ -123,35 +171,49 @@ def create_app(params: dict) -> FastAPI:
         if scorer is None:
             return error(503, holder.problem)
         return {**model_card(scorer.detector), "loaded_at": holder.loaded_at, "reload_s": a["reload_s"],
-                "limits": {k: a[k] for k in ("max_upload_mb", "max_video_seconds", "allowed_types", "max_concurrent")}}
+                "limits": {k: a[k] for k in LIMITS}}
 
     @app.post("/v1/detect")
     async def detect(request: Request, explain: bool = False, crop: bool = False):
         scorer = holder.current  # taken once: a swap during this request does not touch it
         if scorer is None:
             return error(503, holder.problem)
-        form = await request.form(max_files=1, max_fields=4)
+        slots = request.app.state.slots
         try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                return error(422, "send the photo or video as the multipart form field 'file'")
-            name = Path(upload.filename or "upload").name
-            suffix = Path(name).suffix.lower()
-            if suffix not in a["allowed_types"]:
-                return error(415, f"type {suffix or '(none)'!r} is not accepted; allowed: {', '.join(a['allowed_types'])}")
-            with tempfile.TemporaryDirectory(prefix="dfcl-upload-") as tmp:
-                path = Path(tmp) / f"upload{suffix}"
-                size = await run_in_threadpool(save_upload, upload, path)
-                try:
-                    await asyncio.wait_for(request.app.state.slots.acquire(), a["queue_timeout_s"])
-                except asyncio.TimeoutError:
-                    return error(503, f"busy: {a['max_concurrent']} detections running; try again")
-                try:
-                    status, body = await run_in_threadpool(run_detection, scorer, path, name, explain, crop, params)
-                finally:
-                    request.app.state.slots.release()
+            await asyncio.wait_for(slots.acquire(), a["queue_timeout_s"])
+        except TimeoutError:
+            return error(503, f"busy: {a['max_concurrent']} detections running; try again")
+        folder, held = Path(tempfile.mkdtemp(prefix="dfcl-upload-")), True
+
+        def done(work=None) -> None:
+            if work is not None and not work.cancelled():
+                work.exception()  # retrieved: a deadline's TimeoutError is expected
+            shutil.rmtree(folder, ignore_errors=True)
+            slots.release()
+
+        try:
+            try:  # the upload is read only now, holding the slot
+                path, name, size = await receive_upload(request, folder, a)
+            except Refused as r:
+                return error(r.status, str(r))
+            except ClientDisconnect:
+                log.info("client went away during the upload")
+                return error(400, "the upload was interrupted")
+            deadline = time.monotonic() + a["detect_timeout_s"]
+            work = asyncio.ensure_future(run_in_threadpool(run_detection, scorer, path, name, explain, crop,
+                                                           params, deadline))
+            try:
+                status, body = await asyncio.wait_for(asyncio.shield(work), a["detect_timeout_s"])
+            except TimeoutError:
+                # The thread stops at its next step (past the deadline); the slot is free when it has.
+                held = False
+                work.add_done_callback(done)
+                log.warning("%s: detection over %s s, stopped", name, a["detect_timeout_s"])
+                return error(503, f"the detection took longer than {a['detect_timeout_s']} s "
+                                  "(api.detect_timeout_s); try a shorter video, or later")
         finally:
-            await form.close()
+            if held:
+                done()
         log.info("%s %s: %s %s", name, f"{size / 2**20:.1f} MB", status, body.get("verdict"))
         return JSONResponse(body, status_code=status)
 
@@ -163,12 +225,32 @@ def create_app(params: dict) -> FastAPI:
     return app
 
 
+async def receive_upload(request: Request, folder: Path, a: dict) -> tuple[Path, str, int]:
+    """The multipart field `file` saved in `folder`: its path, its name as sent, its size."""
+    form = await request.form(max_files=1, max_fields=4)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise Refused(422, "send the photo or video as the multipart form field 'file'")
+        name = Path(upload.filename or "upload").name
+        suffix = Path(name).suffix.lower()
+        if suffix not in a["allowed_types"]:
+            raise Refused(415, f"type {suffix or '(none)'!r} is not accepted; allowed: {', '.join(a['allowed_types'])}")
+        path = folder / f"upload{suffix}"
+        size = await run_in_threadpool(save_upload, upload, path)
+        return path, name, size
+    finally:
+        await form.close()
+
+
 class UploadCap:
     """413 for a request body over the cap: at once when Content-Length says so, else as soon as
-    the streamed body passes it (the multipart parser reads through this)."""
+    the streamed body passes it (the multipart parser reads through this). 408 when the body has
+    not all arrived `timeout_s` after the route started reading it (a slow or stalled client
+    would hold a detection slot)."""
 
-    def __init__(self, app, max_bytes: int, limit_mb: float):
-        self.app, self.max_bytes, self.limit_mb = app, max_bytes, limit_mb
+    def __init__(self, app, max_bytes: int, limit_mb: float, timeout_s: float):
+        self.app, self.max_bytes, self.limit_mb, self.timeout_s = app, max_bytes, limit_mb, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -177,17 +259,60 @@ class UploadCap:
         if length.isdigit() and int(length) > self.max_bytes:
             response = error(413, f"upload of {int(length) / 2**20:.1f} MB is over the limit of {self.limit_mb} MB")
             return await response(scope, receive, send)
-        seen = 0
+        seen, due, complete = 0, None, False
 
         async def capped():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, due, complete
+            if complete:  # after the body: e.g. waiting for a disconnect, which has no deadline
+                return await receive()
+            loop = asyncio.get_running_loop()
+            due = due or loop.time() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(due - loop.time(), 0))
+            except TimeoutError:
+                raise HTTPException(408, f"the upload did not arrive within {self.timeout_s} s (api.upload_timeout_s)")
             seen += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > self.max_bytes:
                 raise HTTPException(413, f"upload is over the limit of {self.limit_mb} MB")
             return message
 
         await self.app(scope, capped, send)
+
+
+class RequireToken:
+    """/v1/* answers only requests with `Authorization: Bearer <token>` (401 otherwise); the page,
+    its files and /health stay open (the page asks for the token)."""
+
+    def __init__(self, app, token: str):
+        self.app, self.expected = app, b"Bearer " + token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):  # constant time: no guessing it byte by byte
+                response = error(401, "this server needs an access token: send Authorization: Bearer <token>")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """SECURITY_HEADERS on every answer."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def save_upload(upload: UploadFile, path: Path) -> int:
@@ -198,27 +323,37 @@ def save_upload(upload: UploadFile, path: Path) -> int:
     return path.stat().st_size
 
 
-def run_detection(scorer: FaceScorer, path: Path, name: str, explain: bool, crop: bool, params: dict) -> tuple[int, dict]:
+def run_detection(scorer: FaceScorer, path: Path, name: str, explain: bool, crop: bool, params: dict,
+                  deadline: float | None = None) -> tuple[int, dict]:
     a, d = params["api"], params["detect"]
-    if path.suffix.lower() in d["video_types"]:
-        info = video_info(path)
-        if info["seconds"] and info["seconds"] > a["max_video_seconds"]:
-            return 422, {"file": name, "verdict": "error", "model": model_card(scorer.detector),
-                         "error": f"video of {info['seconds']:.0f} s is over the limit of {a['max_video_seconds']} s"}
-    result = scorer.detect(path, "always" if crop else None)
+    result = scorer.detect(path, "always" if crop else None, max_seconds=a["max_video_seconds"], deadline=deadline)
     result.file = name
     body = result.to_dict(scorer.detector, d["aggregate"])
-    if explain and result.verdict != "error":
+    if result.verdict == "error":
+        return result.status or 422, body
+    if explain:
         from dfcl.explain import evidence, png_bytes
 
+        in_time(deadline)
+        # On the scorer's private copy of the model: Grad-CAM's hooks never see another
+        # request's plain scoring on the shared one.
         body["evidence"] = [{"name": n, "p_fake": face["p_fake"], "frame": face.get("frame"),
                              "image": "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode()}
-                            for n, img, face in evidence(scorer.detector, result, d["explain_top_frames"])]
-    return (422 if result.verdict == "error" else 200), body
+                            for n, img, face in evidence(scorer.explainer, result, d["explain_top_frames"])]
+    return 200, body
 
 
 def error(code: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=code)
+
+
+def uvicorn_config(app, params: dict, host: str, port: int, **kwargs):
+    """uvicorn's settings for the API: at most `api.max_connections` connections and requests
+    at once (beyond them, 503 at once instead of a queue that grows without bound)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, limit_concurrency=params["api"]["max_connections"],
+                          timeout_keep_alive=5, **kwargs)
 
 
 def serve(params: dict, host: str | None = None, port: int | None = None) -> None:
@@ -228,13 +363,22 @@ def serve(params: dict, host: str | None = None, port: int | None = None) -> Non
 
     import uvicorn
 
-    host, port = host or params["api"]["host"], port or params["api"]["port"]
-    print(f"deepfake-cl detection on http://{host}:{port}/ (API docs at /docs); "
-          f"following alias {params['api']['alias']!r} every {params['api']['reload_s']} s", flush=True)
+    a = params["api"]
+    host, port = host or a["host"], port or a["port"]
+    token = api_token(params)
+    print(f"deepfake-cl detection on http://{host}:{port}/ (API schema at /openapi.json); "
+          f"following alias {a['alias']!r} every {a['reload_s']} s; "
+          + (f"access token required (from ${a['token_env']})" if token else "no access token required"), flush=True)
+    if not token and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"dfcl api: warning: listening on {host} without an access token; set ${a['token_env'] or 'DFCL_API_TOKEN'} "
+              "(api.token_env) and put TLS in front (README: Checking a photo or a video)", flush=True)
     # uvicorn shuts down gracefully on these, then raises the signal again for the handler it
     # found: ours records it instead of killing the process mid-exit.
     stopped_by = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stopped_by.append(signal.Signals(signum).name))
-    uvicorn.run(create_app(params), host=host, port=port, log_level="info")
+    server = uvicorn.Server(uvicorn_config(create_app(params), params, host, port, log_level="info"))
+    server.run()
+    if not server.started:
+        raise ConfigError(f"the API could not start on {host}:{port} (uvicorn said why above: e.g. the port is in use)")
     print(f"dfcl api: stopped ({stopped_by[0] if stopped_by else 'server exited'})", flush=True)

@@ -1,7 +1,6 @@
 """`dfcl api`: the REST API on the champion, its limits, the hot swap after a real approval
 and rollback, the web page in a real headless Chromium, and MLflow's own model server."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from fastapi.testclient import TestClient
 from dfcl.api import create_app
 from tests.conftest import SMALL, free_port, run_dfcl, small_params
 from tests.test_pipeline import approve_when_paused, finish
+from tests.test_web import chromium_driver
 
 REGISTERED = "deepfake-detector"
 
@@ -28,7 +28,7 @@ def post(client, path: Path, name: str | None = None, **query):
 
 def test_api_answers_like_the_cli_and_every_bad_upload_gets_its_reason(champion, media):
     params = small_params("api.max_upload_mb=3", "api.max_video_seconds=20", "api.reload_s=60")
-    with TestClient(create_app(params)) as client:
+    with TestClient(create_app(params), base_url="http://127.0.0.1") as client:
         assert client.get("/health").json()["version"] == "1"
         card = client.get("/v1/model").json()
         assert (card["version"], card["alias"], card["architecture"], card["image_size"]) == ("1", "champion", "small_cnn", 32)
@@ -46,7 +46,7 @@ def test_api_answers_like_the_cli_and_every_bad_upload_gets_its_reason(champion,
         assert crop.status_code == 200 and crop.json()["kind"] == "face crop"
 
         cases = {  # file, name it is sent as -> status, reason
-            "text_mp4": (422, "cannot open video"), "truncated": (422, "cannot open video"),
+            "text_mp4": (415, "cannot open video: its first bytes"), "truncated": (422, "cannot open video"),
             "empty": (422, "empty file"), "noface": (422, "no face found"),
             "unsupported": (415, "is not accepted"),
             "video": (422, "over the limit of 20 s"),  # a 30 s FF++ video
@@ -78,13 +78,13 @@ def test_api_answers_like_the_cli_and_every_bad_upload_gets_its_reason(champion,
         assert post(client, media["dfdc_real"]).status_code == 200
 
     # Under the video limit, a video gets its timeline.
-    with TestClient(create_app(small_params("api.reload_s=60"))) as client:
+    with TestClient(create_app(small_params("api.reload_s=60")), base_url="http://127.0.0.1") as client:
         r = post(client, media["video"])
         assert r.status_code == 200 and len(r.json()["frames"]) == 16
 
 
 def test_no_champion_is_a_503_with_the_reason(workspace):
-    with TestClient(create_app(small_params("api.reload_s=60"))) as client:
+    with TestClient(create_app(small_params("api.reload_s=60")), base_url="http://127.0.0.1") as client:
         r = client.get("/health")
         assert r.status_code == 503 and "has the alias 'champion'" in r.json()["error"]
         assert client.get("/v1/model").status_code == 503
@@ -97,7 +97,7 @@ def test_hot_swap_follows_approval_and_rollback_and_requests_in_flight_keep_thei
     A request that started on version 1 answers from version 1 even when the swap happens
     while it runs."""
     params = small_params("api.reload_s=1")
-    with TestClient(create_app(params)) as client:
+    with TestClient(create_app(params), base_url="http://127.0.0.1") as client:
         holder = client.app.state.holder
         assert client.get("/v1/model").json()["version"] == "1"
 
@@ -179,24 +179,6 @@ def wait_healthy(url: str, proc, log: Path, timeout: float = 300) -> None:
         assert proc.poll() is None, log.read_text()[-3000:]
         time.sleep(1)
     pytest.fail(f"{url} never answered:\n{log.read_text()[-3000:]}")
-
-
-def chromium_driver():
-    """Selenium on Debian's chromium; a skip without it (a failure under CI=true)."""
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (browser and driver):
-        message = "chromium and chromium-driver are not installed (make test installs them with apt)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1400"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver), options=options)
 
 
 def test_web_page_in_chromium_shows_the_verdict_faces_and_model(api_server, media, tmp_path):

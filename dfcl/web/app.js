@@ -1,14 +1,42 @@
 // The detection page: one upload to POST /v1/detect, then the verdict and its evidence.
-// Plain JS, no libraries: the page must work offline.
+// Plain JS, no libraries: the page must work offline. A verdict is shown only from a 2xx answer
+// that has one; every other answer is an error with the server's reason.
 "use strict";
 const $ = (id) => document.getElementById(id);
 let limits = null;
+let token = sessionStorage.getItem("dfcl-token") || "";
+
+function authorized() { return token ? { Authorization: "Bearer " + token } : {}; }
+
+// The answer's JSON, or for a body that is not JSON (a proxy's or uvicorn's own page) its first line.
+async function answer(r) {
+  const text = await r.text();
+  try { return JSON.parse(text); } catch (e) { return { error: text.split("\n")[0].slice(0, 200) || r.statusText }; }
+}
+
+function reason(r, body) {
+  return `${body.error || "no reason given"} (HTTP ${r.status})`;
+}
+
+function askToken(message) {
+  $("token-why").textContent = message;
+  show("token-box", true);
+}
 
 async function loadModel() {
-  const r = await fetch("/v1/model");
-  const body = await r.json();
-  if (!r.ok) { $("model").textContent = "No model to answer yet: " + body.error; return; }
+  let r, body;
+  try {
+    r = await fetch("/v1/model", { headers: authorized() });
+    body = await answer(r);
+  } catch (e) {
+    $("model").textContent = "The server did not answer: " + e;
+    return;
+  }
+  if (r.status === 401) { $("model").textContent = "This server needs an access token."; askToken(body.error); return; }
+  if (!r.ok) { $("model").textContent = "No model to answer yet: " + reason(r, body); return; }
+  show("token-box", false);
   limits = body.limits;
+  if (limits.allowed_types) $("file").accept = limits.allowed_types.join(",");
   $("model").textContent = `Answered by ${body.name || body.uri} version ${body.version} (${body.alias}), ` +
     `${body.architecture || "detector"}, trained on ${body.methods.length} forgery methods.`;
 }
@@ -30,10 +58,14 @@ async function detect(file) {
   const query = `?explain=${$("explain").checked}&crop=${$("crop").checked}`;
   let r, body;
   try {
-    r = await fetch("/v1/detect" + query, { method: "POST", body: form });
-    body = await r.json();
+    r = await fetch("/v1/detect" + query, { method: "POST", body: form, headers: authorized() });
+    body = await answer(r);
   } catch (e) {
     return fail("The server did not answer: " + e);
+  }
+  if (r.status === 401) askToken(body.error);
+  if (!r.ok || (body.verdict !== "fake" && body.verdict !== "real")) {
+    return fail(`Could not check ${file.name}: ${reason(r, body)}`);
   }
   render(file, body);
 }
@@ -47,16 +79,11 @@ function fail(message) {
 function render(file, r) {
   const v = $("verdict");
   v.dataset.verdict = r.verdict;
-  if (r.verdict === "error") {
-    v.textContent = "Could not check " + r.file;
-    $("summary").textContent = r.error;
-  } else {
-    v.textContent = r.verdict === "fake" ? "Likely forged" : "No sign of forgery found";
-    const faces = (r.faces || []).length;
-    $("summary").textContent = `P(fake) ${r.p_fake.toFixed(3)} (threshold ${r.threshold.toFixed(3)}) for this ${r.kind}` +
-      (r.kind === "video" ? `, ${faces} of ${r.frames.length} sampled frames with a face, ${r.aggregate} over frames.`
-                          : `, ${faces} face${faces === 1 ? "" : "s"}.`);
-  }
+  v.textContent = r.verdict === "fake" ? "Likely forged" : "No sign of forgery found";
+  const faces = (r.faces || []).length;
+  $("summary").textContent = `P(fake) ${r.p_fake.toFixed(3)} (threshold ${r.threshold.toFixed(3)}) for this ${r.kind}` +
+    (r.kind === "video" ? `, ${faces} of ${r.frames.length} sampled frames with a face, ${r.aggregate} over frames.`
+                        : `, ${faces} face${faces === 1 ? "" : "s"}.`);
   const m = r.model || {};
   $("answered-by").textContent = `Model: ${m.name || m.uri} version ${m.version} (${m.alias}); ${r.seconds} s.`;
   $("answered-by").dataset.version = m.version;
@@ -139,5 +166,11 @@ drop.addEventListener("drop", (e) => {
   e.preventDefault();
   drop.classList.remove("over");
   if (e.dataTransfer.files[0]) detect(e.dataTransfer.files[0]);
+});
+$("token-box").addEventListener("submit", (e) => {
+  e.preventDefault();
+  token = $("token").value.trim();
+  sessionStorage.setItem("dfcl-token", token);
+  loadModel();
 });
 loadModel();

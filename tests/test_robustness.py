@@ -1,0 +1,368 @@
+"""The API and `dfcl detect` against bad input, slow or vanishing clients and concurrent
+requests (issue 28, "The page and the API"). On a small untrained CNN served directly (no
+registry, no training): none of this depends on what the model learned."""
+import logging
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from dfcl.api import ModelHolder, create_app, run_detection, uvicorn_config
+from dfcl.detect import FaceScorer, detect_files
+from dfcl.evaluate import Detector
+from dfcl.images import count_frames, open_video, read_image
+from tests.conftest import REPO, free_port, small_params
+
+CARD = {"uri": "models:/deepfake-detector/1", "name": "deepfake-detector", "version": "1", "alias": "champion",
+        "architecture": "small_cnn", "methods": ["BlendSwap"]}
+
+
+def stub_scorer(params: dict, model=None) -> FaceScorer:
+    import torch
+
+    from models import create_model
+
+    torch.manual_seed(0)
+    return FaceScorer(Detector((model or create_model("small_cnn", width=8)).eval(), 32, 0.5, dict(CARD)), params)
+
+
+class FixedHolder(ModelHolder):
+    """Serves one scorer, never asks the registry."""
+
+    def __init__(self, params: dict, scorer: FaceScorer):
+        super().__init__(params)
+        self.current, self.loaded_at = scorer, time.time()
+
+    def refresh(self) -> bool:
+        return False
+
+
+def client_for(params: dict, scorer: FaceScorer | None = None, **kwargs) -> TestClient:
+    app = create_app(params, FixedHolder(params, scorer or stub_scorer(params)))
+    return TestClient(app, base_url="http://127.0.0.1", **kwargs)
+
+
+@contextmanager
+def live_api(params: dict, scorer: FaceScorer | None = None):
+    """The app under uvicorn, as `dfcl api` runs it, in a thread on a free port of 127.0.0.1; its
+    log records reach pytest's caplog."""
+    import uvicorn
+
+    port = free_port()
+    app = create_app(params, FixedHolder(params, scorer or stub_scorer(params)))
+    server = uvicorn.Server(uvicorn_config(app, params, "127.0.0.1", port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 120
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def post(client, path: Path, name: str | None = None, **query):
+    with open(path, "rb") as f:
+        return client.post("/v1/detect", params=query, files={"file": (name or path.name, f)})
+
+
+def png_header(path: Path, w: int, h: int) -> Path:
+    """A PNG that declares w x h and holds one tiny compressed chunk: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))
+    return path
+
+
+def write_video(path: Path, n: int, size=(64, 48), fps: float = 25) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(n):
+        writer.write(np.full((size[1], size[0], 3), (i * 7) % 255, np.uint8))
+    writer.release()
+    return path
+
+
+def without_duration(src: Path, out: Path) -> Path:
+    """The Matroska file with its Duration element voided: a container that states no length
+    (as a live-recorded WebM)."""
+    data = bytearray(src.read_bytes())
+    at = data.find(b"\x44\x89")
+    total = 3 + (data[at + 2] & 0x7F)  # id (2 bytes) + 1-byte size + the float
+    data[at:at + total] = bytes([0xEC, 0x80 | (total - 2)]) + bytes(total - 2)  # an EBML Void of the same length
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("robustness")
+    rng = np.random.default_rng(0)
+    f = {"face": out / "face.jpg", "bomb": png_header(out / "bomb.png", 40000, 40000)}
+    cv2.imwrite(str(f["face"]), (rng.random((96, 96, 3)) * 255).astype(np.uint8))
+    for name, (w, h) in {"tiny": (39, 39), "banner": (2000, 120), "dot": (1, 1)}.items():
+        f[name] = out / f"{name}.png"
+        cv2.imwrite(str(f[name]), (rng.random((h, w, 3)) * 255).astype(np.uint8))
+    f["video"] = write_video(out / "clip.mp4", 30)
+    mkv = write_video(out / "clip.mkv", 300)
+    f["mkv"] = mkv
+    f["no_length"] = without_duration(mkv, out / "live.mkv")
+    f["mkv_as_jpg"] = out / "photo.jpg"
+    f["mkv_as_jpg"].write_bytes(mkv.read_bytes())
+    f["png_as_jpg"] = out / "really_png.jpg"
+    f["png_as_jpg"].write_bytes(f["tiny"].read_bytes())
+    f["playlist"] = out / "list.mp4"  # an FFmpeg concat script: would make FFmpeg open other files
+    f["playlist"].write_text(f"ffconcat version 1.0\nfile '{f['video']}'\n")
+    f["text_mp4"] = out / "notes.mp4"
+    f["text_mp4"].write_text("not a video\n")
+    f["heic"] = out / "photo.heic"
+    f["heic"].write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    return f
+
+
+def test_pixel_limits_come_from_the_header_before_anything_is_decoded(files, tmp_path, monkeypatch):
+    params = small_params()
+    decoded = []
+    real_imread = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: decoded.append(a[0]) or real_imread(*a, **k))
+    with client_for(params) as client:
+        r = post(client, files["bomb"])
+        assert r.status_code == 413, r.text
+        assert "40000x40000 (1600.0 MP) is over the limit of 50.0 MP" in r.json()["error"]
+    assert decoded == []  # refused from its header: nothing was decoded
+    # The same limits for `dfcl detect` and ingest's reader, from params.
+    small = small_params("api.max_image_pixels=1000", "api.max_video_pixels=1000")
+    scorer = stub_scorer(small)
+    row = scorer.detect(files["face"], "always")
+    assert (row.verdict, row.status) == ("error", 413) and "96x96" in row.error
+    assert read_image(files["bomb"]).status == 413  # ingest: the packaged default limit
+    video = scorer.detect(files["video"])
+    assert video.status == 413 and "64x48" in video.error and "api.max_video_pixels" in video.error
+    cap, problem = open_video(files["video"], max_pixels=1000)
+    assert cap is None and problem.status == 413
+    assert stub_scorer(params).detect(files["face"], "always").verdict in ("fake", "real")
+
+
+def test_a_video_of_unknown_length_is_counted_only_up_to_the_limit(files):
+    cap = cv2.VideoCapture(str(files["no_length"]))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) <= 0  # the container really states no length
+    cap.release()
+    scorer = stub_scorer(small_params())
+    refused = scorer.detect(files["no_length"], max_seconds=5)  # 300 frames at 25 fps: 12 s
+    assert refused.verdict == "error" and "states no length" in refused.error and "125 frames" in refused.error
+    assert scorer.detect(files["mkv"], max_seconds=5).error == "video of 12 s is over the limit of 5 s"
+    cap, _ = open_video(files["no_length"])
+    try:
+        assert count_frames(cap, limit=40) is None  # stops at the limit instead of decoding the rest
+    finally:
+        cap.release()
+    within = scorer.detect(files["no_length"], max_seconds=20)  # allowed: read, no face in the grey frames
+    assert "no face in any sampled frame" in within.error and within.video["frames"] == 300
+
+
+def test_tiny_and_banner_images_get_a_reason_not_a_500(files, tmp_path):
+    params = small_params()
+    with client_for(params) as client:
+        for key, shown in {"tiny": "39x39", "banner": "2000x120", "dot": "1x1"}.items():
+            r = post(client, files[key])
+            assert r.status_code == 422, (key, r.text)
+            assert "too small to search" in r.json()["error"] and shown in r.json()["error"], r.json()
+        assert "640x38 at detection scale" in post(client, files["banner"]).json()["error"]
+        assert post(client, files["tiny"], crop="true").status_code == 200  # a face crop is scored whole
+    # A folder: every file gets its row, whatever happens to one of them.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for key in ("tiny", "banner", "face"):
+        (folder / files[key].name).write_bytes(files[key].read_bytes())
+    scorer = stub_scorer(params)
+    real_detect = scorer.detect
+    scorer.detect = lambda path, crop=None: (_ for _ in ()).throw(RuntimeError("decoder crashed")) \
+        if path.name == "face.jpg" else real_detect(path, crop)
+    rows = {Path(r["file"]).name: r for r in detect_files(scorer, [str(folder)], progress=False)}
+    assert len(rows) == 3 and all(r["verdict"] == "error" for r in rows.values())
+    assert rows["face.jpg"]["error"].startswith("RuntimeError: decoder crashed")
+    # MTCNN itself is never handed an image it cannot search (ingest calls it directly).
+    assert scorer.finder.detect_all([np.zeros((38, 640, 3), np.uint8)]) == [[]]
+
+
+def test_content_comes_from_the_bytes_and_ffmpeg_reads_local_files_only(files, tmp_path):
+    with client_for(small_params()) as client:
+        r = post(client, files["mkv_as_jpg"])
+        assert r.status_code == 415 and r.json()["error"] == "the file is Matroska/WebM, not the image its name (.jpg) says"
+        for key in ("playlist", "text_mp4"):
+            r = post(client, files[key])
+            assert r.status_code == 415 and "cannot open video: its first bytes are none of" in r.json()["error"], r.text
+        assert post(client, files["png_as_jpg"], crop="true").status_code == 200  # an image is an image
+    # Even where cv2 was imported first, importing dfcl.images keeps FFmpeg to local files and
+    # the containers we read: a concat script would otherwise open the files it names.
+    script = ("import cv2, sys\nimport dfcl.images\n"
+              "ok = lambda p: cv2.VideoCapture(p, cv2.CAP_FFMPEG).isOpened()\n"
+              f"print(ok({str(files['playlist'])!r}), ok({str(files['video'])!r}))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
+
+
+def test_a_detection_past_its_deadline_answers_503_and_frees_its_slot(files):
+    params = small_params("api.detect_timeout_s=1", "api.max_concurrent=1", "api.queue_timeout_s=120")
+    scorer = stub_scorer(params)
+    stuck, release = threading.Event(), threading.Event()
+    real_score = scorer.score
+
+    def slow_score(crops):
+        if not stuck.is_set():
+            stuck.set()
+            release.wait(120)  # held past the deadline until the test has its answer
+        return real_score(crops)
+
+    scorer.score = slow_score
+    with client_for(params, scorer) as client:
+        answers = {}
+        first = threading.Thread(target=lambda: answers.update(r=post(client, files["face"], crop="true")))
+        first.start()
+        first.join(90)
+        assert not first.is_alive(), "no answer while the detection was stuck"
+        assert answers["r"].status_code == 503 and "api.detect_timeout_s" in answers["r"].json()["error"]
+        release.set()  # the thread goes on, meets its deadline at the next step and frees the slot
+        r = post(client, files["face"], crop="true")
+        assert r.status_code == 200, r.text
+
+
+def test_grad_cam_never_sees_another_requests_scoring(files):
+    """Grad-CAM hooks the model it explains. Another request's plain scoring in the middle of an
+    explanation (simulated here at the exact moment, inside the explained forward pass) must
+    not reach the heatmap: the API explains on a private copy of the model."""
+    import torch
+
+    from tests.test_detect import Tiny
+
+    params = small_params()
+    scorer = stub_scorer(params, Tiny(1.0))
+    scorer.detector.info["architecture"] = None  # Tiny: Grad-CAM takes its last convolution
+    path = files["face"]
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:8, :8] = 255  # evidence in the top-left corner only
+    cv2.imwrite(str(path.parent / "corner.png"), image)
+    corner = path.parent / "corner.png"
+    _, alone = run_detection(scorer, corner, "corner.png", True, True, params)
+
+    other = torch.zeros(1, 3, 32, 32)
+    other[..., 24:, 24:] = 1.0  # another request's face: bright in the opposite corner
+    Tiny.interleave = lambda: scorer.detector.model(other)
+    try:
+        _, mixed = run_detection(scorer, corner, "corner.png", True, True, params)
+    finally:
+        Tiny.interleave = None
+    assert mixed["evidence"][0]["image"] == alone["evidence"][0]["image"]
+
+
+def test_uploads_are_read_only_once_a_slot_is_taken(files, monkeypatch):
+    import dfcl.api as api
+
+    params = small_params("api.max_concurrent=1", "api.queue_timeout_s=1")
+    scorer = stub_scorer(params)
+    started, release = threading.Event(), threading.Event()
+    real_score = scorer.score
+    scorer.score = lambda crops: (started.set(), release.wait(120), real_score(crops))[2]
+    saved = []
+    real_save = api.save_upload
+    monkeypatch.setattr(api, "save_upload", lambda upload, path: saved.append(path) or real_save(upload, path))
+    with client_for(params, scorer) as client:
+        answers = {}
+        first = threading.Thread(target=lambda: answers.update(r=post(client, files["face"], crop="true")))
+        first.start()
+        assert started.wait(120)
+        busy = post(client, files["face"], crop="true")
+        assert busy.status_code == 503 and "busy" in busy.json()["error"]
+        assert len(saved) == 1  # the waiting request's upload was never parsed nor saved
+        release.set()
+        first.join(120)
+        assert answers["r"].status_code == 200
+
+
+def raw_upload_head(url: str, length: int) -> tuple[socket.socket, bytes]:
+    """A socket with the head of a multipart upload of `length` bytes sent; the part head."""
+    host, port = url.removeprefix("http://").split(":")
+    boundary = "dfclrobust"
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"face.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    s = socket.create_connection((host, int(port)), timeout=60)
+    s.sendall((f"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n"
+               f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode() + part)
+    return s, part
+
+
+def test_slow_and_vanishing_clients(files, caplog):
+    caplog.set_level(logging.INFO)
+    params = small_params("api.upload_timeout_s=2", "api.max_concurrent=1", "api.queue_timeout_s=60")
+    with live_api(params) as (url, _):
+        # A client that stalls mid-upload gets 408 once api.upload_timeout_s has passed.
+        s, _ = raw_upload_head(url, 2**20)
+        s.sendall(b"\xff\xd8\xff" + bytes(10_000))
+        answer = s.recv(4096).decode(errors="replace")  # blocks until the server answers (60 s socket timeout)
+        s.close()
+        assert answer.startswith("HTTP/1.1 408") and "api.upload_timeout_s" in answer, answer[:300]
+        # A client that goes away mid-upload: no traceback, the slot comes back.
+        s, _ = raw_upload_head(url, 2**20)
+        s.sendall(bytes(50_000))
+        s.close()
+        time.sleep(1)
+        with open(files["face"], "rb") as f:
+            r = httpx.post(f"{url}/v1/detect?crop=true", files={"file": ("face.jpg", f)}, timeout=120)
+        assert r.status_code == 200, r.text
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, [r.getMessage() for r in errors]
+    assert any("went away during the upload" in r.getMessage() for r in caplog.records)
+
+
+def test_uvicorn_refuses_connections_over_the_limit():
+    params = small_params("api.max_connections=2")  # the idle connection, and the one it refuses
+    with live_api(params) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as idle:
+            idle.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert idle.recv(4096).startswith(b"HTTP/1.1 200")  # kept alive: still counts
+            assert httpx.get(f"{url}/health", timeout=60).status_code == 503
+
+
+def test_public_deployment_token_hosts_headers_and_no_cdn(monkeypatch, files):
+    monkeypatch.setenv("DFCL_API_TOKEN", "s3cret-token")
+    params = small_params()
+    with client_for(params) as client:
+        r = client.get("/v1/model")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "access token" in r.json()["error"]
+        assert client.get("/v1/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert post(client, files["face"], crop="true").status_code == 401
+        good = {"Authorization": "Bearer s3cret-token"}
+        assert client.get("/v1/model", headers=good).json()["version"] == "1"
+        with open(files["face"], "rb") as f:
+            assert client.post("/v1/detect?crop=true", files={"file": ("face.jpg", f)}, headers=good).status_code == 200
+        page = client.get("/")
+        assert page.status_code == 200 and client.get("/health").status_code == 200  # open: the page asks for it
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-content-type-options"] == "nosniff"  # errors too
+        assert client.get("/docs").status_code == 404 and "/v1/detect" in client.get("/openapi.json").json()["paths"]
+    # Every script the page runs is a file of its own (the CSP allows no inline script), none from elsewhere.
+    html = (REPO / "dfcl" / "web" / "index.html").read_text()
+    assert html.count("<script") == html.count('<script src="/static/') == 1 and "http" not in html.replace("http-equiv", "")
+    with TestClient(create_app(params, FixedHolder(params, stub_scorer(params))), base_url="http://evil.example") as c:
+        assert c.get("/").status_code == 400  # a Host not in api.allowed_hosts
+    monkeypatch.delenv("DFCL_API_TOKEN")
+    with client_for(params) as client:
+        assert client.get("/v1/model").status_code == 200  # no token set: none asked
