@@ -18,8 +18,11 @@ import timm
 import torch
 from torch import nn
 
+from models.mask import add_mask_head, load_weights_file
 from models.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from models.registry import register_model
+
+CAM_LAYER = "backbone.bn2"  # the last feature map (1/32 of the face): Grad-CAM's layer and the mask head's input
 
 # Module names inside a block: efficientnet_pytorch's -> timm's. A block without `_expand_conv`
 # (expansion ratio 1: the first stage) is timm's DepthwiseSeparableConv, the others are
@@ -89,14 +92,16 @@ def load_imagenet(model: EfficientNetLiteDetector) -> None:
 
 
 def _register(variant: int):
-    def build(num_classes: int = 2, dropout: float = 0.2, weights=None, **_) -> nn.Module:
+    def build(num_classes: int = 2, dropout: float = 0.2, mask_head: bool = False, weights=None, **_) -> nn.Module:
         model = EfficientNetLiteDetector(variant, num_classes=num_classes, dropout=dropout)
+        if mask_head:
+            add_mask_head(model, CAM_LAYER)
         if weights:  # the user's own file of this detector's state dict
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            load_weights_file(model, weights)
         return model
 
     build.__name__ = f"efficientnet_lite{variant}"
-    register_model(build, pretrained={"imagenet": load_imagenet}, cam_layer="backbone.bn2")
+    register_model(build, pretrained={"imagenet": load_imagenet}, cam_layer=CAM_LAYER)
 
 
 for _variant in (0, 1, 2):

@@ -5,9 +5,15 @@ them itself (so training, evaluation and detection feed the same input whatever 
 learned on), returns logits (B, 2) with class 1 = fake, and names its classifier layer `head`
 (CWR* consolidates it), and declares the layer Grad-CAM explains (`cam_layer`: the last
 convolutional feature map, whose spatial layout still matches the face). Pretrained weights are loaded here, in one place, from files that
-ship inside installed packages: nothing is ever downloaded."""
+ship inside installed packages: nothing is ever downloaded.
+
+A model built with `mask_head=True` (a builder that takes that argument: efficientnet_lite0/1/2,
+small_cnn) also has a submodule `mask_head` (models/mask.py): a light decoder on the `cam_layer`
+feature map giving mask logits (B, 1, h, w). Its forward still returns the logits (B, 2) only,
+so every strategy trains it unchanged; `models.mask.predict_mask` hooks the layer to get the mask."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Callable
 
@@ -40,12 +46,19 @@ def pretrained_tags(name: str) -> list[str]:
     return sorted(_PRETRAINED.get(name, {}))
 
 
+def mask_head_models() -> list[str]:
+    """The models whose builder takes `mask_head`."""
+    return sorted(n for n, b in _MODELS.items() if "mask_head" in inspect.signature(b).parameters)
+
+
 def cam_layer(model: nn.Module, name: str | None = None) -> nn.Module:
-    """The module whose activations Grad-CAM weighs: the one registered for `name`, or, for a
-    model of unknown name (a user's file), its last convolution."""
+    """The module whose activations Grad-CAM weighs: the one registered for `name` (by default
+    the name create_model recorded), or, for a model of unknown name (a user's file), its last
+    convolution before any mask head."""
+    name = name or (getattr(model, "created_as", None) or {}).get("name")
     if name in _CAM_LAYERS:
         return model.get_submodule(_CAM_LAYERS[name])
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    convs = [m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and not n.startswith("mask_head.")]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no convolution to explain")
     return convs[-1]
@@ -63,6 +76,9 @@ def create_model(name: str, *, num_classes: int = 2, pretrained: str = "none", w
     if pretrained != "none" and pretrained not in _PRETRAINED[name]:
         have = ", ".join(pretrained_tags(name)) or "none (it trains from scratch)"
         raise ValueError(f"model {name!r} has no {pretrained!r} weights; it has: {have}")
+    if kwargs.get("mask_head") and name not in mask_head_models():
+        raise ValueError(f"model {name!r} has no mask head (model.mask_head); models with one: "
+                         f"{', '.join(mask_head_models())}")
     model = _MODELS[name](num_classes=num_classes, weights=weights, **kwargs)
     if pretrained != "none":
         _PRETRAINED[name][pretrained](model)

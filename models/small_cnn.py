@@ -1,9 +1,11 @@
 """A small, fast CNN for CPU runs: conv blocks with batch norm, global pooling, linear head."""
-import torch
 from torch import nn
 
+from models.mask import add_mask_head, load_weights_file
 from models.normalize import SIMPLE_MEAN, SIMPLE_STD, normalize
 from models.registry import register_model
+
+CAM_LAYER = "features"  # the last conv block's output: Grad-CAM's layer and the mask head's input
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -39,9 +41,12 @@ class SmallCNN(nn.Module):
         return self.head(self.dropout(x))
 
 
-@register_model
-def small_cnn(num_classes: int = 2, width: int = 32, dropout: float = 0.2, weights=None, **_) -> nn.Module:
+@register_model(cam_layer=CAM_LAYER)
+def small_cnn(num_classes: int = 2, width: int = 32, dropout: float = 0.2, mask_head: bool = False, weights=None,
+              **_) -> nn.Module:
     model = SmallCNN(num_classes=num_classes, width=width, depth=4, dropout=dropout)
+    if mask_head:
+        add_mask_head(model, CAM_LAYER)
     if weights:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        load_weights_file(model, weights)
     return model

@@ -118,3 +118,53 @@ def test_dfcl_models_says_which_models_are_pretrained(capsys):
     assert main(["models"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "pretrained: imagenet" in lines["efficientnet_lite0"] and "from scratch" in lines["small_cnn"]
+
+
+@pytest.mark.parametrize("name,size,cells", [("small_cnn", 32, 8), ("efficientnet_lite0", 64, 8)])
+def test_a_mask_head_adds_a_mask_and_keeps_the_logits_contract(name, size, cells):
+    from models.mask import MaskTap, predict_mask
+
+    model = create_model(name, width=8, mask_head=True).eval()
+    x = torch.rand(2, 3, size, size)
+    assert model(x).shape == (2, 2), "forward still returns the logits only"
+    with MaskTap(model, name) as tap:
+        model(x)
+        assert tap.logits.shape == (2, 1, cells, cells)
+    logits, mask = predict_mask(model, name, x)
+    assert torch.equal(logits, model(x)) and mask.shape == (2, size, size) and 0 <= mask.min() <= mask.max() <= 1
+    assert model.created_as["arguments"]["mask_head"] is True
+    with pytest.raises(ValueError, match="no mask head"):
+        predict_mask(create_model(name, width=8).eval(), name, x)
+
+
+def test_a_model_without_a_mask_head_refuses_one():
+    with pytest.raises(ValueError, match="'resnet18' has no mask head.*efficientnet_lite0.*small_cnn"):
+        create_model("resnet18", mask_head=True)
+
+
+def test_a_mask_head_model_round_trips_through_a_weights_file(tmp_path):
+    from models.pyfunc import load_weights, save_weights
+
+    model = create_model("small_cnn", width=8, mask_head=True).eval()
+    save_weights(model, tmp_path / "m.safetensors", model.created_as)
+    again = load_weights(tmp_path / "m.safetensors")
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(again.mask_head.out.weight, model.mask_head.out.weight)
+    assert torch.allclose(again(x), model(x), atol=1e-6)
+    # A detector's own file from before it had a head: the head starts from scratch.
+    torch.save(create_model("small_cnn", width=8).state_dict(), tmp_path / "plain.pth")
+    assert hasattr(create_model("small_cnn", width=8, mask_head=True, weights=str(tmp_path / "plain.pth")), "mask_head")
+    state = create_model("small_cnn", width=8).state_dict()
+    del state["head.bias"]
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(RuntimeError, match="does not fit SmallCNN: missing \\['head.bias'\\]"):
+        create_model("small_cnn", width=8, mask_head=True, weights=str(tmp_path / "short.pth"))
+
+
+def test_grad_cam_never_explains_the_mask_head():
+    from models import cam_layer
+
+    model = create_model("small_cnn", width=8, mask_head=True)
+    assert cam_layer(model) is model.features, "the recorded architecture's layer"
+    del model.created_as
+    assert cam_layer(model) is model.features[-1][3], "a model of unknown name: its last conv before the head"
