@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from dfcl.config import PACKAGED_PARAMS
+from dfcl.masks import UNKNOWN
 
 # Settings a caller leaves out take params.yaml's values: the one place they are written.
 DEFAULTS = yaml.safe_load(PACKAGED_PARAMS.read_text())["augment"]
@@ -41,10 +42,13 @@ class Augmenter:
     def __repr__(self):
         return f"Augmenter({self.settings})"
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None):
+        """With a target `mask` (float32 H x W, dfcl.masks), (image, mask): the flip and crop move
+        the mask with the face, and the cut-out region becomes unknown (what it hides cannot be
+        located). The draws are the same with or without a mask."""
         s = self.settings
         if not s["enabled"]:
-            return image
+            return image if mask is None else (image, mask)
         # A fresh generator per call, seeded from torch: each DataLoader worker has its own
         # torch seed (so workers differ), and torch.manual_seed makes runs reproducible. A
         # generator kept on the instance would be copied identically into every forked worker.
@@ -52,8 +56,10 @@ class Augmenter:
         out = image
         if rng.random() < s["flip_p"]:
             out = cv2.flip(out, 1)  # 1 = around the vertical axis
+            mask = None if mask is None else cv2.flip(mask, 1)
         if rng.random() < s["crop_p"]:
-            out = _resized_crop(out, rng, s["crop_scale_min"])
+            box = _crop_box(out.shape[:2], rng, s["crop_scale_min"])
+            out, mask = _resized(out, box), None if mask is None else _resized(mask, box)
         if rng.random() < s["color_p"]:
             out = _color_jitter(out, rng, s["color_strength"], s["hue_degrees"])
         if rng.random() < s["jpeg_p"]:
@@ -64,22 +70,34 @@ class Augmenter:
             noise = rng.standard_normal(out.shape, dtype=np.float32) * rng.uniform(0.0, s["noise_std_max"])
             out = np.clip(out + noise, 0, 255).round().astype(np.uint8)  # float32 throughout: half the cost
         if rng.random() < s["cutout_p"]:
-            out = _cutout(out, rng, s["cutout_fraction"])
-        return out
+            out, where = _cutout(out, rng, s["cutout_fraction"])
+            if mask is not None:
+                mask = mask.copy()
+                mask[where] = UNKNOWN
+        return out if mask is None else (out, mask)
 
 
-def _resized_crop(image: np.ndarray, rng: np.random.Generator, scale_min: float) -> np.ndarray:
-    """A crop of area fraction in [scale_min, 1] and aspect ratio in [3/4, 4/3], resized back."""
-    h, w = image.shape[:2]
+def _crop_box(shape: tuple[int, int], rng: np.random.Generator, scale_min: float) -> tuple[int, int, int, int] | None:
+    """(top, left, height, width) of a crop of area fraction in [scale_min, 1] and aspect ratio in
+    [3/4, 4/3]; None to keep the whole image."""
+    h, w = shape
     for _ in range(10):  # as torchvision: retry draws whose box does not fit, then keep the whole image
         area = h * w * rng.uniform(scale_min, 1.0)
         ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))  # log-uniform: 3/4 and 4/3 equally likely
         cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
         if 0 < cw <= w and 0 < ch <= h:
-            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            crop = np.ascontiguousarray(image[top:top + ch, left:left + cw])
-            return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
-    return image
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    return None
+
+
+def _resized(image: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """The box of the image, resized back to the image's size."""
+    if box is None:
+        return image
+    top, left, ch, cw = box
+    h, w = image.shape[:2]
+    crop = np.ascontiguousarray(image[top:top + ch, left:left + cw])
+    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float, hue_degrees: float) -> np.ndarray:
@@ -110,12 +128,14 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def _cutout(image: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
-    """One rectangle of fraction x the sides, at a random place, filled with the mean colour or black."""
+def _cutout(image: np.ndarray, rng: np.random.Generator, fraction: float) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """One rectangle of fraction x the sides, at a random place, filled with the mean colour or
+    black; and where it is."""
     h, w = image.shape[:2]
     ch, cw = max(1, round(fraction * h)), max(1, round(fraction * w))
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     fill = image.reshape(-1, image.shape[2]).mean(0).round() if rng.random() < 0.5 else 0
     out = image.copy()  # never write into the caller's array (it may be the memory-mapped cache)
-    out[top:top + ch, left:left + cw] = fill
-    return out
+    where = np.s_[top:top + ch, left:left + cw]
+    out[where] = fill
+    return out, where

@@ -7,7 +7,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dfcl.arrays import beside
 from dfcl.augment import DEFAULTS, Augmenter
+from dfcl.masks import target_mask
 
 # What augment=True meant before dfcl.augment (a flip with p=0.5), for older checkpoints.
 LEGACY_AUGMENT = {**{key: 0 for key in DEFAULTS if key.endswith("_p")}, "flip_p": 0.5}
@@ -32,27 +34,38 @@ class FaceArrayDataset(Dataset):
     subset of it) stays small and points at the DVC-versioned cache instead of copying it.
 
     `augment`: None/False for none, or the params' `augment:` section (see dfcl.augment),
-    applied to the uint8 face before normalisation."""
+    applied to the uint8 face before normalisation.
 
-    def __init__(self, images_path: str | Path, labels_path: str | Path, augment: dict | None = None):
+    `masks`: items are (face, label, mask (1, S, S)) instead of (face, label), the target of a
+    model's mask head (dfcl.masks.target_mask: a real's is empty, a fake's its row of the
+    `<split>-mask.npy` beside the faces, else unknown). Every dataset a strategy sees must agree
+    on it: a batch is collated from items of one shape."""
+
+    def __init__(self, images_path: str | Path, labels_path: str | Path, augment: dict | None = None,
+                 masks: bool = False):
         if augment is not None and augment is not False and not isinstance(augment, dict):
             raise TypeError(f"augment={augment!r} is not accepted: pass the params' augment section "
                             "(augment=params['augment']), or None for no augmentation")
         self.images_path, self.labels_path = str(images_path), str(labels_path)
         self.augment = dict(augment) if isinstance(augment, dict) else None
+        self.masks = bool(masks)
         self._open()
 
     def _open(self):
         self.images = np.load(self.images_path, mmap_mode="r")
         self.targets = torch.from_numpy(np.load(self.labels_path)).long().tolist()
         self._augmenter = Augmenter(self.augment) if self.augment is not None else None
+        stored = beside(self.images_path, "mask")
+        self._masks = np.load(stored, mmap_mode="r") if self.masks and stored.is_file() else None
 
     def __getstate__(self):
-        return {"images_path": self.images_path, "labels_path": self.labels_path, "augment": self.augment}
+        return {"images_path": self.images_path, "labels_path": self.labels_path, "augment": self.augment,
+                "masks": self.masks}
 
     def __setstate__(self, state):
         if isinstance(state.get("augment"), bool):  # pickled before dfcl.augment (checkpoints)
             state = {**state, "augment": dict(LEGACY_AUGMENT) if state["augment"] else None}
+        state.setdefault("masks", False)  # pickled before the mask head
         self.__dict__.update(state)
         self._open()
 
@@ -61,6 +74,16 @@ class FaceArrayDataset(Dataset):
 
     def __getitem__(self, i):
         image = np.array(self.images[i])  # a copy: the memory-mapped cache stays untouched
-        if self._augmenter is not None:
-            image = self._augmenter(image)
-        return face_tensor(image), self.targets[i]
+        if not self.masks:
+            if self._augmenter is not None:
+                image = self._augmenter(image)
+            return face_tensor(image), self.targets[i]
+        mask = target_mask(self.targets[i], image.shape[0], None if self._masks is None else self._masks[i])
+        return masked_item(image, self.targets[i], mask, self._augmenter)
+
+
+def masked_item(image: np.ndarray, label: int, mask: np.ndarray, augmenter: Augmenter | None):
+    """(face, label, mask (1, S, S)) with the mask moved as the augmentation moves the face."""
+    if augmenter is not None:
+        image, mask = augmenter(image, mask)
+    return face_tensor(image), label, torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None]
