@@ -15,15 +15,20 @@ def machine() -> dict:
     return info
 
 
-def extract_once(folder: Path, work: Path, params: dict) -> dict[str, dict]:
-    """Faces of one dataset folder at the params' image size, extracted straight from the
-    folder (dfcl.extraction, no DVC or Prefect) once per size: {method: {train_x: path, ...}}."""
+def extract_once(folder: Path, work: Path, params: dict, name: str | None = None) -> dict[str, dict]:
+    """Faces of one dataset folder, extracted straight from the folder (dfcl.extraction, no DVC
+    or Prefect) once per setting of what extraction reads (the DVC stage's params):
+    {method: {train_x: path, ...}}. `name`: the dataset's name (default: the folder's)."""
+    import hashlib
+
     from dfcl.arrays import face_arrays
     from dfcl.extraction import extract_dataset
     from dfcl.layouts import dataset_name
+    from tasks.extract_faces import STAGE_PARAMS, _lookup
 
-    name = dataset_name(folder)
-    out = work / f"faces-{params['data']['image_size']}" / name
+    name = name or dataset_name(folder)
+    settings = hashlib.sha1(json.dumps([_lookup(params, k) for k in STAGE_PARAMS]).encode()).hexdigest()[:10]
+    out = work / f"faces-{params['data']['image_size']}-{settings}" / name
     if not (out / "experiences.json").exists():
         extract_dataset(folder, out, params, name, cache_dir=work / "cache")
     info = json.loads((out / "experiences.json").read_text())

@@ -17,6 +17,13 @@ def face_arrays(folder: str | Path, splits=SPLITS, masks: bool = False) -> dict[
     return {f"{s}_{k}": Path(folder) / f"{s}-{k}.npy" for s in splits for k in kinds}
 
 
+def beside(images: str | Path, kind: str) -> Path:
+    """The array of `kind` that goes with `<split>-x.npy`: "y" labels, "mask" (N, S, S) uint8 blend
+    or forgery masks, "landmarks" (N, 68, 2) float32 crop pixels (dfcl.landmarks.stored rows)."""
+    images = Path(images)
+    return images.with_name(images.name.rsplit("-", 1)[0] + f"-{kind}.npy")
+
+
 def face_videos(images: str | Path) -> np.ndarray | None:
     """The source video (file) of every face of `<method>/<split>-x.npy`, in array order, from
     the manifest beside it; None when there is no manifest (faces not from dfcl.extraction)."""

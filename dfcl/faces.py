@@ -1,7 +1,10 @@
 """Faces out of frames and images: K evenly spaced frames of a video (OpenCV), the most confident
 face of each (facenet-pytorch MTCNN, batched, on the GPU when there is one), a square crop around
 it enlarged by `faces.margin`, resized to `data.image_size`; the same box cut from the mask video
-when FF++ ships one. Images are face crops, only resized, unless `faces.detect_in_images` is on.
+when FF++ ships one; dlib's 68 landmarks of each kept face, in crop pixels (dfcl.landmarks).
+Images are re-framed the same way (`faces.detect_in_images`: MTCNN finds the face again and it is
+cropped at the same margin), so training faces and the faces `dfcl detect` cuts from photos and
+videos share one geometry; with it off, an image is taken as a face crop and only resized.
 A whole dataset goes through dfcl.extraction (the DVC stage `extract_faces_<dataset>`).
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 # Video reading lives beside image reading (dfcl.images): one set of checks and limits for every reader.
 from dfcl.images import frame_indices, read_frames, read_image  # noqa: F401
+from dfcl.landmarks import LandmarkPredictor, stored, to_crop
 
 log = logging.getLogger("dfcl.faces")
 
@@ -35,13 +39,16 @@ class FaceSettings:
     batch_size: int
     device: str
     detect_in_images: bool
+    landmarks: bool = True
+
 
     @classmethod
     def from_params(cls, params: dict) -> "FaceSettings":
         f = params["faces"]
         return cls(size=params["data"]["image_size"], frames_per_video=f["frames_per_video"], margin=f["margin"],
                    min_score=f["min_score"], min_face_size=f["min_face_size"], detect_max_side=f["detect_max_side"],
-                   batch_size=f["batch_size"], device=f["device"], detect_in_images=f["detect_in_images"])
+                   batch_size=f["batch_size"], device=f["device"], detect_in_images=f["detect_in_images"],
+                   landmarks=f["landmarks"])
 
     def searchable(self, h: int, w: int) -> bool:
         """Can MTCNN look for faces in an h x w frame? Its image pyramid needs the short side, at
@@ -55,17 +62,26 @@ class FaceSettings:
         return hashlib.sha1(json.dumps(relevant).encode()).hexdigest()[:12]
 
 
+def framing_of(params: dict) -> dict:
+    """The face geometry a model is trained on, recorded with it (registered metadata `framing`)
+    so that detection cuts faces as training did: the crop's margin around the MTCNN box, and
+    whether images were re-framed that way too or taken whole as crops."""
+    f = params["faces"]
+    return {"margin": float(f["margin"]), "images": "reframed" if f["detect_in_images"] else "whole"}
+
+
 @dataclass
 class FileFaces:
     """The faces found in one file. Arrays hold kept faces only; `skipped` lists the rest."""
     n_frames: int
     frames: np.ndarray           # (N,) frame index of each kept face
     boxes: np.ndarray            # (N, 4) x1 y1 x2 y2 in frame pixels
-    landmarks: np.ndarray        # (N, 10) eyes, nose, mouth corners as x,y pairs
+    landmarks: np.ndarray        # (N, 10) MTCNN's eyes, nose, mouth corners as x,y pairs, frame pixels
     scores: np.ndarray           # (N,) MTCNN probability (NaN for images taken as crops)
     crops: np.ndarray            # (N, S, S, 3) uint8 RGB
     masks: np.ndarray | None     # (N, S, S) uint8, when a mask video exists
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (frame or -1 for the file, reason)
+    points: np.ndarray | None = None  # (N, 68, 2) crop pixels, dfcl.landmarks.stored rows; None: not predicted
 
     @classmethod
     def empty(cls, size: int, reason: str, n_frames: int = 0, skipped=None) -> "FileFaces":
@@ -92,12 +108,17 @@ def load_detections(path: Path) -> dict[int, Detection | None]:
     return {int(i): None if d is None else (np.array(d[0]), np.array(d[1]), d[2]) for i, d in faces.items()}
 
 
-def crop_square(image: np.ndarray, box, margin: float, size: int) -> np.ndarray:
-    """A square around the box's centre, `margin` times its longer side, padded with black
-    where it leaves the frame, resized to size x size."""
+def square_of(box, margin: float) -> tuple[int, int, int]:
+    """(left, top, side) of the square around the box's centre, `margin` times its longer side."""
     x1, y1, x2, y2 = box
     side = max(int(round(max(x2 - x1, y2 - y1) * margin)), 1)
-    left, top = int(round((x1 + x2) / 2 - side / 2)), int(round((y1 + y2) / 2 - side / 2))
+    return int(round((x1 + x2) / 2 - side / 2)), int(round((y1 + y2) / 2 - side / 2)), side
+
+
+def crop_square(image: np.ndarray, box, margin: float, size: int) -> np.ndarray:
+    """The square of `square_of`, padded with black where it leaves the frame, resized to
+    size x size."""
+    left, top, side = square_of(box, margin)
     out = np.zeros((side, side) + image.shape[2:], dtype=image.dtype)
     h, w = image.shape[:2]
     sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + side, w), min(top + side, h)
@@ -155,9 +176,19 @@ def _mask_like(mask: np.ndarray, frame: np.ndarray) -> np.ndarray:
     return gray if gray.shape == (h, w) else cv2.resize(gray, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
+def crop_points(image: np.ndarray, box, points5, s: FaceSettings, predictor: LandmarkPredictor | None) -> np.ndarray:
+    """One face's stored landmark row (dfcl.landmarks.stored) in the pixels of its crop."""
+    square = square_of(box, s.margin)
+    fitted = predictor(image, box) if predictor is not None else None
+    five = None if points5 is None else np.asarray(points5, np.float32).reshape(5, 2)
+    return stored(None if fitted is None else to_crop(fitted, square, s.size),
+                  None if five is None else to_crop(five, square, s.size))
+
+
 def faces_in_video(frames: dict[int, np.ndarray], n: int, problem: str | None,
-                   found: dict[int, Detection | None], mask_path: Path | None, s: FaceSettings) -> FileFaces:
-    """Crops (and mask crops) of the most confident face of each sampled frame."""
+                   found: dict[int, Detection | None], mask_path: Path | None, s: FaceSettings,
+                   predictor: LandmarkPredictor | None = None) -> FileFaces:
+    """Crops (and mask crops, and 68 landmarks) of the most confident face of each sampled frame."""
     if not frames:
         return FileFaces.empty(s.size, problem, n)
     skipped = [(-1, problem)] if problem else []
@@ -182,25 +213,38 @@ def faces_in_video(frames: dict[int, np.ndarray], n: int, problem: str | None,
     if masks_src:
         masks = np.stack([crop_square(_mask_like(masks_src[i], frames[i]), d[0], s.margin, s.size)
                           if i in masks_src else np.zeros((s.size, s.size), np.uint8) for i, d in keep])
+    points = np.stack([crop_points(frames[i], d[0], d[1], s, predictor) for i, d in keep]) if s.landmarks else None
     return FileFaces(n, np.array([i for i, _ in keep]), np.stack([d[0] for _, d in keep]).astype(np.float32),
                      np.stack([d[1] for _, d in keep]).astype(np.float32),
-                     np.array([d[2] for _, d in keep], np.float32), np.stack(crops), masks, skipped)
+                     np.array([d[2] for _, d in keep], np.float32), np.stack(crops), masks, skipped, points)
 
 
-def faces_in_image(path: Path, s: FaceSettings, detector: FaceDetector | None) -> FileFaces:
+def faces_in_image(path: Path, s: FaceSettings, detector: FaceDetector | None,
+                   predictor: LandmarkPredictor | None = None) -> FileFaces:
     image = read_image(path)
     if isinstance(image, str):
         return FileFaces.empty(s.size, image)
+    return face_of_image(image, detector.detect([image])[0] if detector else None, s, predictor, whole=detector is None)
+
+
+def face_of_image(image: np.ndarray, det: Detection | None, s: FaceSettings, predictor: LandmarkPredictor | None,
+                  whole: bool = False) -> FileFaces:
+    """An image's face: `whole`, the image taken as a face crop (only resized, landmarks fitted in
+    it); else the detection `det` re-framed at `faces.margin` like a face found in a video."""
     h, w = image.shape[:2]
-    if detector is None:  # the image is already a face crop
+    if whole:
         crop = cv2.resize(image, (s.size, s.size), interpolation=cv2.INTER_AREA)
+        fitted = predictor(image, (0, 0, w, h)) if predictor is not None else None
+        points = stored(None if fitted is None else fitted * np.float32([s.size / w, s.size / h]), None)
         return FileFaces(1, np.zeros(1, np.int64), np.array([[0, 0, w, h]], np.float32),
-                         np.full((1, 10), np.nan, np.float32), np.full(1, np.nan, np.float32), crop[None], None)
-    det = detector.detect([image])[0]
+                         np.full((1, 10), np.nan, np.float32), np.full(1, np.nan, np.float32), crop[None], None,
+                         points=points[None] if s.landmarks else None)
     if det is None or det[2] < s.min_score:
         return FileFaces.empty(s.size, "no face found" if det is None else f"face score {det[2]:.3f} below faces.min_score")
+    points = crop_points(image, det[0], det[1], s, predictor)[None] if s.landmarks else None
     return FileFaces(1, np.zeros(1, np.int64), det[0][None].astype(np.float32), det[1][None].astype(np.float32),
-                     np.array([det[2]], np.float32), crop_square(image, det[0], s.margin, s.size)[None], None)
+                     np.array([det[2]], np.float32), crop_square(image, det[0], s.margin, s.size)[None], None,
+                     points=points)
 
 
 def file_md5(path: Path) -> str:

@@ -316,15 +316,37 @@ def dataset_name(path: str | Path, method: str | None = None) -> str:
 ONE_METHOD_LAYOUTS = ("real-fake", "Celeb-DF v2", "DFDC")
 
 
+def real_faces_only(root: Path, ask: Request) -> Sources:
+    """The real files of `root` as one experience named `ask.name`, for a self-blended experience
+    (its fakes are blended from these faces, dfcl.sbi): the real class of any layout above (each
+    real file once, e.g. FF++'s originals are dealt to every method), or else every image and
+    video under `root/real/` or `root/` itself."""
+    found = next(filter(None, (layout.read(root, ask) for layout in LAYOUTS.values())), None)
+    if found is not None:
+        rows = found.files[found.files.label == 0].drop_duplicates("path").assign(experience=ask.name)
+        layout, extra = f"{found.layout}, real files only", found.extra
+    else:
+        folder = next((p for n, p in _subfolders(root).items() if n.lower() in {r.lower() for r in ask.real_names}), root)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+        rows, layout, extra = _frame([_row(root, ask.name, f, 0) for f in files]), "real faces", []
+    if rows.empty:
+        raise LayoutError(f"{root}: no real images or videos to blend a self-blended experience from")
+    return Sources(layout, [ask.name], rows.reset_index(drop=True), extra,
+                   [f"{ask.name}: real faces only; its fakes are self-blended from them (dfcl.sbi)"])
+
+
 def recognise(root: str | Path, real_names, name: str, methods: list[str] | None = None,
-              compression: str = "c23", method: str | None = None) -> Sources:
+              compression: str = "c23", method: str | None = None, real_only: bool = False) -> Sources:
     """The layout of `root` and its files. `name` names single-method datasets; `methods`
     picks (and orders) the methods of multi-method ones. `method` is the name the user gave
-    (`--method`), which only a one-method dataset may take."""
+    (`--method`), which only a one-method dataset may take. `real_only`: the real files alone,
+    as one experience named `name` (a self-blended experience, `real_faces_only`)."""
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root} is not a folder")
     ask = Request(name, list(real_names), methods, compression)
+    if real_only:
+        return real_faces_only(root, ask)
     found = next(filter(None, (layout.read(root, ask) for layout in LAYOUTS.values())), None)
     if found is None:
         raise LayoutError(f"{root}: unknown dataset layout (sub-folders: {sorted(_subfolders(root)) or 'none'}). "

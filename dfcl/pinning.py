@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dfcl.arrays import beside
+
 SPLITS = ("train", "val", "test")
 
 
@@ -75,6 +77,12 @@ def pin(spec, root: Path, store: Path):
         sources = {field: root / path for field, path in _arrays(spec).items()}
         for path in sources.values():
             _link_or_copy(path, tmp / path.name)
+        # What goes with the faces (SBI's landmarks, blend/forgery masks) is pinned beside them; it is
+        # derived from the same faces, so the digest of the faces and labels names it too.
+        for path in [p for field, p in sources.items() if field.endswith("_x")]:
+            for kind in ("landmarks", "mask"):
+                if beside(path, kind).is_file():
+                    _link_or_copy(beside(path, kind), tmp / beside(path, kind).name)
         manifest = next(iter(sources.values())).parent / "manifest.csv"
         if manifest.is_file():
             shutil.copy2(manifest, tmp / "manifest.csv")  # video of each face, files' MD5s

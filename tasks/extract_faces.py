@@ -11,7 +11,7 @@ from tasks.version_with_dvc import commit_dvc_files
 
 # The params.yaml entries face extraction reads: changing one makes `dvc repro` rebuild the crops.
 STAGE_PARAMS = ["data.image_size", "data.real_names", "data.compression", "data.max_per_class",
-                "data.test_fraction", "data.val_fraction", "data.seed", "faces"]
+                "data.test_fraction", "data.val_fraction", "data.seed", "faces", "sbi.method"]
 
 
 def stage_name(dataset: str) -> str:

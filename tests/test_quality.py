@@ -123,17 +123,3 @@ def test_threshold_is_calibrated_on_validation_and_balanced_accuracy_reported(sp
     again = Learner.load(tmp_path / "l", small_params("train.epochs=2"), root)
     assert again.history.threshold == learner.history.threshold
     assert again.last_results()["avg_balanced_accuracy"] == pytest.approx(r["avg_balanced_accuracy"])
-
-
-def test_make_sbi_writes_a_dataset_that_ingests_as_one_experience(workspace, demo_data, capsys):
-    from dfcl.cli import main
-    from dfcl.layouts import recognise
-
-    out = workspace.root / "sbi"
-    assert main(["make-sbi", str(demo_data / "BlendSwap"), str(out), "-S", "data.image_size=32"]) == 0
-    reals, fakes = sorted((out / "real").glob("*.png")), sorted((out / "fake").glob("*.png"))
-    assert len(reals) == len(fakes) > 0
-    sources = recognise(out, ["real"], "SBI")
-    assert sources.layout == "real-fake" and sources.methods == ["SBI"]
-    assert main(["make-sbi", str(demo_data / "BlendSwap"), str(out)]) == 2, "never overwrites"
-    assert "not empty" in capsys.readouterr().err

@@ -1,0 +1,232 @@
+"""Catching forgeries before they are learned: self-blended training, measured on sets never trained on.
+
+Each row is one continual training (params' strategy, Replay by default) over the FF++ sequence
+Deepfakes -> Face2Face -> FaceSwap -> NeuralTextures, optionally after a self-blended experience
+of FF++'s real training faces (`sbi_first`: what a new workspace learns before any forgery data,
+`dfcl retrain REAL_FOLDER --method self-blended`). After EVERY experience the model is scored
+(ROC AUC) on:
+
+  * every FF++ method's test split, learned or not: the upper triangle of that matrix is forward
+    transfer (a method's AUC just before it is learned; NeuralTextures' is the left-out number);
+  * sets it never trains on: dfdc-crops (test split), flux-faces (test split: diffusion faces of
+    an identity training never shows), stylegan-faces (val_images, all of it).
+
+Faces are extracted as ingest does (re-framed by MTCNN at `faces.margin`, dlib landmarks), once
+per setting, into --workspace. Rows already in the results JSON are kept (resumable: run the
+same command again after a stop, or --rows to add some); each row is written as it lands.
+
+    python benchmarks/generalization.py [--rows a,b] [--suffix _seed1 -S train.seed=1] [--tag cpu]
+
+Writes benchmarks/results/generalization_<tag>.{md,json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
+from common import extract_once, machine  # noqa: E402
+
+FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+UNSEEN = {"dfdc": ("dfdc-crops", None, ("test",)), "flux": ("flux-faces", None, ("test",)),
+          "stylegan": ("stylegan-faces/val_images", None, ("train", "val", "test"))}
+
+# name -> (what it is, -S overrides on top of the command's, self-blended experience first?)
+ROWS = {
+    "reframed": ("Lite0 160 px on re-framed faces (margin 0.7, MTCNN on every image), no SBI", [], False),
+    "sbi_first": ("a self-blended experience of FF++'s real training faces, then the FF++ sequence", [], True),
+    "sbi_every": ("SBI fakes (0.5 per real) added to every FF++ experience", ["sbi.enabled=true"], False),
+    "sbi_first_every": ("both: the self-blended experience first, and SBI fakes in every experience",
+                        ["sbi.enabled=true"], True),
+}
+
+
+def faces(data: Path, work: Path, params: dict, unseen_cap: int) -> dict:
+    """{set name: (face paths, splits scored)} of everything a row is scored on, and the FF++
+    experiences and the self-blended one to train on."""
+    from dfcl.config import apply_overrides
+
+    ffpp = extract_once(data / "ffpp-crops", work, params)
+    small = apply_overrides(params, [f"data.max_per_class={unseen_cap}"])
+    scored = {m: (ffpp[m], ("test",)) for m in FFPP}
+    for key, (folder, _, splits) in UNSEEN.items():
+        scored[key] = (next(iter(extract_once(data / folder, work, small).values())), splits)
+    # Every real training face of FF++ (the paper's setting): the ffpp experiences' cap does not apply.
+    whole = apply_overrides(params, ["data.max_per_class=0"])
+    sbi = extract_once(data / "ffpp-crops", work, whole, name=params["sbi"]["method"])[params["sbi"]["method"]]
+    return {"ffpp": ffpp, "sbi": sbi, "scored": scored}
+
+
+def spec(key: str, paths: dict):
+    from dfcl.learner import ExperienceSpec
+
+    return ExperienceSpec(key=key, dataset=key.split("/")[0], method=key.split("/")[-1], version="generalization",
+                          **paths)
+
+
+def auc_on(model, device, paths: dict, splits) -> float:
+    from torchmetrics.functional.classification import binary_auroc
+    import torch
+
+    from dfcl.metrics import fake_probabilities
+
+    x = np.concatenate([np.load(paths[f"{s}_x"], mmap_mode="r") for s in splits])
+    y = torch.from_numpy(np.concatenate([np.load(paths[f"{s}_y"]) for s in splits]))
+    return float(binary_auroc(fake_probabilities(model, x, device), y))
+
+
+def run_row(name: str, params: dict, sets: dict, first: bool, work: Path) -> dict:
+    """One continual training, scored on every set after every experience."""
+    from dfcl.learner import train_sequence
+
+    sequence = ([spec("ffpp-crops/" + params["sbi"]["method"], sets["sbi"])] if first else []) + \
+        [spec(f"ffpp-crops/{m}", sets["ffpp"][m]) for m in FFPP]
+    after: list[dict] = []
+
+    def score(step, results, learner):
+        model, device = learner.strategy.model, learner.strategy.device
+        after.append({k: auc_on(model, device, paths, splits) for k, (paths, splits) in sets["scored"].items()})
+        print(f"  {name} after {sequence[step].method}: " + ", ".join(f"{k} {v:.3f}" for k, v in after[-1].items()),
+              flush=True)
+
+    start = time.perf_counter()
+    learner, report = train_sequence(sequence, params, work / "learners" / name, Path("/"), on_experience=score)
+    last, offset = after[-1], 1 if first else 0
+    # Forward transfer: each FF++ method's AUC just before it was learned (the first one's only
+    # when a self-blended experience came before it).
+    before = {m: after[offset + i - 1][m] for i, m in enumerate(FFPP) if offset + i - 1 >= 0}
+    results = learner.last_results()
+    return {"learned_auc": {m: last[m] for m in FFPP}, "learned_mean_auc": float(np.mean([last[m] for m in FFPP])),
+            "auc_forgetting": report["auc_forgetting"],
+            "forward_auc": before, "forward_mean_auc": float(np.mean(list(before.values()))),
+            "unseen_auc": {k: last[k] for k in UNSEEN}, "after_each": after,
+            "sbi_alone": after[0] if first else None,
+            "sbi_test_auc": results["auc"].get(sequence[0].key) if first else None,
+            "experiences": [s.method for s in sequence], "train_seconds": round(report["train_seconds"], 1),
+            "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Generalisation to unseen forgeries ({report['tag']})", "",
+             f"Machine: {report['machine']}. Dates: {', '.join(report['dates'])}.", "",
+             "Commands (each run adds the rows it lacks):", "", *[f"    {c}" for c in report["commands"]], "",
+             "One continual training per row (Replay 2000, 2 epochs an experience unless the command says otherwise) "
+             "over DF -> F2F -> FS -> NT, faces re-framed at margin 0.7. *learned*: mean test AUC over the four "
+             "after the sequence; *forward*: mean AUC of F2F, FS, NT (and DF after a self-blended experience) "
+             "just before each is learned; *NT before*: NeuralTextures after DF, F2F, FS (the left-out number). "
+             "Unseen sets, after the whole sequence: dfdc-crops test, flux-faces test, stylegan-faces val_images.", "",
+             "| row | change | learned mean AUC | AUC forgetting | forward transfer | NT before | DFDC | FLUX | StyleGAN | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in report["rows"].items():
+        if "error" in r:
+            lines.append(f"| {name} | {r['change']} | failed: {r['error']} | | | | | | | |")
+            continue
+        u = r["unseen_auc"]
+        lines.append(f"| {name} | {r['change']} | {r['learned_mean_auc']:.3f} | {r['auc_forgetting']:.3f} | "
+                     f"{r['forward_mean_auc']:.3f} | {r['forward_auc']['NeuralTextures']:.3f} | {u['dfdc']:.3f} | "
+                     f"{u['flux']:.3f} | {u['stylegan']:.3f} | {r['train_seconds']:.0f} |")
+    alone = {n: r for n, r in report["rows"].items() if r.get("sbi_alone")}
+    if alone:
+        lines += ["", "The self-blended experience alone (real faces only, before any forgery data): AUC on every set, "
+                  "and on its own held-back SBI test faces:", "",
+                  "| row | SBI test | " + " | ".join(FFPP + list(UNSEEN)) + " |", "| --- |" + " --- |" * (len(FFPP) + len(UNSEEN) + 1)]
+        for n, r in alone.items():
+            lines.append(f"| {n} | {r['sbi_test_auc']:.3f} | " + " | ".join(f"{r['sbi_alone'][k]:.3f}" for k in FFPP + list(UNSEEN)) + " |")
+    lines += ["", "Per-method AUC after the sequence / just before learning it:", "",
+              "| row | " + " | ".join(FFPP) + " |", "| --- |" + " --- |" * len(FFPP)]
+    for n, r in report["rows"].items():
+        if "error" not in r:
+            lines.append(f"| {n} | " + " | ".join(
+                f"{r['learned_auc'][m]:.3f} / " + (f"{r['forward_auc'][m]:.3f}" if m in r["forward_auc"] else "-")
+                for m in FFPP) + " |")
+    lines += ["", f"Plot: `generalization_{report['tag']}.png` (AUC on each set after each experience)."]
+    return "\n".join(lines) + "\n"
+
+
+HAND_WRITTEN = "## What the numbers say (hand-written)"
+
+
+def plot(report: dict, path: Path) -> None:
+    from dfcl.plots import plt
+
+    rows = {n: r for n, r in report["rows"].items() if "error" not in r}
+    if not rows:
+        return
+    keys = FFPP + list(UNSEEN)
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.6), squeeze=False, sharey=True)
+    for ax, (n, r) in zip(axes[0], rows.items()):
+        steps = np.arange(len(r["after_each"]))
+        for k in keys:
+            ax.plot(steps, [a[k] for a in r["after_each"]], marker="o", ms=3, label=k,
+                    ls="-" if k in FFPP else "--")
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_xticks(steps, [e[:6] for e in r["experiences"]], rotation=30, fontsize=7)
+        ax.set(title=n, ylim=(0.3, 1.0), xlabel="after learning")
+    axes[0][0].set_ylabel("ROC AUC (dashed: never trained on)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("-S", "--set", action="append", default=[], help="overrides for every row")
+    parser.add_argument("--suffix", default="", help="added to the row names (e.g. _seed1 with -S train.seed=1)")
+    parser.add_argument("--unseen-cap", type=int, default=200, help="faces per class and split of the unseen sets")
+    parser.add_argument("--tag", default="cpu")
+    parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work" / "generalization"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--extract-only", action="store_true", help="extract the faces and stop")
+    args = parser.parse_args()
+    unknown = [r for r in args.rows.split(",") if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {', '.join(unknown)}; known: {', '.join(ROWS)}")
+    from dfcl.config import load_params
+    work, out = Path(args.workspace).resolve(), Path(args.out).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"generalization_{args.tag}"
+    report = (json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists()
+              else {"tag": args.tag, "rows": {}, "commands": [], "dates": []})
+    report["machine"] = machine()
+    command = "python benchmarks/generalization.py " + " ".join(sys.argv[1:])
+    base = load_params(REPO / "params.yaml", args.set)
+    sets = faces(Path(args.data), work, base, args.unseen_cap)
+    if args.extract_only:
+        return
+    if command not in report["commands"]:
+        report["commands"].append(command)
+    if time.strftime("%Y-%m-%d") not in report["dates"]:
+        report["dates"].append(time.strftime("%Y-%m-%d"))
+    for name in args.rows.split(","):
+        key = name + args.suffix
+        if key in report["rows"] and "error" not in report["rows"][key]:
+            print(f"== {key}: in the results already", flush=True)
+            continue
+        change, overrides, first = ROWS[name]
+        params = load_params(REPO / "params.yaml", args.set + overrides)
+        print(f"== {key}: {change}", flush=True)
+        try:
+            row = run_row(key, params, sets, first, work)
+        except Exception as e:  # one broken row must not lose the others' numbers
+            row = {"error": f"{type(e).__name__}: {e}"}
+        report["rows"][key] = {"change": change, "overrides": args.set + overrides, **row}
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+        md = stem.with_suffix(".md")
+        notes = md.read_text()[md.read_text().index(HAND_WRITTEN):] if md.exists() and HAND_WRITTEN in md.read_text() else ""
+        md.write_text(markdown(report) + ("\n" + notes if notes else ""))
+        plot(report, stem.with_suffix(".png"))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""A self-blended experience: real faces alone, learned against SBI fakes of them (before any
+forgery dataset exists), on the synthetic demo faces."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfcl.layouts import LayoutError, recognise
+from tests.conftest import small_params
+
+
+def test_any_dataset_s_real_files_make_one_self_blended_experience(demo_data, tmp_path):
+    params = small_params()
+    name = params["sbi"]["method"]
+    found = recognise(demo_data / "BlendSwap", ["real"], name, real_only=True)
+    reals = sorted(p.relative_to(demo_data / "BlendSwap").as_posix() for p in (demo_data / "BlendSwap").rglob("real/*"))
+    assert found.methods == [name] and set(found.files.label) == {0}
+    assert sorted(found.files.path) == reals, "each real file once, no fake"
+    # a plain folder of face images is real faces too
+    flat = tmp_path / "faces"
+    flat.mkdir()
+    for p in sorted((demo_data / "BlendSwap" / "train" / "real").iterdir())[:5]:
+        shutil.copy(p, flat / p.name)
+    assert len(recognise(flat, ["real"], name, real_only=True).files) == 5
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LayoutError, match="no real images"):
+        recognise(tmp_path / "empty", ["real"], name, real_only=True)
+    # without the self-blended name, a folder of reals alone is still refused
+    with pytest.raises(LayoutError):
+        recognise(flat, ["real"], "other")
+
+
+def test_self_blended_experience_has_fixed_sbi_test_fakes_and_learns_fresh_ones(demo_data, tmp_path):
+    from dfcl.extraction import extract_dataset
+    from dfcl.arrays import beside, face_arrays
+    from dfcl.learner import ExperienceSpec, train_sequence
+
+    params = small_params("data.test_fraction=0.3", "data.val_fraction=0.2")
+    name = params["sbi"]["method"]
+    out = tmp_path / "faces"
+    extract_dataset(demo_data / "BlendSwap", out, params, name, cache_dir=tmp_path / "cache")
+    info = json.loads((out / "experiences.json").read_text())["experiences"][name]
+    assert info["learnable"] and info["self_blended"] and info["train"]["fake"] == 0
+    for split in ("val", "test"):
+        assert info[split]["fake"] == info[split]["real"] > 0, "one fixed SBI fake of each held-back real"
+        y = np.load(out / name / f"{split}-y.npy")
+        masks = np.load(beside(out / name / f"{split}-x.npy", "mask"))
+        assert masks[y == 0].max() == 0 and (masks[y == 1].reshape((y == 1).sum(), -1).max(1) > 0).all()
+    again = tmp_path / "again"
+    extract_dataset(demo_data / "BlendSwap", again, params, name, cache_dir=tmp_path / "cache")
+    assert np.array_equal(np.load(out / name / "test-x.npy"), np.load(again / name / "test-x.npy")), "seeded"
+
+    paths = {k: str(v) for k, v in face_arrays(out / name).items()}
+    spec = ExperienceSpec(key=f"demo/{name}", dataset="demo", method=name, version="t", **paths)
+    learner, report = train_sequence([spec], params, tmp_path / "learner", Path("/"))
+    train = learner._dataset(learner.history.experiences[0].train_x, learner.history.experiences[0].train_y, True)
+    n_real = info["train"]["real"]
+    assert len(train) == n_real + round(params["sbi"]["experience_per_real"] * n_real)
+    assert sorted(set(train.targets)) == [0, 1], "trained against blended fakes"
+    results = learner.last_results()
+    assert 0.0 <= results["auc"][spec.key] <= 1.0, "scored on its held-back SBI fakes"
