@@ -1,7 +1,7 @@
 """REST API and web page for detection (`dfcl api`), always on the model the `api.alias` alias
 (champion) points at.
 
-    POST /v1/detect   multipart field `file` (a photo or a video); ?explain=true adds heatmaps;
+    POST /v1/detect   multipart field `file` (a photo or a video); ?explain=true adds heatmaps (and masks);
                       ?crop=true scores an image whole as a face crop. Answers what `dfcl detect
                       --json` writes for one file.
     GET  /v1/model    which model answers: name, version, alias, threshold, methods, input size, limits
@@ -335,11 +335,14 @@ def run_detection(scorer: FaceScorer, path: Path, name: str, explain: bool, crop
         from dfcl.explain import evidence, png_bytes
 
         in_time(deadline)
-        # On the scorer's private copy of the model: Grad-CAM's hooks never see another
-        # request's plain scoring on the shared one.
+        # On the scorer's private copy of the model: Grad-CAM's (and the mask head's) hooks never
+        # see another request's plain scoring on the shared one. `mask`: the forged region a model
+        # with a mask head predicts; absent without one.
         body["evidence"] = [{"name": n, "p_fake": face["p_fake"], "frame": face.get("frame"),
-                             "image": "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode()}
-                            for n, img, face in evidence(scorer.explainer, result, d["explain_top_frames"])]
+                             "image": "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode(),
+                             **({} if mask is None else
+                                {"mask": "data:image/png;base64," + base64.b64encode(png_bytes(mask)).decode()})}
+                            for n, img, mask, face in evidence(scorer.explainer, result, d["explain_top_frames"])]
     return 200, body
 
 

@@ -99,7 +99,16 @@ function render(file, r) {
     img.alt = "heatmap " + e.name;
     const cap = document.createElement("figcaption");
     cap.textContent = `${e.name}: P(fake) ${e.p_fake.toFixed(2)}`;
-    fig.append(img, cap);
+    fig.append(img);
+    if (e.mask) { // a model with a mask head: the region it predicts as forged, beside Grad-CAM
+      const mask = document.createElement("img");
+      mask.src = e.mask;
+      mask.alt = "predicted forged region " + e.name;
+      mask.className = "mask";
+      fig.append(mask);
+      cap.textContent += "; left: Grad-CAM, right: predicted forged region";
+    }
+    fig.append(cap);
     return fig;
   }));
 }
