@@ -72,8 +72,7 @@ def test_scores(learner: Learner, champion, champion_threshold: float, gate: dic
     return {"methods": out, "unscored": unscored, "average": average}
 
 
-@task(cache_policy=NO_CACHE)
-def promotion_gate(learner: Learner, challenger: dict, params: dict) -> dict:
+def gate_verdict(learner: Learner, params: dict) -> dict:
     """Score the current champion on the same test sets as the challenger and decide whether the
     challenger may be put to ops. The methods are those either model learned: a method only the
     champion knew is scored from its pinned test faces, and is a failure when they are gone.
@@ -82,7 +81,6 @@ def promotion_gate(learner: Learner, challenger: dict, params: dict) -> dict:
     `gate.confidence`, by more than the allowed drop), "better" or "cannot tell". Rejected when
     any method or the average is worse, when a method cannot be scored (no faces, one class),
     or when forgetting (in the same metric) exceeds `gate.max_forgetting`."""
-    logger = get_run_logger()
     gate, name = params["gate"], params["mlflow"]["registered_model"]
     metric, reasons = gate["metric"], []
     champ = champion_version(name)  # raises on anything but "no such model": never "no champion" by accident
@@ -117,8 +115,14 @@ def promotion_gate(learner: Learner, challenger: dict, params: dict) -> dict:
     forgetting = learner.metric_forgetting()[f"{metric}_forgetting"]
     if not math.isnan(forgetting) and forgetting > gate["max_forgetting"]:
         reasons.append(f"forgetting {forgetting:.3f} ({metric}) exceeds the bound {gate['max_forgetting']}")
-    verdict = {"passed": not reasons, "reasons": reasons, "champion": champion, "metric": metric,
-               "forgetting": forgetting}
-    logger.info("promotion gate: %s%s", "PASSED" if verdict["passed"] else "FAILED",
-                "" if verdict["passed"] else " - " + "; ".join(reasons))
+    return {"passed": not reasons, "reasons": reasons, "champion": champion, "metric": metric,
+            "forgetting": forgetting}
+
+
+@task(cache_policy=NO_CACHE)
+def promotion_gate(learner: Learner, challenger: dict, params: dict) -> dict:
+    """The gate (gate_verdict) on the challenger the learner now is."""
+    verdict = gate_verdict(learner, params)
+    get_run_logger().info("promotion gate: %s%s", "PASSED" if verdict["passed"] else "FAILED",
+                          "" if verdict["passed"] else " - " + "; ".join(verdict["reasons"]))
     return verdict

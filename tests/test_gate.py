@@ -204,6 +204,20 @@ def test_a_one_class_test_split_is_a_failure_not_cannot_tell(champion, tmp_path)
     assert verdict["champion"]["average"] is None and not verdict["champion"]["methods"]
 
 
+def test_a_one_class_test_split_fails_the_first_challenger_too(champion, tmp_path, monkeypatch):
+    import tasks.promotion_gate
+
+    learner, results, _ = champion
+    e = learner.history.experiences[0]
+    y = np.load(learner.root / e.test_y)
+    np.save(tmp_path / "test-y.npy", np.ones_like(y))
+    learner.history.experiences[0] = dataclasses.replace(e, test_y=str(tmp_path / "test-y.npy"))
+    monkeypatch.setattr(tasks.promotion_gate, "champion_version", lambda name: None)  # nothing registered yet
+    verdict = promotion_gate(learner, results, learner.params)
+    assert not verdict["passed"] and verdict["champion"] is None
+    assert verdict["reasons"] == [f"BlendSwap: its test split has only fake faces ({len(y)}): no AUC to compare"]
+
+
 def test_an_mlflow_error_is_not_no_champion(champion, monkeypatch):
     learner, results, _ = champion
     assert alias_version("no-such-model") is None  # only "not found" means nothing registered
