@@ -126,8 +126,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     f["mkv_as_jpg"].write_bytes(mkv.read_bytes())
     f["png_as_jpg"] = out / "really_png.jpg"
     f["png_as_jpg"].write_bytes(f["tiny"].read_bytes())
-    f["playlist"] = out / "list.mp4"  # an FFmpeg concat script: would make FFmpeg open other files
-    f["playlist"].write_text(f"ffconcat version 1.0\nfile '{f['video']}'\n")
+    f["playlist"] = out / "list.mp4"  # an FFmpeg concat script: would make FFmpeg open the file it names
+    f["playlist"].write_text(f"ffconcat version 1.0\nfile '{f['video'].name}'\n")
     f["text_mp4"] = out / "notes.mp4"
     f["text_mp4"].write_text("not a video\n")
     f["heic"] = out / "photo.heic"
