@@ -316,10 +316,10 @@ def test_a_crash_mid_training_resumes_from_the_last_finished_experience(workspac
     params = small_params("gate.max_forgetting=1")  # one-epoch models forget noisily; the gate is not what this tests
     learn = Learner.learn
 
-    def crash_on_second(self, spec):
+    def crash_on_second(self, spec, *args, **kwargs):
         if self.history.experiences:
             raise KeyboardInterrupt("power cut")  # not an Exception: nothing may catch and go on
-        return learn(self, spec)
+        return learn(self, spec, *args, **kwargs)
 
     monkeypatch.setattr(Learner, "learn", crash_on_second)
     with pytest.raises(BaseException, match="power cut"):
