@@ -54,7 +54,8 @@ def mask_quality(probs: torch.Tensor | np.ndarray, targets: torch.Tensor | np.nd
     faces: faces with a known mask; forged_faces: those with a forged region."""
     from torchmetrics.functional.classification import binary_auroc
 
-    p, t = torch.as_tensor(probs).float(), torch.as_tensor(targets).float()
+    # A numpy array is copied: a read-only one (a memmap, a broadcast prior) cannot back a tensor.
+    p, t = (torch.as_tensor(np.array(a, np.float32) if isinstance(a, np.ndarray) else a).float() for a in (probs, targets))
     if p.shape != t.shape:
         raise ValueError(f"predicted masks {tuple(p.shape)} and targets {tuple(t.shape)} differ in shape")
     known = t >= 0
