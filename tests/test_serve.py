@@ -95,7 +95,8 @@ def deployment_paused(api: str, name: str) -> bool:
 def start_serve(ws: Path, env: dict, serve_log: Path) -> subprocess.Popen:
     """`dfcl serve` checking data/incoming/ every 2 s, once it says it is serving."""
     with open(serve_log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dfcl.cli", "serve", "-S", "flow.serve.poll_s=2", *TINY],
+        proc = subprocess.Popen([sys.executable, "-m", "dfcl.cli", "serve", "-S", "flow.serve.poll_s=2",
+                                 "-S", "faces.detect_in_images=false", *TINY],
                                 cwd=ws, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: "serving retrain-detector/triggered" in serve_log.read_text() or proc.poll() is not None,
