@@ -39,9 +39,9 @@ def require_dataset(path: str, params: dict, method: str | None = None, methods:
     flow checks again, for callers that do not come through the CLI; listing a folder is cheap.)"""
     from dfcl.layouts import dataset_name, recognise
 
-    dp = params["data"]
-    recognise(path, dp["real_names"], dataset_name(path, method), methods=methods, compression=dp["compression"],
-              method=method)
+    dp, name = params["data"], dataset_name(path, method)
+    recognise(path, dp["real_names"], name, methods=methods, compression=dp["compression"],
+              method=method, real_only=name == params["sbi"]["method"])
 
 
 def cmd_ingest(args, params):
@@ -196,15 +196,6 @@ def cmd_api(args, params):
     return 0
 
 
-def cmd_make_sbi(args, params):
-    from dfcl.sbi import make_sbi_dataset
-
-    counts = make_sbi_dataset(args.data, args.out, params, args.per_real)
-    print(f"wrote {counts['real']} real and {counts['fake']} self-blended faces to {args.out}; "
-          f"learn it as an experience with: dfcl retrain {args.out} --method SBI")
-    return 0
-
-
 def cmd_models(args, params):
     from models import list_models, pretrained_tags
 
@@ -300,11 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("api", parents=[common], help="REST API and web page for detection, on the champion")
     p.add_argument("--host", help="default: api.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: api.port (8000)")
-    p = sub.add_parser("make-sbi", parents=[common],
-                       help="self-blended pseudo-fakes (SBI) from a dataset's real faces, as a dataset of their own")
-    p.add_argument("data", help="any dataset folder `dfcl ingest` knows; its real training faces are used")
-    p.add_argument("out", help="new folder: real/ and fake/ PNG faces")
-    p.add_argument("--per-real", type=int, default=1, help="self-blended fakes per real face")
     sub.add_parser("models", parents=[common], help="list the registered detector architectures")
     return parser
 
@@ -312,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract_faces, "retrain": cmd_retrain, "compare": cmd_compare,
             "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
             "serve": cmd_serve, "rollback": cmd_rollback, "history": cmd_history,
-            "evaluate": cmd_evaluate, "detect": cmd_detect, "api": cmd_api, "make-sbi": cmd_make_sbi, "models": cmd_models}
+            "evaluate": cmd_evaluate, "detect": cmd_detect, "api": cmd_api, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

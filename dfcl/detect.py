@@ -28,7 +28,7 @@ import numpy as np
 
 from dfcl.config import ConfigError
 from dfcl.evaluate import Detector, load_detector
-from dfcl.faces import FaceDetector, FaceSettings, crop_square
+from dfcl.faces import FaceDetector, FaceSettings, crop_square, framing_of
 from dfcl.images import Refusal, count_frames, open_video, read_frames, read_image, stored_frame_count
 from dfcl.metrics import fake_probabilities
 
@@ -123,7 +123,11 @@ class FaceScorer:
         """`finder`: an MTCNN already loaded (it does not depend on the detector), else loaded on first use."""
         self.detector = detector
         self.params = params
-        self.settings = FaceSettings.from_params({**params, "data": {**params["data"], "image_size": detector.image_size}})
+        # Faces are cut as the model's training faces were (its recorded framing; models registered
+        # before it was recorded: this workspace's faces.* settings).
+        self.framing = detector.info.get("framing") or framing_of(params)
+        self.settings = FaceSettings.from_params({**params, "data": {**params["data"], "image_size": detector.image_size},
+                                                  "faces": {**params["faces"], "margin": self.framing["margin"]}})
         self._finder = finder
         self._explainer, self._copying = None, threading.Lock()
 
@@ -183,8 +187,9 @@ class FaceScorer:
         found = [] if crop == "always" else [f for f in self.finder.detect_all([image])[0] if f[2] >= s.min_score]
         timings["faces"] = time.perf_counter() - t
         in_time(deadline)
-        if crop == "auto":
-            crop = "always" if found and self._fills(found[0][0], h, w) else "never"
+        if crop == "auto":  # as the model was trained: re-framed images, or face crops taken whole
+            crop = ("never" if self.framing["images"] == "reframed" else
+                    "always" if found and self._fills(found[0][0], h, w) else "never")
         if crop == "always":  # the image is the face, as the training crops were
             crops = cv2.resize(image, (s.size, s.size), interpolation=cv2.INTER_AREA)[None]
             boxes = [found[0][0] if found else np.array([0, 0, w, h], float)]
@@ -211,9 +216,10 @@ class FaceScorer:
                 + (" (if the image is a face crop already, use --crop)" if what == "image" else ""))
 
     def _fills(self, box, h: int, w: int) -> bool:
-        """Is this face the whole image, as in a training crop? Its crop (box x margin) covers
-        at least `detect.crop_min_fill` of the image's shorter side."""
-        side = max(box[2] - box[0], box[3] - box[1]) * self.settings.margin
+        """Is this face the whole image, as in a training crop taken whole? Its box spans at least
+        `detect.crop_min_fill` of the image's shorter side (the box itself: such a model learned
+        whole images, whatever the margin of the workspace)."""
+        side = max(box[2] - box[0], box[3] - box[1])
         return side >= self.params["detect"]["crop_min_fill"] * min(h, w)
 
     def detect_video(self, path: Path, max_seconds: float | None = None, deadline: float | None = None) -> Result:

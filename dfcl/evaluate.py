@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_eer, binary_roc
 
+from dfcl.faces import framing_of
 from dfcl.config import ConfigError
 from dfcl.arrays import SPLITS, face_arrays, face_videos
 from dfcl.metrics import balanced_accuracy, fake_probabilities, video_auc
@@ -56,7 +57,7 @@ def load_detector(ref: str, params: dict, root: Path, trust_pickle: bool = False
 
         learner = Learner.load(path, params, root)
         return Detector(learner.strategy.model.to("cpu").eval(), size, learner.history.threshold,
-                        {"uri": ref, "architecture": params["model"]["name"],
+                        {"uri": ref, "architecture": params["model"]["name"], "framing": framing_of(params),
                          "methods": [e.key for e in learner.history.experiences]})
     if path.is_file():
         return Detector(load_model_file(path, params, trust_pickle), size, 0.5, {"uri": ref})
@@ -134,7 +135,7 @@ def load_mlflow_detector(ref: str, default_size: int = 128, trust_pickle: bool =
     else:  # the pyfunc over a pickled module: the module alone, not this installation's pyfunc class
         model = torch.load(_detector_artifact(ref, logged), map_location="cpu", weights_only=False)
     info.update(architecture=meta.get("architecture"), methods=meta.get("methods", []),
-                test_sets=meta.get("test_sets", {}))
+                test_sets=meta.get("test_sets", {}), framing=meta.get("framing"))
     return Detector(model.eval(), int(meta.get("image_size", default_size)), float(meta.get("threshold", 0.5)), info)
 
 
@@ -169,7 +170,10 @@ def evaluate(detector: Detector, data: str, params: dict, roc_png: Path | None =
     from dfcl.extraction import extract_dataset
 
     size, threshold = detector.image_size, detector.threshold
-    params = {**params, "data": {**params["data"], "image_size": size}}
+    framing = detector.info.get("framing") or framing_of(params)  # faces cut as the model's training faces
+    params = {**params, "data": {**params["data"], "image_size": size},
+              "faces": {**params["faces"], "margin": framing["margin"],
+                        "detect_in_images": framing["images"] == "reframed"}}
     name = Path(data).resolve().name
     with tempfile.TemporaryDirectory() as tmp:
         extract_dataset(data, Path(tmp) / name, params, name)

@@ -321,7 +321,14 @@ def real_faces_only(root: Path, ask: Request) -> Sources:
     (its fakes are blended from these faces, dfcl.sbi): the real class of any layout above (each
     real file once, e.g. FF++'s originals are dealt to every method), or else every image and
     video under `root/real/` or `root/` itself."""
-    found = next(filter(None, (layout.read(root, ask) for layout in LAYOUTS.values())), None)
+    found = None
+    for layout in LAYOUTS.values():
+        try:
+            found = layout.read(root, ask)
+        except LayoutError:  # e.g. a copy of the real files alone: no fake folders beside them
+            found = None
+        if found is not None:
+            break
     if found is not None:
         rows = found.files[found.files.label == 0].drop_duplicates("path").assign(experience=ask.name)
         layout, extra = f"{found.layout}, real files only", found.extra

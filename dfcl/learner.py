@@ -102,6 +102,7 @@ class Learner:
         saved = data.get("identity", {})
         if isinstance(saved.get("model"), dict):  # learners from before pretrained weights existed
             saved["model"].setdefault("pretrained", "none")
+            saved["model"].setdefault("mask_head", False)  # learners from before the mask head
         if saved != learner.history.identity:
             raise ConfigError(
                 f"the learner in {folder} was trained with {saved}, but params ask for "
@@ -164,7 +165,8 @@ class Learner:
 
     def _dataset(self, images: str, labels: str, train: bool):
         augment = self.params["augment"] if train else None
-        faces = FaceArrayDataset(self.root / images, self.root / labels, augment=augment)
+        masks = self.params["model"]["mask_head"]  # items carry target masks for MaskLoss (train and test alike)
+        faces = FaceArrayDataset(self.root / images, self.root / labels, augment=augment, masks=masks)
         sbi = self.params["sbi"]
         # Training faces without a fake are a self-blended experience (extraction refuses any other
         # such method): it learns against SBI fakes of its reals, new ones every epoch.
@@ -172,7 +174,7 @@ class Learner:
         if train and (sbi["enabled"] or alone):  # extra fakes blended from this experience's own real faces
             blended = SelfBlendedFakes(self.root / images, self.root / labels, augment=augment,
                                        per_real=sbi["experience_per_real"] if alone else sbi["per_real"],
-                                       seed=self.params["train"]["seed"])
+                                       seed=self.params["train"]["seed"], masks=masks)
             faces = ConcatDataset([faces, blended])
             faces.targets = faces.datasets[0].targets + blended.targets
         # Domain-incremental: one task (label 0) for all experiences; the name is public

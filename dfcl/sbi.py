@@ -9,13 +9,13 @@ none of a particular generator's, so a detector trained on such fakes learns cue
 carry over to forgery methods it has never seen.
 
 Everything is cv2/numpy on small crops (a few hundred microseconds a face at 64 px).
-Crops here are square, face roughly centred, with a margin of ~1.3 around the face box;
-landmarks, when there are any, are pixel (x, y) coordinates in the crop.
+Crops are square, face centred (`faces.margin` x the MTCNN box); the blending mask is the convex
+hull of the face's 68 dlib landmarks stored at ingest (`<split>-landmarks.npy`, crop pixels), in
+one of the paper's four hull variants, else a hull grown from MTCNN's 5 points, else an ellipse.
 """
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dfcl.arrays import beside
 from dfcl.augment import Augmenter
-from dfcl.config import ConfigError
-from dfcl.data import face_tensor, first_of_each_face
-from dfcl.extraction import extract_dataset
-from dfcl.workspace import Workspace
+from dfcl.data import face_tensor, masked_item
+from dfcl.landmarks import kind as landmark_kind
+from dfcl.masks import target_mask
 
 # Paper (dynamic_blend): full-strength blends are the most common, partial ones add variety.
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
@@ -84,44 +84,93 @@ def _source_affine(size: int, rng: np.random.Generator) -> np.ndarray:
 
 # --- blending mask ------------------------------------------------------------------------
 
-def _face_polygon(landmarks: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Convex hull of the face (int32 points). Dense landmarks (68/81) are hulled as they
-    are (paper); 5 MTCNN points (eyes, nose, mouth corners) only span the inner face, so
-    they are grown to a face-sized ellipse along the eye line: cheeks about one inter-ocular
-    distance out, forehead above the eyes, chin below the mouth."""
-    pts = np.asarray(landmarks, np.float32).reshape(-1, 2)
-    if len(pts) < 3:
-        raise ValueError(f"landmarks need at least 3 (x, y) points, got {len(pts)}")
-    if len(pts) == 5:
-        eyes, mouth = pts[:2].mean(0), pts[3:].mean(0)
-        d = pts[1] - pts[0]
-        iod = max(float(np.hypot(*d)), 0.1 * size)
-        angle = math.degrees(math.atan2(d[1], d[0]))
-        em = max(float(np.hypot(*(mouth - eyes))), 0.1 * size)
-        axis = (mouth - eyes) / em  # points down the face
-        top = eyes - axis * em * rng.uniform(0.5, 1.0)
-        bottom = mouth + axis * em * rng.uniform(0.7, 0.9)
-        centre = (top + bottom) / 2
-        semi_h = float(np.hypot(*(bottom - top))) / 2
-        semi_w = iod * rng.uniform(1.0, 1.25)
-        cx, cy = (round(float(v)) for v in centre)
-        ellipse = cv2.ellipse2Poly((cx, cy), (round(semi_w), round(semi_h)), round(angle), 0, 360, 15)
-        pts = np.concatenate([pts, ellipse.astype(np.float32)])
-    return cv2.convexHull(np.round(pts).astype(np.int32))
+def _fill_hulls(mask: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
+    for pts in parts:
+        cv2.fillConvexPoly(mask, cv2.convexHull(np.round(pts).astype(np.int32)), 1.0, lineType=cv2.LINE_AA)
+    return mask
+
+
+def _extended_brows(p: np.ndarray) -> np.ndarray:
+    """The 68 points with the brows raised by half their height above the eyes: a hull that
+    takes in the forehead (Face X-ray / DeepFaceLab's "extended" mask)."""
+    p = p.copy()
+    ml, mr = (p[36] + p[0]) / 2, (p[16] + p[45]) / 2
+    bot_l = np.stack([(p[36] + ml) / 2, p[36], p[37], p[38], p[39]])
+    bot_r = np.stack([p[42], p[43], p[44], p[45], (p[45] + mr) / 2])
+    p[17:22] += (p[17:22] - bot_l) / 2
+    p[22:27] += (p[22:27] - bot_r) / 2
+    return p
+
+
+HULLS = ("dfl_full", "extended", "components", "facehull")
+
+
+def _landmark_mask(p: np.ndarray, size: int, rng: np.random.Generator, variant: str | None = None) -> np.ndarray:
+    """One of the paper's four hulls of the 68 landmarks, at random (SBI's random_get_hull):
+    DeepFaceLab's full-face parts, the extended (forehead) hull, the union of facial components,
+    and the plain hull of every point. The component masks put blending boundaries inside the
+    face too, which a tight crop keeps even where the jaw line falls outside it."""
+    mask = np.zeros((size, size), np.float32)
+    variant = variant or HULLS[int(rng.integers(len(HULLS)))]
+    if variant == "dfl_full":
+        parts = [np.concatenate([p[0:17], p[48:68], p[[0, 8, 16]]]), p[27:31],
+                 np.concatenate([p[17:27], p[[0, 27, 16, 33]]])]
+    elif variant == "extended":
+        parts = [_extended_brows(p)]
+    elif variant == "components":
+        parts = [np.concatenate([p[0:9], p[17:18]]), np.concatenate([p[8:17], p[26:27]]),
+                 np.concatenate([p[17:20], p[8:9]]), np.concatenate([p[24:27], p[8:9]]),
+                 np.concatenate([p[19:25], p[8:9]]), np.concatenate([p[17:22], p[27:28], p[31:36], p[8:9]]),
+                 np.concatenate([p[22:27], p[27:28], p[31:36], p[8:9]]), np.concatenate([p[27:31], p[31:36]])]
+    elif variant == "facehull":
+        parts = [p]
+    else:
+        raise ValueError(f"unknown hull {variant!r}; one of {', '.join(HULLS)}")
+    return _fill_hulls(mask, parts)
+
+
+def _five_point_polygon(pts: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """5 MTCNN points (eyes, nose, mouth corners) only span the inner face, so they are grown to
+    a face-sized ellipse along the eye line: cheeks about one inter-ocular distance out, forehead
+    above the eyes, chin below the mouth. Used where dlib found no 68 landmarks."""
+    eyes, mouth = pts[:2].mean(0), pts[3:].mean(0)
+    d = pts[1] - pts[0]
+    iod = max(float(np.hypot(*d)), 0.1 * size)
+    angle = math.degrees(math.atan2(d[1], d[0]))
+    em = max(float(np.hypot(*(mouth - eyes))), 0.1 * size)
+    axis = (mouth - eyes) / em  # points down the face
+    top = eyes - axis * em * rng.uniform(0.5, 1.0)
+    bottom = mouth + axis * em * rng.uniform(0.7, 0.9)
+    centre = (top + bottom) / 2
+    semi_h = float(np.hypot(*(bottom - top))) / 2
+    semi_w = iod * rng.uniform(1.0, 1.25)
+    cx, cy = (round(float(v)) for v in centre)
+    ellipse = cv2.ellipse2Poly((cx, cy), (round(semi_w), round(semi_h)), round(angle), 0, 360, 15)
+    return np.concatenate([pts, ellipse.astype(np.float32)])
 
 
 def _base_mask(size: int, rng: np.random.Generator, landmarks: np.ndarray | None) -> np.ndarray:
+    """The blending region before deformation: from 68 landmarks, 5 points, or (none known) an
+    ellipse where a centred face's inner region is."""
+    pts = None if landmarks is None else np.asarray(landmarks, np.float32).reshape(-1, 2)
+    if pts is not None and len(pts) == 68 and landmark_kind(pts) != "68":
+        pts = pts[:5] if landmark_kind(pts) == "5" else None  # a stored row without 68 points
+    if pts is not None:
+        if len(pts) < 3:
+            raise ValueError(f"landmarks need at least 3 (x, y) points, got {len(pts)}")
+        if len(pts) == 68:
+            return _landmark_mask(pts, size, rng)
+        if len(pts) == 5:
+            pts = _five_point_polygon(pts, size, rng)
+        return _fill_hulls(np.zeros((size, size), np.float32), [pts])
     mask = np.zeros((size, size), np.float32)
-    if landmarks is not None:
-        cv2.fillConvexPoly(mask, _face_polygon(landmarks, size, rng), 1.0, lineType=cv2.LINE_AA)
-    else:
-        # No landmarks: the crop is centred on the face box, and the face's visual centre
-        # (nose) sits a little below the box centre.
-        shift = 4  # sub-pixel precision for cv2.ellipse
-        cx, cy = size * rng.uniform(0.47, 0.53), size * rng.uniform(0.52, 0.57)
-        ax, ay = size * rng.uniform(0.25, 0.34), size * rng.uniform(0.30, 0.42)
-        cv2.ellipse(mask, (int(cx * 16), int(cy * 16)), (int(ax * 16), int(ay * 16)),
-                    rng.uniform(-10, 10), 0, 360, 1.0, -1, cv2.LINE_AA, shift)
+    # The crop is centred on the face box, and the face's visual centre (nose) sits a little
+    # below the box centre.
+    shift = 4  # sub-pixel precision for cv2.ellipse
+    cx, cy = size * rng.uniform(0.47, 0.53), size * rng.uniform(0.52, 0.57)
+    ax, ay = size * rng.uniform(0.25, 0.34), size * rng.uniform(0.30, 0.42)
+    cv2.ellipse(mask, (int(cx * 16), int(cy * 16)), (int(ax * 16), int(ay * 16)),
+                rng.uniform(-10, 10), 0, 360, 1.0, -1, cv2.LINE_AA, shift)
     return mask
 
 
@@ -202,27 +251,31 @@ class SelfBlendedFakes(Dataset):
     Item i blends real face number i % n_real with its own RNG, seeded from (seed, i, a
     draw of torch's global RNG): fakes differ between epochs (more variety for free) yet a
     run is reproducible under torch.manual_seed (DataLoader workers seed torch per worker).
-    In [0, 1] like FaceArrayDataset; pickles as paths and settings only."""
+    In [0, 1] like FaceArrayDataset; pickles as paths and settings only. `masks`: items are
+    (fake, 1, mask (1, S, S)), the blend mask it was made with (FaceArrayDataset's `masks`)."""
 
     def __init__(self, images_path: str | Path, labels_path: str | Path, augment: dict | None = None,
-                 per_real: float = 1.0, seed: int = 0):
+                 per_real: float = 1.0, seed: int = 0, masks: bool = False):
         self.images_path, self.labels_path = str(images_path), str(labels_path)
-        self.augment, self.per_real, self.seed = augment, float(per_real), int(seed)
+        self.augment, self.per_real, self.seed, self.masks = augment, float(per_real), int(seed), bool(masks)
         self._open()
 
     def _open(self):
         self.images = np.load(self.images_path, mmap_mode="r")
         labels = np.load(self.labels_path)
         self.real_rows = np.flatnonzero(labels == 0)
+        points = beside(self.images_path, "landmarks")  # faces ingested before landmarks have none
+        self.landmarks = np.load(points) if points.is_file() else None
         n = round(self.per_real * len(self.real_rows)) if len(self.real_rows) else 0
         self.targets = [1] * n
         self._augmenter = Augmenter(self.augment) if self.augment else None
 
     def __getstate__(self):
         return {"images_path": self.images_path, "labels_path": self.labels_path,
-                "augment": self.augment, "per_real": self.per_real, "seed": self.seed}
+                "augment": self.augment, "per_real": self.per_real, "seed": self.seed, "masks": self.masks}
 
     def __setstate__(self, state):
+        state.setdefault("masks", False)  # pickled before the mask head
         self.__dict__.update(state)
         self._open()
 
@@ -233,56 +286,12 @@ class SelfBlendedFakes(Dataset):
         if not 0 <= i < len(self):
             raise IndexError(i)
         rng = np.random.default_rng([self.seed, i, int(torch.randint(0, 2**31 - 1, ()))])
-        face = np.array(self.images[self.real_rows[i % len(self.real_rows)]])
-        fake, _ = self_blend(face, rng)
+        row = self.real_rows[i % len(self.real_rows)]
+        face = np.array(self.images[row])
+        fake, mask = self_blend(face, rng, None if self.landmarks is None else self.landmarks[row])
+        if self.masks:
+            return masked_item(fake, 1, target_mask(1, len(mask), mask), self._augmenter)
         if self._augmenter is not None:
             # Augmenter: uint8 RGB (S, S, 3) in, same out
             fake = np.ascontiguousarray(self._augmenter(fake), dtype=np.uint8)
         return face_tensor(fake), 1
-
-
-def write_sbi_dataset(images: np.ndarray, out_dir: Path, seed: int = 0, per_real: int = 1) -> dict:
-    """Write real faces (as given) to out_dir/real/ and per_real SBI fakes of each to
-    out_dir/fake/, as lossless PNG (no JPEG trace that would tell the two apart), so that a
-    synthetic "SBI" method can be ingested like any dataset: an experience of its own.
-    images: uint8 RGB (N, S, S, 3). Returns {"real": N, "fake": N * per_real}."""
-    images = np.asarray(images)
-    if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"write_sbi_dataset needs a non-empty (N, S, S, 3) array of real faces, "
-                         f"got shape {images.shape}")
-    if per_real < 1:
-        raise ValueError(f"per_real must be >= 1, got {per_real}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"{out_dir} already exists and is not empty; refusing to mix SBI output into it")
-    real_dir, fake_dir = out_dir / "real", out_dir / "fake"
-    real_dir.mkdir(parents=True)
-    fake_dir.mkdir()
-    rng = np.random.default_rng(seed)
-    n_fake = 0
-    for i, face in enumerate(images):
-        face = np.ascontiguousarray(face, dtype=np.uint8)
-        cv2.imwrite(str(real_dir / f"{i:06d}.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
-        for j in range(per_real):
-            fake, _ = self_blend(face, rng)
-            cv2.imwrite(str(fake_dir / f"{i:06d}_{j}.png"), cv2.cvtColor(fake, cv2.COLOR_RGB2BGR))
-            n_fake += 1
-    return {"real": len(images), "fake": n_fake}
-
-
-def make_sbi_dataset(data: str | Path, out: str | Path, params: dict, per_real: int = 1) -> dict:
-    """An SBI dataset (write_sbi_dataset) in `out`, from the real TRAINING faces of the dataset
-    folder `data` (any layout ingest knows), extracted as ingest extracts them into a temporary
-    folder: an SBI experience must not be made of another dataset's test faces. Returns the counts."""
-    data, out = Path(data), Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not empty: nothing is overwritten")
-    with tempfile.TemporaryDirectory() as tmp:
-        faces = Path(tmp) / "faces"
-        extract_dataset(data, faces, params, data.resolve().name, cache_dir=Workspace.here().face_cache)
-        reals = [x[y == 0] for x, y in ((np.load(m / "train-x.npy"), np.load(m / "train-y.npy"))
-                                        for m in sorted(faces.iterdir()) if (m / "train-x.npy").is_file())]
-        if not sum(map(len, reals)):
-            raise ConfigError(f"{data} holds no real training faces to blend")
-        reals = np.concatenate(reals)
-        return write_sbi_dataset(reals[first_of_each_face(reals)], out, seed=params["data"]["seed"], per_real=per_real)

@@ -12,8 +12,9 @@ from dfcl.config import ConfigError
 from dfcl.memory import apply_heap_allocations
 from dfcl.metrics import ExperienceAUC
 from dfcl.plugins import (BestValidationEpoch, ChannelsLast, ClassBalancedLoss, CudaSpeedups, EpochProgress,
-                          FrozenBatchNormStats, LRSchedule)
+                          FrozenBatchNormStats, LRSchedule, MaskLoss)
 from models import create_model
+from models.registry import mask_head_models
 
 # The one list of strategy names: `strategy.name` -> Avalanche class, built with the settings
 # under `strategy.<name>` in params.yaml. Cumulative (joint retraining on every method so far)
@@ -33,16 +34,19 @@ def pick_device(name: str) -> torch.device:
 def make_model(model_params: dict) -> torch.nn.Module:
     """The configured detector from the registry (`model:` in params.yaml)."""
     mp = model_params
+    # mask_head only when on: a model without one is recorded (and rebuilt) as before the head existed.
+    head = {"mask_head": True} if mp["mask_head"] else {}
     return create_model(mp["name"], width=mp["width"], dropout=mp["dropout"], weights=mp["weights"],
-                        pretrained=mp["pretrained"])
+                        pretrained=mp["pretrained"], **head)
 
 
 def make_optimizer(model: torch.nn.Module, train_params: dict) -> torch.optim.Optimizer:
-    """AdamW with two groups: the `head` at train.lr and everything before it at
-    train.lr x train.backbone_lr_scale, so fine-tuning does not wash out pretrained features.
-    Each group carries its `lr_scale` for LRSchedule."""
-    head = [p for n, p in model.named_parameters() if n.startswith("head.")]
-    body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    """AdamW with two groups: the new layers (the `head`, and a `mask_head`) at train.lr and the
+    rest at train.lr x train.backbone_lr_scale, so fine-tuning does not wash out pretrained
+    features. Each group carries its `lr_scale` for LRSchedule."""
+    new = ("head.", "mask_head.")
+    head = [p for n, p in model.named_parameters() if n.startswith(new)]
+    body = [p for n, p in model.named_parameters() if not n.startswith(new)]
     scale = train_params["backbone_lr_scale"]
     groups = [{"params": body, "lr": train_params["lr"] * scale, "lr_scale": scale},
               {"params": head, "lr": train_params["lr"], "lr_scale": 1.0}]
@@ -59,11 +63,19 @@ def check_choices(params: dict) -> None:
         raise ConfigError(f"train.schedule={tp['schedule']!r}: choose one of {', '.join(SCHEDULES)}")
     if tp["batchnorm"] not in BATCHNORM:
         raise ConfigError(f"train.batchnorm={tp['batchnorm']!r}: choose one of {', '.join(BATCHNORM)}")
+    if params["model"]["mask_head"] and not tp["mask_loss_weight"] > 0:
+        # An untrained head would show masks it never learned as evidence.
+        raise ConfigError("model.mask_head=true needs train.mask_loss_weight > 0")
+    if params["model"]["mask_head"] and params["model"]["name"] not in mask_head_models():
+        raise ConfigError(f"model.mask_head=true: {params['model']['name']} has no mask head; "
+                          f"models with one: {', '.join(mask_head_models())}")
 
 
-def training_plugins(tp: dict, device: torch.device) -> list:
-    """The plugins the `train:` settings ask for."""
+def training_plugins(tp: dict, device: torch.device, mp: dict) -> list:
+    """The plugins the `train:` settings (and a `model.mask_head`) ask for."""
     plugins = [EpochProgress()]
+    if mp["mask_head"]:
+        plugins.append(MaskLoss(tp["mask_loss_weight"], mp["name"]))
     if tp["class_balance"]:
         plugins.append(ClassBalancedLoss())
     if tp["schedule"] == "cosine" or tp["warmup_epochs"] > 0:
@@ -96,4 +108,4 @@ def build_strategy(params: dict):
     return STRATEGIES[sp["name"]](
         **sp[sp["name"]], model=model, optimizer=make_optimizer(model, tp), criterion=torch.nn.CrossEntropyLoss(),
         train_mb_size=tp["batch_size"], train_epochs=tp["epochs"], eval_mb_size=tp["eval_batch_size"],
-        device=device, plugins=training_plugins(tp, device), evaluator=evaluator)
+        device=device, plugins=training_plugins(tp, device, params["model"]), evaluator=evaluator)

@@ -6,6 +6,7 @@ from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from dfcl.faces import framing_of
 from dfcl.learner import Learner
 from dfcl.tracking import log_detector, log_matrices
 from models.pyfunc import architecture_of
@@ -28,7 +29,8 @@ def register_challenger(learner: Learner, results: dict, registered_model: str) 
     test_sets = {e.key: {"test_x": e.test_x, "test_y": e.test_y, "digest": e.digest}
                  for e in learner.history.experiences}
     info = log_detector(model, learner.params["data"]["image_size"], learner.history.threshold,
-                        {"methods": results["methods"], "test_sets": test_sets}, registered_model, architecture)
+                        {"methods": results["methods"], "test_sets": test_sets,
+                         "framing": framing_of(learner.params)}, registered_model, architecture)
     version = str(info.registered_model_version)
     client = MlflowClient()
     run = mlflow.active_run().info.run_id

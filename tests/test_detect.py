@@ -40,7 +40,7 @@ def test_detect_scores_photos_crops_and_videos_and_reports_broken_files(champion
     x1, y1, x2, y2 = photo["faces"][0]["box"]
     assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and (x2 - x1) < w / 2  # a face inside a larger frame
     assert photo["faces"][0]["score"] > 0.95
-    for crop in ("dfdc_fake", "stylegan"):  # a single face filling the image is taken as a crop
+    for crop in ("dfdc_fake", "stylegan"):  # a single face filling the image is taken as a crop (a whole-image model)
         assert rows[str(media[crop])]["kind"] == "face crop", rows[str(media[crop])]
 
     reasons = {k: rows[str(media[k])].get("error", "") for k in broken}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dfcl.data import FaceArrayDataset
-from dfcl.sbi import SelfBlendedFakes, self_blend, write_sbi_dataset
+from dfcl.sbi import SelfBlendedFakes, self_blend
 
 S = 64
 # 5 MTCNN-style points (eyes, nose, mouth corners) of the synthetic face below
@@ -138,24 +138,3 @@ def test_self_blended_fakes_without_reals_is_empty(tmp_path):
     _, x, y = _write_faces(tmp_path, [1, 1, 1])
     ds = SelfBlendedFakes(x, y, per_real=2)
     assert len(ds) == 0 and ds.targets == []
-
-
-def test_write_sbi_dataset(tmp_path):
-    images = np.stack([make_face(20 + i) for i in range(3)])
-    out = tmp_path / "sbi"
-    counts = write_sbi_dataset(images, out, seed=1, per_real=2)
-    assert counts == {"real": 3, "fake": 6}
-    reals, fakes = sorted((out / "real").glob("*.png")), sorted((out / "fake").glob("*.png"))
-    assert len(reals) == 3 and len(fakes) == 6
-    # PNG is lossless: reals come back exactly
-    for path, face in zip(reals, images):
-        assert np.array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), face)
-    fake = cv2.cvtColor(cv2.imread(str(fakes[0])), cv2.COLOR_BGR2RGB)
-    assert fake.shape == (S, S, 3) and not np.array_equal(fake, images[0])
-
-    with pytest.raises(ValueError, match="not empty"):
-        write_sbi_dataset(images, out)
-    with pytest.raises(ValueError, match="non-empty"):
-        write_sbi_dataset(images[:0], tmp_path / "empty")
-    (tmp_path / "existing").mkdir()  # an existing but empty folder is fine
-    assert write_sbi_dataset(images[:1], tmp_path / "existing") == {"real": 1, "fake": 1}

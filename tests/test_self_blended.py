@@ -61,3 +61,18 @@ def test_self_blended_experience_has_fixed_sbi_test_fakes_and_learns_fresh_ones(
     assert sorted(set(train.targets)) == [0, 1], "trained against blended fakes"
     results = learner.last_results()
     assert 0.0 <= results["auc"][spec.key] <= 1.0, "scored on its held-back SBI fakes"
+
+
+def test_retrain_on_real_faces_alone_promotes_a_first_detector(workspace, demo_data):
+    """`dfcl retrain REAL_FOLDER --method self-blended`: a new workspace, no forgery data yet."""
+    from flows.retrain import retrain_detector
+
+    params = small_params()
+    name = params["sbi"]["method"]
+    outcome = retrain_detector(str(demo_data / "BlendSwap"), params, method=name, auto_approve=True)
+    assert outcome["outcome"] == "promoted"
+    assert outcome["results"]["methods"] == [name]
+    raw = workspace.root / "data" / "raw" / name
+    copied = sorted(p.name for p in raw.rglob("*") if p.is_file())
+    assert copied and not list(raw.rglob("BlendSwap/*")), "only the real files are copied and versioned"
+    assert 0.0 <= outcome["results"]["auc"][name] <= 1.0
