@@ -37,7 +37,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
-from common import extract_once as extract, machine  # noqa: E402
+from common import auc_on, extract_once as extract, machine, spec as common_spec  # noqa: E402
 from dfcl.workspace import Workspace, configure_environment  # noqa: E402
 
 # Prefect reads its settings when imported: its home and temporary API go under benchmarks/.work.
@@ -112,19 +112,7 @@ def merged(name: str, parts: list[dict], work: Path, size: int) -> dict:
 
 
 def spec(key: str, paths: dict):
-    from dfcl.learner import ExperienceSpec
-
-    return ExperienceSpec(key=key, dataset=key.split("/")[0], method=key.split("/")[-1], version="ablation", **paths)
-
-
-def auc_on(model, device, paths: dict, splits=("test",)) -> float:
-    from torchmetrics.functional.classification import binary_auroc
-
-    from dfcl.metrics import fake_probabilities
-
-    x = np.concatenate([np.load(paths[f"{s}_x"], mmap_mode="r") for s in splits])
-    y = torch.from_numpy(np.concatenate([np.load(paths[f"{s}_y"]) for s in splits]))
-    return float(binary_auroc(fake_probabilities(model, x, device), y))
+    return common_spec(key, paths, "ablation")
 
 
 @task(cache_policy=NO_CACHE, retry_delay_seconds=2)  # retries: compare.retries (the flow sets them)

@@ -36,6 +36,27 @@ def extract_once(folder: Path, work: Path, params: dict, name: str | None = None
             for m in info["methods"] if info["experiences"][m]["learnable"]}
 
 
+def spec(key: str, paths: dict, version: str):
+    """An experience of extracted faces ("<dataset>/<method>"), not DVC-versioned: `version` says
+    which benchmark made it."""
+    from dfcl.learner import ExperienceSpec
+
+    return ExperienceSpec(key=key, dataset=key.split("/")[0], method=key.split("/")[-1], version=version, **paths)
+
+
+def auc_on(model, device, paths: dict, splits=("test",)) -> float:
+    """ROC AUC of the model on the faces of `splits` of one extracted method."""
+    import numpy as np
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    from dfcl.metrics import fake_probabilities
+
+    x = np.concatenate([np.load(paths[f"{s}_x"], mmap_mode="r") for s in splits])
+    y = torch.from_numpy(np.concatenate([np.load(paths[f"{s}_y"]) for s in splits]))
+    return float(binary_auroc(fake_probabilities(model, x, device), y))
+
+
 def save_results(out: Path, stem: str, report: dict, text: str) -> None:
     """<stem>.json and <stem>.md in out, and the markdown on screen."""
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")

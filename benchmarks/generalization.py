@@ -31,7 +31,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
-from common import extract_once, machine  # noqa: E402
+from common import auc_on, extract_once, machine, spec as common_spec  # noqa: E402
 
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 UNSEEN = {"dfdc": ("dfdc-crops", None, ("test",)), "flux": ("flux-faces", None, ("test",)),
@@ -64,21 +64,7 @@ def faces(data: Path, work: Path, params: dict, unseen_cap: int) -> dict:
 
 
 def spec(key: str, paths: dict):
-    from dfcl.learner import ExperienceSpec
-
-    return ExperienceSpec(key=key, dataset=key.split("/")[0], method=key.split("/")[-1], version="generalization",
-                          **paths)
-
-
-def auc_on(model, device, paths: dict, splits) -> float:
-    from torchmetrics.functional.classification import binary_auroc
-    import torch
-
-    from dfcl.metrics import fake_probabilities
-
-    x = np.concatenate([np.load(paths[f"{s}_x"], mmap_mode="r") for s in splits])
-    y = torch.from_numpy(np.concatenate([np.load(paths[f"{s}_y"]) for s in splits]))
-    return float(binary_auroc(fake_probabilities(model, x, device), y))
+    return common_spec(key, paths, "generalization")
 
 
 def run_row(name: str, params: dict, sets: dict, first: bool, work: Path) -> dict:
