@@ -30,10 +30,10 @@ def now() -> str:
 
 
 @contextmanager
-def retrain_lock(path: Path, wait_s: float, holder: str, log=print):
-    """An exclusive flock on `path`. The kernel drops it when the holding process ends, however
-    it ends, so a crash or kill never leaves the workspace locked; the file only says who
-    holds it. A second run waits up to `wait_s` seconds (queues), then is refused."""
+def exclusive_flock(path: Path, wait_s: float, refusal, on_wait=None, poll_s: float = 2.0):
+    """An exclusive flock on `path`, waited for up to `wait_s` seconds, then `Busy(refusal())`.
+    The kernel drops it when the holding process ends, however it ends, so a crash or kill never
+    leaves the lock held. `on_wait()` runs once when the lock is found taken. Yields the fd."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline, waited = time.monotonic() + wait_s, False
@@ -45,21 +45,36 @@ def retrain_lock(path: Path, wait_s: float, holder: str, log=print):
             except BlockingIOError:
                 if not waited:
                     waited = True
-                    if wait_s > 0:
-                        log(f"waiting up to {wait_s:.0f} s for the retraining run before this one "
-                            f"({Path(path).read_text().strip()})")
+                    if on_wait:
+                        on_wait()
                 if time.monotonic() >= deadline:
-                    who = Path(path).read_text().strip() or "another process"
-                    raise Busy(f"another retraining run is in progress ({who}); one runs at a time per "
-                               f"workspace. Wait for it (or ask ops to answer its approval), or queue with "
-                               f"-S flow.lock_wait_s=SECONDS") from None
-                time.sleep(min(2.0, max(deadline - time.monotonic(), 0.05)))
+                    raise Busy(refusal()) from None
+                time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.05)))
+        yield fd
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+@contextmanager
+def retrain_lock(path: Path, wait_s: float, holder: str, log=print):
+    """One retraining run at a time (exclusive_flock); the file only says who holds it. A second
+    run waits up to `wait_s` seconds (queues), then is refused."""
+    def who() -> str:
+        return Path(path).read_text().strip() or "another process"
+
+    def waiting() -> None:
+        if wait_s > 0:
+            log(f"waiting up to {wait_s:.0f} s for the retraining run before this one ({who()})")
+
+    def refusal() -> str:
+        return (f"another retraining run is in progress ({who()}); one runs at a time per workspace. Wait "
+                f"for it (or ask ops to answer its approval), or queue with -S flow.lock_wait_s=SECONDS")
+
+    with exclusive_flock(Path(path), wait_s, refusal, waiting) as fd:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"holder": holder, "pid": os.getpid(), "host": socket.gethostname(),
                                  "since": now()}).encode())
         yield
-    finally:
-        os.close(fd)  # closing releases the flock
 
 
 def check_services(params: dict, root: Path) -> None:
@@ -115,22 +130,9 @@ def alias_lock(root: Path | None = None, wait_s: float = ALIAS_LOCK_WAIT_S):
     from dfcl.workspace import Workspace
 
     path = (root or Workspace.here().root) / "data" / "alias.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + wait_s
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise Busy(f"another promotion, rejection or rollback has held {path} for over {wait_s:.0f} s; "
-                               "try again") from None
-                time.sleep(0.05)
+    with exclusive_flock(path, wait_s, lambda: f"another promotion, rejection or rollback has held {path} for "
+                         f"over {wait_s:.0f} s; try again", poll_s=0.05):
         yield
-    finally:
-        os.close(fd)  # closing releases the flock
 
 
 def alias_events(registered_model: str) -> list[dict]:
