@@ -34,8 +34,8 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the rep
 from common import auc_on, extract_once, machine, spec as common_spec  # noqa: E402
 
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
-UNSEEN = {"dfdc": ("dfdc-crops", None, ("test",)), "flux": ("flux-faces", None, ("test",)),
-          "stylegan": ("stylegan-faces/val_images", None, ("train", "val", "test"))}
+UNSEEN = {"dfdc": ("dfdc-crops", ("test",)), "flux": ("flux-faces", ("test",)),  # name: (folder, splits scored)
+          "stylegan": ("stylegan-faces/val_images", ("train", "val", "test"))}
 
 # name -> (what it is, -S overrides on top of the command's, self-blended experience first?)
 ROWS = {
@@ -55,7 +55,7 @@ def faces(data: Path, work: Path, params: dict, unseen_cap: int) -> dict:
     ffpp = extract_once(data / "ffpp-crops", work, params)
     small = apply_overrides(params, [f"data.max_per_class={unseen_cap}"])
     scored = {m: (ffpp[m], ("test",)) for m in FFPP}
-    for key, (folder, _, splits) in UNSEEN.items():
+    for key, (folder, splits) in UNSEEN.items():
         scored[key] = (next(iter(extract_once(data / folder, work, small).values())), splits)
     # Every real training face of FF++ (the paper's setting): the ffpp experiences' cap does not apply.
     whole = apply_overrides(params, ["data.max_per_class=0"])
