@@ -3,8 +3,10 @@
 
     POST /v1/detect   multipart field `file` (a photo or a video); ?explain=true adds heatmaps (and masks);
                       ?crop=true scores an image whole as a face crop. Answers what `dfcl detect
-                      --json` writes for one file.
-    GET  /v1/model    which model answers: name, version, alias, threshold, methods, input size, limits
+                      --json` writes for one file: fake | real | uncertain, calibrated P(fake), the
+                      reason, novel, resembles (dfcl.detect, dfcl.trust).
+    GET  /v1/model    the model card: name, version, alias, threshold and band, methods learned (when,
+                      test AUC, AUC before learning), input size, limits
     GET  /health      200 when a model is loaded, 503 when none is
     GET  /            the web page (dfcl/web/, no CDN: it works offline);  /openapi.json  the API's schema
                       (no /docs: Swagger UI would come from a CDN)

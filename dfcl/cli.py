@@ -158,11 +158,14 @@ def cmd_evaluate(args, params):
                              params, Workspace.here().root, args.trust_pickle)
     roc = Path(args.roc) if args.roc else (Path(args.json).with_suffix(".roc.png") if args.json else None)
     report = evaluate(detector, args.data, params, roc_png=roc)
-    print(f"decision threshold {detector.threshold:.3f} (P(fake) at or above it = fake)")
+    print(f"decision threshold {detector.shown_threshold:.3f} (P(fake) at or above it = fake"
+          + (", calibrated)" if detector.trust is not None else "; this model is not calibrated)"))
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.json}" + (f" and {roc}" if roc else ""))
+    plots = [p for p in (roc, report.get("reliability_plot")) if p]
+    if args.json or plots:
+        print("wrote " + " and ".join(map(str, ([args.json] if args.json else []) + plots)))
     return 0
 
 

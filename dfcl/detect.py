@@ -9,8 +9,12 @@ evidence out. One module behind `dfcl detect`, the REST API (dfcl.api) and the w
   P(fake) per frame (the timeline) and one for the video by `detect.aggregate`.
 - folder: every photo and video in it, recursively.
 
-Every verdict uses the model's own threshold (calibrated on validation faces when it was
-trained). A file that cannot be used gets a row with `error` and the reason, never an exception:
+Every verdict says how sure it is (dfcl.trust, fit on the model's validation faces when it was
+trained): P(fake) calibrated; "fake" or "real" only where such answers were right
+`trust.precision` of the time on the methods it learned, else "uncertain", with the reason; a
+face unlike anything it learned is flagged `novel`; a fake names the learned method it resembles.
+A model without trust data (a user's file, an older version) answers raw P(fake) at its
+threshold, and says so. A file that cannot be used gets a row with `error` and the reason, never an exception:
 its bytes must be the kind its name says, and its size in pixels, read from the header before
 decoding, within `api.max_image_pixels` / `api.max_video_pixels` (dfcl.images).
 """
@@ -31,6 +35,7 @@ from dfcl.evaluate import Detector, load_detector
 from dfcl.faces import FaceDetector, FaceSettings, crop_square, framing_of
 from dfcl.images import Refusal, count_frames, open_video, read_frames, read_image, stored_frame_count
 from dfcl.metrics import fake_probabilities
+from dfcl.trust import scores_and_features
 
 log = logging.getLogger("dfcl.detect")
 # A video whose container states no length is counted up to the frames `max_seconds` hold at
@@ -44,9 +49,12 @@ class Result:
     face crops that were scored, for explanations."""
     file: str
     kind: str                        # photo | face crop | video | unknown
-    verdict: str                     # fake | real | error
+    verdict: str                     # fake | real | uncertain | error
     p_fake: float | None = None
     error: str | None = None
+    reason: str | None = None        # why this verdict, in words (how sure; frames that disagree)
+    novel: bool | None = None        # unlike the faces the model learned (None: the model cannot tell)
+    resembles: dict | None = None    # a fake's nearest learned method: {"method", "similarity"}
     faces: list[dict] = field(default_factory=list)    # box [x1, y1, x2, y2], score, p_fake (+ frame, time_s)
     frames: list[dict] = field(default_factory=list)   # video timeline: frame, time_s, p_fake (None: no face)
     video: dict | None = None                          # frames, fps, seconds, width, height
@@ -58,9 +66,12 @@ class Result:
     def to_dict(self, detector: Detector, aggregate: str | None = None) -> dict:
         out = {"file": self.file, "kind": self.kind, "verdict": self.verdict,
                "p_fake": None if self.p_fake is None else round(self.p_fake, 4),
-               "threshold": round(detector.threshold, 4), "model": model_card(detector)}
+               "threshold": round(detector.shown_threshold, 4), "model": model_card(detector)}
         if self.error:
             out["error"] = self.error
+        else:
+            out |= {"reason": self.reason, "calibrated": calibrated(detector), "band": band_of(detector),
+                    "novel": self.novel, "resembles": self.resembles}
         if self.faces:
             out["faces"] = self.faces
         if self.kind == "video" and self.video:
@@ -72,12 +83,47 @@ class Result:
 
 
 def model_card(detector: Detector) -> dict:
-    """Which model answered: what every result carries."""
-    info = detector.info
+    """Which model answered and what to expect of it: what every result carries. `learned`: each
+    learned method with when it was learned, its test AUC and its AUC just before it was learned;
+    `auc_on_unlearned`: the mean of the latter, what its AUC was on methods it had not learned yet."""
+    info, trust = detector.info, detector.trust
     return {"name": info.get("name"), "version": info.get("version"), "alias": info.get("alias"),
             "uri": info.get("uri"), "architecture": info.get("architecture"),
-            "image_size": detector.image_size, "threshold": round(detector.threshold, 4),
-            "methods": list(info.get("methods") or [])}
+            "image_size": detector.image_size, "threshold": round(detector.shown_threshold, 4),
+            "methods": list(info.get("methods") or []), "learned": list(info.get("learned") or []),
+            "auc_on_unlearned": info.get("auc_forward_transfer"),
+            "calibrated": calibrated(detector), "band": band_of(detector),
+            "precision": None if trust is None else trust.precision,
+            "measured": {} if trust is None else {k: v for k, v in trust.report.items() if k.startswith("test_")}}
+
+
+def calibrated(detector: Detector) -> bool:
+    """Is the P(fake) shown calibrated? (A trust fit on one-class validation faces keeps the identity.)"""
+    return detector.trust is not None and detector.trust.calibrated
+
+
+def band_of(detector: Detector) -> list[float]:
+    """[lo, hi]: P(fake) below lo is answered real, at or above hi fake, between uncertain."""
+    lo, hi = detector.trust.band if detector.trust is not None else (detector.threshold,) * 2
+    return [round(lo, 4), round(min(hi, 1.0), 4)]
+
+
+NOVEL_NOTE = ("this face is unlike the forgeries and real faces the model has learned: treat the verdict with care")
+
+
+def reason_for(detector: Detector, verdict: str, p: float) -> str:
+    """Why `verdict`, in words a person can weigh."""
+    t = detector.trust
+    if t is None:
+        return (f"P(fake) {p:.2f} against the model's threshold {detector.threshold:.2f}; this model has no "
+                "calibration (a file, or a version registered before it), so how sure it is was not measured")
+    lo, hi = t.band
+    if verdict == "uncertain":
+        return (f"P(fake) {p:.2f} lies between {lo:.2f} and {min(hi, 1):.2f}, where the model's answers were right "
+                f"less than {t.precision:.0%} of the time on the methods it learned")
+    side = f"at or above {hi:.2f}" if verdict == "fake" else f"below {lo:.2f}"
+    return (f"P(fake) {p:.2f} is {side}, where '{verdict}' answers were right at least {t.precision:.0%} of the "
+            "time on the methods it learned (calibrated on their validation faces)")
 
 
 def file_kind(path: Path, params: dict) -> str | None:
@@ -147,11 +193,24 @@ class FaceScorer:
                 self._explainer = replace(self.detector, model=copy.deepcopy(self.detector.model))
             return self._explainer
 
-    def score(self, crops: np.ndarray) -> np.ndarray:
-        return fake_probabilities(self.detector.model, crops).numpy()
+    def score(self, crops: np.ndarray) -> list[dict]:
+        """Per crop: calibrated P(fake), verdict, and novelty and attribution where the model has them."""
+        trust = self.detector.trust
+        if trust is not None and trust.space is not None:
+            p, features = scores_and_features(self.detector.model, crops)
+        else:
+            p, features = fake_probabilities(self.detector.model, crops).numpy(), None
+        return self.detector.judge(p, features)
 
-    def verdict(self, p: float) -> str:
-        return "fake" if p >= self.detector.threshold else "real"
+    def concluded(self, result: Result, judged: dict) -> Result:
+        """`result` with the verdict, reason, novelty and attribution of the face (or video) `judged`."""
+        result.verdict, result.p_fake = judged["verdict"], judged["p_fake"]
+        result.reason = judged.get("reason") or reason_for(self.detector, judged["verdict"], judged["p_fake"])
+        result.novel = judged.get("novel")
+        if result.novel:
+            result.reason += "; " + NOVEL_NOTE
+        result.resembles = judged.get("resembles") if judged["verdict"] == "fake" else None
+        return result
 
     def detect(self, path: Path, crop: str | None = None, max_seconds: float | None = None,
                deadline: float | None = None) -> Result:
@@ -201,12 +260,12 @@ class FaceScorer:
             crops = np.stack([crop_square(image, f[0], s.margin, s.size) for f in found])
             boxes, scores, kind = [f[0] for f in found], [f[2] for f in found], "photo"
         t = time.perf_counter()
-        p = self.score(crops)
+        judged = self.score(crops)
         timings["classify"] = time.perf_counter() - t
         faces = [{"box": [round(float(v), 1) for v in b], "score": None if sc is None else round(sc, 4),
-                  "p_fake": round(float(q), 4), "verdict": self.verdict(float(q))} for b, sc, q in zip(boxes, scores, p)]
-        top = float(p.max())
-        return Result(str(path), kind, self.verdict(top), top, faces=faces, crops=crops, timings=timings)
+                  **face_evidence(j)} for b, sc, j in zip(boxes, scores, judged)]
+        top = max(judged, key=lambda j: j["p_fake"])  # a photo is as fake as its most suspicious face
+        return self.concluded(Result(str(path), kind, "", faces=faces, crops=crops, timings=timings), top)
 
     def _too_small(self, what: str, h: int, w: int) -> str:
         s = self.settings
@@ -266,19 +325,51 @@ class FaceScorer:
                           video=info, timings=timings)
         t = time.perf_counter()
         crops = np.stack([c for _, c in kept])
-        p = self.score(crops)
+        judged = self.score(crops)
         timings["classify"] = time.perf_counter() - t
         faces = []
-        for (k, _), q in zip(kept, p):
-            timeline[k]["p_fake"] = round(float(q), 4)
+        for (k, _), j in zip(kept, judged):
+            timeline[k]["p_fake"] = round(j["p_fake"], 4)
+            timeline[k]["verdict"] = j["verdict"]
             faces.append({"frame": timeline[k]["frame"], "time_s": timeline[k]["time_s"], "box": timeline[k]["box"],
-                          "score": timeline[k]["score"], "p_fake": round(float(q), 4)})
-        score = aggregate(p, d["aggregate"], d)
-        result = Result(str(path), "video", self.verdict(score), score, faces=faces, frames=timeline, video=info,
-                        crops=crops, timings=timings)
+                          "score": timeline[k]["score"], **face_evidence(j)})
+        result = Result(str(path), "video", "", faces=faces, frames=timeline, video=info, crops=crops, timings=timings)
+        self.concluded(result, self.video_verdict(judged))
         if problem:  # e.g. truncated after some frames: scored on what could be read, and said
             result.video = {**info, "warning": problem}
         return result
+
+
+    def video_verdict(self, judged: list[dict]) -> dict:
+        """One answer for a video from its frames': P(fake) by `detect.aggregate`, answered by the
+        band; "uncertain" when at least `trust.video_disagreement` of the frames are answered the
+        other way (e.g. three confidently fake frames in a video whose mean says real); novel when
+        most frames are; the method most frames resemble."""
+        d = self.params["detect"]
+        p = np.array([j["p_fake"] for j in judged])
+        score = aggregate(p, d["aggregate"], d)
+        verdict = self.detector.judge_calibrated(score)
+        out = {"p_fake": score, "verdict": verdict}
+        other = {"fake": "real", "real": "fake"}.get(verdict)
+        against = sum(j["verdict"] == other for j in judged)
+        if other and against >= self.params["trust"]["video_disagreement"] * len(judged):
+            out["verdict"] = "uncertain"
+            out["reason"] = (f"its frames disagree: {against} of {len(judged)} frames are answered '{other}' while "
+                             f"the video's P(fake) {score:.2f} says '{verdict}' (trust.video_disagreement)")
+        if all("novel" in j for j in judged):
+            out["novel"] = sum(j["novel"] for j in judged) > len(judged) / 2
+        methods = [j["resembles"]["method"] for j in judged if "resembles" in j and j["verdict"] == "fake"]
+        if methods:
+            top = max(set(methods), key=methods.count)
+            out["resembles"] = {"method": top, "similarity": round(methods.count(top) / len(methods), 3),
+                                "frames": len(methods)}
+        return out
+
+
+def face_evidence(judged: dict) -> dict:
+    """A face's row: its P(fake) and answer, and novelty and attribution where the model has them."""
+    out = {"p_fake": round(judged["p_fake"], 4), "verdict": judged["verdict"]}
+    return out | {k: judged[k] for k in ("novelty", "novel", "resembles") if k in judged}
 
 
 def in_time(deadline: float | None) -> None:
@@ -327,7 +418,7 @@ def detect_files(scorer: FaceScorer, paths: list[str], crop: str | None = None, 
             row = result.to_dict(scorer.detector, d["aggregate"])
             if explain_dir is not None and result.verdict != "error":
                 written = write_evidence(scorer.detector, result, explain_dir, d["explain_top_frames"],
-                                         scorer.detector.threshold)
+                                         scorer.detector.shown_threshold)
                 row["evidence"] = [str(p) for p in written]
         except Exception as e:  # one file a decoder or a bug chokes on: its row says so, the rest go on
             log.error("detect %s failed", path, exc_info=e)
@@ -352,12 +443,28 @@ def detect_with_model(ref: str, paths: list[str], params: dict, root: Path, crop
 
 
 def table(rows: list[dict]) -> str:
-    """One line per file: verdict, P(fake), faces and why it could not be scored."""
+    """One line per file: verdict, calibrated P(fake), faces, novelty, the method a fake
+    resembles, and why it could not be scored; then what the answers mean."""
     import pandas as pd
 
-    return pd.DataFrame([{"file": r["file"], "kind": r["kind"], "verdict": r["verdict"],
-                          "P(fake)": "" if r["p_fake"] is None else f"{r['p_fake']:.3f}",
-                          "faces": len(r.get("faces", [])), "note": r.get("error", "")} for r in rows]).to_string(index=False)
+    def resembles(r):
+        return f"{r['resembles']['method']} ({r['resembles']['similarity']:.2f})" if r.get("resembles") else ""
+
+    frame = pd.DataFrame([{"file": r["file"], "kind": r["kind"], "verdict": r["verdict"],
+                           "P(fake)": "" if r["p_fake"] is None else f"{r['p_fake']:.3f}",
+                           "faces": len(r.get("faces", [])), "novel": {True: "yes", False: "no"}.get(r.get("novel"), ""),
+                           "resembles": resembles(r), "note": r.get("error", "")} for r in rows])
+    lines = [frame.to_string(index=False)]
+    answered = [r for r in rows if r["verdict"] != "error"]
+    if answered:
+        m = answered[0]["model"]
+        if m["calibrated"]:
+            lo, hi = m["band"]
+            lines.append(f"fake: P(fake) >= {hi:.2f}, real: < {lo:.2f}, uncertain between: answers right at least "
+                         f"{m['precision']:.0%} of the time on the methods it learned. novel: unlike the faces it learned.")
+        else:
+            lines.append(f"this model is not calibrated: P(fake) is raw, fake at or above {m['threshold']:.2f}")
+    return "\n".join(lines)
 
 
 def csv_rows(rows: list[dict]) -> list[dict]:
@@ -368,7 +475,9 @@ def csv_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         m = r["model"]
         flat.append({"file": r["file"], "kind": r["kind"], "verdict": r["verdict"], "p_fake": r["p_fake"],
-                     "threshold": r["threshold"], "faces": len(r.get("faces", [])), "error": r.get("error", ""),
+                     "threshold": r["threshold"], "reason": r.get("reason") or "", "novel": r.get("novel"),
+                     "resembles": (r.get("resembles") or {}).get("method", ""),
+                     "faces": len(r.get("faces", [])), "error": r.get("error", ""),
                      "model_name": m["name"], "model_version": m["version"], "model_alias": m["alias"],
                      "model_uri": m["uri"], "face_boxes": json.dumps(r.get("faces", [])),
                      "timeline": json.dumps(r.get("frames", [])), "seconds": r["seconds"]})

@@ -18,6 +18,7 @@ from dfcl.faces import framing_of
 from dfcl.config import ConfigError
 from dfcl.arrays import SPLITS, face_arrays, face_videos
 from dfcl.metrics import balanced_accuracy, fake_probabilities, video_auc
+from dfcl.trust import Trust, answer, coverage, ece, scores_and_features
 
 
 @dataclass
@@ -28,6 +29,26 @@ class Detector:
     # Where it came from, for every answer: uri, and for a registered model its name, version,
     # alias, architecture and the methods it learned.
     info: dict = field(default_factory=dict)
+    # Calibration, "uncertain" band, novelty and attribution (dfcl.trust); None: a model without
+    # them (a user's file, a version registered before them): raw P(fake), two answers.
+    trust: Trust | None = None
+
+    def judge(self, p_raw: np.ndarray, features: np.ndarray | None = None) -> list[dict]:
+        """Per face: P(fake) on the scale shown (calibrated when it can be), verdict, novelty."""
+        if self.trust is None:
+            return [{"p_fake": float(q), "verdict": "fake" if q >= self.threshold else "real"} for q in p_raw]
+        return self.trust.judge(p_raw, features)
+
+    def judge_calibrated(self, p: float) -> str:
+        """The answer for a P(fake) already on the shown scale (a video's aggregate)."""
+        if self.trust is None:
+            return "fake" if p >= self.threshold else "real"
+        return answer(p, self.trust.band)
+
+    @property
+    def shown_threshold(self) -> float:
+        """The decision cut on the scale of the P(fake) people see."""
+        return self.trust.threshold if self.trust is not None else self.threshold
 
 
 class NoModel(ConfigError):
@@ -56,9 +77,12 @@ def load_detector(ref: str, params: dict, root: Path, trust_pickle: bool = False
         from dfcl.learner import Learner
 
         learner = Learner.load(path, params, root)
+        from dfcl.results import learned_card
+
         return Detector(learner.strategy.model.to("cpu").eval(), size, learner.history.threshold,
                         {"uri": ref, "architecture": params["model"]["name"], "framing": framing_of(params),
-                         "methods": [e.key for e in learner.history.experiences]})
+                         "methods": [e.key for e in learner.history.experiences],
+                         "learned": learned_card(learner.history)}, learner.trust)
     if path.is_file():
         return Detector(load_model_file(path, params, trust_pickle), size, 0.5, {"uri": ref})
     raise ConfigError(f"--model {ref!r} is not an MLflow URI (models:/NAME@ALIAS, runs:/ID/model), "
@@ -135,15 +159,20 @@ def load_mlflow_detector(ref: str, default_size: int = 128, trust_pickle: bool =
     else:  # the pyfunc over a pickled module: the module alone, not this installation's pyfunc class
         model = torch.load(_detector_artifact(ref, logged), map_location="cpu", weights_only=False)
     info.update(architecture=meta.get("architecture"), methods=meta.get("methods", []),
-                test_sets=meta.get("test_sets", {}), framing=meta.get("framing"))
-    return Detector(model.eval(), int(meta.get("image_size", default_size)), float(meta.get("threshold", 0.5)), info)
+                test_sets=meta.get("test_sets", {}), framing=meta.get("framing"), learned=meta.get("learned", []),
+                auc_forward_transfer=meta.get("auc_forward_transfer"))
+    trust = None
+    if "trust" in logged.flavors["python_function"].get("artifacts", {}):
+        trust = Trust.load(_detector_artifact(ref, logged, "trust"))  # safetensors and JSON: nothing unpickled
+    return Detector(model.eval(), int(meta.get("image_size", default_size)), float(meta.get("threshold", 0.5)),
+                    info, trust)
 
 
-def _detector_artifact(ref: str, logged) -> Path:
-    """The local path of a logged pyfunc's `detector` artifact (downloaded when remote)."""
+def _detector_artifact(ref: str, logged, name: str = "detector") -> Path:
+    """The local path of a logged pyfunc's artifact `name` (downloaded when remote)."""
     import mlflow
 
-    artifact = logged.flavors["python_function"]["artifacts"]["detector"]["path"]
+    artifact = logged.flavors["python_function"]["artifacts"][name]["path"]
     if Path(ref).is_dir():
         return Path(ref) / artifact
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{ref.rstrip('/')}/{artifact}"))
@@ -166,10 +195,23 @@ def scores(y: np.ndarray, p: np.ndarray, threshold: float = 0.5, videos: np.ndar
     return out
 
 
+def trust_scores(detector: Detector, y: np.ndarray, p_raw: np.ndarray, judged: list[dict]) -> dict:
+    """How sure the answers were: calibration error of the raw and the shown P(fake), the share
+    answered (not "uncertain") and their accuracy, the share flagged novel; {} for a model
+    without trust data."""
+    if detector.trust is None:
+        return {}
+    q = np.array([j["p_fake"] for j in judged])
+    out = {"ece_raw": ece(y, p_raw), "ece": ece(y, q)} | coverage(y, q, detector.trust.band)
+    if judged and "novel" in judged[0]:
+        out["novel_share"] = float(np.mean([j["novel"] for j in judged]))
+    return out
+
+
 def evaluate(detector: Detector, data: str, params: dict, roc_png: Path | None = None) -> dict:
     from dfcl.extraction import extract_dataset
 
-    size, threshold = detector.image_size, detector.threshold
+    size, threshold = detector.image_size, detector.shown_threshold
     framing = detector.info.get("framing") or framing_of(params)  # faces cut as the model's training faces
     params = {**params, "data": {**params["data"], "image_size": size},
               "faces": {**params["faces"], "margin": framing["margin"],
@@ -177,34 +219,78 @@ def evaluate(detector: Detector, data: str, params: dict, roc_png: Path | None =
     name = Path(data).resolve().name
     with tempfile.TemporaryDirectory() as tmp:
         extract_dataset(data, Path(tmp) / name, params, name)
-        per_method, ys, ps, vs = {}, [], [], []
+        per_method, ys, ps, vs, raws, judgements = {}, [], [], [], [], []
         for folder in sorted(p for p in (Path(tmp) / name).iterdir() if p.is_dir()):
             arrays = face_arrays(folder)
             x = np.concatenate([np.load(arrays[f"{s}_x"], mmap_mode="r") for s in SPLITS])
             y = np.concatenate([np.load(arrays[f"{s}_y"]) for s in SPLITS])
             v = np.concatenate([face_videos(arrays[f"{s}_x"]) for s in SPLITS])
-            p = fake_probabilities(detector.model, x).numpy()
-            per_method[folder.name] = scores(y, p, threshold, v)
+            raw, features = scores_and_features(detector.model, x)
+            judged = detector.judge(raw, features)
+            p = np.array([j["p_fake"] for j in judged], dtype=np.float32)
+            per_method[folder.name] = scores(y, p, threshold, v) | trust_scores(detector, y, raw, judged)
             ys.append(y)
             ps.append(p)
             vs.append(v)
+            raws.append(raw)
+            judgements += judged
     # Real faces shared by several methods (FF++ originals) count once per method there;
     # overall pools every method's faces as they were scored.
-    report = {"data": str(data), "image_size": size, "threshold": threshold, "methods": per_method,
-              "overall": scores(np.concatenate(ys), np.concatenate(ps), threshold, np.concatenate(vs))}
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    report = {"data": str(data), "image_size": size, "threshold": threshold, "calibrated": detector.trust is not None,
+              "band": None if detector.trust is None else list(detector.trust.band), "methods": per_method,
+              "overall": scores(y, p, threshold, np.concatenate(vs)) | trust_scores(detector, y, np.concatenate(raws), judgements)}
     if roc_png:
         plot_roc({m: (y, p) for m, y, p in zip(per_method, ys, ps)}, roc_png, report)
+        if detector.trust is not None:
+            report["reliability_plot"] = str(reliability_path(roc_png))
+            plot_reliability(y, np.concatenate(raws), p, reliability_path(roc_png))
     return report
 
 
 def table(report: dict) -> str:
-    """The report as a text table: one row per method, then overall."""
-    lines = [f"{'method':<28} {'faces':>6} {'accuracy':>8} {'bal acc':>7} {'AUC':>6} {'AP':>6} {'EER':>6} {'video AUC':>9}"]
+    """The report as a text table: one row per method, then overall (with trust data: calibration
+    error, and the share answered outside the "uncertain" band with its accuracy)."""
+    trust = report.get("calibrated")
+    head = f"{'method':<28} {'faces':>6} {'accuracy':>8} {'bal acc':>7} {'AUC':>6} {'AP':>6} {'EER':>6} {'video AUC':>9}"
+    lines = [head + (f" {'ECE':>5} {'answered':>8} {'acc answered':>12} {'novel':>5}" if trust else "")]
     for name, r in [*report["methods"].items(), ("overall", report["overall"])]:
         video = f"{r['video_auc']:>9.3f}" if "video_auc" in r else f"{'-':>9}"  # one face per video: = AUC
-        lines.append(f"{name:<28} {r['faces']:>6} {r['accuracy']:>8.3f} {r['balanced_accuracy']:>7.3f} "
-                     f"{r['auc']:>6.3f} {r['ap']:>6.3f} {r['eer']:>6.3f} {video}")
+        line = (f"{name:<28} {r['faces']:>6} {r['accuracy']:>8.3f} {r['balanced_accuracy']:>7.3f} "
+                f"{r['auc']:>6.3f} {r['ap']:>6.3f} {r['eer']:>6.3f} {video}")
+        if trust:
+            line += (f" {r['ece']:>5.3f} {r['coverage']:>8.3f} {r['answered_accuracy']:>12.3f}"
+                     f" {r.get('novel_share', float('nan')):>5.2f}")
+        lines.append(line)
+    if trust:
+        lo, hi = report["band"]
+        lines.append(f"answered: P(fake) below {lo:.2f} (real) or at least {min(hi, 1):.2f} (fake); between: uncertain. "
+                     "ECE: calibration error of the P(fake) shown (raw in the JSON)")
     return "\n".join(lines)
+
+
+def reliability_path(roc_png: Path) -> Path:
+    """x.roc.png -> x.reliability.png: the reliability diagram beside the ROC plot."""
+    return roc_png.with_name(roc_png.name.removesuffix(".png").removesuffix(".roc") + ".reliability.png")
+
+
+def plot_reliability(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, path: Path, bins: int = 10) -> None:
+    """Reliability diagram: the share of fakes against the mean P(fake) in each bin, raw and calibrated."""
+    from dfcl.plots import plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    edges = np.linspace(0, 1, bins + 1)
+    for label, p in (("raw", raw), ("calibrated", calibrated)):
+        which = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
+        keep = [b for b in range(bins) if (which == b).any()]
+        ax.plot([p[which == b].mean() for b in keep], [y[which == b].mean() for b in keep], "o-",
+                label=f"{label} (ECE {ece(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="mean P(fake) in the bin", ylabel="share of fakes in the bin", title="reliability")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_roc(curves: dict, path: Path, report: dict) -> None:

@@ -80,12 +80,20 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 def evidence(detector: Detector, result, top_frames: int) -> list[tuple[str, np.ndarray, np.ndarray | None, dict]]:
     """(name, heatmap overlay, predicted-mask overlay or None, the face's row) per face of a
-    photo, or per highest-scoring frame of a video (the `top_frames` frames with the highest P(fake))."""
+    photo, or per frame of a video that decided its verdict: the `top_frames` most suspicious
+    frames of a fake, the least suspicious of a real one, and both ends of an uncertain one."""
     if result.crops is None or not len(result.crops):
         return []
     pick = list(range(len(result.crops)))
     if result.kind == "video":
-        pick = sorted(pick, key=lambda k: -result.faces[k]["p_fake"])[:top_frames]
+        by_p = sorted(pick, key=lambda k: -result.faces[k]["p_fake"])
+        if result.verdict == "real":
+            pick = by_p[::-1][:top_frames]
+        elif result.verdict == "uncertain":
+            ends = by_p[:(top_frames + 1) // 2] + by_p[::-1][:top_frames // 2]
+            pick = list(dict.fromkeys(ends))
+        else:
+            pick = by_p[:top_frames]
     heat = heatmaps(detector, result.crops[pick])
     forged = masks(detector, result.crops[pick])
     out = []

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import time
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,7 @@ from dfcl.results import (matrix_forgetting, matrix_forward_transfer, strategy_r
                           values_before_learning)
 from dfcl.sbi import SelfBlendedFakes
 from dfcl.strategies import build_strategy, make_optimizer, pick_device
+from dfcl.trust import TRUST_FILE, Trust, fit_trust
 
 
 @dataclass
@@ -49,6 +51,7 @@ class ExperienceSpec:
     val_y: str = ""
     digest: str = ""  # once learned: SHA-256 of its pinned arrays (dfcl.pinning), and their sizes
     faces: dict = field(default_factory=dict)
+    learned_at: str = ""  # once learned: when (UTC, ISO 8601), for the model card
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Learner:
         self.folder, self.params, self.root = Path(folder), params, Path(root)
         self.strategy = build_strategy(params)
         self.history = History(identity=identity_of(params))
+        self.trust: Trust | None = None  # calibration, band, feature space (dfcl.trust): refit after each experience
 
     # -- persistence ---------------------------------------------------------------
     def _state(self) -> Path | None:
@@ -118,6 +122,8 @@ class Learner:
             # Saved before the upper triangle: square lower-triangular matrices, one column per experience.
             columns=data.get("columns") or [[e.key, e.version] for e in experiences],
             threshold=data.get("threshold", 0.5), identity=saved)
+        if (state / TRUST_FILE).is_file():  # learners saved before dfcl.trust have none until their next experience
+            learner.trust = Trust.load(state / TRUST_FILE)
         device = pick_device(params["train"]["device"])
         learner.strategy, done = maybe_load_checkpoint(learner.strategy, str(state / cls.CHECKPOINT),
                                                        map_location=device)
@@ -151,6 +157,8 @@ class Learner:
         save_checkpoint(self.strategy, str(state / self.CHECKPOINT), exclude=["optimizer"])
         torch.save(self.strategy.optimizer.state_dict(), state / self.OPTIMIZER)
         (state / self.HISTORY).write_text(json.dumps(asdict(self.history), indent=1))
+        if self.trust is not None:
+            self.trust.save(state / TRUST_FILE)
         tmp = self.folder / (self.CURRENT + ".tmp")
         tmp.write_text(state.name + "\n")
         tmp.replace(self.folder / self.CURRENT)
@@ -226,9 +234,26 @@ class Learner:
             stopper.faces = self._validation_faces(experiences)
         self.strategy.train(bench.train_stream[index], num_workers=self.params["train"]["num_workers"],
                             persistent_workers=self.params["train"]["num_workers"] > 0)
+        spec.learned_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.history.experiences.append(spec)
         self.history.threshold = self.calibrate(experiences)
+        self.trust = self.fit_trust(experiences)
         return self._evaluate(bench, ahead)
+
+    def fit_trust(self, experiences: list[ExperienceSpec]) -> Trust:
+        """Calibration, the uncertain band and the feature space of everything learned (dfcl.trust)."""
+        splits = []
+        for e in experiences:
+            paths = {"train": (e.train_x, e.train_y), "val": (e.val_x, e.val_y), "test": (e.test_x, e.test_y)}
+            splits.append((e.key, {k: (self.root / x, self.root / y) for k, (x, y) in paths.items()
+                                   if x and (self.root / x).is_file()}))
+        with self._rng_kept():
+            return fit_trust(self.strategy.model, splits, self.history.threshold, self.params["trust"],
+                             self.strategy.device, self.params["train"]["seed"])
+
+    def trust_results(self) -> dict:
+        """What the trust fit measured (dfcl.trust.measured) and its settings, for results and MLflow."""
+        return {"trust": self.trust.summary()} if self.trust is not None else {}
 
     def _align_columns(self, plan: list[ExperienceSpec]) -> None:
         """A cell measured before its method was learned keeps its column only while that column
@@ -292,7 +317,7 @@ class Learner:
         vid = h.video_auc_matrix[-1] if h.video_auc_matrix else None
         return (summarize(h.experiences, acc[-1], auc[-1], forgetting=forgetting, bwt=-forgetting,
                           row_bal=bal, threshold=h.threshold, row_video_auc=vid)
-                | self.metric_forgetting() | self.forward_transfer())
+                | self.metric_forgetting() | self.forward_transfer() | self.trust_results())
 
     def _evaluate(self, bench, ahead: list[ExperienceSpec] = ()) -> dict:
         """Evaluate on every learned experience, then on the upcoming ones (`ahead`, after them in
@@ -323,7 +348,7 @@ class Learner:
         return summarize(self.history.experiences, row_acc, row_auc,
                          forgetting=0.0 if math.isnan(forgetting) else forgetting,
                          bwt=0.0 if math.isnan(bwt) else bwt, row_bal=row_bal, threshold=self.history.threshold,
-                         row_video_auc=row_vid) | self.metric_forgetting() | self.forward_transfer()
+                         row_video_auc=row_vid) | self.metric_forgetting() | self.forward_transfer() | self.trust_results()
 
     def metric_forgetting(self) -> dict:
         """Forgetting in AUC and balanced accuracy, beside Avalanche's accuracy forgetting."""

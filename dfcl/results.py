@@ -35,6 +35,18 @@ def values_before_learning(matrix: list[list[float]], keys: list[str]) -> dict[s
             if j < len(matrix[j - 1]) and not math.isnan(matrix[j - 1][j])}
 
 
+def learned_card(history) -> list[dict]:
+    """Each learned method for the model card: when it was learned, its test AUC now, and its AUC
+    measured just before it was learned (what the model did on it while it was still unseen)."""
+    keys = [e.key for e in history.experiences]
+    now = history.auc_matrix[-1] if history.auc_matrix else []
+    before = values_before_learning(history.auc_matrix, keys)
+    return [{"method": e.key, "learned_at": e.learned_at or None,
+             "test_auc": None if i >= len(now) or math.isnan(now[i]) else round(now[i], 4),
+             "auc_before_learning": None if e.key not in before else round(before[e.key], 4)}
+            for i, e in enumerate(history.experiences)]
+
+
 def summarize(experiences: list, row_acc: list[float], row_auc: list[float],
               forgetting: float = math.nan, bwt: float = math.nan, row_bal: list[float] | None = None,
               threshold: float = 0.5, row_video_auc: list[float] | None = None) -> dict:

@@ -30,14 +30,15 @@ def log_dataset_inputs(specs, context: str) -> None:
 
 
 def log_detector(model: torch.nn.Module, image_size: int, threshold: float, metadata: dict,
-                 registered_model: str | None = None, architecture: dict | None = None):
+                 registered_model: str | None = None, architecture: dict | None = None, trust=None):
     """Log a detector in the active run as an MLflow pyfunc (models/pyfunc.py) over its weights:
     a safetensors state dict plus the architecture's registry name and constructor arguments
     (`architecture`, by default what models.create_model recorded on the model), never a
     pickle. `mlflow models serve` takes uint8 face crops and answers P(fake); dfcl builds the
     torch module itself (dfcl.evaluate.load_mlflow_detector). `metadata` is open: every key
-    goes into the model's MLflow metadata. Registered as a new version of `registered_model`
-    when given. Returns MLflow's ModelInfo."""
+    goes into the model's MLflow metadata. `trust` (dfcl.trust.Trust): its file becomes the
+    `trust` artifact (the pyfunc calibrates with it) and its summary the `trust` metadata.
+    Registered as a new version of `registered_model` when given. Returns MLflow's ModelInfo."""
     import safetensors
 
     from models.pyfunc import WEIGHTS_FILE, WEIGHTS_FORMAT, architecture_of, save_weights
@@ -49,9 +50,14 @@ def log_detector(model: torch.nn.Module, image_size: int, threshold: float, meta
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, image_size, image_size, 3))]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
     with tempfile.TemporaryDirectory() as tmp:
-        weights = save_weights(model, Path(tmp) / WEIGHTS_FILE, architecture)
+        artifacts = {"detector": str(save_weights(model, Path(tmp) / WEIGHTS_FILE, architecture))}
+        if trust is not None:
+            from dfcl.trust import TRUST_FILE
+
+            artifacts["trust"] = str(trust.save(Path(tmp) / TRUST_FILE))
+            metadata = {**metadata, "trust": trust.summary()}
         return mlflow.pyfunc.log_model(
-            name="model", python_model=str(MODELS_DIR / "pyfunc.py"), artifacts={"detector": str(weights)},
+            name="model", python_model=str(MODELS_DIR / "pyfunc.py"), artifacts=artifacts,
             code_paths=[str(MODELS_DIR)], signature=signature,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", f"safetensors=={safetensors.__version__}",
                               f"mlflow=={mlflow.__version__}"],

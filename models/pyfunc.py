@@ -1,7 +1,9 @@
 """The registered detector as an MLflow pyfunc: what `mlflow models serve` answers with.
 
 Input: uint8 RGB face crops (N, H, W, 3) at the model's input size (its `image_size`
-metadata); output: P(fake) per crop. The decision threshold travels in the model's metadata.
+metadata); output: calibrated P(fake) per crop (Platt scaling fit on validation faces, the
+`trust` artifact: dfcl/trust.py). The model's cut on that scale and its "uncertain" band travel
+in the metadata (`trust.threshold`, `trust.band`); `threshold` is the same cut on the raw scale.
 It lives in `models/` because that folder ships with every logged model (code_paths): a
 serving machine needs only torch, timm, safetensors and mlflow, not deepfake-cl.
 
@@ -73,13 +75,32 @@ def load_weights(path: str | Path) -> torch.nn.Module:
     return model.eval()
 
 
+def platt(p: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Platt scaling of P(fake): sigmoid(a * logit(p) + b) (dfcl.trust.Calibration; here so that
+    serving needs no deepfake-cl)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return (1 / (1 + np.exp(-(a * np.log(p / (1 - p)) + b)))).astype(np.float32)
+
+
+def read_calibration(path: str | Path) -> tuple[float, float]:
+    """(a, b) from a trust file's JSON header (no tensor read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        c = json.loads((f.metadata() or {})["json"])["calibration"]
+    return float(c["a"]), float(c["b"])
+
+
 class FaceCropClassifier(mlflow.pyfunc.PythonModel):
     def __init__(self, batch_size: int = 64):
         self.batch_size = batch_size
         self.model: torch.nn.Module | None = None
+        self.calibration = (1.0, 0.0)
 
     def load_context(self, context):
         self.model = load_weights(context.artifacts["detector"])
+        if "trust" in context.artifacts:  # versions registered before calibration answer raw P(fake)
+            self.calibration = read_calibration(context.artifacts["trust"])
 
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         faces = np.asarray(model_input)
@@ -91,7 +112,7 @@ class FaceCropClassifier(mlflow.pyfunc.PythonModel):
                 x = torch.from_numpy(np.ascontiguousarray(faces[start:start + self.batch_size], dtype=np.uint8))
                 x = x.permute(0, 3, 1, 2).float().div_(255)  # every model normalises [0, 1] input itself
                 out.append(torch.softmax(self.model(x).float(), 1)[:, 1])
-        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+        return platt(torch.cat(out).numpy(), *self.calibration) if out else np.zeros(0, np.float32)
 
 
 # Models-from-code: MLflow runs this file to get the model it logs and serves.

@@ -20,4 +20,11 @@ def log_experience_metrics(results: dict, step: int) -> None:
     # NaN until a method was measured before it was learned: left out rather than logged as NaN.
     metrics |= {k: results[k] for k in ("auc_forward_transfer", "forward_transfer")
                 if not math.isnan(results.get(k, math.nan))}
+    # How sure its answers are (dfcl.trust): calibration error before/after, coverage of the band,
+    # attribution accuracy, on validation and test faces of the learned methods.
+    trust = results.get("trust", {})
+    metrics |= {f"trust/{k}": v for k, v in trust.items()
+                if isinstance(v, float) and not math.isnan(v)}
+    if "band" in trust:
+        metrics |= {"trust/band_lo": trust["band"][0], "trust/band_hi": trust["band"][1]}
     mlflow.log_metrics(metrics, step=step)

@@ -1,4 +1,5 @@
 import copy
+import math
 
 import mlflow
 import torch
@@ -8,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dfcl.faces import framing_of
 from dfcl.learner import Learner
+from dfcl.results import learned_card
 from dfcl.tracking import log_detector, log_matrices
 from models.pyfunc import architecture_of
 
@@ -30,14 +32,21 @@ def register_challenger(learner: Learner, results: dict, registered_model: str) 
                  for e in learner.history.experiences}
     info = log_detector(model, learner.params["data"]["image_size"], learner.history.threshold,
                         {"methods": results["methods"], "test_sets": test_sets,
-                         "framing": framing_of(learner.params)}, registered_model, architecture)
+                         "framing": framing_of(learner.params), "learned": learned_card(learner.history),
+                         "auc_forward_transfer": _number(results.get("auc_forward_transfer"))},
+                        registered_model, architecture, trust=learner.trust)
     version = str(info.registered_model_version)
     client = MlflowClient()
     run = mlflow.active_run().info.run_id
-    for key in ("avg_accuracy", "avg_balanced_accuracy", "avg_auc", "forgetting", "bwt", "threshold"):
-        if key in results:
+    for key in ("avg_accuracy", "avg_balanced_accuracy", "avg_auc", "forgetting", "auc_forgetting", "bwt", "threshold"):
+        if _number(results.get(key)) is not None:
             client.set_model_version_tag(registered_model, version, key, f"{results[key]:.4f}")
     client.set_model_version_tag(registered_model, version, "methods", ",".join(results["methods"]))
     client.set_registered_model_alias(registered_model, "challenger", version)
     get_run_logger().info("registered %s version %s as 'challenger' (run %s)", registered_model, version, run)
     return version
+
+
+def _number(value) -> float | None:
+    """A figure for metadata and tags: None when missing or NaN (JSON has no NaN)."""
+    return None if value is None or math.isnan(value) else float(value)

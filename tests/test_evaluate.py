@@ -70,8 +70,16 @@ def test_evaluate_a_learner_and_a_torch_file_on_a_folder(workspace, demo_data, t
     assert torch.allclose(load_detector(str(tmp_path / "state.pt"), params, workspace.root).model(x), again.model(x), atol=1e-6)
     save_weights(detector.model, tmp_path / "model.safetensors", detector.model.created_as)
     assert torch.allclose(load_detector(str(tmp_path / "model.safetensors"), params, workspace.root).model(x), again.model(x), atol=1e-6)
-    again = Detector(again.model, again.image_size, detector.threshold)
-    assert evaluate(again, str(demo_data / "BlendSwap"), params)["overall"] == report["overall"]
+    assert detector.trust is not None and report["calibrated"], "the learner's calibration travels"
+    assert {"ece", "ece_raw", "coverage", "answered_accuracy"} <= set(r)
+    assert (tmp_path / "roc.reliability.png").stat().st_size > 1000
+    same = Detector(again.model, again.image_size, detector.threshold, trust=detector.trust)
+    assert evaluate(same, str(demo_data / "BlendSwap"), params)["overall"] == report["overall"]
+    raw = evaluate(Detector(again.model, again.image_size, detector.threshold), str(demo_data / "BlendSwap"), params)
+    assert not raw["calibrated"] and "ece" not in raw["overall"]
+    # calibration is monotone: the ranking, so the AUC, and every answer at the threshold are kept
+    assert raw["overall"]["auc"] == pytest.approx(report["overall"]["auc"], abs=1e-4)
+    assert raw["overall"]["accuracy"] == pytest.approx(report["overall"]["accuracy"], abs=1e-6)
     with pytest.raises(ValueError, match="not an MLflow URI"):
         load_detector(str(tmp_path / "nothing-here"), params, workspace.root)
 

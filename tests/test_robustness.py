@@ -155,7 +155,7 @@ def test_pixel_limits_come_from_the_header_before_anything_is_decoded(files, tmp
     assert video.status == 413 and "64x48" in video.error and "api.max_video_pixels" in video.error
     cap, problem = open_video(files["video"], max_pixels=1000)
     assert cap is None and problem.status == 413
-    assert stub_scorer(params).detect(files["face"], "always").verdict in ("fake", "real")
+    assert stub_scorer(params).detect(files["face"], "always").verdict in ("fake", "real", "uncertain")
 
 
 def test_a_video_of_unknown_length_is_counted_only_up_to_the_limit(files):

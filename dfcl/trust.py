@@ -1,0 +1,307 @@
+"""How far a verdict can be trusted: calibrated P(fake), an "uncertain" band, and whether a face
+is like anything the model learned (and which learned method a fake resembles).
+
+All of it is fit after each experience on faces the model has not trained on in that pass, by
+`fit_trust`, and travels with the model as one safetensors file (tensors plus a JSON header:
+nothing is ever unpickled):
+
+- calibration: Platt scaling of the logit of P(fake), fit on the validation faces of every
+  method so far (sklearn's logistic regression on one feature). It is monotone, so AUC and every
+  decision at the model's threshold are unchanged; a calibrated 0.8 means fake about 80% of the
+  time on those faces (whose class mix, about two fakes per real in FF++, it also learns).
+- band: on calibrated validation scores, the lowest cut whose "fake" answers reach
+  `trust.precision` and the highest whose "real" answers do; between them a face is
+  "uncertain". Hand-written: no library chooses a two-sided abstention band.
+- feature space: the penultimate features (the input of the model's `head`, the registry's
+  contract) projected by PCA, with one within-class covariance (Ledoit-Wolf shrinkage, sklearn)
+  and a mean per class (real, and each learned method's fakes): the distance to the nearest class
+  mean (Mahalanobis, Lee et al. 2018) is the novelty score, flagged above the
+  `trust.novelty_quantile` of validation faces; the nearest fake class is the attribution.
+  Mahalanobis with a tied covariance keeps the state small (a few hundred KB) and needs no stored
+  faces, where k-NN would keep thousands of feature vectors.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_calibration_error
+
+TRUST_FORMAT = "dfcl-trust-1"
+TRUST_FILE = "trust.safetensors"
+EPS = 1e-6
+
+
+def logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def ece(y, p, bins: int = 15) -> float:
+    """Expected calibration error (torchmetrics, equal-width bins); NaN without faces."""
+    if len(y) == 0:
+        return math.nan
+    return float(binary_calibration_error(torch.as_tensor(np.asarray(p), dtype=torch.float32),
+                                          torch.as_tensor(np.asarray(y)).long(), n_bins=bins))
+
+
+@dataclass
+class Calibration:
+    """P(fake) -> sigmoid(a * logit(P) + b). The identity (a=1, b=0) for an uncalibrated model."""
+    a: float = 1.0
+    b: float = 0.0
+
+    def __call__(self, p) -> np.ndarray:
+        from models.pyfunc import platt  # the serving copy of the formula: one definition
+
+        return platt(p, self.a, self.b)
+
+
+def fit_calibration(y, p) -> Calibration:
+    """Platt scaling on validation faces; the identity when they hold one class only, or when the
+    fit would turn the scores around (a <= 0: a model no better than chance there)."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y)
+    if len(y) < 2 or y.min() == y.max():
+        return Calibration()
+    fit = LogisticRegression(C=1e4).fit(logit(p)[:, None], y)
+    a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    return Calibration(a, b) if a > 0 else Calibration()
+
+
+def choose_band(y, p, precision: float, threshold: float) -> tuple[float, float]:
+    """(lo, hi) on calibrated P(fake): "fake" at or above hi, "real" below lo, "uncertain" between.
+    hi is the lowest cut at or above `threshold` whose fake answers are right at least `precision`
+    of the time on these faces, lo the highest at or below it for real answers. A side that never
+    reaches it gets no answers (hi above 1, lo 0): the model then says "uncertain" there."""
+    y, p = np.asarray(y), np.asarray(p, dtype=np.float64)
+    hi, lo = 1.0 + EPS, 0.0
+    for t in np.unique(p[p >= threshold]):  # ascending: the first that reaches it answers the most
+        called = p >= t
+        if y[called].mean() >= precision:
+            hi = float(t)
+            break
+    for t in np.unique(p[p <= threshold])[::-1]:  # descending
+        called = p < t
+        if called.any() and (1 - y[called]).mean() >= precision:
+            lo = float(t)
+            break
+    return lo, hi
+
+
+def answer(p: float, band: tuple[float, float]) -> str:
+    lo, hi = band
+    return "fake" if p >= hi else "real" if p < lo else "uncertain"
+
+
+def coverage(y, p, band: tuple[float, float]) -> dict:
+    """Share of faces answered (not uncertain) and the accuracy of those answers."""
+    y, p = np.asarray(y), np.asarray(p)
+    lo, hi = band
+    fake, real = p >= hi, p < lo
+    answered = fake | real
+    right = (fake & (y == 1)) | (real & (y == 0))
+    return {"coverage": float(answered.mean()) if len(y) else math.nan,
+            "answered_accuracy": float(right.sum() / answered.sum()) if answered.any() else math.nan}
+
+
+@dataclass
+class FeatureSpace:
+    """PCA of penultimate features, whitened by the within-class covariance, with class means."""
+    mean: np.ndarray          # (D,) feature mean
+    projection: np.ndarray    # (D, k): PCA then whitening; distances in this space are Mahalanobis
+    centres: np.ndarray       # (C, k) class means, projected
+    classes: list[str]        # "real", then each learned method (its fakes)
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        return (np.asarray(features, np.float64) - self.mean) @ self.projection
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """(N, C) Mahalanobis distances to each class mean."""
+        z = self.project(features)
+        return np.sqrt(((z[:, None, :] - self.centres[None]) ** 2).sum(-1))
+
+
+def fit_feature_space(features: np.ndarray, labels: np.ndarray, classes: list[str], components: int) -> FeatureSpace:
+    from sklearn.covariance import LedoitWolf
+    from sklearn.decomposition import PCA
+
+    features = np.asarray(features, np.float64)
+    k = int(min(components, features.shape[1], len(features) - 1))
+    pca = PCA(n_components=k, random_state=0).fit(features)
+    z = pca.transform(features)
+    present = sorted(set(labels.tolist()))
+    centres = np.stack([z[labels == c].mean(0) for c in present])
+    within = z - centres[np.searchsorted(present, labels)]
+    cov = LedoitWolf().fit(within).covariance_
+    values, vectors = np.linalg.eigh(cov)
+    whiten = vectors / np.sqrt(np.maximum(values, EPS))
+    projection = pca.components_.T @ whiten
+    return FeatureSpace(pca.mean_, projection, centres @ whiten, [classes[c] for c in present])
+
+
+@dataclass
+class Trust:
+    """Everything a verdict's confidence rests on; `fit_trust` makes it, `save`/`load` keep it."""
+    calibration: Calibration = field(default_factory=Calibration)
+    threshold: float = 0.5            # the model's decision cut, on calibrated P(fake)
+    band: tuple[float, float] = (0.5, 0.5)
+    precision: float = 0.95
+    novelty_threshold: float = math.inf   # novelty scores above it: unlike anything learned
+    space: FeatureSpace | None = None
+    report: dict = field(default_factory=dict)   # what was measured when it was fit (validation and test)
+
+    @property
+    def calibrated(self) -> bool:
+        return (self.calibration.a, self.calibration.b) != (1.0, 0.0)
+
+    def judge(self, p_raw: np.ndarray, features: np.ndarray | None) -> list[dict]:
+        """Per face: calibrated P(fake), the three-way verdict, novelty and the nearest learned method."""
+        p = self.calibration(p_raw)
+        out = [{"p_fake": float(q), "verdict": answer(float(q), self.band)} for q in p]
+        if self.space is not None and features is not None and len(out):
+            d = self.space.distances(features)
+            fakes = [i for i, c in enumerate(self.space.classes) if c != "real"]
+            for row, dist in zip(out, d):
+                score = float(dist.min())
+                row["novelty"] = round(score, 3)
+                row["novel"] = bool(score > self.novelty_threshold)
+                if fakes:
+                    near = np.exp(-0.5 * (dist[fakes] ** 2 - dist[fakes].min() ** 2))
+                    near /= near.sum()
+                    best = int(np.argmax(near))
+                    row["resembles"] = {"method": self.space.classes[fakes[best]], "similarity": round(float(near[best]), 3)}
+        return out
+
+    def summary(self) -> dict:
+        """The scalars, for MLflow metadata, model cards and answers."""
+        return {"calibration": asdict(self.calibration), "threshold": round(self.threshold, 4),
+                "band": [round(self.band[0], 4), min(round(self.band[1], 4), 1.0)], "precision": self.precision,
+                "novelty_threshold": None if math.isinf(self.novelty_threshold) else round(self.novelty_threshold, 3),
+                "classes": self.space.classes if self.space else [], **self.report}
+
+    def save(self, path: Path) -> Path:
+        from safetensors.numpy import save_file
+
+        tensors = {}
+        if self.space is not None:
+            tensors = {k: np.ascontiguousarray(getattr(self.space, k), np.float32) for k in ("mean", "projection", "centres")}
+        header = {"calibration": asdict(self.calibration), "threshold": self.threshold, "band": list(self.band),
+                  "precision": self.precision, "novelty_threshold": None if math.isinf(self.novelty_threshold)
+                  else self.novelty_threshold, "classes": self.space.classes if self.space else [], "report": self.report}
+        # safetensors refuses an empty file: one placeholder tensor when there is no feature space
+        save_file(tensors or {"none": np.zeros(1, np.float32)}, str(path),
+                  metadata={"format": TRUST_FORMAT, "json": json.dumps(header)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Trust":
+        """A trust file, checked as untrusted input (it may come from a registry): its header must
+        be the format's JSON with numbers where numbers go, and the tensors' shapes must agree."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "np") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != TRUST_FORMAT:
+                    raise ValueError(f"{path} is not a trust file (format {meta.get('format')!r})")
+                h = json.loads(meta["json"])
+                space = None
+                if "centres" in f.keys():
+                    space = FeatureSpace(*(f.get_tensor(k).astype(np.float64) for k in ("mean", "projection", "centres")),
+                                         classes=[str(c) for c in h["classes"]])
+            nt = h["novelty_threshold"]
+            trust = cls(Calibration(float(h["calibration"]["a"]), float(h["calibration"]["b"])), float(h["threshold"]),
+                        (float(h["band"][0]), float(h["band"][1])), float(h["precision"]),
+                        math.inf if nt is None else float(nt), space, dict(h.get("report", {})))
+        except (SafetensorError, KeyError, TypeError, IndexError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a valid trust file ({type(e).__name__}: {e})") from None
+        if space is not None:
+            d, k = space.projection.shape
+            if space.mean.shape != (d,) or space.centres.shape != (len(space.classes), k):
+                raise ValueError(f"{path}: the feature space's shapes disagree")
+        return trust
+
+
+@torch.no_grad()
+def scores_and_features(model: torch.nn.Module, faces, device="cpu", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Raw P(fake) and penultimate features (the input of `model.head`) of uint8 faces (N, H, W, 3)."""
+    from dfcl.metrics import fake_probabilities
+
+    caught = []
+    hook = model.head.register_forward_hook(lambda m, args, out: caught.append(args[0].detach().float().cpu()))
+    try:
+        p = fake_probabilities(model, faces, device, batch_size).numpy()
+    finally:
+        hook.remove()
+    features = torch.cat(caught).flatten(1).numpy() if caught else np.zeros((0, 0), np.float32)
+    return p, features
+
+
+def _sample(n: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k]) if k and n > k else np.arange(n)
+
+
+def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]], threshold_raw: float,
+              settings: dict, device="cpu", seed: int = 0) -> Trust:
+    """Trust for `model` after learning `experiences` [(method, {"train"|"val"|"test": (images, labels)})]:
+    the feature space from up to `fit_faces` training faces per method and class, calibration, band
+    and novelty threshold from the validation faces, and the same figures measured on the test faces."""
+    def load(paths, cap=0):
+        x, y = np.load(paths[0], mmap_mode="r"), np.load(paths[1])
+        keep = _sample(len(y), cap, seed)
+        return x[keep], y[keep]
+
+    fit_f, fit_l, val, test = [], [], [], []
+    for i, (method, splits) in enumerate(experiences):
+        if "train" in splits:
+            x, y = load(splits["train"])
+            for c in (0, 1):
+                idx = np.flatnonzero(y == c)[_sample(int((y == c).sum()), settings["fit_faces"], seed + i)]
+                if len(idx):
+                    _, f = scores_and_features(model, x[idx], device)
+                    fit_f.append(f)
+                    fit_l.append(np.full(len(idx), i + 1 if c else 0))
+        for split, into in (("val", val), ("test", test)):
+            if split in splits:
+                x, y = load(splits[split])
+                p, f = scores_and_features(model, x, device)
+                into.append((method, y, p, f))
+    classes = ["real"] + [m for m, _ in experiences]
+    space = fit_feature_space(np.concatenate(fit_f), np.concatenate(fit_l), classes, settings["components"]) if fit_f else None
+    trust = Trust(precision=settings["precision"], space=space)
+    if not val:
+        return trust
+    vy, vp = np.concatenate([v[1] for v in val]), np.concatenate([v[2] for v in val])
+    trust.calibration = fit_calibration(vy, vp)
+    trust.threshold = float(trust.calibration(np.array([threshold_raw]))[0])
+    trust.band = choose_band(vy, trust.calibration(vp), settings["precision"], trust.threshold)
+    if space is not None:
+        vf = np.concatenate([v[3] for v in val])
+        trust.novelty_threshold = float(np.quantile(space.distances(vf).min(1), settings["novelty_quantile"]))
+    trust.report = measured(trust, val, "val") | measured(trust, test, "test")
+    return trust
+
+
+def measured(trust: Trust, sets: list, split: str) -> dict:
+    """ECE before and after calibration, coverage and accuracy on the answered, and attribution
+    accuracy of the fakes (top-1 nearest learned method) on `sets` [(method, y, p, features)]."""
+    if not sets:
+        return {}
+    y, p = np.concatenate([s[1] for s in sets]), np.concatenate([s[2] for s in sets])
+    q = trust.calibration(p)
+    out = {f"{split}_ece_raw": ece(y, p), f"{split}_ece": ece(y, q)}
+    out |= {f"{split}_{k}": v for k, v in coverage(y, q, trust.band).items()}
+    if trust.space is not None and len(trust.space.classes) > 2:  # attribution: two learned methods at least
+        judged = [(method, trust.judge(np.full(int((y == 1).sum()), 0.5), f[y == 1]))
+                  for method, y, _, f in sets if method in trust.space.classes]
+        total = sum(len(j) for _, j in judged)
+        if total:
+            out[f"{split}_attribution_accuracy"] = sum(r["resembles"]["method"] == m for m, j in judged for r in j) / total
+    # NaN (nothing answered, no faces) becomes None: JSON, MLflow metadata and the API have no NaN.
+    return {k: (None if math.isnan(v) else round(v, 4)) if isinstance(v, float) else v for k, v in out.items()}

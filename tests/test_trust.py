@@ -1,0 +1,143 @@
+"""dfcl.trust on score and feature distributions whose answers are known."""
+import math
+
+import numpy as np
+import pytest
+
+from dfcl.trust import (Calibration, Trust, choose_band, coverage, ece, fit_calibration, fit_feature_space, logit)
+
+
+def overconfident(n: int, seed: int):
+    """Labels drawn with probability q, reported as sigmoid(4 logit q): far too sure."""
+    rng = np.random.default_rng(seed)
+    q = rng.uniform(0.05, 0.95, n)
+    y = (rng.uniform(size=n) < q).astype(int)
+    p = 1 / (1 + np.exp(-4 * logit(q)))
+    return y, p
+
+
+def test_platt_scaling_lowers_the_calibration_error_of_an_overconfident_model():
+    y, p = overconfident(3000, 0)
+    calibration = fit_calibration(y, p)
+    assert 0.15 < calibration.a < 0.4  # undoes the factor 4
+    y2, p2 = overconfident(3000, 1)  # fresh faces of the same model
+    before, after = ece(y2, p2), ece(y2, calibration(p2))
+    assert before > 0.15 and after < 0.04, (before, after)
+    # monotone: every ranking, so the AUC, is kept
+    assert (np.argsort(calibration(p2), kind="stable") == np.argsort(p2, kind="stable")).all()
+
+
+def test_calibration_of_one_class_or_a_reversed_model_is_the_identity():
+    assert fit_calibration(np.ones(10), np.linspace(0.1, 0.9, 10)) == Calibration()
+    y = np.array([0, 1] * 50)
+    assert fit_calibration(y, np.where(y == 1, 0.2, 0.8)) == Calibration()
+
+
+def test_the_band_reaches_its_precision_on_each_side_and_leaves_the_middle_uncertain():
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        y = rng.uniform(size=n) < 0.6
+        s = np.where(y, rng.normal(1.0, 1.0, n), rng.normal(-1.0, 1.0, n))
+        return y.astype(int), 1 / (1 + np.exp(-s))
+
+    y, p = draw(4000)
+    lo, hi = choose_band(y, p, 0.95, threshold=0.5)
+    assert lo < 0.5 < hi
+    y2, p2 = draw(4000)
+    fake, real = p2 >= hi, p2 < lo
+    assert y2[fake].mean() >= 0.93 and (1 - y2[real]).mean() >= 0.93  # held-out draw, small sampling slack
+    c = coverage(y2, p2, (lo, hi))
+    assert 0.3 < c["coverage"] < 0.9 and c["answered_accuracy"] >= 0.93
+    # a coin flip never reaches 0.95: no answers at all, rather than wrong ones
+    coin_y, coin_p = rng.integers(0, 2, 1000), rng.uniform(size=1000)
+    lo, hi = choose_band(coin_y, coin_p, 0.95, 0.5)
+    assert coverage(coin_y, coin_p, (lo, hi))["coverage"] < 0.05
+
+
+def clusters(rng, centres, n):
+    return np.concatenate([rng.normal(c, 1.0, (n, 32)) for c in centres]), np.repeat(np.arange(len(centres)), n)
+
+
+def test_novelty_flags_an_unlearned_cluster_and_attribution_names_the_nearest_method(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = [np.zeros(32), np.r_[4, np.zeros(31)], np.r_[0, 4, np.zeros(30)]]
+    f, labels = clusters(rng, centres, 300)
+    space = fit_feature_space(f, labels, ["real", "A", "B"], components=32)  # all: PCA is a rotation here
+    val, _ = clusters(rng, centres, 100)
+    trust = Trust(space=space, band=(0.3, 0.7),
+                  novelty_threshold=float(np.quantile(space.distances(val).min(1), 0.95)))
+    learned, which = clusters(rng, centres, 100)
+    unseen = rng.normal(np.r_[0, 0, 6, np.zeros(29)], 1.0, (300, 32))
+    seen_rate = np.mean([r["novel"] for r in trust.judge(np.full(len(learned), 0.9), learned)])
+    unseen_rate = np.mean([r["novel"] for r in trust.judge(np.full(len(unseen), 0.9), unseen)])
+    assert seen_rate < 0.1 and unseen_rate > 0.8, (seen_rate, unseen_rate)
+    fakes = trust.judge(np.full(200, 0.9), learned[which > 0])
+    right = np.mean([r["resembles"]["method"] == "AB"[w - 1] for r, w in zip(fakes, which[which > 0])])
+    assert right > 0.9
+    # what travels with the model: the same judgements after a save and load
+    again = Trust.load(trust.save(tmp_path / "trust.safetensors"))
+    mixed = np.concatenate([learned[:25], unseen[:25]])
+    before, after = trust.judge(np.full(50, 0.5), mixed), again.judge(np.full(50, 0.5), mixed)
+    assert [(r["novel"], r["resembles"]["method"], r["verdict"]) for r in before] == \
+        [(r["novel"], r["resembles"]["method"], r["verdict"]) for r in after]
+    assert [r["novelty"] for r in after] == pytest.approx([r["novelty"] for r in before], abs=2e-3)
+
+
+def test_a_trust_file_that_is_not_one_is_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(1, np.float32)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a trust file"):
+        Trust.load(tmp_path / "other.safetensors")
+    assert math.isinf(Trust().novelty_threshold) and Trust().judge(np.array([0.7]), None)[0]["verdict"] == "fake"
+
+
+def test_the_learner_fits_trust_after_each_experience_and_it_travels(demo_data, tmp_path):
+    from dfcl.evaluate import load_detector
+    from dfcl.learner import Learner
+    from tests.conftest import small_params
+    from tests.test_learner import specs_for
+
+    params = small_params("train.epochs=2")
+    first, second = specs_for(demo_data, tmp_path, ["BlendSwap", "GANUpsample"])
+    learner = Learner(tmp_path / "learner", params, tmp_path)
+    learner.learn(first)
+    assert learner.trust.space.classes == ["real", "BlendSwap"]
+    results = learner.learn(second)
+    trust = results["trust"]
+    assert trust["classes"] == ["real", "BlendSwap", "GANUpsample"]
+    assert {"val_ece", "val_ece_raw", "test_ece", "test_coverage", "test_attribution_accuracy"} <= set(trust)
+    assert trust["band"][0] <= trust["threshold"] <= trust["band"][1]
+    assert learner.history.experiences[0].learned_at.startswith("20")
+    learner.save()
+    detector = load_detector(str(tmp_path / "learner"), params, tmp_path)
+    assert detector.trust.summary() == learner.trust.summary()
+    assert [r["method"] for r in detector.info["learned"]] == ["BlendSwap", "GANUpsample"]
+
+
+def test_novelty_flags_faces_of_a_set_never_learned_more_than_the_learned_methods_test_faces(tmp_path):
+    """Real crops: a detector that learned FF++ Deepfakes, asked about StyleGAN2 faces and reals."""
+    from dfcl.extraction import extract_dataset
+    from dfcl.learner import ExperienceSpec, Learner
+    from dfcl.trust import scores_and_features
+    from tests.conftest import shared_data, small_params
+
+    params = small_params("data.image_size=64", "data.max_per_class=80", "train.epochs=3", "model.width=16")
+    extract_dataset(shared_data("ffpp-crops"), tmp_path / "ffpp", params, "ffpp", cache_dir=tmp_path / "cache")
+    paths = {f"{split}_{a}": f"ffpp/Deepfakes/{split}-{a}.npy" for split in ("train", "val", "test") for a in "xy"}
+    spec = ExperienceSpec(key="ffpp/Deepfakes", dataset="ffpp", method="Deepfakes", version="test", **paths)
+    learner = Learner(tmp_path / "learner", params, tmp_path)
+    learner.learn(spec)
+    extract_dataset(shared_data("stylegan-faces") / "val_images", tmp_path / "sg", small_params("data.image_size=64", "data.max_per_class=60"),
+                    "sg", cache_dir=tmp_path / "cache")
+    model, trust = learner.strategy.model, learner.trust
+
+    def novel_share(x):
+        p, f = scores_and_features(model, x)
+        return np.mean([r["novel"] for r in trust.judge(p, f)])
+
+    learned = novel_share(np.load(tmp_path / spec.test_x))
+    unseen = novel_share(np.concatenate([np.load(f) for f in sorted((tmp_path / "sg").rglob("*-x.npy"))]))
+    print(f"novel: learned test faces {learned:.2f}, StyleGAN faces {unseen:.2f}")
+    assert learned < 0.25 and unseen > learned + 0.3, (learned, unseen)
