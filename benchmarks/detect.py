@@ -9,7 +9,10 @@
 
 The detector is params.yaml's architecture at its input size, registered in a scratch MLflow
 registry as champion; its weights do not change speed, so it is the ImageNet-initialised
-network, not a trained one (no training needed to measure).
+network, not a trained one (no training needed to measure). It is registered with a trust
+state of the champion's sizes (dfcl.trust: calibration, band, a `trust.components`-dimensional
+feature space of five classes, fit on random features), so every answer pays for calibration,
+novelty and attribution as a trained champion's does.
 
     python benchmarks/detect.py [--crops 200] [--requests 12] [--tag cpu] [-S key=value ...]
 
@@ -73,11 +76,21 @@ def register_champion(params: dict) -> None:
     from dfcl.tracking import log_detector
     from models import create_model
 
+    import numpy as np
+
+    from dfcl.trust import Calibration, Trust, fit_feature_space
+
     mp = params["model"]
     model = create_model(mp["name"], pretrained=mp["pretrained"]).eval()
     name = params["mlflow"]["registered_model"]
+    rng = np.random.default_rng(0)
+    classes = ["real", "a/A", "a/B", "a/C", "a/D"]
+    features = rng.normal(size=(1000, model.head.in_features))
+    space = fit_feature_space(features, np.arange(1000) % len(classes), classes, params["trust"]["components"])
+    trust = Trust(Calibration(1.1, -0.1), 0.5, (0.3, 0.7), 0.95, 10.0, space)
     with mlflow.start_run(run_name="benchmark detector"):
-        info = log_detector(model, params["data"]["image_size"], 0.5, {"architecture": mp["name"], "methods": []}, name)
+        info = log_detector(model, params["data"]["image_size"], 0.5, {"architecture": mp["name"], "methods": []}, name,
+                            trust=trust)
     MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
 
 

@@ -72,6 +72,19 @@ def retrain_detector(data: str, params: dict, method: str | None = None, methods
     return outcome
 
 
+def self_blended_first(data: str, params: dict, learner: Learner, ingested) -> list:
+    """With `sbi.first`, a learner that has learned nothing yet first learns a self-blended
+    experience of this dataset's real faces (its fakes blended from them, dfcl.sbi): the
+    detector then catches blending artefacts before any forgery method is learned, and learned
+    the FF++ methods better after it (benchmarks/results/champion_ffpp_cpu.md)."""
+    sbi = params["sbi"]["method"]
+    if not params["sbi"]["first"] or learner.learned or ingested.name == sbi:
+        return []
+    blended = ingest_dataset(data, params, method=sbi)
+    log_dataset_versions(blended)
+    return blended.specs
+
+
 def _retrain(ws: Workspace, data: str, params: dict, method, methods, auto_approve: bool, fresh: bool) -> dict:
     logger = get_run_logger()
     use_mlflow_experiment(ws, params["mlflow"]["experiment"])
@@ -84,6 +97,7 @@ def _retrain(ws: Workspace, data: str, params: dict, method, methods, auto_appro
             raise LayoutError(f"{ingested.name}: no method can be learned: "
                               + "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
         learner = Learner(ws.learner, params, ws.root) if fresh else Learner.load(ws.learner, params, ws.root)
+        specs = self_blended_first(data, params, learner, ingested) + specs
         specs = check_learned_data(learner, specs)
         new = [s for s in specs if s.key not in learner.learned]
         # A run that crashed after learning but before registering left experiences no

@@ -126,8 +126,10 @@ def test_a_registered_detector_is_weights_only_and_rebuilt_from_the_registry(wor
     assert torch.equal(detector.model(x), model(x)) and detector.threshold == 0.3 and detector.image_size == 16
 
 
-def test_the_pyfunc_serves_without_deepfake_cl_on_the_path(workspace, tmp_path):
-    """What `mlflow models serve` loads: the models/ folder shipped inside the logged model."""
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_the_pyfunc_serves_without_deepfake_cl_on_the_path(workspace, tmp_path, calibrated):
+    """What `mlflow models serve` loads: the models/ folder shipped inside the logged model; with
+    a trust artifact it answers calibrated P(fake)."""
     import json
     import subprocess
     import sys
@@ -135,11 +137,13 @@ def test_the_pyfunc_serves_without_deepfake_cl_on_the_path(workspace, tmp_path):
     import mlflow
 
     from dfcl.tracking import log_detector
+    from dfcl.trust import Calibration, Trust
     from models import create_model
 
     model = create_model("small_cnn", width=4).eval()
+    trust = Trust(Calibration(0.5, 0.2)) if calibrated else None
     with mlflow.start_run():
-        info = log_detector(model, 16, 0.5, {}, None)
+        info = log_detector(model, 16, 0.5, {}, None, trust=trust)
     folder = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "logged"))
     faces = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     np.save(tmp_path / "faces.npy", faces)
@@ -154,8 +158,10 @@ def test_the_pyfunc_serves_without_deepfake_cl_on_the_path(workspace, tmp_path):
     p, where = out.stdout.strip().splitlines()[-2:]
     assert where.startswith(folder), "the models/ package came from the logged model, not from deepfake-cl"
     with torch.no_grad():
-        expected = torch.softmax(model(torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255), 1)[:, 1]
-    assert np.allclose(json.loads(p), expected.numpy(), atol=1e-6)
+        expected = torch.softmax(model(torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255), 1)[:, 1].numpy()
+    if calibrated:
+        expected = 1 / (1 + np.exp(-(0.5 * np.log(expected / (1 - expected)) + 0.2)))
+    assert np.allclose(json.loads(p), expected, atol=1e-5)
 
 
 def test_a_version_registered_as_a_pickle_loads_only_when_trusted(workspace):

@@ -155,6 +155,22 @@ def test_a_shuffled_label_challenger_is_rejected(champion, tmp_path):
     assert any(r.startswith("BlendSwap: auc") for r in verdict["reasons"])
 
 
+def test_the_self_blended_experience_has_its_own_allowed_drop(champion, tmp_path):
+    """Its pseudo-fakes are a means: a drop there within gate.max_drop_self_blended does not
+    block a challenger, beyond it does (here BlendSwap plays the self-blended experience)."""
+    learner, _, specs = champion
+    y = np.load(learner.root / specs[0].train_y)
+    np.save(tmp_path / "shuffled-y.npy", np.random.default_rng(0).permutation(y))
+    bad = Learner(tmp_path / "bad", small_params(*CHAMPION_PARAMS), learner.root)
+    results = bad.learn(dataclasses.replace(specs[0], train_y=str(tmp_path / "shuffled-y.npy")))
+    as_sbi = small_params(*CHAMPION_PARAMS, "sbi.method=BlendSwap", "gate.max_drop_average=1.0")
+    assert not promotion_gate(bad, results, as_sbi)["passed"], "the default allowance (0.03) is small"
+    loose = small_params(*CHAMPION_PARAMS, "sbi.method=BlendSwap", "gate.max_drop_average=1.0",
+                         "gate.max_drop_self_blended=1.0")
+    verdict = promotion_gate(bad, results, loose)
+    assert verdict["champion"]["methods"]["BlendSwap"]["verdict"] != "worse" and verdict["passed"], verdict["reasons"]
+
+
 def test_forgetting_bound_is_in_the_gate_metric(champion):
     learner, results, specs = champion
     learner.history.auc_matrix = [[0.9], [0.5, 0.9]]  # BlendSwap: 0.9 right after, 0.5 now

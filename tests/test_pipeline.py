@@ -15,7 +15,8 @@ from tests.conftest import REPO, run_dfcl, shared_data
 
 # The synthetic faces are taken whole (MTCNN re-framing and dlib's landmarks are for photos).
 TINY = ["-S", "data.image_size=32", "-S", "train.epochs=1", "-S", "model.width=8",
-        "-S", "strategy.replay.mem_size=40", "-S", "faces.detect_in_images=false", "-S", "faces.landmarks=false"]
+        "-S", "strategy.replay.mem_size=40", "-S", "faces.detect_in_images=false", "-S", "faces.landmarks=false",
+        "-S", "sbi.first=false"]
 
 
 def processed_version(ws: Path, name: str) -> str:

@@ -76,3 +76,18 @@ def test_retrain_on_real_faces_alone_promotes_a_first_detector(workspace, demo_d
     copied = sorted(p.name for p in raw.rglob("*") if p.is_file())
     assert copied and not list(raw.rglob("BlendSwap/*")), "only the real files are copied and versioned"
     assert 0.0 <= outcome["results"]["auc"][name] <= 1.0
+
+
+def test_with_sbi_first_a_new_workspace_learns_the_self_blended_experience_before_the_methods(workspace, demo_data):
+    """sbi.first: the first retraining of a workspace learns its dataset's real faces against
+    blended fakes, then the dataset's methods; the next retraining goes straight to its methods."""
+    from flows.retrain import retrain_detector
+
+    params = small_params("sbi.first=true", "gate.max_drop_self_blended=1", "gate.max_drop_per_method=1",
+                          "gate.max_drop_average=1", "gate.max_forgetting=1")
+    name = params["sbi"]["method"]
+    first = retrain_detector(str(demo_data / "BlendSwap"), params, auto_approve=True)
+    assert first["results"]["methods"] == [name, "BlendSwap"], first["results"]["methods"]
+    assert (workspace.root / "data" / "processed" / name).is_dir() and (workspace.root / "data" / "raw" / name).is_dir()
+    second = retrain_detector(str(demo_data / "GANUpsample"), params, auto_approve=True)
+    assert second["results"]["methods"] == [name, "BlendSwap", "GANUpsample"]
