@@ -9,8 +9,9 @@ this checkout's params.yaml `trust:` settings), then measured on each learned me
 faces (calibration error before and after, coverage and accuracy of the answered at the band,
 top-1 attribution of the fakes) and on each unseen folder (extracted at the model's framing:
 the share flagged novel, and the AUROC of the novelty score at telling learned-method test
-faces from them). Beside the Mahalanobis score, a k-NN score (mean cosine distance to the 10
-nearest fit features) is measured on the same faces: why the product uses the former.
+faces from them). Beside the product's k-NN score, the Mahalanobis distance to the nearest
+class mean (the attribution's space) is measured on the same faces as a novelty score: why the
+product uses k-NN for novelty.
 """
 from __future__ import annotations
 
@@ -26,14 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import extract_once, machine, save_results  # noqa: E402
 
 
-def knn_scores(reference: np.ndarray, features: np.ndarray, k: int = 10) -> np.ndarray:
-    """Mean cosine distance to the k nearest reference features (the alternative to Mahalanobis)."""
-    ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
-    f = features / np.linalg.norm(features, axis=1, keepdims=True)
-    sim = f @ ref.T
-    return 1 - np.sort(sim, axis=1)[:, -k:].mean(1)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workspace", required=True, type=Path)
@@ -47,7 +40,7 @@ def main(argv=None) -> int:
 
     from dfcl.config import load_params
     from dfcl.learner import Learner
-    from dfcl.trust import _sample, coverage, ece, scores_and_features
+    from dfcl.trust import coverage, ece, scores_and_features
 
     ws = args.workspace.resolve()
     params = load_params(None)
@@ -60,15 +53,8 @@ def main(argv=None) -> int:
           f"calibration a={trust.calibration.a:.3f} b={trust.calibration.b:.3f}", flush=True)
 
     # Learned methods' test faces, per method; fit features for the k-NN alternative.
-    per_method, learned_f, learned_nov, learned_knn, fit_f = {}, [], [], [], []
+    per_method, learned_f, learned_nov = {}, [], []
     for i, e in enumerate(learner.history.experiences):
-        y_train = np.load(ws / e.train_y)
-        x_train = np.load(ws / e.train_x, mmap_mode="r")
-        for c in (0, 1):
-            idx = np.flatnonzero(y_train == c)
-            idx = idx[_sample(len(idx), params["trust"]["fit_faces"], params["train"]["seed"] + i)]
-            if len(idx):
-                fit_f.append(scores_and_features(model, x_train[idx])[1])
         x, y = np.load(ws / e.test_x, mmap_mode="r"), np.load(ws / e.test_y)
         p, f = scores_and_features(model, x)
         judged = trust.judge(p, f)
@@ -83,9 +69,8 @@ def main(argv=None) -> int:
         learned_f.append(f)
         learned_nov.append(np.array([j["novelty"] for j in judged]))
         print(f"  {e.key}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-    fit_f = np.concatenate(fit_f)
     learned_f, learned_nov = np.concatenate(learned_f), np.concatenate(learned_nov)
-    learned_knn = knn_scores(fit_f, learned_f)
+    learned_maha = trust.space.distances(learned_f).min(1)
 
     framing = {"faces.margin": params["faces"]["margin"], "detect_in_images": params["faces"]["detect_in_images"]}
     work = Path(__file__).parent / ".work" / "trust"
@@ -103,7 +88,8 @@ def main(argv=None) -> int:
         unseen[name] = {"faces": int(len(y)), "fake": int(y.sum()), "auc": float(roc_auc_score(y, p)),
                         "novel_share": float(np.mean([j["novel"] for j in judged])),
                         "novelty_auroc": float(roc_auc_score(both, np.r_[learned_nov, nov])),
-                        "knn_novelty_auroc": float(roc_auc_score(both, np.r_[learned_knn, knn_scores(fit_f, f)])),
+                        "mahalanobis_novelty_auroc": float(roc_auc_score(both, np.r_[learned_maha,
+                                                                                     trust.space.distances(f).min(1)])),
                         **coverage(y, q, trust.band), "ece": ece(y, q)}
         print(f"  unseen {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in unseen[name].items() if isinstance(v, float)),
               flush=True)
@@ -151,11 +137,11 @@ def markdown(r: dict) -> str:
               f"methods **{f(o['attribution_top1_ffpp'])}**.", ""]
     if r["unseen"]:
         lines += ["## Sets never trained on (all their faces)", "",
-                  "| set | faces (fake) | AUC | novel | novelty AUROC (Mahalanobis) | novelty AUROC (k-NN) | answered | accuracy answered | ECE |",
+                  "| set | faces (fake) | AUC | novel | novelty AUROC (k-NN, the product's) | novelty AUROC (Mahalanobis) | answered | accuracy answered | ECE |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for k, v in r["unseen"].items():
             lines.append(f"| {k} | {v['faces']} ({v['fake']}) | {v['auc']:.3f} | {v['novel_share']:.3f} | "
-                         f"{v['novelty_auroc']:.3f} | {v['knn_novelty_auroc']:.3f} | {v['coverage']:.3f} | "
+                         f"{v['novelty_auroc']:.3f} | {v['mahalanobis_novelty_auroc']:.3f} | {v['coverage']:.3f} | "
                          f"{f(v['answered_accuracy'])} | {v['ece']:.3f} |")
         lines += ["", f"Mean novelty AUROC over the unseen sets: **{o['novelty_auroc_all_unseen']:.3f}**.", ""]
     return "\n".join(lines) + "\n"

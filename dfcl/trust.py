@@ -13,12 +13,16 @@ nothing is ever unpickled):
   `trust.precision` and the highest whose "real" answers do; between them a face is
   "uncertain". Hand-written: no library chooses a two-sided abstention band.
 - feature space: the penultimate features (the input of the model's `head`, the registry's
-  contract) projected by PCA, with one within-class covariance (Ledoit-Wolf shrinkage, sklearn)
-  and a mean per class (real, and each learned method's fakes): the distance to the nearest class
-  mean (Mahalanobis, Lee et al. 2018) is the novelty score, flagged above the
-  `trust.novelty_quantile` of validation faces; the nearest fake class is the attribution.
-  Mahalanobis with a tied covariance keeps the state small (a few hundred KB) and needs no stored
-  faces, where k-NN would keep thousands of feature vectors.
+  contract). Novelty is the mean cosine distance of a face's features to their `trust.novelty_k`
+  nearest among up to `trust.novelty_reference` training faces of the learned classes (kept as
+  float16), flagged above the `trust.novelty_quantile` of validation faces. Attribution is the
+  nearest class mean (real, each learned method's fakes) after PCA and whitening by one
+  Ledoit-Wolf-shrunk within-class covariance (Mahalanobis, Lee et al. 2018; sklearn).
+  Why two distances, measured on the FF++ champion (benchmarks/results/trust_cpu.md): the
+  Mahalanobis score told learned test faces from DFDC, FLUX and StyleGAN faces at AUROC
+  0.32-0.57 (unseen faces land near the class means once whitened), k-NN cosine at 0.83-0.89
+  (0.85 with 1,000 reference faces); the class means named the FF++ method of a fake 0.64 of
+  the time, a k-NN vote 0.52.
 """
 from __future__ import annotations
 
@@ -112,11 +116,22 @@ def coverage(y, p, band: tuple[float, float]) -> dict:
 
 @dataclass
 class FeatureSpace:
-    """PCA of penultimate features, whitened by the within-class covariance, with class means."""
+    """PCA of penultimate features, whitened by the within-class covariance, with class means
+    (attribution), and a reference sample of unit-length training features (novelty)."""
     mean: np.ndarray          # (D,) feature mean
     projection: np.ndarray    # (D, k): PCA then whitening; distances in this space are Mahalanobis
     centres: np.ndarray       # (C, k) class means, projected
     classes: list[str]        # "real", then each learned method (its fakes)
+    reference: np.ndarray     # (R, D) float16 unit vectors: training faces of every class
+    k: int = 10               # neighbours the novelty score averages over
+
+    def novelty(self, features: np.ndarray) -> np.ndarray:
+        """Mean cosine distance to the k nearest reference faces: 0 = like a learned face."""
+        f = np.asarray(features, np.float32)
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), EPS)
+        sim = f @ self.reference.astype(np.float32).T
+        k = min(self.k, sim.shape[1])
+        return 1 - np.sort(sim, axis=1)[:, -k:].mean(1)
 
     def project(self, features: np.ndarray) -> np.ndarray:
         return (np.asarray(features, np.float64) - self.mean) @ self.projection
@@ -127,7 +142,8 @@ class FeatureSpace:
         return np.sqrt(((z[:, None, :] - self.centres[None]) ** 2).sum(-1))
 
 
-def fit_feature_space(features: np.ndarray, labels: np.ndarray, classes: list[str], components: int) -> FeatureSpace:
+def fit_feature_space(features: np.ndarray, labels: np.ndarray, classes: list[str], components: int,
+                      reference: int = 1000, k: int = 10, seed: int = 0) -> FeatureSpace:
     from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
 
@@ -142,7 +158,9 @@ def fit_feature_space(features: np.ndarray, labels: np.ndarray, classes: list[st
     values, vectors = np.linalg.eigh(cov)
     whiten = vectors / np.sqrt(np.maximum(values, EPS))
     projection = pca.components_.T @ whiten
-    return FeatureSpace(pca.mean_, projection, centres @ whiten, [classes[c] for c in present])
+    ref = features[_sample(len(features), reference, seed)]
+    ref = (ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), EPS)).astype(np.float16)
+    return FeatureSpace(pca.mean_, projection, centres @ whiten, [classes[c] for c in present], ref, k)
 
 
 @dataclass
@@ -167,9 +185,9 @@ class Trust:
         if self.space is not None and features is not None and len(out):
             d = self.space.distances(features)
             fakes = [i for i, c in enumerate(self.space.classes) if c != "real"]
-            for row, dist in zip(out, d):
-                score = float(dist.min())
-                row["novelty"] = round(score, 3)
+            for row, dist, score in zip(out, d, self.space.novelty(features)):
+                score = float(score)
+                row["novelty"] = round(score, 4)
                 row["novel"] = bool(score > self.novelty_threshold)
                 if fakes:
                     near = np.exp(-0.5 * (dist[fakes] ** 2 - dist[fakes].min() ** 2))
@@ -191,9 +209,11 @@ class Trust:
         tensors = {}
         if self.space is not None:
             tensors = {k: np.ascontiguousarray(getattr(self.space, k), np.float32) for k in ("mean", "projection", "centres")}
+            tensors["reference"] = np.ascontiguousarray(self.space.reference, np.float16)
         header = {"calibration": asdict(self.calibration), "threshold": self.threshold, "band": list(self.band),
                   "precision": self.precision, "novelty_threshold": None if math.isinf(self.novelty_threshold)
-                  else self.novelty_threshold, "classes": self.space.classes if self.space else [], "report": self.report}
+                  else self.novelty_threshold, "classes": self.space.classes if self.space else [],
+                  "k": self.space.k if self.space else 0, "report": self.report}
         # safetensors refuses an empty file: one placeholder tensor when there is no feature space
         save_file(tensors or {"none": np.zeros(1, np.float32)}, str(path),
                   metadata={"format": TRUST_FORMAT, "json": json.dumps(header)})
@@ -214,7 +234,8 @@ class Trust:
                 space = None
                 if "centres" in f.keys():
                     space = FeatureSpace(*(f.get_tensor(k).astype(np.float64) for k in ("mean", "projection", "centres")),
-                                         classes=[str(c) for c in h["classes"]])
+                                         classes=[str(c) for c in h["classes"]],
+                                         reference=f.get_tensor("reference").astype(np.float16), k=int(h["k"]))
             nt = h["novelty_threshold"]
             trust = cls(Calibration(float(h["calibration"]["a"]), float(h["calibration"]["b"])), float(h["threshold"]),
                         (float(h["band"][0]), float(h["band"][1])), float(h["precision"]),
@@ -223,7 +244,8 @@ class Trust:
             raise ValueError(f"{path} is not a valid trust file ({type(e).__name__}: {e})") from None
         if space is not None:
             d, k = space.projection.shape
-            if space.mean.shape != (d,) or space.centres.shape != (len(space.classes), k):
+            if (space.mean.shape != (d,) or space.centres.shape != (len(space.classes), k)
+                    or space.reference.ndim != 2 or space.reference.shape[1] != d or space.k < 1):
                 raise ValueError(f"{path}: the feature space's shapes disagree")
         return trust
 
@@ -273,7 +295,10 @@ def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tup
                 p, f = scores_and_features(model, x, device)
                 into.append((method, y, p, f))
     classes = ["real"] + [m for m, _ in experiences]
-    space = fit_feature_space(np.concatenate(fit_f), np.concatenate(fit_l), classes, settings["components"]) if fit_f else None
+    space = None
+    if fit_f:
+        space = fit_feature_space(np.concatenate(fit_f), np.concatenate(fit_l), classes, settings["components"],
+                                  settings["novelty_reference"], settings["novelty_k"], seed)
     trust = Trust(precision=settings["precision"], space=space)
     if not val:
         return trust
@@ -283,7 +308,7 @@ def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tup
     trust.band = choose_band(vy, trust.calibration(vp), settings["precision"], trust.threshold)
     if space is not None:
         vf = np.concatenate([v[3] for v in val])
-        trust.novelty_threshold = float(np.quantile(space.distances(vf).min(1), settings["novelty_quantile"]))
+        trust.novelty_threshold = float(np.quantile(space.novelty(vf), settings["novelty_quantile"]))
     trust.report = measured(trust, val, "val") | measured(trust, test, "test")
     return trust
 

@@ -55,8 +55,11 @@ def test_the_band_reaches_its_precision_on_each_side_and_leaves_the_middle_uncer
     assert coverage(coin_y, coin_p, (lo, hi))["coverage"] < 0.05
 
 
+BASE = np.full(32, 3.0)  # features of a network are not centred at zero: cosine distances need that
+
+
 def clusters(rng, centres, n):
-    return np.concatenate([rng.normal(c, 1.0, (n, 32)) for c in centres]), np.repeat(np.arange(len(centres)), n)
+    return np.concatenate([rng.normal(BASE + c, 1.0, (n, 32)) for c in centres]), np.repeat(np.arange(len(centres)), n)
 
 
 def test_novelty_flags_an_unlearned_cluster_and_attribution_names_the_nearest_method(tmp_path):
@@ -65,10 +68,9 @@ def test_novelty_flags_an_unlearned_cluster_and_attribution_names_the_nearest_me
     f, labels = clusters(rng, centres, 300)
     space = fit_feature_space(f, labels, ["real", "A", "B"], components=32)  # all: PCA is a rotation here
     val, _ = clusters(rng, centres, 100)
-    trust = Trust(space=space, band=(0.3, 0.7),
-                  novelty_threshold=float(np.quantile(space.distances(val).min(1), 0.95)))
+    trust = Trust(space=space, band=(0.3, 0.7), novelty_threshold=float(np.quantile(space.novelty(val), 0.95)))
     learned, which = clusters(rng, centres, 100)
-    unseen = rng.normal(np.r_[0, 0, 6, np.zeros(29)], 1.0, (300, 32))
+    unseen = rng.normal(BASE + np.r_[0, 0, 6, 0, -3, np.zeros(27)], 1.0, (300, 32))
     seen_rate = np.mean([r["novel"] for r in trust.judge(np.full(len(learned), 0.9), learned)])
     unseen_rate = np.mean([r["novel"] for r in trust.judge(np.full(len(unseen), 0.9), unseen)])
     assert seen_rate < 0.1 and unseen_rate > 0.8, (seen_rate, unseen_rate)
@@ -117,27 +119,35 @@ def test_the_learner_fits_trust_after_each_experience_and_it_travels(demo_data, 
 
 
 def test_novelty_flags_faces_of_a_set_never_learned_more_than_the_learned_methods_test_faces(tmp_path):
-    """Real crops: a detector that learned FF++ Deepfakes, asked about StyleGAN2 faces and reals."""
+    """Real crops: a detector that learned FF++ Deepfakes, asked about DFDC faces (other actors,
+    other forgeries). The product's backbone (Lite0 from ImageNet), faces re-framed as by default:
+    the novelty score was chosen on its features (benchmarks/results/trust_cpu.md)."""
+    from sklearn.metrics import roc_auc_score
+
     from dfcl.extraction import extract_dataset
     from dfcl.learner import ExperienceSpec, Learner
     from dfcl.trust import scores_and_features
     from tests.conftest import shared_data, small_params
 
-    params = small_params("data.image_size=64", "data.max_per_class=80", "train.epochs=3", "model.width=16")
+    framing = ["data.image_size=128", "faces.detect_in_images=true"]
+    params = small_params(*framing, "data.max_per_class=80", "train.epochs=2", "model.name=efficientnet_lite0",
+                          "model.pretrained=imagenet", "train.backbone_lr_scale=0.3")
     extract_dataset(shared_data("ffpp-crops"), tmp_path / "ffpp", params, "ffpp", cache_dir=tmp_path / "cache")
     paths = {f"{split}_{a}": f"ffpp/Deepfakes/{split}-{a}.npy" for split in ("train", "val", "test") for a in "xy"}
     spec = ExperienceSpec(key="ffpp/Deepfakes", dataset="ffpp", method="Deepfakes", version="test", **paths)
     learner = Learner(tmp_path / "learner", params, tmp_path)
     learner.learn(spec)
-    extract_dataset(shared_data("stylegan-faces") / "val_images", tmp_path / "sg", small_params("data.image_size=64", "data.max_per_class=60"),
-                    "sg", cache_dir=tmp_path / "cache")
+    extract_dataset(shared_data("dfdc-crops"), tmp_path / "dfdc", small_params(*framing, "data.max_per_class=30"),
+                    "dfdc", cache_dir=tmp_path / "cache")
     model, trust = learner.strategy.model, learner.trust
 
-    def novel_share(x):
+    def judged(x):
         p, f = scores_and_features(model, x)
-        return np.mean([r["novel"] for r in trust.judge(p, f)])
+        return trust.judge(p, f)
 
-    learned = novel_share(np.load(tmp_path / spec.test_x))
-    unseen = novel_share(np.concatenate([np.load(f) for f in sorted((tmp_path / "sg").rglob("*-x.npy"))]))
-    print(f"novel: learned test faces {learned:.2f}, StyleGAN faces {unseen:.2f}")
-    assert learned < 0.25 and unseen > learned + 0.3, (learned, unseen)
+    learned = judged(np.load(tmp_path / spec.test_x))
+    unseen = judged(np.concatenate([np.load(f) for f in sorted((tmp_path / "dfdc").rglob("*-x.npy"))]))
+    auroc = roc_auc_score([0] * len(learned) + [1] * len(unseen), [r["novelty"] for r in learned + unseen])
+    learned, unseen = np.mean([r["novel"] for r in learned]), np.mean([r["novel"] for r in unseen])
+    print(f"novel: learned test faces {learned:.2f}, DFDC faces {unseen:.2f}, AUROC {auroc:.3f}")
+    assert learned < 0.25 and unseen > learned + 0.25 and auroc > 0.7, (learned, unseen, auroc)
