@@ -251,12 +251,16 @@ class Trust:
 
 
 @torch.no_grad()
-def scores_and_features(model: torch.nn.Module, faces, device="cpu", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Raw P(fake) and penultimate features (the input of `model.head`) of uint8 faces (N, H, W, 3)."""
+def scores_and_features(model: torch.nn.Module, faces, device="cpu", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw P(fake) and penultimate features (the input of `model.head`) of uint8 faces (N, H, W, 3);
+    features None for a model without a `head` (a user's module outside the registry's contract)."""
     from dfcl.metrics import fake_probabilities
 
+    head = getattr(model, "head", None)
+    if not isinstance(head, torch.nn.Module):
+        return fake_probabilities(model, faces, device, batch_size).numpy(), None
     caught = []
-    hook = model.head.register_forward_hook(lambda m, args, out: caught.append(args[0].detach().float().cpu()))
+    hook = head.register_forward_hook(lambda m, args, out: caught.append(args[0].detach().float().cpu()))
     try:
         p = fake_probabilities(model, faces, device, batch_size).numpy()
     finally:
@@ -287,6 +291,8 @@ def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tup
                 idx = np.flatnonzero(y == c)[_sample(int((y == c).sum()), settings["fit_faces"], seed + i)]
                 if len(idx):
                     _, f = scores_and_features(model, x[idx], device)
+                    if f is None:
+                        break
                     fit_f.append(f)
                     fit_l.append(np.full(len(idx), i + 1 if c else 0))
         for split, into in (("val", val), ("test", test)):
@@ -296,7 +302,7 @@ def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tup
                 into.append((method, y, p, f))
     classes = ["real"] + [m for m, _ in experiences]
     space = None
-    if fit_f:
+    if sum(len(f) for f in fit_f) >= 3:  # PCA and a covariance need a few faces
         space = fit_feature_space(np.concatenate(fit_f), np.concatenate(fit_l), classes, settings["components"],
                                   settings["novelty_reference"], settings["novelty_k"], seed)
     trust = Trust(precision=settings["precision"], space=space)
@@ -306,7 +312,7 @@ def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tup
     trust.calibration = fit_calibration(vy, vp)
     trust.threshold = float(trust.calibration(np.array([threshold_raw]))[0])
     trust.band = choose_band(vy, trust.calibration(vp), settings["precision"], trust.threshold)
-    if space is not None:
+    if space is not None:  # features exist for every face then (the same model)
         vf = np.concatenate([v[3] for v in val])
         trust.novelty_threshold = float(np.quantile(space.novelty(vf), settings["novelty_quantile"]))
     trust.report = measured(trust, val, "val") | measured(trust, test, "test")
