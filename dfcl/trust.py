@@ -122,14 +122,14 @@ class FeatureSpace:
     projection: np.ndarray    # (D, k): PCA then whitening; distances in this space are Mahalanobis
     centres: np.ndarray       # (C, k) class means, projected
     classes: list[str]        # "real", then each learned method (its fakes)
-    reference: np.ndarray     # (R, D) float16 unit vectors: training faces of every class
+    reference: np.ndarray     # (R, D) unit vectors of training faces of every class (float16 on disk)
     k: int = 10               # neighbours the novelty score averages over
 
     def novelty(self, features: np.ndarray) -> np.ndarray:
         """Mean cosine distance to the k nearest reference faces: 0 = like a learned face."""
         f = np.asarray(features, np.float32)
         f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), EPS)
-        sim = f @ self.reference.astype(np.float32).T
+        sim = f @ self.reference.T
         k = min(self.k, sim.shape[1])
         return 1 - np.sort(sim, axis=1)[:, -k:].mean(1)
 
@@ -159,7 +159,8 @@ def fit_feature_space(features: np.ndarray, labels: np.ndarray, classes: list[st
     whiten = vectors / np.sqrt(np.maximum(values, EPS))
     projection = pca.components_.T @ whiten
     ref = features[_sample(len(features), reference, seed)]
-    ref = (ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), EPS)).astype(np.float16)
+    # float32 in memory (one product per answer), rounded to the float16 the file keeps
+    ref = (ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), EPS)).astype(np.float16).astype(np.float32)
     return FeatureSpace(pca.mean_, projection, centres @ whiten, [classes[c] for c in present], ref, k)
 
 
@@ -235,7 +236,7 @@ class Trust:
                 if "centres" in f.keys():
                     space = FeatureSpace(*(f.get_tensor(k).astype(np.float64) for k in ("mean", "projection", "centres")),
                                          classes=[str(c) for c in h["classes"]],
-                                         reference=f.get_tensor("reference").astype(np.float16), k=int(h["k"]))
+                                         reference=f.get_tensor("reference").astype(np.float32), k=int(h["k"]))
             nt = h["novelty_threshold"]
             trust = cls(Calibration(float(h["calibration"]["a"]), float(h["calibration"]["b"])), float(h["threshold"]),
                         (float(h["band"][0]), float(h["band"][1])), float(h["precision"]),
