@@ -44,6 +44,8 @@ ROWS = {
     "sbi_every": ("SBI fakes (0.5 per real) added to every FF++ experience", ["sbi.enabled=true"], False),
     "sbi_first_every": ("both: the self-blended experience first, and SBI fakes in every experience",
                         ["sbi.enabled=true"], True),
+    "sbi_first_mask": ("the self-blended experience first, with the forgery-mask head (model.mask_head)",
+                       ["model.mask_head=true"], True),
 }
 
 
