@@ -2,6 +2,8 @@
 import json
 import os
 import platform
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -13,6 +15,22 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+@contextmanager
+def scratch_workspace(prefix: str, overrides: list[str]):
+    """A temporary workspace made the current one (cwd, DFCL_WORKSPACE, its MLflow and Prefect
+    settings): (its folder, params.yaml with `overrides`). Removed afterwards."""
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        ws = Path(tmp)
+        os.chdir(ws)
+        os.environ["DFCL_WORKSPACE"] = str(ws)
+        from dfcl.config import load_params
+        from dfcl.workspace import Workspace, configure_environment
+
+        configure_environment(Workspace(ws))
+        yield ws, load_params(repo / "params.yaml", overrides)
 
 
 def extract_once(folder: Path, work: Path, params: dict, name: str | None = None) -> dict[str, dict]:

@@ -27,14 +27,13 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
-from common import machine, save_results  # noqa: E402
+from common import machine, save_results, scratch_workspace  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 
@@ -232,15 +231,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
     data, out = Path(args.data).resolve(), Path(args.out).resolve()
-    with tempfile.TemporaryDirectory(prefix="dfcl-detect-bench-") as tmp:
-        ws = Path(tmp)
-        os.chdir(ws)
-        os.environ["DFCL_WORKSPACE"] = str(ws)
-        from dfcl.config import load_params
-        from dfcl.workspace import Workspace, configure_environment
-
-        configure_environment(Workspace(ws))
-        params = load_params(REPO / "params.yaml", args.set)
+    with scratch_workspace("dfcl-detect-bench-", args.set) as (ws, params):
         media = make_media(data, ws)
         crops = crops_folder(data, ws, args.crops)
         register_champion(params)

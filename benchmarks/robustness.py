@@ -36,7 +36,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -44,7 +43,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
-from common import machine  # noqa: E402
+from common import machine, scratch_workspace  # noqa: E402
 from detect import make_media, register_champion  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -432,15 +431,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
     data, out = Path(args.data).resolve(), Path(args.out).resolve()
-    with tempfile.TemporaryDirectory(prefix="dfcl-robustness-") as tmp:
-        ws = Path(tmp)
-        os.chdir(ws)
-        os.environ["DFCL_WORKSPACE"] = str(ws)
-        from dfcl.config import load_params
-        from dfcl.workspace import Workspace, configure_environment
-
-        configure_environment(Workspace(ws))
-        params = load_params(REPO / "params.yaml", args.set)
+    with scratch_workspace("dfcl-robustness-", args.set) as (ws, params):
         media = make_media(data, ws)
         cases = bad_inputs(media, ws / "bad")
         register_champion(params)

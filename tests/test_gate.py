@@ -58,17 +58,7 @@ def test_bootstrap_of_ten_thousand_faces_is_fast():
 
 
 # -- the gate, on real trained models --------------------------------------------------------
-class Noisy(torch.nn.Module):
-    """The same detector with a little fixed noise on its logits: slightly worse, within noise."""
-
-    def __init__(self, model, scale):
-        super().__init__()
-        self.model, self.scale = model, scale
-
-    def forward(self, x):
-        g = torch.Generator().manual_seed(int(x.sum().item() * 1000) % 2**31)
-        return self.model(x) + self.scale * torch.randn(x.shape[0], 2, generator=g)
-
+from benchmarks.gate_cases import Noisy  # noqa: E402 (the benchmark's cases and these tests share it)
 
 CHAMPION_PARAMS = ["train.epochs=8", "train.lr=0.005"]
 
