@@ -24,7 +24,8 @@ def run_once(workspace: str, heap: str) -> str:
     sys.path.insert(0, str(REPO))
     from dfcl.arrays import face_arrays
     from dfcl.config import apply_overrides, load_params
-    from dfcl.learner import ExperienceSpec, Learner
+    from dfcl.experience import ExperienceSpec
+from dfcl.learner import Learner
 
     params = apply_overrides(load_params(), [f"train.heap_allocations={heap}", "train.epochs=1"])
     specs = [ExperienceSpec(key=f"ffpp-crops/{m}", dataset="ffpp-crops", method=m, version="-",

@@ -57,7 +57,7 @@ def extract_once(folder: Path, work: Path, params: dict, name: str | None = None
 def spec(key: str, paths: dict, version: str):
     """An experience of extracted faces ("<dataset>/<method>"), not DVC-versioned: `version` says
     which benchmark made it."""
-    from dfcl.learner import ExperienceSpec
+    from dfcl.experience import ExperienceSpec
 
     return ExperienceSpec(key=key, dataset=key.split("/")[0], method=key.split("/")[-1], version=version, **paths)
 
@@ -68,7 +68,7 @@ def auc_on(model, device, paths: dict, splits=("test",)) -> float:
     import torch
     from torchmetrics.functional.classification import binary_auroc
 
-    from dfcl.metrics import fake_probabilities
+    from dfcl.scoring import fake_probabilities
 
     x = np.concatenate([np.load(paths[f"{s}_x"], mmap_mode="r") for s in splits])
     y = torch.from_numpy(np.concatenate([np.load(paths[f"{s}_y"]) for s in splits]))

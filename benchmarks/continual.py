@@ -142,9 +142,10 @@ def run_direct(folders: list[Path], params: dict, strategies: list[str], seeds: 
 
     from dfcl.config import apply_overrides
     from dfcl.layouts import dataset_name
-    from dfcl.learner import ExperienceSpec, train_sequence
+    from dfcl.experience import ExperienceSpec
+from dfcl.learner import train_sequence
     from dfcl.plots import strategy_plots
-    from dfcl.report import over_seeds
+    from dfcl.tables import over_seeds
 
     specs = []
     for i, folder in enumerate(folders):
@@ -298,7 +299,7 @@ def main() -> None:
     spread = {n: matrix_frame(r["std"]["accuracy_matrix"], report["methods"]) for n, r in report["strategies"].items()}
     forgetting_curves(frames, plots / "forgetting_all.png", spread if len(seeds) > 1 else None)
 
-    from dfcl.learner import ExperienceSpec
+    from dfcl.experience import ExperienceSpec
 
     specs = [ExperienceSpec(**e) for e in report["experiences"]]
     report["speed"] = speed(params, specs, Path("/") if args.direct else work, work / "data" / "speed")

@@ -102,7 +102,7 @@ def shares(timings: list[dict]) -> dict:
 def cli_speed(params: dict, media: dict, crops: Path, ws: Path) -> dict:
     """The library `dfcl detect` calls, timed per stage (model loading excluded: once per command)."""
     from dfcl.detect import FaceScorer, expand
-    from dfcl.evaluate import load_detector
+    from dfcl.detector import load_detector
 
     detector = load_detector(f"models:/{params['mlflow']['registered_model']}@champion", params, ws)
     scorer = FaceScorer(detector, params)

@@ -44,7 +44,7 @@ def setup(work: Path) -> None:
 def make_specs(work: Path, params: dict) -> dict:
     from dfcl.demo_data import generate
     from dfcl.extraction import extract_dataset
-    from dfcl.learner import ExperienceSpec
+    from dfcl.experience import ExperienceSpec
 
     generate(work / "demo", ["BlendSwap", "GANUpsample"], train_per_class=48, test_per_class=24, size=32, seed=0)
     specs = {}

@@ -148,7 +148,8 @@ def video_level(name: str, params: dict, data: Path, work: Path) -> dict:
     """A row's final model on FF++'s videos (16 frames each, detection as `dfcl detect` does it):
     frame- and video-level AUC with faces cut at the model's own margin, and at 1.3, the margin
     detection used before faces were re-framed (a mismatch with the training faces)."""
-    from dfcl.evaluate import evaluate, load_detector
+    from dfcl.detector import load_detector
+    from dfcl.evaluate import evaluate
 
     detector = load_detector(str(work / "learners" / name), params, Path("/"))
     out = {}

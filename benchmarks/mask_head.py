@@ -76,7 +76,7 @@ def scores(probs: np.ndarray, truth: np.ndarray, y: np.ndarray, prior: np.ndarra
 
 
 def spec_of(folder: Path, root: Path, name: str, val: bool = True):
-    from dfcl.learner import ExperienceSpec
+    from dfcl.experience import ExperienceSpec
 
     rel = folder.relative_to(root)
     splits = ("train", "val", "test") if val else ("train", "test")

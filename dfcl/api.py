@@ -55,8 +55,8 @@ from starlette.requests import ClientDisconnect
 
 from dfcl.config import ConfigError
 from dfcl.detect import FaceScorer, in_time, model_card
-from dfcl.evaluate import load_mlflow_detector
-from dfcl.registry import alias_version
+from dfcl.detector import load_mlflow_detector
+from dfcl.mlflow_registry import alias_version
 
 log = logging.getLogger("dfcl.api")
 WEB = Path(__file__).resolve().parent / "web"

@@ -22,7 +22,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_demo(args, params):
-    from dfcl.report import outcome_summary
+    from dfcl.tables import outcome_summary
     from flows.demo import run_demo
 
     print(outcome_summary(run_demo(params, args.set)[-1]))
@@ -78,7 +78,7 @@ def cmd_extract_faces(args, params):
 
 def cmd_retrain(args, params):
     require_dataset(args.data, params, args.method, _csv(args.methods))
-    from dfcl.report import outcome_summary
+    from dfcl.tables import outcome_summary
     from flows.retrain import retrain_detector  # after the check: importing the stack takes seconds
     outcome = retrain_detector(args.data, params, method=args.method, methods=_csv(args.methods),
                                auto_approve=args.auto_approve, fresh=args.fresh)
@@ -87,7 +87,7 @@ def cmd_retrain(args, params):
 
 
 def cmd_compare(args, params):
-    from dfcl.report import compare_table
+    from dfcl.tables import compare_table
     from dfcl.strategies import STRATEGIES
 
     strategies = _csv(args.strategies) or list(STRATEGIES)
@@ -151,7 +151,8 @@ def cmd_history(args, params):
 
 
 def cmd_evaluate(args, params):
-    from dfcl.evaluate import evaluate, load_detector, table
+    from dfcl.detector import load_detector
+    from dfcl.evaluate import evaluate, table
 
     require_folder(args.data)
     detector = load_detector(args.model or f"models:/{params['mlflow']['registered_model']}@champion",

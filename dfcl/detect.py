@@ -31,10 +31,10 @@ import cv2
 import numpy as np
 
 from dfcl.config import ConfigError
-from dfcl.evaluate import Detector, load_detector
+from dfcl.detector import Detector, load_detector
 from dfcl.faces import FaceDetector, FaceSettings, crop_square, framing_of
 from dfcl.images import Refusal, count_frames, open_video, read_frames, read_image, stored_frame_count
-from dfcl.metrics import fake_probabilities
+from dfcl.scoring import fake_probabilities
 from dfcl.trust import scores_and_features
 
 log = logging.getLogger("dfcl.detect")

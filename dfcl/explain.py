@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from dfcl.evaluate import Detector
+from dfcl.detector import Detector
 
 LOCK = threading.Lock()
 

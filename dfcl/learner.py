@@ -24,34 +24,17 @@ from dfcl import pinning
 from dfcl.config import ConfigError
 from dfcl.arrays import face_videos
 from dfcl.data import FaceArrayDataset
-from dfcl.metrics import ExperienceAUC, calibrate_threshold, per_experience, stream_value, validation_scores
+from dfcl.experience import ExperienceSpec
+from dfcl.scoring import ExperienceAUC, calibrate_threshold, per_experience, stream_value, validation_scores
 # Checkpoints pickle their plugins by module path: those saved before dfcl.plugins existed name
 # them dfcl.learner.*, so these names stay importable from here.
 from dfcl.plugins import (BestValidationEpoch, ChannelsLast, ClassBalancedLoss, CosineEpochs,  # noqa: F401
                           CudaSpeedups, FrozenBatchNormStats, LRSchedule)
-from dfcl.results import (matrix_forgetting, matrix_forward_transfer, strategy_report, summarize,
+from dfcl.metrics import (matrix_forgetting, matrix_forward_transfer, strategy_report, summarize,
                           values_before_learning)
 from dfcl.sbi import SelfBlendedFakes
 from dfcl.strategies import build_strategy, make_optimizer, pick_device
 from dfcl.trust import TRUST_FILE, Trust, fit_trust
-
-
-@dataclass
-class ExperienceSpec:
-    """One learned (or to-be-learned) method: where its decoded train/test faces live."""
-    key: str          # "<dataset>/<method>"
-    dataset: str
-    method: str
-    version: str      # DVC hash of the processed dataset it came from
-    train_x: str
-    train_y: str
-    test_x: str
-    test_y: str
-    val_x: str = ""   # validation faces (threshold, early stopping); "" for data extracted without
-    val_y: str = ""
-    digest: str = ""  # once learned: SHA-256 of its pinned arrays (dfcl.pinning), and their sizes
-    faces: dict = field(default_factory=dict)
-    learned_at: str = ""  # once learned: when (UTC, ISO 8601), for the model card
 
 
 @dataclass
@@ -358,7 +341,7 @@ class Learner:
 
     def forward_transfer(self) -> dict:
         """Each learned method's AUC just before it was learned (`auc_before`), their mean
-        (`auc_forward_transfer`, dfcl.results.matrix_forward_transfer), and Avalanche's accuracy
+        (`auc_forward_transfer`, dfcl.metrics.matrix_forward_transfer), and Avalanche's accuracy
         forward transfer (`forward_transfer`) where it is tracked."""
         h = self.history
         out = {"auc_forward_transfer": matrix_forward_transfer(h.auc_matrix),

@@ -1,152 +1,88 @@
-"""ROC AUC and balanced accuracy as an Avalanche plugin metric, the decision threshold chosen
-on validation faces, and helpers that read the evaluator's results.
-
-Avalanche ships accuracy, forgetting and BWT but no AUC or balanced accuracy; this metric
-collects the fake-class probability of every eval minibatch and scores the experience with
-torchmetrics. Balanced accuracy (the mean of the real and fake recalls) is what accuracy means
-when the test sets are two-thirds one class, as FF++'s are."""
+"""What a learner's evaluation reports: one row of results (`summarize`) and one strategy's
+whole run (`strategy_report`), as the flows, the CLI and the benchmarks show them."""
 from __future__ import annotations
 
 import math
-import re
-from pathlib import Path
 
-import numpy as np
-import torch
-from avalanche.evaluation import PluginMetric
-from avalanche.evaluation.metric_results import MetricValue
-from avalanche.evaluation.metric_utils import get_metric_name
-from torchmetrics.functional.classification import binary_auroc, binary_roc
+def _mean(values) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
-def balanced_accuracy(y: torch.Tensor, p: torch.Tensor, threshold: float) -> float:
-    """Mean of the per-class recalls when faces with p >= threshold are called fake."""
-    fake = p >= threshold
-    recalls = [(fake[y == c] == bool(c)).float().mean() for c in (0, 1) if (y == c).any()]
-    return float(sum(recalls) / len(recalls)) if recalls else math.nan
+def matrix_forgetting(matrix: list[list[float]]) -> float:
+    """Mean drop on the earlier methods, from right after learning each to now: Avalanche's
+    StreamForgetting, which Avalanche computes for accuracy only, on any per-method matrix (AUC,
+    balanced accuracy). Accuracy at 0.5 falls when predicted probabilities drift while the ranking
+    holds (see the demo's batch-norm note in params.yaml); these do not."""
+    if len(matrix) < 2:
+        return 0.0
+    drops = [matrix[i][i] - matrix[-1][i] for i in range(len(matrix) - 1)]
+    return _mean(drops)
 
 
-def video_auc(y, p, videos) -> float:
-    """AUC over videos, each scored by the mean P(fake) of its faces (as DeepfakeBench does);
-    NaN when no video has several faces (then it equals the frame-level AUC) or one class only."""
-    if videos is None or len(videos) != len(y) or len(set(videos)) == len(videos):
-        return math.nan
-    _, video = np.unique(np.asarray(videos), return_inverse=True)
-    n = video.max() + 1
-    counts = np.bincount(video, minlength=n)
-    mean_p = np.bincount(video, weights=np.asarray(p, dtype=float), minlength=n) / counts
-    label = np.bincount(video, weights=np.asarray(y, dtype=float), minlength=n) / counts >= 0.5
-    if label.all() or not label.any():
-        return math.nan
-    return float(binary_auroc(torch.from_numpy(mean_p).float(), torch.from_numpy(label).long()))
+def matrix_forward_transfer(matrix: list[list[float]]) -> float:
+    """Mean over the methods learned after the first of each one's value just before it was
+    learned (cell [j-1][j], the upper triangle's first diagonal); NaN where none was measured
+    (a method not yet known then, or evaluation of upcoming methods off). Avalanche's forward
+    transfer is accuracy minus the accuracy of the model at initialisation, and Avalanche has no
+    AUC: this is the AUC version, by hand, and absolute (0.5 is chance, as the matrix shows it)."""
+    return _mean([matrix[j - 1][j] for j in range(1, len(matrix)) if j < len(matrix[j - 1])])
 
 
-def calibrate_threshold(y: torch.Tensor, p: torch.Tensor) -> float:
-    """The fake-probability cut that maximises balanced accuracy (Youden's J = TPR - FPR) on
-    validation faces; 0.5 when they do not hold both classes."""
-    y = torch.as_tensor(y).long()
-    if len(y) == 0 or y.min() == y.max():
-        return 0.5
-    fpr, tpr, thresholds = binary_roc(torch.as_tensor(p), y)
-    best = int(torch.argmax(tpr - fpr))
-    return float(min(max(thresholds[best], 0.0), 1.0))
+def values_before_learning(matrix: list[list[float]], keys: list[str]) -> dict[str, float]:
+    """{method: its cell [j-1][j]} for each learned method measured just before it was learned."""
+    return {keys[j]: matrix[j - 1][j] for j in range(1, min(len(matrix), len(keys)))
+            if j < len(matrix[j - 1]) and not math.isnan(matrix[j - 1][j])}
 
 
-@torch.no_grad()
-def fake_probabilities(model: torch.nn.Module, faces, device: torch.device | str = "cpu",
-                       batch_size: int = 256) -> torch.Tensor:
-    """P(fake) for uint8 faces (N, H, W, 3), fed as in training (in [0, 1]; the model normalises)."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(faces), batch_size):
-        x = torch.from_numpy(np.array(faces[start:start + batch_size])).to(device)  # a writable copy of the memmap
-        x = x.permute(0, 3, 1, 2).float().div_(255)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x.contiguous(memory_format=torch.channels_last))
-        out.append(torch.softmax(logits.float(), 1)[:, 1].cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+def learned_card(history) -> list[dict]:
+    """Each learned method for the model card: when it was learned, its test AUC now, and its AUC
+    measured just before it was learned (what the model did on it while it was still unseen)."""
+    keys = [e.key for e in history.experiences]
+    now = history.auc_matrix[-1] if history.auc_matrix else []
+    before = values_before_learning(history.auc_matrix, keys)
+    return [{"method": e.key, "learned_at": e.learned_at or None,
+             "test_auc": None if i >= len(now) or math.isnan(now[i]) else round(now[i], 4),
+             "auc_before_learning": None if e.key not in before else round(before[e.key], 4)}
+            for i, e in enumerate(history.experiences)]
 
 
-def validation_scores(model: torch.nn.Module, faces: list[tuple[Path, Path]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and P(fake) of the validation faces [(images .npy, labels .npy), ...]."""
-    y = torch.from_numpy(np.concatenate([np.load(labels) for _, labels in faces]))
-    p = torch.cat([fake_probabilities(model, np.load(images, mmap_mode="r"), device) for images, _ in faces])
-    return y, p
-
-
-class ExperienceAUC(PluginMetric[float]):
-    """AUC_Exp, BalAcc_Exp at `threshold` (the learner sets it after calibrating), and
-    VideoAUC_Exp when `videos` (experience id -> video of each test face, in order) says
-    several faces come from one video."""
-
-    def __init__(self, threshold: float = 0.5):
-        super().__init__()
-        self.threshold = threshold
-        self.videos: dict[int, np.ndarray] = {}
-        self.reset()
-
-    def reset(self) -> None:
-        self._scores, self._targets = [], []
-
-    def result(self) -> float:
-        if not self._targets:
-            return math.nan
-        y = torch.cat(self._targets)
-        if y.min() == y.max():  # AUC is undefined with one class only
-            return math.nan
-        return float(binary_auroc(torch.cat(self._scores), y))
-
-    def before_eval_exp(self, strategy) -> None:
-        self.reset()
-
-    def after_eval_iteration(self, strategy) -> None:
-        self._scores.append(torch.softmax(strategy.mb_output.detach().float(), 1)[:, 1].cpu())
-        self._targets.append(strategy.mb_y.detach().cpu())
-
-    def balanced_accuracy(self) -> float:
-        if not self._targets:
-            return math.nan
-        # getattr: metrics pickled in checkpoints from before the threshold existed
-        return balanced_accuracy(torch.cat(self._targets), torch.cat(self._scores), getattr(self, "threshold", 0.5))
-
-    def video_auc(self, experience: int) -> float:
-        videos = getattr(self, "videos", {}).get(experience)  # getattr: metrics pickled before videos
-        if not self._targets or videos is None:
-            return math.nan
-        return video_auc(torch.cat(self._targets).numpy(), torch.cat(self._scores).numpy(), videos)
-
-    def after_eval_exp(self, strategy):
-        step = strategy.clock.train_iterations
-        exp = strategy.experience.current_experience
-        return [MetricValue(self, get_metric_name(self, strategy, add_experience=True), self.result(), step),
-                MetricValue(self, get_metric_name("BalAcc_Exp", strategy, add_experience=True),
-                            self.balanced_accuracy(), step),
-                MetricValue(self, get_metric_name("VideoAUC_Exp", strategy, add_experience=True),
-                            self.video_auc(exp), step)]
-
-    def __str__(self):
-        return "AUC_Exp"
-
-
-_EXP = re.compile(r"^(?P<metric>[^/]+)/eval_phase/test_stream(/Task\d+)?/Exp(?P<exp>\d+)$")
-
-
-def per_experience(metrics: dict, metric: str) -> dict[int, float]:
-    """{'Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp001': 0.8} -> {1: 0.8} for `metric`."""
-    out = {}
-    for key, value in metrics.items():
-        m = _EXP.match(key)
-        if m and m["metric"] == metric:
-            out[int(m["exp"])] = float(value)
+def summarize(experiences: list, row_acc: list[float], row_auc: list[float],
+              forgetting: float = math.nan, bwt: float = math.nan, row_bal: list[float] | None = None,
+              threshold: float = 0.5, row_video_auc: list[float] | None = None) -> dict:
+    """One evaluation's results on the learned `experiences` (a row's later cells, methods not
+    learned yet, are left out: averages are over what the model has learned)."""
+    keys = [e.key for e in experiences]
+    row_acc, row_auc = row_acc[:len(keys)], row_auc[:len(keys)]
+    row_bal = None if row_bal is None else row_bal[:len(keys)]
+    row_video_auc = None if row_video_auc is None else row_video_auc[:len(keys)]
+    out = {
+        "methods": keys,
+        "accuracy": dict(zip(keys, row_acc)),
+        "auc": dict(zip(keys, row_auc)),
+        "avg_accuracy": sum(row_acc) / len(row_acc),
+        "avg_auc": _mean(row_auc),
+        "forgetting": forgetting,
+        "bwt": bwt,
+        "threshold": threshold,
+    }
+    if row_bal is not None:
+        out["balanced_accuracy"] = dict(zip(keys, row_bal))
+        out["avg_balanced_accuracy"] = _mean(row_bal)
+    if row_video_auc is not None and any(not math.isnan(v) for v in row_video_auc):
+        # Video level (mean P(fake) of a video's faces) where methods have several faces per video.
+        out["video_auc"] = {k: v for k, v in zip(keys, row_video_auc) if not math.isnan(v)}
+        out["avg_video_auc"] = _mean(row_video_auc)
     return out
 
 
-def stream_value(metrics: dict, metric: str) -> float:
-    for key, value in metrics.items():
-        if key.startswith(f"{metric}/eval_phase/test_stream"):
-            return float(value)
-    return math.nan
-
+def strategy_report(learner, results: dict, seconds: float) -> dict:
+    """One strategy's whole run, as `dfcl compare` and the benchmarks report it."""
+    h = learner.history
+    return {"accuracy_matrix": h.accuracy_matrix, "auc_matrix": h.auc_matrix,
+            "balanced_accuracy_matrix": h.balanced_accuracy_matrix, "video_auc_matrix": h.video_auc_matrix,
+            "avg_accuracy": results["avg_accuracy"], "avg_auc": results["avg_auc"], "avg_video_auc": results.get("avg_video_auc"),
+            "avg_balanced_accuracy": results.get("avg_balanced_accuracy"), "threshold": results["threshold"],
+            "forgetting": results["forgetting"], "auc_forgetting": results["auc_forgetting"], "bwt": results["bwt"],
+            "auc_forward_transfer": results.get("auc_forward_transfer"), "forward_transfer": results.get("forward_transfer"),
+            "train_seconds": seconds}

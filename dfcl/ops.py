@@ -180,7 +180,7 @@ def promote(registered_model: str, version: str, by: str, reason: str) -> dict:
     """Point `champion` at `version` and record it, with the version it replaced."""
     from mlflow import MlflowClient
 
-    from dfcl.registry import champion_version
+    from dfcl.mlflow_registry import champion_version
 
     with alias_lock():
         before = champion_version(registered_model)
@@ -211,7 +211,7 @@ def rollback_champion(registered_model: str, by: str, reason: str) -> tuple[str,
     "previous" was meant is then unknown."""
     from mlflow import MlflowClient
 
-    from dfcl.registry import champion_version
+    from dfcl.mlflow_registry import champion_version
 
     with alias_lock():
         stack = champion_stack(alias_events(registered_model))

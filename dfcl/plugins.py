@@ -12,7 +12,7 @@ from avalanche.training.plugins import ReplayPlugin
 from torchmetrics.functional.classification import binary_auroc
 from tqdm.auto import tqdm
 
-from dfcl.metrics import validation_scores
+from dfcl.scoring import validation_scores
 
 
 class EpochProgress(SupervisedPlugin):

@@ -10,7 +10,7 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from dfcl.config import ConfigError
 from dfcl.memory import apply_heap_allocations
-from dfcl.metrics import ExperienceAUC
+from dfcl.scoring import ExperienceAUC
 from dfcl.plugins import (BestValidationEpoch, ChannelsLast, ClassBalancedLoss, CudaSpeedups, EpochProgress,
                           FrozenBatchNormStats, LRSchedule, MaskLoss)
 from models import create_model

@@ -35,7 +35,7 @@ def log_detector(model: torch.nn.Module, image_size: int, threshold: float, meta
     a safetensors state dict plus the architecture's registry name and constructor arguments
     (`architecture`, by default what models.create_model recorded on the model), never a
     pickle. `mlflow models serve` takes uint8 face crops and answers P(fake); dfcl builds the
-    torch module itself (dfcl.evaluate.load_mlflow_detector). `metadata` is open: every key
+    torch module itself (dfcl.detector.load_mlflow_detector). `metadata` is open: every key
     goes into the model's MLflow metadata. `trust` (dfcl.trust.Trust): its file becomes the
     `trust` artifact (the pyfunc calibrates with it) and its summary the `trust` metadata.
     Registered as a new version of `registered_model` when given. Returns MLflow's ModelInfo."""
@@ -91,7 +91,7 @@ def log_matrices(learner) -> None:
 def log_sweep(report: dict) -> None:
     """A sweep's results in its (parent) run: per strategy, each final figure's mean and standard
     deviation over seeds, the table, and the whole report as JSON."""
-    from dfcl.report import compare_table
+    from dfcl.tables import compare_table
 
     metrics = {}
     for name, entry in report["strategies"].items():

@@ -255,7 +255,7 @@ class Trust:
 def scores_and_features(model: torch.nn.Module, faces, device="cpu", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
     """Raw P(fake) and penultimate features (the input of `model.head`) of uint8 faces (N, H, W, 3);
     features None for a model without a `head` (a user's module outside the registry's contract)."""
-    from dfcl.metrics import fake_probabilities
+    from dfcl.scoring import fake_probabilities
 
     head = getattr(model, "head", None)
     if not isinstance(head, torch.nn.Module):

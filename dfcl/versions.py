@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from dfcl.learner import ExperienceSpec
+from dfcl.experience import ExperienceSpec
 
 ARRAYS = [f.name for f in dataclasses.fields(ExperienceSpec) if f.name.endswith(("_x", "_y"))]
 

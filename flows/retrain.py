@@ -19,8 +19,8 @@ from dfcl.config import flatten
 from dfcl.layouts import LayoutError
 from dfcl.learner import Learner
 from dfcl.ops import check_services, retrain_lock
-from dfcl.registry import registered_methods
-from dfcl.report import decision_plot, decision_table
+from dfcl.mlflow_registry import registered_methods
+from dfcl.tables import decision_plot, decision_table
 from dfcl.tracking import log_dataset_inputs, log_dataset_versions
 from dfcl.triggers import Ledger, fingerprint
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment

@@ -3,7 +3,8 @@ import math
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from dfcl.learner import ExperienceSpec, Learner
+from dfcl.experience import ExperienceSpec
+from dfcl.learner import Learner
 
 
 @task(cache_policy=NO_CACHE)

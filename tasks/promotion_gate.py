@@ -6,10 +6,10 @@ from prefect.cache_policies import NO_CACHE
 
 from dfcl import bootstrap
 from dfcl.arrays import face_videos
-from dfcl.evaluate import load_mlflow_detector
+from dfcl.detector import load_mlflow_detector
 from dfcl.learner import Learner
-from dfcl.metrics import fake_probabilities
-from dfcl.registry import champion_version
+from dfcl.scoring import fake_probabilities
+from dfcl.mlflow_registry import champion_version
 
 
 def test_sets(learner: Learner, champion_methods: list[str], champion_sets: dict) -> tuple[dict, dict]:

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dfcl.faces import framing_of
 from dfcl.learner import Learner
-from dfcl.results import learned_card
+from dfcl.metrics import learned_card
 from dfcl.tracking import log_detector, log_matrices
 from models.pyfunc import architecture_of
 

@@ -7,7 +7,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dfcl.config import flatten
-from dfcl.learner import ExperienceSpec, train_sequence
+from dfcl.experience import ExperienceSpec
+from dfcl.learner import train_sequence
 from dfcl.tracking import log_dataset_inputs, log_matrices
 from dfcl.versions import checked_out
 

@@ -229,8 +229,8 @@ def test_mlflow_models_serve_answers_p_fake_for_uint8_crops(champion, media, tmp
     """The registered model through MLflow's own server: uint8 crops in, the P(fake) dfcl computes out."""
     import cv2
 
-    from dfcl.evaluate import load_detector
-    from dfcl.metrics import fake_probabilities
+    from dfcl.detector import load_detector
+    from dfcl.scoring import fake_probabilities
 
     detector = load_detector(f"models:/{REGISTERED}@champion", small_params(), champion)
     crops = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(media[k])), cv2.COLOR_BGR2RGB), (32, 32),

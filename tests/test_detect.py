@@ -98,7 +98,7 @@ class Tiny(torch.nn.Module):
 def test_heatmaps_show_where_the_evidence_for_fake_is():
     """The heatmap lights up where the image has content (top-left corner) and nowhere else;
     for a model whose activations speak for "real", there is no evidence for fake anywhere."""
-    from dfcl.evaluate import Detector
+    from dfcl.detector import Detector
     from dfcl.explain import heatmaps
 
     crops = np.zeros((2, 32, 32, 3), np.uint8)

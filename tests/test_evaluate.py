@@ -6,9 +6,10 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
 
-from dfcl.evaluate import Detector, UntrustedModel, evaluate, load_detector, load_mlflow_detector, scores
+from dfcl.detector import Detector, UntrustedModel, load_detector, load_mlflow_detector
+from dfcl.evaluate import evaluate, scores
 from dfcl.learner import Learner
-from dfcl.metrics import balanced_accuracy, calibrate_threshold, fake_probabilities
+from dfcl.scoring import balanced_accuracy, calibrate_threshold, fake_probabilities
 from models.pyfunc import WEIGHTS_FORMAT, save_weights
 from models.registry import _MODELS, register_model
 from tests.conftest import REPO, small_params

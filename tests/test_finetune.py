@@ -10,7 +10,7 @@ from avalanche.core import SupervisedPlugin
 
 from dfcl.learner import Learner
 from dfcl.strategies import make_model, make_optimizer
-from dfcl.metrics import video_auc
+from dfcl.scoring import video_auc
 from tests.conftest import small_params
 from tests.test_learner import specs_for
 

@@ -100,7 +100,7 @@ def test_images_are_re_framed_to_the_geometry_detection_uses(tmp_path):
 
 def test_detection_cuts_faces_at_the_model_s_recorded_margin():
     from dfcl.detect import FaceScorer
-    from dfcl.evaluate import Detector
+    from dfcl.detector import Detector
 
     params = real_params()
     model = torch.nn.Linear(1, 1)

@@ -15,8 +15,8 @@ from scipy.stats import norm
 
 from dfcl import bootstrap
 from dfcl.learner import Learner
-from dfcl.registry import alias_version
-from dfcl.report import decision_plot, decision_table
+from dfcl.mlflow_registry import alias_version
+from dfcl.tables import decision_plot, decision_table
 from dfcl.tracking import log_detector
 from tasks.promotion_gate import promotion_gate
 from tests.conftest import _use_workspace, small_params

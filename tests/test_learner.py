@@ -8,8 +8,9 @@ import torch
 
 from dfcl.config import ConfigError
 from dfcl.extraction import extract_dataset
-from dfcl.learner import ExperienceSpec, Learner
-from dfcl.metrics import per_experience
+from dfcl.experience import ExperienceSpec
+from dfcl.learner import Learner
+from dfcl.scoring import per_experience
 from tests.conftest import small_params
 
 

@@ -14,7 +14,7 @@ def write_method(root, name, n=32, seed=0, stored_masks=True):
     """A method's arrays as extraction writes them: random reals, and fakes brightened inside a
     random rectangle whose mask is stored in `<split>-mask.npy` (every fourth fake's row left
     empty: a fake without a mask video)."""
-    from dfcl.learner import ExperienceSpec
+    from dfcl.experience import ExperienceSpec
 
     rng = np.random.default_rng(seed)
     folder = root / name
@@ -199,7 +199,7 @@ def test_the_mask_is_evidence_beside_the_heatmap_only_for_a_model_with_a_head(tm
     import cv2
 
     from dfcl.detect import Result
-    from dfcl.evaluate import Detector
+    from dfcl.detector import Detector
     from dfcl.explain import write_evidence
     from models import create_model
 
@@ -219,7 +219,7 @@ def test_the_api_row_carries_the_mask_beside_the_heatmap(tmp_path):
 
     from dfcl.api import run_detection
     from dfcl.detect import FaceScorer
-    from dfcl.evaluate import Detector
+    from dfcl.detector import Detector
     from models import create_model
 
     params = small_params()

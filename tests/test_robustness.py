@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from dfcl.api import ModelHolder, create_app, run_detection, uvicorn_config
 from dfcl.detect import FaceScorer, detect_files
-from dfcl.evaluate import Detector
+from dfcl.detector import Detector
 from dfcl.images import count_frames, open_video, read_image
 from tests.conftest import REPO, free_port, small_params
 

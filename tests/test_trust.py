@@ -96,7 +96,7 @@ def test_a_trust_file_that_is_not_one_is_refused(tmp_path):
 
 
 def test_the_learner_fits_trust_after_each_experience_and_it_travels(demo_data, tmp_path):
-    from dfcl.evaluate import load_detector
+    from dfcl.detector import load_detector
     from dfcl.learner import Learner
     from tests.conftest import small_params
     from tests.test_learner import specs_for
@@ -125,7 +125,8 @@ def test_novelty_flags_faces_of_a_set_never_learned_more_than_the_learned_method
     from sklearn.metrics import roc_auc_score
 
     from dfcl.extraction import extract_dataset
-    from dfcl.learner import ExperienceSpec, Learner
+    from dfcl.experience import ExperienceSpec
+from dfcl.learner import Learner
     from dfcl.trust import scores_and_features
     from tests.conftest import shared_data, small_params
 

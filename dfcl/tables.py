@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfcl.learner import ExperienceSpec
+from dfcl.experience import ExperienceSpec
 
 WHY = {"worse": "worse beyond the allowed drop, with confidence: rejected",
        "better": "better, with confidence",
@@ -96,7 +96,7 @@ def decision_plot(verdict: dict, path: Path) -> Path | None:
     return path
 
 
-# Figures of one training (dfcl.results.strategy_report) that a sweep averages over seeds.
+# Figures of one training (dfcl.metrics.strategy_report) that a sweep averages over seeds.
 FIGURES = ("accuracy_matrix", "auc_matrix", "balanced_accuracy_matrix", "video_auc_matrix", "avg_accuracy", "avg_auc",
            "avg_balanced_accuracy", "avg_video_auc", "threshold", "forgetting", "auc_forgetting", "bwt",
            "auc_forward_transfer", "forward_transfer", "train_seconds", "state_mb")
