@@ -27,8 +27,10 @@ demo: install
 #
 # Two test processes (pytest-xdist), a test file each at a time (module-scoped fixtures are made
 # once): most of the suite's time goes to `dfcl` processes, Prefect APIs and DVC stages starting
-# and waiting on each other, which overlaps well even on 2 cores.
+# and waiting on each other, which overlaps well even on 2 cores. Lint first (ruff, see pyproject):
+# a second, not a reason to wait for the suite.
 test: install browser
+	$(VENV)/bin/ruff check .
 	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 # The web page test drives Debian's chromium (Playwright's browser download does not work offline).

@@ -37,7 +37,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
-from common import auc_on, extract_once as extract, machine, spec as common_spec  # noqa: E402
+from common import auc_on, checked_rows, machine, made_folders  # noqa: E402
+from common import extract_once as extract  # noqa: E402
+from common import spec as common_spec  # noqa: E402
+
 from dfcl.workspace import Workspace, configure_environment  # noqa: E402
 
 # Prefect reads its settings when imported: its home and temporary API go under benchmarks/.work.
@@ -46,8 +49,8 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from dfcl.config import apply_overrides, load_params  # noqa: E402
 from dfcl.arrays import SPLITS, face_arrays  # noqa: E402
+from dfcl.config import apply_overrides, load_params  # noqa: E402
 from dfcl.data import first_of_each_face  # noqa: E402
 
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
@@ -309,12 +312,8 @@ def main() -> None:
     args = parser.parse_args()
     from dfcl.runners import sweep_task_runner
 
-    unknown = [r for r in args.rows.split(",") if r not in ROWS]
-    if unknown:
-        parser.error(f"unknown rows {', '.join(unknown)}; known: {', '.join(ROWS)}")
-    work, out = Path(args.workspace).resolve(), Path(args.out).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    checked_rows(parser, args.rows, ROWS)
+    work, out = made_folders(args.workspace, args.out)
     base = load_params(REPO / "params.yaml", args.set)
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "strategy": base["strategy"]["name"],
               "base": {k: base[k] for k in ("data", "model", "train", "strategy", "augment", "sbi")}, "rows": {}}

@@ -25,7 +25,7 @@ def run_once(workspace: str, heap: str) -> str:
     from dfcl.arrays import face_arrays
     from dfcl.config import apply_overrides, load_params
     from dfcl.experience import ExperienceSpec
-from dfcl.learner import Learner
+    from dfcl.learner import Learner
 
     params = apply_overrides(load_params(), [f"train.heap_allocations={heap}", "train.epochs=1"])
     specs = [ExperienceSpec(key=f"ffpp-crops/{m}", dataset="ffpp-crops", method=m, version="-",

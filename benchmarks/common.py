@@ -40,12 +40,12 @@ def extract_once(folder: Path, work: Path, params: dict, name: str | None = None
     import hashlib
 
     from dfcl.arrays import face_arrays
+    from dfcl.dvc import STAGE_PARAMS, stage_param
     from dfcl.extraction import extract_dataset
     from dfcl.layouts import dataset_name
-    from tasks.extract_faces import STAGE_PARAMS, _lookup
 
     name = name or dataset_name(folder)
-    settings = hashlib.sha1(json.dumps([_lookup(params, k) for k in STAGE_PARAMS]).encode()).hexdigest()[:10]
+    settings = hashlib.sha1(json.dumps([stage_param(params, k) for k in STAGE_PARAMS]).encode()).hexdigest()[:10]
     out = work / f"faces-{params['data']['image_size']}-{settings}" / name
     if not (out / "experiences.json").exists():
         extract_dataset(folder, out, params, name, cache_dir=work / "cache")
@@ -80,3 +80,20 @@ def save_results(out: Path, stem: str, report: dict, text: str) -> None:
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / f"{stem}.md").write_text(text)
     print(text)
+
+
+def checked_rows(parser, rows: str, known) -> list[str]:
+    """The comma-separated `--rows`, each one of `known` (else the parser's usage error)."""
+    wanted = rows.split(",")
+    unknown = [r for r in wanted if r not in known]
+    if unknown:
+        parser.error(f"unknown rows {', '.join(unknown)}; known: {', '.join(known)}")
+    return wanted
+
+
+def made_folders(*folders: str) -> list[Path]:
+    """Each folder, absolute and created."""
+    paths = [Path(f).resolve() for f in folders]
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+    return paths

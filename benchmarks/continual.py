@@ -35,6 +35,7 @@ from avalanche.core import SupervisedPlugin
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
 from common import extract_once, machine, save_results  # noqa: E402
+
 DATA = REPO.parent / "shared" / "data"
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 
@@ -141,9 +142,9 @@ def run_direct(folders: list[Path], params: dict, strategies: list[str], seeds: 
     from dataclasses import asdict
 
     from dfcl.config import apply_overrides
-    from dfcl.layouts import dataset_name
     from dfcl.experience import ExperienceSpec
-from dfcl.learner import train_sequence
+    from dfcl.layouts import dataset_name
+    from dfcl.learner import train_sequence
     from dfcl.plots import strategy_plots
     from dfcl.tables import over_seeds
 
@@ -163,9 +164,22 @@ from dfcl.learner import train_sequence
                 print(f"{name} seed {seed}: after {keys[step]}: avg acc {results['avg_accuracy']:.3f}, "
                       f"avg AUC {results['avg_auc']:.3f}", flush=True)
 
-            _, runs[seed] = train_sequence(specs, apply_overrides(params, [f"strategy.name={name}", f"train.seed={seed}"]),
-                                           work / "direct" / f"{name}-seed{seed}", Path("/"), on_experience=progress)
+            strategy, *settings = name.split("+")  # a variant: strategy+key=value+... (the ablation's rows)
+            overrides = [f"strategy.name={strategy}", f"train.seed={seed}"] + [f"strategy.{strategy}.{s}" for s in settings]
+            run_params = apply_overrides(params, overrides)
+            # Resumable: a finished (strategy, seed) with the same params and sequence is not trained again.
+            done = work / "direct" / f"{name}-seed{seed}.json"
+            key = json.dumps([run_params, keys], sort_keys=True, default=str)
+            if done.is_file() and json.loads(done.read_text())["key"] == key:
+                runs[seed] = json.loads(done.read_text())["report"]
+                continue
+            timer = StepTimer()
+            _, runs[seed] = train_sequence(specs, run_params, work / "direct" / f"{name}-seed{seed}", Path("/"),
+                                           on_experience=progress, plugins=[timer])
+            runs[seed]["ms_per_step"] = 1000 * timer.seconds / max(timer.steps, 1)
+            done.write_text(json.dumps({"key": key, "report": runs[seed]}, default=float))
         report["strategies"][name] = over_seeds(runs)
+        report["strategies"][name]["ms_per_step"] = float(np.mean([r["ms_per_step"] for r in runs.values()]))
         strategy_plots(report["strategies"][name], keys, plots, name)
     return report
 
@@ -233,20 +247,33 @@ def markdown(report: dict, command: str, tag: str) -> str:
                      f"| {pm([r.get('auc_forward_transfer') for r in runs])} | {pm([r.get('forward_transfer') for r in runs])} "
                      f"| {pm([r['train_seconds'] for r in runs], 0)} | {pm([r.get('state_mb') for r in runs], 1)} |")
     s = report["speed"]
+    steps = {n: e["ms_per_step"] for n, e in report["strategies"].items() if e.get("ms_per_step")}
+    if steps:
+        base = steps.get("replay")
+        lines += ["", "Time per training step (forward, backward, update and every plugin's hooks; a replay "
+                      "step carries a memory batch beside the new one):", "", "| strategy | ms/step | x Replay |",
+                  "| --- | --- | --- |"]
+        lines += [f"| {n} | {v:.0f} | {v / base:.2f} |" if base else f"| {n} | {v:.0f} | n/a |" for n, v in steps.items()]
+    if not s:
+        return "\n".join(lines + _per_method(report, methods, tag)) + "\n"
     lines += ["", "Training speed (first experience, same model, batch, data and epochs):", "",
               "| loop | images/s |", "| --- | --- |",
               f"| bare PyTorch | {s['bare_images_per_s']} |", f"| pipeline (Avalanche Naive + plugins) | {s['pipeline_images_per_s']} |",
               "", f"Ratio pipeline / bare: **{s['pipeline_over_bare']}**. GEM: {s['gem_ms_per_step']} ms per step against "
                   f"Naive's {s['naive_ms_per_step']} ms on {s['gem_measured_on']} (overhead {s['gem_overhead_ms_per_step']} ms/step).",
-              "", "Final accuracy / AUC per method (row = strategy):", "",
-              "| strategy | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+              ]
+    return "\n".join(lines + _per_method(report, methods, tag)) + "\n"
+
+
+def _per_method(report: dict, methods: list[str], tag: str) -> list[str]:
+    lines = ["", "Final accuracy / AUC per method (row = strategy):", "",
+             "| strategy | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
     for name, r in report["strategies"].items():
         cells = [f"{a:.2f} / {u:.2f}" for a, u in zip(r["accuracy_matrix"][-1], r["auc_matrix"][-1])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Plots: `continual_{tag}/` (per strategy: accuracy and AUC heatmaps, the upper triangle hatched: "
-                  "methods not learned yet; forgetting curves, dotted before the method was learned; "
-                  "`forgetting_all.png` side by side)."]
-    return "\n".join(lines) + "\n"
+    return lines + ["", f"Plots: `continual_{tag}/` (per strategy: accuracy and AUC heatmaps, the upper triangle hatched: "
+                        "methods not learned yet; forgetting curves, dotted before the method was learned; "
+                        "`forgetting_all.png` side by side)."]
 
 
 def main() -> None:
@@ -259,6 +286,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--data", default=str(DATA), help="the folder holding ffpp-crops, stylegan-faces, dfdc-crops")
     parser.add_argument("--direct", action="store_true", help="no Prefect, DVC or MLflow (see above)")
+    parser.add_argument("--skip-speed", action="store_true", help="no bare-loop / GEM speed section")
     parser.add_argument("--log-mlflow", metavar="JSON", help="log a --direct run's results to MLflow, then exit")
     args = parser.parse_args()
     if args.log_mlflow:
@@ -281,7 +309,7 @@ def main() -> None:
     strategies = args.strategies.split(",") if args.strategies else list(STRATEGIES)
     seeds = [int(s) for s in args.seeds.split(",")]
     data = Path(args.data).resolve()
-    folders = [data / "ffpp-crops", data / "stylegan-faces" / "images", data / "dfdc-crops"]
+    folders = [data / "ffpp-crops", data / "stylegan-faces" / "images", data / "dfdc-crops", data / "flux-faces"]
     plots = out / f"continual_{args.tag}"
     start = time.perf_counter()
     if args.direct:
@@ -302,7 +330,8 @@ def main() -> None:
     from dfcl.experience import ExperienceSpec
 
     specs = [ExperienceSpec(**e) for e in report["experiences"]]
-    report["speed"] = speed(params, specs, Path("/") if args.direct else work, work / "data" / "speed")
+    report["speed"] = {} if args.skip_speed else speed(params, specs, Path("/") if args.direct else work,
+                                                       work / "data" / "speed")
     report.update(machine=machine(), date=time.strftime("%Y-%m-%d"), wall_s=round(wall, 1),
                   params={k: params[k] for k in ("data", "model", "train", "strategy", "augment", "sbi")})
     if not args.direct:

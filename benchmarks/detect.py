@@ -70,14 +70,12 @@ def crops_folder(data: Path, out: Path, n: int) -> Path:
 
 def register_champion(params: dict) -> None:
     import mlflow
+    import numpy as np
     from mlflow import MlflowClient
 
     from dfcl.tracking import log_detector
-    from models import create_model
-
-    import numpy as np
-
     from dfcl.trust import Calibration, Trust, fit_feature_space
+    from models import create_model
 
     mp = params["model"]
     model = create_model(mp["name"], pretrained=mp["pretrained"]).eval()

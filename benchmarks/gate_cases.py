@@ -5,7 +5,8 @@ left as it is).
 Real models and a real registry: a small CNN trained on the synthetic BlendSwap method is
 registered (weights only) as the champion in a scratch workspace with its own sqlite MLflow;
 each case builds a challenger and runs the gate task itself (tasks/promotion_gate.py) against
-it (gate_verdict, what the gate task decides with), or makes the registry misbehave around it.
+it (gate_verdict, what the gate task decides with; its rules in dfcl/gate.py), or makes the
+registry misbehave around it.
 
     .venv/bin/python benchmarks/gate_cases.py [--out benchmarks/results/robustness_cpu.md]
 """
@@ -43,8 +44,8 @@ def setup(work: Path) -> None:
 
 def make_specs(work: Path, params: dict) -> dict:
     from dfcl.demo_data import generate
-    from dfcl.extraction import extract_dataset
     from dfcl.experience import ExperienceSpec
+    from dfcl.extraction import extract_dataset
 
     generate(work / "demo", ["BlendSwap", "GANUpsample"], train_per_class=48, test_per_class=24, size=32, seed=0)
     specs = {}
@@ -248,7 +249,7 @@ def section(rows: list[dict], seconds: float) -> str:
              "Each case of the promotion gate (issue 28, items 8 and 9) against a real champion: a small CNN "
              "trained on the synthetic BlendSwap method (32 px, 48 faces per class and split), registered weights-only "
              "in a scratch workspace's MLflow; each challenger goes through what the gate task decides with "
-             "(`gate_verdict` in `tasks/promotion_gate.py`; gate metric AUC, 1000 paired bootstrap resamples, "
+             "(`gate_verdict` in `tasks/promotion_gate.py`, its rules in `dfcl/gate.py`; gate metric AUC, 1000 paired bootstrap resamples, "
              "95 % intervals). "
              "\"To ops\" means the challenger would wait for `dfcl approve`; \"rejected\" never reaches ops; "
              "\"stops the run\" means the retraining run fails before any decision, so no alias moves "

@@ -31,7 +31,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
-from common import auc_on, extract_once, machine, spec as common_spec  # noqa: E402
+from common import auc_on, checked_rows, extract_once, machine, made_folders  # noqa: E402
+from common import spec as common_spec  # noqa: E402
 
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 UNSEEN = {"dfdc": ("dfdc-crops", ("test",)), "flux": ("flux-faces", ("test",)),  # name: (folder, splits scored)
@@ -198,13 +199,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--extract-only", action="store_true", help="extract the faces and stop")
     args = parser.parse_args()
-    unknown = [r for r in args.rows.split(",") if r not in ROWS]
-    if unknown:
-        parser.error(f"unknown rows {', '.join(unknown)}; known: {', '.join(ROWS)}")
+    checked_rows(parser, args.rows, ROWS)
     from dfcl.config import load_params
-    work, out = Path(args.workspace).resolve(), Path(args.out).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    work, out = made_folders(args.workspace, args.out)
     stem = out / f"generalization_{args.tag}"
     report = (json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists()
               else {"tag": args.tag, "rows": {}, "commands": [], "dates": []})

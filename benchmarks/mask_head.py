@@ -25,7 +25,6 @@ Writes benchmarks/results/mask_head_<tag>.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time

@@ -35,7 +35,6 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="cpu")
     args = ap.parse_args(argv)
 
-    import torch
     from sklearn.metrics import roc_auc_score
 
     from dfcl.config import load_params

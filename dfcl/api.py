@@ -23,7 +23,7 @@ while it streams and due within `api.upload_timeout_s` (408); the detection has
 `api.detect_timeout_s` (503): it stops at its next step and then frees its slot. Uploads go
 to a temporary folder deleted after the answer.
 
-Public deployment (see the README): `api.token_env` names the environment variable whose token
+Public deployment (see docs/detection.md): `api.token_env` names the environment variable whose token
 /v1/* then requires as `Authorization: Bearer`; `api.allowed_hosts` (TrustedHostMiddleware);
 every answer carries a CSP without inline script, nosniff and frame-ancestors 'none'.
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import logging
 import os
 import shutil
@@ -53,18 +52,15 @@ from starlette.datastructures import UploadFile
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
+from dfcl.api_guards import RequireToken, SecurityHeaders, UploadCap, error
 from dfcl.config import ConfigError
-from dfcl.detect import FaceScorer, in_time, model_card
+from dfcl.detect import FaceScorer, in_time
 from dfcl.detector import load_mlflow_detector
 from dfcl.mlflow_registry import alias_version
+from dfcl.verdicts import model_card
 
 log = logging.getLogger("dfcl.api")
 WEB = Path(__file__).resolve().parent / "web"
-# The page's own files only: no inline script or style, no other origin, never inside a frame.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                    (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
 LIMITS = ("max_upload_mb", "max_image_pixels", "max_video_pixels", "max_video_seconds", "allowed_types",
           "max_concurrent", "detect_timeout_s")
 
@@ -245,78 +241,6 @@ async def receive_upload(request: Request, folder: Path, a: dict) -> tuple[Path,
         await form.close()
 
 
-class UploadCap:
-    """413 for a request body over the cap: at once when Content-Length says so, else as soon as
-    the streamed body passes it (the multipart parser reads through this). 408 when the body has
-    not all arrived `timeout_s` after the route started reading it (a slow or stalled client
-    would hold a detection slot)."""
-
-    def __init__(self, app, max_bytes: int, limit_mb: float, timeout_s: float):
-        self.app, self.max_bytes, self.limit_mb, self.timeout_s = app, max_bytes, limit_mb, timeout_s
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            response = error(413, f"upload of {int(length) / 2**20:.1f} MB is over the limit of {self.limit_mb} MB")
-            return await response(scope, receive, send)
-        seen, due, complete = 0, None, False
-
-        async def capped():
-            nonlocal seen, due, complete
-            if complete:  # after the body: e.g. waiting for a disconnect, which has no deadline
-                return await receive()
-            loop = asyncio.get_running_loop()
-            due = due or loop.time() + self.timeout_s
-            try:
-                message = await asyncio.wait_for(receive(), max(due - loop.time(), 0))
-            except TimeoutError:
-                raise HTTPException(408, f"the upload did not arrive within {self.timeout_s} s (api.upload_timeout_s)")
-            seen += len(message.get("body", b""))
-            complete = message["type"] != "http.request" or not message.get("more_body", False)
-            if seen > self.max_bytes:
-                raise HTTPException(413, f"upload is over the limit of {self.limit_mb} MB")
-            return message
-
-        await self.app(scope, capped, send)
-
-
-class RequireToken:
-    """/v1/* answers only requests with `Authorization: Bearer <token>` (401 otherwise); the page,
-    its files and /health stay open (the page asks for the token)."""
-
-    def __init__(self, app, token: str):
-        self.app, self.expected = app, b"Bearer " + token.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):  # constant time: no guessing it byte by byte
-                response = error(401, "this server needs an access token: send Authorization: Bearer <token>")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-class SecurityHeaders:
-    """SECURITY_HEADERS on every answer."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 def save_upload(upload: UploadFile, path: Path) -> int:
     """The (already size-capped) upload into `path`, 1 MB at a time; its size."""
     upload.file.seek(0)
@@ -348,10 +272,6 @@ def run_detection(scorer: FaceScorer, path: Path, name: str, explain: bool, crop
     return 200, body
 
 
-def error(code: int, message: str, **extra) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=code)
-
-
 def uvicorn_config(app, params: dict, host: str, port: int, **kwargs):
     """uvicorn's settings for the API: at most `api.max_connections` connections and requests
     at once (beyond them, 503 at once instead of a queue that grows without bound)."""
@@ -376,7 +296,7 @@ def serve(params: dict, host: str | None = None, port: int | None = None) -> Non
           + (f"access token required (from ${a['token_env']})" if token else "no access token required"), flush=True)
     if not token and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"dfcl api: warning: listening on {host} without an access token; set ${a['token_env'] or 'DFCL_API_TOKEN'} "
-              "(api.token_env) and put TLS in front (README: Checking a photo or a video)", flush=True)
+              "(api.token_env) and put TLS in front (docs/detection.md: A public deployment)", flush=True)
     # uvicorn shuts down gracefully on these, then raises the signal again for the handler it
     # found: ours records it instead of killing the process mid-exit.
     stopped_by = []

@@ -1,5 +1,8 @@
 """`dfcl`: the one command of deepfake-cl. Every subcommand takes `-S key=value` overrides of
-params.yaml. Run `dfcl SUBCOMMAND --help` for details."""
+params.yaml. Run `dfcl SUBCOMMAND --help` for details.
+
+Over 300 lines: one small function per subcommand and the one parser; each imports its stack
+lazily so `dfcl --help` and a mistyped command answer in a second."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +12,13 @@ import os
 import sys
 from pathlib import Path
 
-from dfcl.config import ConfigError, check_names, load_params
+from dfcl.config import (
+    ConfigError,
+    check_names,
+    check_strategy_name,
+    load_params,
+    strategy_names,
+)
 from dfcl.layouts import LayoutError, known_layouts
 from dfcl.logs import configure_logging
 from dfcl.ops import OpsError
@@ -79,7 +88,9 @@ def cmd_extract_faces(args, params):
 def cmd_retrain(args, params):
     require_dataset(args.data, params, args.method, _csv(args.methods))
     from dfcl.tables import outcome_summary
-    from flows.retrain import retrain_detector  # after the check: importing the stack takes seconds
+    from flows.retrain import (
+        retrain_detector,  # after the check: importing the stack takes seconds
+    )
     outcome = retrain_detector(args.data, params, method=args.method, methods=_csv(args.methods),
                                auto_approve=args.auto_approve, fresh=args.fresh)
     print(outcome_summary(outcome))
@@ -88,15 +99,16 @@ def cmd_retrain(args, params):
 
 def cmd_compare(args, params):
     from dfcl.tables import compare_table
-    from dfcl.strategies import STRATEGIES
 
-    strategies = _csv(args.strategies) or list(STRATEGIES)
+    strategies = _csv(args.strategies) or strategy_names(params)
     for name in strategies:
-        check_names({**params, "strategy": {**params["strategy"], "name": name}})
+        check_strategy_name(name, params)
     for i, data in enumerate(args.data):
         require_dataset(data, params, methods=_csv(args.methods) if i == 0 else None)
     seeds = [_seed(s) for s in _csv(args.seeds)] if args.seeds else None
-    from flows.compare import compare  # after the checks: importing the stack takes seconds
+    from flows.compare import (
+        compare,  # after the checks: importing the stack takes seconds
+    )
     report = compare(args.data, params, strategies=strategies, methods=_csv(args.methods), seeds=seeds,
                      json_out=args.json, artifacts_dir=args.plots)
     print(compare_table(report))
@@ -173,7 +185,8 @@ def cmd_evaluate(args, params):
 def cmd_detect(args, params):
     import pandas as pd
 
-    from dfcl.detect import csv_rows, detect_with_model, table
+    from dfcl.detect import detect_with_model
+    from dfcl.verdicts import csv_rows, table
 
     rows = detect_with_model(args.model or f"models:/{params['mlflow']['registered_model']}@champion", args.paths,
                              params, Workspace.here().root, args.crop, Path(args.explain) if args.explain else None,
@@ -296,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="default: api.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: api.port (8000)")
     sub.add_parser("models", parents=[common], help="list the registered detector architectures")
+    p = sub.add_parser("migrate", parents=[common],
+                       help="once, after an upgrade: rename moved params.yaml keys and convert an old pickled learner")
+    p.add_argument("--learner", help="learner folder (default: the workspace's data/learner)")
     return parser
 
 
@@ -305,12 +321,26 @@ COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract
             "evaluate": cmd_evaluate, "detect": cmd_detect, "api": cmd_api, "models": cmd_models}
 
 
+def cmd_migrate(args, ws: Workspace) -> int:
+    """Before params are loaded: an old params.yaml may not load until its keys are renamed."""
+    from dfcl.migrate import migrate_learner, migrate_params
+
+    for rename in migrate_params(ws.params_file):
+        print(f"{ws.params_file}: renamed {rename}")
+    params = load_params(ws.params_file, args.set)
+    folder = Path(args.learner) if args.learner else ws.learner
+    print(migrate_learner(folder, params, ws.root))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ws = Workspace.here()
     configure_environment(ws)
     configure_logging(ws.log_file, args.verbose)
     try:
+        if args.command == "migrate":
+            return cmd_migrate(args, ws)
         params = load_params(ws.params_file, args.set)
         if args.command in ("demo", "retrain", "compare"):
             check_names(params)

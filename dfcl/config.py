@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import copy
 import difflib
-import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from dfcl.gate import (
+    METRICS as GATE_METRICS,  # the gate's own list: numpy only, no torch
+)
+
 PACKAGED_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-# Keys that moved: the flat strategy settings now sit under the strategy they belong to.
+# Keys that moved: the flat strategy settings now sit under the strategy they belong to
+# (`dfcl migrate` renames them in a workspace's params.yaml).
 RENAMED = {"strategy.replay_mem_size": "strategy.replay.mem_size",
            "strategy.gem_patterns_per_exp": "strategy.gem.patterns_per_exp",
            "strategy.gem_memory_strength": "strategy.gem.memory_strength",
@@ -32,24 +36,9 @@ def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     params = yaml.safe_load(PACKAGED_PARAMS.read_text()) or {}
     path = Path(path) if path else Path("params.yaml")
     if path.exists() and path.resolve() != PACKAGED_PARAMS.resolve():
-        params = merged(params, moved_keys_renamed(yaml.safe_load(path.read_text()) or {}, path), where=f"{path}: ")
+        params = merged(params, yaml.safe_load(path.read_text()) or {}, where=f"{path}: ")
     params = apply_overrides(params, overrides)
     check_ranges(params)
-    return params
-
-
-def moved_keys_renamed(params: dict, path: Path) -> dict:
-    """A workspace's params.yaml written before keys moved (see RENAMED) keeps its values, under
-    the new names; a warning says which."""
-    for old, new in RENAMED.items():
-        section, leaf = old.split(".")
-        if leaf in params.get(section, {}):
-            value = params[section].pop(leaf)
-            node = params
-            for part in new.split(".")[:-1]:
-                node = node.setdefault(part, {})
-            node[new.rsplit(".", 1)[1]] = value
-            warnings.warn(f"{path}: {old} is now {new}; please rename it there", stacklevel=2)
     return params
 
 
@@ -59,6 +48,8 @@ def merged(base: dict, over: dict, where: str = "", prefix: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
         name = f"{prefix}{key}"
+        if name in RENAMED:
+            raise ConfigError(f"{where}{name} is now {RENAMED[name]}: run `dfcl migrate` once to rename it")
         if key not in out:
             raise ConfigError(f"{where}{_unknown(name, key, out)}")
         if isinstance(out[key], dict):
@@ -156,7 +147,12 @@ RANGES = {
     "strategy.replay.mem_size": _at_least(1), "strategy.gem.patterns_per_exp": _at_least(1),
     "strategy.gem.memory_strength": _at_least(0), "strategy.lwf.alpha": _at_least(0),
     "strategy.lwf.temperature": _above(0), "strategy.ewc.ewc_lambda": _at_least(0),
-    "strategy.ewc.decay_factor": _within(0, 1),
+    "strategy.ewc.decay_factor": _within(0, 1), "strategy.der.mem_size": _at_least(1),
+    "strategy.der.alpha": _at_least(0), "strategy.der.beta": _at_least(0), "strategy.sur_lid.mem_size": _at_least(1),
+    "strategy.sur_lid.bins": _at_least(1), "strategy.sur_lid.views": _at_least(0), "strategy.sur_lid.noise": _at_least(0),
+    "strategy.dfil.mem_size": _at_least(1), "strategy.dfil.contrastive_weight": _at_least(0),
+    "strategy.dfil.temperature": _above(0), "strategy.dfil.feature_weight": _at_least(0),
+    "strategy.dfil.logit_weight": _at_least(0), "strategy.dfil.kd_temperature": _above(0),
     "compare.dask_workers": _at_least(1), "compare.dask_threads_per_worker": _at_least(1),
     "compare.retries": _at_least(0),
     "gate.max_drop_per_method": _at_least(0), "gate.max_drop_average": _at_least(0),
@@ -173,13 +169,22 @@ RANGES = {
     "api.port": _within(0, 65535), "api.reload_s": _above(0), "api.max_upload_mb": _above(0),
     "api.max_video_seconds": _above(0), "api.max_concurrent": _at_least(1), "api.queue_timeout_s": _at_least(0),
 }
-CHOICES = {"gate.metric": ("auc", "balanced_accuracy"), "detect.crop": ("auto", "always", "never"),
+CHOICES = {"gate.metric": GATE_METRICS, "detect.crop": ("auto", "always", "never"),
+           "strategy.dfil.selection": ("sparse_uniform", "central_hard"),
+           "train.schedule": ("constant", "cosine"), "train.batchnorm": ("train", "freeze_after_first", "frozen"),
            "detect.aggregate": ("mean", "confident"), "compare.runner": ("local", "dask"),
            "data.compression": ("c23", "c40", "raw")}
 
 
+def strategy_names(params: dict) -> list[str]:
+    """The strategies there are: each has its `strategy.<name>:` section of settings in params.yaml
+    (dfcl.strategies builds each from its section)."""
+    return [k for k, v in params["strategy"].items() if isinstance(v, dict)]
+
+
 def check_ranges(params: dict) -> None:
-    """A one-line error for the first value out of its range (RANGES) or choices (CHOICES)."""
+    """A one-line error for the first value out of its range (RANGES) or choices (CHOICES), an
+    unknown strategy name, or settings that contradict each other."""
     flat = flatten(params)
     for key, value in flat.items():
         if key.startswith("augment.") and key.endswith("_p"):
@@ -190,22 +195,36 @@ def check_ranges(params: dict) -> None:
             raise ConfigError(f"{key}={value!r} is out of range: it must be {rule[1]}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"{key}={value!r}: choose one of {', '.join(CHOICES[key])}")
+    if "strategy" in params:
+        check_strategy_name(params["strategy"]["name"], params)
+    if params.get("model", {}).get("mask_head") and not params["train"]["mask_loss_weight"] > 0:
+        # An untrained head would show masks it never learned as evidence.
+        raise ConfigError("model.mask_head=true needs train.mask_loss_weight > 0")
+    if params.get("model", {}).get("mask_head") and params.get("strategy", {}).get("name") == "der":
+        # Avalanche's DER unpacks batches as (x, y, task): the mask head's (x, y, mask, task) do not fit.
+        raise ConfigError("strategy.name=der cannot train a mask head (model.mask_head=true): Avalanche's DER "
+                          "takes batches without masks")
+
+
+def check_strategy_name(name: str, params: dict) -> None:
+    if name not in strategy_names(params):
+        raise ConfigError(f"unknown strategy.name {name!r}; choose one of {', '.join(strategy_names(params))}")
 
 
 def check_names(params: dict) -> None:
-    """Fail before any work on an unknown strategy or model name."""
-    # Imported here: the strategies and models pull in torch, and this module stays light.
-    from dfcl.strategies import STRATEGIES
-    from models import list_models, pretrained_tags
+    """Fail before any work on a model name (or its weights, or a mask head) the model registry
+    does not have. Apart from check_ranges: the registry is filled by importing the models (torch)."""
+    from models import list_models, mask_head_models, pretrained_tags
 
-    if params["strategy"]["name"] not in STRATEGIES:
-        raise ConfigError(f"unknown strategy.name {params['strategy']['name']!r}; choose one of {', '.join(STRATEGIES)}")
     mp = params["model"]
     if mp["name"] not in list_models():
         raise ConfigError(f"unknown model.name {mp['name']!r}; registered: {', '.join(list_models())}")
     if mp["pretrained"] not in ("none", None, *pretrained_tags(mp["name"])):
         raise ConfigError(f"model {mp['name']!r} has no {mp['pretrained']!r} weights; it has: "
                           f"{', '.join(pretrained_tags(mp['name'])) or 'none (use model.pretrained=none)'}")
+    if mp["mask_head"] and mp["name"] not in mask_head_models():
+        raise ConfigError(f"model.mask_head=true: {mp['name']} has no mask head; "
+                          f"models with one: {', '.join(mask_head_models())}")
 
 
 def _parse_value(raw: str) -> Any:

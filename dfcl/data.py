@@ -8,11 +8,8 @@ import torch
 from torch.utils.data import Dataset
 
 from dfcl.arrays import beside
-from dfcl.augment import DEFAULTS, Augmenter
+from dfcl.augment import Augmenter
 from dfcl.masks import target_mask
-
-# What augment=True meant before dfcl.augment (a flip with p=0.5), for older checkpoints.
-LEGACY_AUGMENT = {**{key: 0 for key in DEFAULTS if key.endswith("_p")}, "flip_p": 0.5}
 
 
 def face_tensor(image: np.ndarray) -> torch.Tensor:
@@ -27,11 +24,23 @@ def first_of_each_face(faces: np.ndarray) -> np.ndarray:
     return np.sort(np.unique(faces.reshape(len(faces), -1), axis=0, return_index=True)[1])
 
 
-class FaceArrayDataset(Dataset):
-    """Faces from a decoded .npy cache (memory-mapped, so epochs never re-decode JPEGs).
+class PicklesAsSettings:
+    """A dataset over memory-mapped arrays that pickles as its settings (`SETTINGS`) and opens its
+    files again when unpickled, so a DataLoader worker started by spawn maps the same files
+    instead of receiving a copy of them."""
 
-    It pickles as the file path, so a strategy checkpoint (e.g. a replay buffer holding a
-    subset of it) stays small and points at the DVC-versioned cache instead of copying it.
+    SETTINGS: tuple[str, ...] = ()
+
+    def __getstate__(self):
+        return {k: getattr(self, k) for k in self.SETTINGS}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+
+class FaceArrayDataset(PicklesAsSettings, Dataset):
+    """Faces from a decoded .npy cache (memory-mapped, so epochs never re-decode JPEGs).
 
     `augment`: None/False for none, or the params' `augment:` section (see dfcl.augment),
     applied to the uint8 face before normalisation.
@@ -40,6 +49,8 @@ class FaceArrayDataset(Dataset):
     model's mask head (dfcl.masks.target_mask: a real's is empty, a fake's its row of the
     `<split>-mask.npy` beside the faces, else unknown). Every dataset a strategy sees must agree
     on it: a batch is collated from items of one shape."""
+
+    SETTINGS = ("images_path", "labels_path", "augment", "masks")
 
     def __init__(self, images_path: str | Path, labels_path: str | Path, augment: dict | None = None,
                  masks: bool = False):
@@ -58,16 +69,6 @@ class FaceArrayDataset(Dataset):
         stored = beside(self.images_path, "mask")
         self._masks = np.load(stored, mmap_mode="r") if self.masks and stored.is_file() else None
 
-    def __getstate__(self):
-        return {"images_path": self.images_path, "labels_path": self.labels_path, "augment": self.augment,
-                "masks": self.masks}
-
-    def __setstate__(self, state):
-        if isinstance(state.get("augment"), bool):  # pickled before dfcl.augment (checkpoints)
-            state = {**state, "augment": dict(LEGACY_AUGMENT) if state["augment"] else None}
-        state.setdefault("masks", False)  # pickled before the mask head
-        self.__dict__.update(state)
-        self._open()
 
     def __len__(self):
         return len(self.targets)

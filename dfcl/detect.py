@@ -17,6 +17,9 @@ A model without trust data (a user's file, an older version) answers raw P(fake)
 threshold, and says so. A file that cannot be used gets a row with `error` and the reason, never an exception:
 its bytes must be the kind its name says, and its size in pixels, read from the header before
 decoding, within `api.max_image_pixels` / `api.max_video_pixels` (dfcl.images).
+
+Over 300 lines: FaceScorer is the one path a verdict takes for photos, crops and videos (they
+share the face finder, crop and scoring); what a person is shown of it is dfcl.verdicts.
 """
 from __future__ import annotations
 
@@ -33,9 +36,24 @@ import numpy as np
 from dfcl.config import ConfigError
 from dfcl.detector import Detector, load_detector
 from dfcl.faces import FaceDetector, FaceSettings, crop_square, framing_of
-from dfcl.images import Refusal, count_frames, open_video, read_frames, read_image, stored_frame_count
+from dfcl.images import (
+    Refusal,
+    count_frames,
+    open_video,
+    read_frames,
+    read_image,
+    stored_frame_count,
+)
 from dfcl.scoring import fake_probabilities
 from dfcl.trust import scores_and_features
+from dfcl.verdicts import (
+    NOVEL_NOTE,
+    band_of,
+    calibrated,
+    face_evidence,
+    model_card,
+    reason_for,
+)
 
 log = logging.getLogger("dfcl.detect")
 # A video whose container states no length is counted up to the frames `max_seconds` hold at
@@ -80,50 +98,6 @@ class Result:
             out["frames"] = self.frames
         out["seconds"] = round(self.seconds, 3)
         return out
-
-
-def model_card(detector: Detector) -> dict:
-    """Which model answered and what to expect of it: what every result carries. `learned`: each
-    learned method with when it was learned, its test AUC and its AUC just before it was learned;
-    `auc_on_unlearned`: the mean of the latter, what its AUC was on methods it had not learned yet."""
-    info, trust = detector.info, detector.trust
-    return {"name": info.get("name"), "version": info.get("version"), "alias": info.get("alias"),
-            "uri": info.get("uri"), "architecture": info.get("architecture"),
-            "image_size": detector.image_size, "threshold": round(detector.shown_threshold, 4),
-            "methods": list(info.get("methods") or []), "learned": list(info.get("learned") or []),
-            "auc_on_unlearned": info.get("auc_forward_transfer"),
-            "calibrated": calibrated(detector), "band": band_of(detector),
-            "precision": None if trust is None else trust.precision,
-            "measured": {} if trust is None else {k: v for k, v in trust.report.items() if k.startswith("test_")}}
-
-
-def calibrated(detector: Detector) -> bool:
-    """Is the P(fake) shown calibrated? (A trust fit on one-class validation faces keeps the identity.)"""
-    return detector.trust is not None and detector.trust.calibrated
-
-
-def band_of(detector: Detector) -> list[float]:
-    """[lo, hi]: P(fake) below lo is answered real, at or above hi fake, between uncertain."""
-    lo, hi = detector.trust.band if detector.trust is not None else (detector.threshold,) * 2
-    return [round(lo, 4), round(min(hi, 1.0), 4)]
-
-
-NOVEL_NOTE = ("this face is unlike the forgeries and real faces the model has learned: treat the verdict with care")
-
-
-def reason_for(detector: Detector, verdict: str, p: float) -> str:
-    """Why `verdict`, in words a person can weigh."""
-    t = detector.trust
-    if t is None:
-        return (f"P(fake) {p:.2f} against the model's threshold {detector.threshold:.2f}; this model has no "
-                "calibration (a file, or a version registered before it), so how sure it is was not measured")
-    lo, hi = t.band
-    if verdict == "uncertain":
-        return (f"P(fake) {p:.2f} lies between {lo:.2f} and {min(hi, 1):.2f}, where the model's answers were right "
-                f"less than {t.precision:.0%} of the time on the methods it learned")
-    side = f"at or above {hi:.2f}" if verdict == "fake" else f"below {lo:.2f}"
-    return (f"P(fake) {p:.2f} is {side}, where '{verdict}' answers were right at least {t.precision:.0%} of the "
-            "time on the methods it learned (calibrated on their validation faces)")
 
 
 def file_kind(path: Path, params: dict) -> str | None:
@@ -282,7 +256,7 @@ class FaceScorer:
         return side >= self.params["detect"]["crop_min_fill"] * min(h, w)
 
     def detect_video(self, path: Path, max_seconds: float | None = None, deadline: float | None = None) -> Result:
-        s, d, t = self.settings, self.params["detect"], time.perf_counter()
+        s, t = self.settings, time.perf_counter()
         max_pixels = self.params["api"]["max_video_pixels"]
         cap, problem = open_video(path, max_pixels)
         if cap is None:
@@ -366,12 +340,6 @@ class FaceScorer:
         return out
 
 
-def face_evidence(judged: dict) -> dict:
-    """A face's row: its P(fake) and answer, and novelty and attribution where the model has them."""
-    out = {"p_fake": round(judged["p_fake"], 4), "verdict": judged["verdict"]}
-    return out | {k: judged[k] for k in ("novelty", "novel", "resembles") if k in judged}
-
-
 def in_time(deadline: float | None) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise TimeoutError("the detection ran past its deadline")
@@ -440,45 +408,3 @@ def detect_with_model(ref: str, paths: list[str], params: dict, root: Path, crop
                           f"(known types: {', '.join(d['image_types'] + d['video_types'])})")
     scorer = FaceScorer(load_detector(ref, params, root, trust_pickle), params)
     return detect_files(scorer, paths, crop="always" if crop else None, explain_dir=explain_dir)
-
-
-def table(rows: list[dict]) -> str:
-    """One line per file: verdict, calibrated P(fake), faces, novelty, the method a fake
-    resembles, and why it could not be scored; then what the answers mean."""
-    import pandas as pd
-
-    def resembles(r):
-        return f"{r['resembles']['method']} ({r['resembles']['similarity']:.2f})" if r.get("resembles") else ""
-
-    frame = pd.DataFrame([{"file": r["file"], "kind": r["kind"], "verdict": r["verdict"],
-                           "P(fake)": "" if r["p_fake"] is None else f"{r['p_fake']:.3f}",
-                           "faces": len(r.get("faces", [])), "novel": {True: "yes", False: "no"}.get(r.get("novel"), ""),
-                           "resembles": resembles(r), "note": r.get("error", "")} for r in rows])
-    lines = [frame.to_string(index=False)]
-    answered = [r for r in rows if r["verdict"] != "error"]
-    if answered:
-        m = answered[0]["model"]
-        if m["calibrated"]:
-            lo, hi = m["band"]
-            lines.append(f"fake: P(fake) >= {hi:.2f}, real: < {lo:.2f}, uncertain between: answers right at least "
-                         f"{m['precision']:.0%} of the time on the methods it learned. novel: unlike the faces it learned.")
-        else:
-            lines.append(f"this model is not calibrated: P(fake) is raw, fake at or above {m['threshold']:.2f}")
-    return "\n".join(lines)
-
-
-def csv_rows(rows: list[dict]) -> list[dict]:
-    """One flat row per file; faces, the timeline and the model card as JSON strings."""
-    import json
-
-    flat = []
-    for r in rows:
-        m = r["model"]
-        flat.append({"file": r["file"], "kind": r["kind"], "verdict": r["verdict"], "p_fake": r["p_fake"],
-                     "threshold": r["threshold"], "reason": r.get("reason") or "", "novel": r.get("novel"),
-                     "resembles": (r.get("resembles") or {}).get("method", ""),
-                     "faces": len(r.get("faces", [])), "error": r.get("error", ""),
-                     "model_name": m["name"], "model_version": m["version"], "model_alias": m["alias"],
-                     "model_uri": m["uri"], "face_boxes": json.dumps(r.get("faces", [])),
-                     "timeline": json.dumps(r.get("frames", [])), "seconds": r["seconds"]})
-    return flat

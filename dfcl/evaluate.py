@@ -11,12 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_eer, binary_roc
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_eer,
+    binary_roc,
+)
 
 from dfcl.arrays import SPLITS, face_arrays, face_videos
 from dfcl.detector import Detector
 from dfcl.faces import framing_of
-from dfcl.scoring import balanced_accuracy, fake_probabilities, video_auc
+from dfcl.scoring import balanced_accuracy, video_auc
 from dfcl.trust import coverage, ece, scores_and_features
 
 

@@ -9,6 +9,9 @@ id, split) and kept faces go into one uint8 array per method and split (dfcl.dat
 A video's detections are cached (Workspace.face_cache) by its content hash and the detection
 settings, so an unchanged video is never detected twice, even when the dataset around it, the
 crop margin or the crop size change.
+
+Over 300 lines: the one path from a layout's file list to the arrays (frames, faces, landmarks,
+splits, manifest) with its per-file skip report; each step is a function of its own.
 """
 from __future__ import annotations
 
@@ -25,10 +28,22 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from dfcl.arrays import SPLITS, beside, face_arrays
-from dfcl.faces import (FaceDetector, FaceSettings, FileFaces, prefetched, face_of_image, faces_in_image, faces_in_video,
-                        file_md5, load_detections, read_frames, save_detections)
+from dfcl.faces import (
+    FaceDetector,
+    FaceSettings,
+    FileFaces,
+    face_of_image,
+    faces_in_image,
+    faces_in_video,
+    file_md5,
+    load_detections,
+    prefetched,
+    read_frames,
+    save_detections,
+)
 from dfcl.images import read_image
-from dfcl.landmarks import N_POINTS, LandmarkPredictor, kind as landmark_kind
+from dfcl.landmarks import N_POINTS, LandmarkPredictor
+from dfcl.landmarks import kind as landmark_kind
 from dfcl.layouts import Sources, assign_splits, cap_per_class, recognise
 from dfcl.workspace import Workspace
 

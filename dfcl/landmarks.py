@@ -3,7 +3,7 @@
 SBI blends inside the convex hull of a face's 68 landmarks (jaw, brows, nose, eyes, mouth);
 MTCNN gives only 5 points (eyes, nose, mouth corners), which span the inner face. The predictor
 file ships inside the registry package `face-recognition-models` (trained on iBUG 300-W: see the
-README's licence note), and dlib comes prebuilt (`dlib-bin`): nothing is downloaded. About 3 ms a
+docs/datasets.md, licence note), and dlib comes prebuilt (`dlib-bin`): nothing is downloaded. About 3 ms a
 face on a CPU core. Points are stored per face in crop pixels (`<split>-landmarks.npy`, see
 dfcl.arrays); detection and evaluation never need them.
 """

@@ -4,6 +4,9 @@
 name, the fake methods (each becomes one experience) and one row per (experience, file) with
 label, video id, split group, official split (when the dataset ships one), the original a fake
 was made from and its mask video. Frames and faces come later (`dfcl.extraction`).
+
+Over 300 lines: one registry of layouts, one section each (FaceForensics++, Celeb-DF, DFDC,
+plain folders), as timm keeps a family per file; the splitting rules they share close it.
 """
 from __future__ import annotations
 

@@ -1,14 +1,19 @@
 """The continual learner: an Avalanche strategy over a growing list of experiences, whose
 whole state (weights, optimizer, replay buffer / GEM memories / CWR* consolidated weights,
-clock and evaluator history) persists between runs with Avalanche's checkpointing."""
+clock and evaluation history) persists between runs as plain data (dfcl.learner_state): the
+strategy is built from each run's params and given its memories back.
+
+Over 300 lines: one class holds the learner's life (load, learn, evaluate, save), whose steps
+share its history and strategy; the state's format and the metrics' math live apart
+(dfcl.learner_state, dfcl.metrics)."""
 from __future__ import annotations
 
 import json
 import math
 import shutil
 import time
-from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -16,30 +21,38 @@ import numpy as np
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
-from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
 from avalanche.evaluation.metrics import ExperienceForwardTransfer
 from torch.utils.data import ConcatDataset
 
-from dfcl import pinning
-from dfcl.config import ConfigError
+from dfcl import learner_state, pinning
 from dfcl.arrays import face_videos
+from dfcl.config import ConfigError
 from dfcl.data import FaceArrayDataset
 from dfcl.experience import ExperienceSpec
-from dfcl.scoring import ExperienceAUC, calibrate_threshold, per_experience, stream_value, validation_scores
-# Checkpoints pickle their plugins by module path: those saved before dfcl.plugins existed name
-# them dfcl.learner.*, so these names stay importable from here.
-from dfcl.plugins import (BestValidationEpoch, ChannelsLast, ClassBalancedLoss, CosineEpochs,  # noqa: F401
-                          CudaSpeedups, FrozenBatchNormStats, LRSchedule)
-from dfcl.metrics import (matrix_forgetting, matrix_forward_transfer, strategy_report, summarize,
-                          values_before_learning)
+from dfcl.metrics import (
+    MATRICES,
+    matrix_forgetting,
+    matrix_forward_transfer,
+    strategy_report,
+    summarize,
+    values_before_learning,
+)
+from dfcl.plugins import BestValidationEpoch
 from dfcl.sbi import SelfBlendedFakes
-from dfcl.strategies import build_strategy, make_optimizer, pick_device
+from dfcl.scoring import (
+    ExperienceAUC,
+    calibrate_threshold,
+    per_experience,
+    validation_scores,
+)
+from dfcl.strategies import build_strategy, pick_device
 from dfcl.trust import TRUST_FILE, Trust, fit_trust
 
 
 @dataclass
 class History:
     experiences: list[ExperienceSpec] = field(default_factory=list)
+    # One matrix per metric of dfcl.metrics.MATRICES, under its `history` name.
     accuracy_matrix: list[list[float]] = field(default_factory=list)
     auc_matrix: list[list[float]] = field(default_factory=list)
     balanced_accuracy_matrix: list[list[float]] = field(default_factory=list)
@@ -61,12 +74,9 @@ def identity_of(params: dict) -> dict:
 class Learner:
     """A strategy plus the list of experiences it has learned, saved under `folder`."""
 
-    CHECKPOINT = "strategy.ckpt"
-    OPTIMIZER = "optimizer.pt"
     HISTORY = "history.json"
     CURRENT = "CURRENT"   # names the state folder in use; replaced atomically after a save
     EXPERIENCES = "experiences"  # the learned methods' pinned faces (dfcl.pinning)
-    CELLS = ("Top1_Acc_Exp", "AUC_Exp", "BalAcc_Exp", "VideoAUC_Exp")  # a matrix cell each, per experience
 
     def __init__(self, folder: Path, params: dict, root: Path):
         self.folder, self.params, self.root = Path(folder), params, Path(root)
@@ -81,64 +91,49 @@ class Learner:
 
     @classmethod
     def load(cls, folder: Path, params: dict, root: Path) -> "Learner":
+        """The learner saved in `folder`, its strategy built from these params (so this run's
+        settings apply: epochs, plugins, a strategy's own settings) and given back its weights,
+        optimizer state and memories."""
         learner = cls(folder, params, root)
         state = learner._state()
         if state is None:
             return learner
+        if (state / learner_state.OLD_CHECKPOINT).is_file():
+            raise ConfigError(f"{folder} holds a learner saved in the old pickled format: run "
+                              f"`dfcl migrate --learner {folder}` once to convert it")
         data = json.loads((state / cls.HISTORY).read_text())
-        saved = data.get("identity", {})
-        if isinstance(saved.get("model"), dict):  # learners from before pretrained weights existed
-            saved["model"].setdefault("pretrained", "none")
-            saved["model"].setdefault("mask_head", False)  # learners from before the mask head
+        saved = data["identity"]
         if saved != learner.history.identity:
             raise ConfigError(
                 f"the learner in {folder} was trained with {saved}, but params ask for "
                 f"{learner.history.identity}; restore those params or start over with --fresh")
         experiences = [ExperienceSpec(**e) for e in data["experiences"]]
-        for spec in experiences:  # before the checkpoint's datasets open them
+        for spec in experiences:  # before their datasets are opened
             pinning.check(spec, learner.root)
-        learner.history = History(
-            experiences=experiences,
-            accuracy_matrix=data["accuracy_matrix"], auc_matrix=data["auc_matrix"],
-            balanced_accuracy_matrix=data.get("balanced_accuracy_matrix", []),
-            video_auc_matrix=data.get("video_auc_matrix", []),
-            # Saved before the upper triangle: square lower-triangular matrices, one column per experience.
-            columns=data.get("columns") or [[e.key, e.version] for e in experiences],
-            threshold=data.get("threshold", 0.5), identity=saved)
-        if (state / TRUST_FILE).is_file():  # learners saved before dfcl.trust have none until their next experience
+        learner.history = History(**{**data, "experiences": experiences})
+        if (state / TRUST_FILE).is_file():
             learner.trust = Trust.load(state / TRUST_FILE)
-        device = pick_device(params["train"]["device"])
-        learner.strategy, done = maybe_load_checkpoint(learner.strategy, str(state / cls.CHECKPOINT),
-                                                       map_location=device)
-        # The optimizer is saved apart (see save()); re-bind it to the restored model.
         strategy = learner.strategy
-        # The checkpoint pickles the whole strategy, its loop settings included; this run's
-        # params decide how the next experience trains (`dfcl retrain -S train.epochs=1`).
-        tp = params["train"]
-        strategy.train_epochs, strategy.train_mb_size, strategy.eval_mb_size = (
-            tp["epochs"], tp["batch_size"], tp["eval_batch_size"])
-        strategy.optimizer = make_optimizer(strategy.model, params["train"])
-        saved_optimizer = torch.load(state / cls.OPTIMIZER, map_location=device)
-        if len(saved_optimizer["param_groups"]) != len(strategy.optimizer.param_groups):
-            # Saved before the backbone/head groups: one group for every parameter, as then.
-            strategy.optimizer = torch.optim.AdamW(strategy.model.parameters(), lr=params["train"]["lr"],
-                                                   weight_decay=params["train"]["weight_decay"])
-        strategy.optimizer.load_state_dict(saved_optimizer)
-        if done != len(learner.history.experiences):
-            raise RuntimeError(f"{state}: checkpoint has {done} experiences, history has "
-                               f"{len(learner.history.experiences)}; the learner folder is inconsistent")
+        device = pick_device(params["train"]["device"])
+        train = [e.dataset for e in learner.benchmark(experiences).train_stream] if experiences else []
+        learner_state.load_state(strategy, state, train, device)
+        try:
+            learner_state.load_optimizer(strategy, state, device)
+        except ValueError as e:  # another parameter grouping (train.backbone_lr_scale on or off)
+            raise ConfigError(f"{state}: the saved optimizer does not fit this model's parameter groups ({e}); "
+                              "start over with --fresh") from None
+        if strategy.clock.train_exp_counter != len(experiences):
+            raise RuntimeError(f"{state}: the state has {strategy.clock.train_exp_counter} experiences, history has "
+                               f"{len(experiences)}; the learner folder is inconsistent")
         return learner
 
     def save(self) -> None:
-        """Write checkpoint, optimizer and history into a new state folder, then point CURRENT
-        at it with one atomic rename: a crash or kill at any moment leaves the previous state
-        whole, and the next run resumes from the last finished experience."""
+        """Write the state (dfcl.learner_state) and history into a new state folder, then point
+        CURRENT at it with one atomic rename: a crash or kill at any moment leaves the previous
+        state whole, and the next run resumes from the last finished experience."""
         state = self.folder / f"state-{len(self.history.experiences):04d}-{time.time_ns()}"
         state.mkdir(parents=True)
-        # dill cannot pickle torch 2.15's optimizers (a typing sentinel), so the optimizer
-        # goes through its own state_dict.
-        save_checkpoint(self.strategy, str(state / self.CHECKPOINT), exclude=["optimizer"])
-        torch.save(self.strategy.optimizer.state_dict(), state / self.OPTIMIZER)
+        learner_state.save_state(self.strategy, state)
         (state / self.HISTORY).write_text(json.dumps(asdict(self.history), indent=1))
         if self.trust is not None:
             self.trust.save(state / TRUST_FILE)
@@ -175,8 +170,12 @@ class Learner:
     def benchmark(self, experiences: list[ExperienceSpec]):
         # Experience ids must stay stable across runs (GEM memories and the forgetting metrics
         # are keyed by them), so the benchmark always lists every experience from the first.
+        # Each training face carries a key (experience, index) by which a saved buffer names it.
+        train = [self._dataset(e.train_x, e.train_y, train=True) for e in experiences]
+        train = [d.update_data_attribute(learner_state.SAMPLE_KEY, learner_state.sample_keys(i, len(d)))
+                 for i, d in enumerate(train)]
         return benchmark_from_datasets(
-            train=[self._dataset(e.train_x, e.train_y, train=True) for e in experiences],
+            train=train,
             test=[self._dataset(e.test_x, e.test_y, train=False) for e in experiences])
 
     def _validation_faces(self, experiences: list[ExperienceSpec]) -> list[tuple[Path, Path]]:
@@ -248,8 +247,8 @@ class Learner:
         differ = next((j for j in range(start, min(len(h.columns), len(wanted))) if list(h.columns[j]) != wanted[j]),
                       None)
         if differ is not None:
-            for matrix in (h.accuracy_matrix, h.auc_matrix, h.balanced_accuracy_matrix, h.video_auc_matrix):
-                for row in matrix:
+            for m in MATRICES:
+                for row in getattr(h, m.history):
                     del row[differ:]
             del h.columns[differ:]
         if len(wanted) > len(h.columns):
@@ -310,28 +309,18 @@ class Learner:
         scores.threshold = self.history.threshold
         scores.videos = self.test_videos(self.history.experiences + list(ahead))
         metrics = self.strategy.eval(bench.test_stream[:n])
-        cells = {name: {k: v for k, v in per_experience(metrics, name).items() if k < n} for name in self.CELLS}
+        cells = {m.cell: {k: v for k, v in per_experience(metrics, m.cell).items() if k < n} for m in MATRICES}
         if ahead:
-            # A call of its own: Avalanche's stream figures (StreamForgetting, StreamBWT) stay those
-            # of the learned methods. (Its forgetting would skip an experience never trained on
-            # anyway: its value right after training is unset.) The per-experience figures of
-            # `metrics` for later ids are stale ones of earlier evaluations, hence k < n above.
+            # A call of its own: the per-experience figures of `metrics` for later ids are stale
+            # ones of earlier evaluations, hence k < n above.
             with self._rng_kept():
                 later = self.strategy.eval(bench.test_stream[n:m])
-            for name in self.CELLS:
-                cells[name] |= {k: v for k, v in per_experience(later, name).items() if n <= k < m}
-        scores.videos = {}  # nothing path-bound goes into the checkpoint
-        row_acc, row_auc, row_bal, row_vid = ([cells[name].get(i, math.nan) for i in range(m)] for name in self.CELLS)
-        self.history.accuracy_matrix.append(row_acc)
-        self.history.auc_matrix.append(row_auc)
-        self.history.balanced_accuracy_matrix.append(row_bal)
-        self.history.video_auc_matrix.append(row_vid)
-        forgetting = stream_value(metrics, "StreamForgetting")
-        bwt = stream_value(metrics, "StreamBWT")
-        return summarize(self.history.experiences, row_acc, row_auc,
-                         forgetting=0.0 if math.isnan(forgetting) else forgetting,
-                         bwt=0.0 if math.isnan(bwt) else bwt, row_bal=row_bal, threshold=self.history.threshold,
-                         row_video_auc=row_vid) | self.metric_forgetting() | self.forward_transfer() | self.trust_results()
+            for metric in MATRICES:
+                cells[metric.cell] |= {k: v for k, v in per_experience(later, metric.cell).items() if n <= k < m}
+        scores.videos = {}  # each evaluation sets its own
+        for metric in MATRICES:
+            getattr(self.history, metric.history).append([cells[metric.cell].get(i, math.nan) for i in range(m)])
+        return self.last_results()
 
     def metric_forgetting(self) -> dict:
         """Forgetting in AUC and balanced accuracy, beside Avalanche's accuracy forgetting."""
@@ -356,14 +345,17 @@ class Learner:
 
 
 def train_sequence(specs: list[ExperienceSpec], params: dict, folder: Path, root: Path,
-                   on_experience: Callable[[int, dict, Learner], None] | None = None) -> tuple[Learner, dict]:
+                   on_experience: Callable[[int, dict, Learner], None] | None = None,
+                   plugins: list = ()) -> tuple[Learner, dict]:
     """A new learner (whatever `folder` held is removed) trained on `specs` in order, then saved:
     the learner and its report (`strategy_report`). `on_experience(step, results, learner)` runs
     after each experience (progress, MLflow). `dfcl compare` and the benchmarks all train this way.
     The whole sequence is known here, so every evaluation also covers the methods still to come
-    (train.eval_upcoming), and Avalanche's forward transfer is tracked from the untrained model."""
+    (train.eval_upcoming), and Avalanche's forward transfer is tracked from the untrained model.
+    `plugins` run first, before the strategy's own (the benchmarks' step timer)."""
     shutil.rmtree(folder, ignore_errors=True)
     learner = Learner(folder, params, root)
+    learner.strategy.plugins[:0] = list(plugins)
     start, results = time.perf_counter(), {}
     if params["train"]["eval_upcoming"] and len(specs) > 1:
         learner.track_forward_transfer(specs)  # one test pass of the untrained model, timed with the rest

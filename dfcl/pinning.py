@@ -112,8 +112,8 @@ def _read_only(folder: Path) -> None:
 def check(spec, root: Path) -> None:
     """Fail clearly when a learned experience's pinned faces are missing, of another size, or not
     the bytes it learned (the recorded SHA-256)."""
-    if not spec.faces:  # learned before pinning existed: nothing recorded to check against
-        return
+    if not spec.faces:  # learned before pinning existed (`dfcl migrate` pins those)
+        raise PinnedDataError(f"learned experience {spec.key} was never pinned: run `dfcl migrate` once")
     for split, expected in spec.faces.items():
         path = Path(root) / getattr(spec, f"{split}_y")
         if not path.is_file():
@@ -132,7 +132,6 @@ def check(spec, root: Path) -> None:
             f"learned experience {spec.key}: its pinned faces changed since it was learned (SHA-256 "
             f"{spec.digest[:12]}, now {found[:12]}; were the arrays in data/processed, which they are hard links "
             "to, edited in place?); restore the learner folder with its experiences/ or start over with --fresh")
-    _read_only((Path(root) / spec.test_y).parent)  # pinned before pins were made read-only
 
 
 def _files(spec, root: Path) -> pd.DataFrame:

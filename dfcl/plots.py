@@ -1,4 +1,4 @@
-"""Plots people look at: the accuracy matrix heatmap and per-method forgetting curves."""
+"""Plots people look at: the per-method matrices as heatmaps and per-method forgetting curves."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from dfcl.metrics import MATRICES  # noqa: E402
 
 
 def matrix_frame(matrix: list[list[float]], methods: list[str]) -> pd.DataFrame:
@@ -77,14 +79,27 @@ def forgetting_curves(frames: dict[str, pd.DataFrame], path: Path,
     return path
 
 
+def matrix_heatmaps(matrices: dict, methods: list[str], folder: Path, title: str,
+                    prefix: str = "") -> dict[str, pd.DataFrame]:
+    """A heatmap per per-method metric (dfcl.metrics.MATRICES) of `matrices` {history key:
+    matrix} with a measured cell, as <prefix><history key>.png in `folder`, titled with the
+    metric and `title`; returns the frames by history key."""
+    frames = {}
+    for metric in MATRICES:
+        matrix = matrices.get(metric.history) or []
+        if all(math.isnan(v) for row in matrix for v in row):  # e.g. video AUC with one face per video
+            continue
+        frames[metric.history] = matrix_frame(matrix, methods)
+        heatmap(frames[metric.history], folder / f"{prefix}{metric.history}.png", metric.label + title)
+    return frames
+
+
 def strategy_plots(entry: dict, methods: list[str], folder: Path, name: str) -> None:
-    """Accuracy and AUC heatmaps (means over seeds) and forgetting curves (with their spread over
-    seeds, when there are several) of one strategy's entry in a compare report."""
+    """Heatmaps of the strategy's matrices (means over seeds) and forgetting curves (with their
+    spread over seeds, when there are several) of one strategy's entry in a compare report."""
     folder.mkdir(parents=True, exist_ok=True)
-    frame = matrix_frame(entry["accuracy_matrix"], methods)
     seeds = len(entry.get("runs", {}))
-    title = f" ({name}, mean of {seeds} seeds)" if seeds > 1 else f" ({name})"
-    heatmap(frame, folder / f"{name}_accuracy_matrix.png", "accuracy" + title)
-    heatmap(matrix_frame(entry["auc_matrix"], methods), folder / f"{name}_auc_matrix.png", "AUC" + title)
+    matrix_heatmaps(entry, methods, folder, f" ({name}, mean of {seeds} seeds)" if seeds > 1 else f" ({name})",
+                    prefix=f"{name}_")
     spread = {name: matrix_frame(entry["std"]["accuracy_matrix"], methods)} if seeds > 1 else None
-    forgetting_curves({name: frame}, folder / f"{name}_forgetting.png", spread)
+    forgetting_curves({name: matrix_frame(entry["accuracy_matrix"], methods)}, folder / f"{name}_forgetting.png", spread)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 
 import torch
 from avalanche.core import SupervisedPlugin
@@ -35,7 +34,7 @@ class EpochProgress(SupervisedPlugin):
 
     def after_training_epoch(self, strategy, **_):
         self.bar.close()
-        self.bar = None  # nothing unpicklable left for the checkpoint
+        self.bar = None
 
 
 class ChannelsLast(SupervisedPlugin):
@@ -62,7 +61,7 @@ class CudaSpeedups(SupervisedPlugin):
 
     def _exit(self, strategy, **_):
         self._ctx.__exit__(None, None, None)
-        self._ctx = None  # keeps the plugin picklable for the checkpoint
+        self._ctx = None
         strategy.mb_output = strategy.mb_output.float()
 
     before_forward = before_eval_forward = _enter
@@ -95,12 +94,8 @@ class LRSchedule(SupervisedPlugin):
     `warmup_epochs` (fractions allowed), then constant or cosine decay to zero at the end of
     the experience; restarts with every experience. Each optimizer group keeps its own scale
     (`lr_scale`: the pretrained backbone learns slower than the new head, see make_optimizer).
-    Avalanche's LRSchedulerPlugin holds a torch scheduler that holds the optimizer, which the
-    checkpoint cannot pickle (see Learner.save); this keeps only numbers."""
-
-    # Class-level defaults: plugins pickled in checkpoints before warm-up existed lack them.
-    warmup_epochs = 0.0
-    cosine = True
+    Avalanche's LRSchedulerPlugin steps a torch scheduler per epoch or iteration with one shape for
+    the whole run; this one is a pure function of the progress within the experience."""
 
     def __init__(self, lr: float, cosine: bool = True, warmup_epochs: float = 0.0):
         super().__init__()
@@ -122,8 +117,6 @@ class LRSchedule(SupervisedPlugin):
             group["lr"] = self.lr * group.get("lr_scale", 1.0) * scale
 
 
-CosineEpochs = LRSchedule  # the name checkpoints from before warm-up pickled
-
 
 class FrozenBatchNormStats(SupervisedPlugin):
     """Batch-norm layers keep their running statistics (eval mode) while the rest trains:
@@ -134,12 +127,6 @@ class FrozenBatchNormStats(SupervisedPlugin):
     def __init__(self, from_second: bool = True):
         super().__init__()
         self.from_second = from_second
-
-    def __setstate__(self, state):
-        # Checkpoints from before the rename: Avalanche warns about any attribute named after_*.
-        if "after_first" in state:
-            state["from_second"] = state.pop("after_first")
-        self.__dict__.update(state)
 
     def before_training_iteration(self, strategy, **_):
         # Every iteration: Avalanche and the validation hooks switch the model back to train().
@@ -181,7 +168,7 @@ class BestValidationEpoch(SupervisedPlugin):
     def after_training_exp(self, strategy, **_):
         if self._best is not None:
             strategy.model.load_state_dict(self._best)
-        self._best, self.faces = None, []  # nothing heavy or path-bound goes into the checkpoint
+        self._best, self.faces = None, []  # nothing heavy kept between experiences
 
 
 class MaskLoss(SupervisedPlugin):
@@ -189,17 +176,14 @@ class MaskLoss(SupervisedPlugin):
     binary cross-entropy of the mask it predicts against each batch's known masks
     (dfcl.masks.mask_loss; unknown pixels and faces count for nothing) is added to the loss.
     The forward stays logits only, so the strategy needs no change: a hook on the model's
-    cam_layer runs the head during each experience's training (removed after it, so neither
-    LwF's copy of the model nor the checkpoint carries it). Batches are (x, y, mask, task):
+    cam_layer runs the head during each experience's training (removed after it, so LwF's copy of
+    the model does not carry it). Batches are (x, y, mask, task):
     the learner's datasets give masks when the model has a mask head."""
 
     def __init__(self, weight: float, architecture: str):
         super().__init__()
         self.weight, self.architecture = weight, architecture
         self._tap = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_tap": None}
 
     def before_training_exp(self, strategy, **_):
         from models.mask import MaskTap
@@ -220,7 +204,3 @@ class MaskLoss(SupervisedPlugin):
             self._tap.close()
             self._tap = None
 
-
-# Checkpoints pickle their plugins by module path. Those saved before this module existed name
-# `dfcl.progress.EpochProgress` (and `dfcl.learner.*`, which dfcl.learner re-exports).
-sys.modules.setdefault("dfcl.progress", sys.modules[__name__])

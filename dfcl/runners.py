@@ -21,7 +21,7 @@ def sweep_task_runner(cp: dict):
     import dask
     from prefect_dask import DaskTaskRunner
 
-    if cp["dask_address"]:  # its workers' settings are their own (README: "Workers' malloc setting")
+    if cp["dask_address"]:  # its workers' settings are their own (docs/sweeps.md: "Workers' malloc setting")
         return DaskTaskRunner(address=cp["dask_address"])
     # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also stops glibc from
     # raising its mmap threshold: every large tensor is then mmap'ed and page-faulted afresh, and

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from dfcl.arrays import beside
 from dfcl.augment import Augmenter
-from dfcl.data import face_tensor, masked_item
+from dfcl.data import PicklesAsSettings, face_tensor, masked_item
 from dfcl.landmarks import kind as landmark_kind
 from dfcl.masks import target_mask
 
@@ -245,7 +245,7 @@ def self_blend(face: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray
 
 # --- datasets -----------------------------------------------------------------------------
 
-class SelfBlendedFakes(Dataset):
+class SelfBlendedFakes(PicklesAsSettings, Dataset):
     """SBI fakes (label 1) made on the fly from the REAL rows (label 0) of a face-array file.
 
     Item i blends real face number i % n_real with its own RNG, seeded from (seed, i, a
@@ -253,6 +253,8 @@ class SelfBlendedFakes(Dataset):
     run is reproducible under torch.manual_seed (DataLoader workers seed torch per worker).
     In [0, 1] like FaceArrayDataset; pickles as paths and settings only. `masks`: items are
     (fake, 1, mask (1, S, S)), the blend mask it was made with (FaceArrayDataset's `masks`)."""
+
+    SETTINGS = ("images_path", "labels_path", "augment", "per_real", "seed", "masks")
 
     def __init__(self, images_path: str | Path, labels_path: str | Path, augment: dict | None = None,
                  per_real: float = 1.0, seed: int = 0, masks: bool = False):
@@ -270,14 +272,6 @@ class SelfBlendedFakes(Dataset):
         self.targets = [1] * n
         self._augmenter = Augmenter(self.augment) if self.augment else None
 
-    def __getstate__(self):
-        return {"images_path": self.images_path, "labels_path": self.labels_path,
-                "augment": self.augment, "per_real": self.per_real, "seed": self.seed, "masks": self.masks}
-
-    def __setstate__(self, state):
-        state.setdefault("masks", False)  # pickled before the mask head
-        self.__dict__.update(state)
-        self._open()
 
     def __len__(self):
         return len(self.targets)

@@ -109,11 +109,10 @@ class ExperienceAUC(PluginMetric[float]):
     def balanced_accuracy(self) -> float:
         if not self._targets:
             return math.nan
-        # getattr: metrics pickled in checkpoints from before the threshold existed
-        return balanced_accuracy(torch.cat(self._targets), torch.cat(self._scores), getattr(self, "threshold", 0.5))
+        return balanced_accuracy(torch.cat(self._targets), torch.cat(self._scores), self.threshold)
 
     def video_auc(self, experience: int) -> float:
-        videos = getattr(self, "videos", {}).get(experience)  # getattr: metrics pickled before videos
+        videos = self.videos.get(experience)
         if not self._targets or videos is None:
             return math.nan
         return video_auc(torch.cat(self._targets).numpy(), torch.cat(self._scores).numpy(), videos)

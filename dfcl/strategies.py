@@ -1,28 +1,58 @@
 """From params.yaml to an Avalanche strategy: the model from the registry, its optimizer, the
-plugins the `train:` settings ask for, and the strategy class with its own `strategy.<name>:`
-settings as keyword arguments."""
+plugins the `train:` settings ask for, and the strategy with its own `strategy.<name>:` settings:
+an Avalanche class taking them as keyword arguments, or (the deepfake-specific ones, from
+dfcl.continual) Avalanche's Naive template plus the plugins that make the method."""
 from __future__ import annotations
 
 import torch
-from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
-from avalanche.training import EWC, GEM, CWRStar, Cumulative, LwF, Naive, Replay
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training import DER, EWC, GEM, Cumulative, CWRStar, LwF, Naive, Replay
 from avalanche.training.plugins import EvaluationPlugin
 
-from dfcl.config import ConfigError
+from dfcl.continual.dfil import ContrastiveDistillation
+from dfcl.continual.selection import (
+    CentralHardSelection,
+    SparseUniformSelection,
+    make_replay_plugin,
+)
 from dfcl.memory import apply_heap_allocations
+from dfcl.plugins import (
+    BestValidationEpoch,
+    ChannelsLast,
+    ClassBalancedLoss,
+    CudaSpeedups,
+    EpochProgress,
+    FrozenBatchNormStats,
+    LRSchedule,
+    MaskLoss,
+)
 from dfcl.scoring import ExperienceAUC
-from dfcl.plugins import (BestValidationEpoch, ChannelsLast, ClassBalancedLoss, CudaSpeedups, EpochProgress,
-                          FrozenBatchNormStats, LRSchedule, MaskLoss)
 from models import create_model
-from models.registry import mask_head_models
 
-# The one list of strategy names: `strategy.name` -> Avalanche class, built with the settings
-# under `strategy.<name>` in params.yaml. Cumulative (joint retraining on every method so far)
-# is the upper bound the others are compared with.
+
+def sur_lid(mem_size: int, bins: int, views: int, noise: float, seed: int = 0) -> tuple[type, dict, list]:
+    """Replay whose buffer is SUR-LID's sparse uniform selection (dfcl.continual.selection)."""
+    return Naive, {}, [make_replay_plugin(mem_size, SparseUniformSelection(bins=bins, views=views, noise=noise,
+                                                                           seed=seed))]
+
+
+def dfil(mem_size: int, selection: str, contrastive_weight: float, temperature: float, feature_weight: float,
+         logit_weight: float, kd_temperature: float, seed: int = 0) -> tuple[type, dict, list]:
+    """DFIL (dfcl.continual.dfil): replay chosen by `selection` plus supervised contrastive,
+    feature and logit distillation; a weight of 0 drops its term (the ablation's rows)."""
+    chosen = {"central_hard": CentralHardSelection(), "sparse_uniform": SparseUniformSelection(seed=seed)}[selection]
+    return Naive, {}, [make_replay_plugin(mem_size, chosen),
+                       ContrastiveDistillation(contrastive_weight, temperature, feature_weight, logit_weight,
+                                               kd_temperature)]
+
+
+# `strategy.name` -> what builds it with the settings under `strategy.<name>` in params.yaml (whose
+# sections are the list of names dfcl.config checks against): an Avalanche class, or a function
+# giving (Avalanche template, its arguments, the plugins of the method). Cumulative (joint
+# retraining on every method so far) is the upper bound the others are compared with; DER is
+# DER++ when its beta > 0.
 STRATEGIES = {"naive": Naive, "cwr": CWRStar, "replay": Replay, "gem": GEM, "lwf": LwF, "ewc": EWC,
-              "cumulative": Cumulative}
-SCHEDULES = ("constant", "cosine")
-BATCHNORM = ("train", "freeze_after_first", "frozen")
+              "cumulative": Cumulative, "der": DER, "sur_lid": sur_lid, "dfil": dfil}
 
 
 def pick_device(name: str) -> torch.device:
@@ -54,23 +84,6 @@ def make_optimizer(model: torch.nn.Module, train_params: dict) -> torch.optim.Op
                              weight_decay=train_params["weight_decay"])
 
 
-def check_choices(params: dict) -> None:
-    """One line for a name params.yaml does not know, before any model is built."""
-    name, tp = params["strategy"]["name"], params["train"]
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy.name {name!r}; choose one of {', '.join(STRATEGIES)}")
-    if tp["schedule"] not in SCHEDULES:
-        raise ConfigError(f"train.schedule={tp['schedule']!r}: choose one of {', '.join(SCHEDULES)}")
-    if tp["batchnorm"] not in BATCHNORM:
-        raise ConfigError(f"train.batchnorm={tp['batchnorm']!r}: choose one of {', '.join(BATCHNORM)}")
-    if params["model"]["mask_head"] and not tp["mask_loss_weight"] > 0:
-        # An untrained head would show masks it never learned as evidence.
-        raise ConfigError("model.mask_head=true needs train.mask_loss_weight > 0")
-    if params["model"]["mask_head"] and params["model"]["name"] not in mask_head_models():
-        raise ConfigError(f"model.mask_head=true: {params['model']['name']} has no mask head; "
-                          f"models with one: {', '.join(mask_head_models())}")
-
-
 def training_plugins(tp: dict, device: torch.device, mp: dict) -> list:
     """The plugins the `train:` settings (and a `model.mask_head`) ask for."""
     plugins = [EpochProgress()]
@@ -92,20 +105,23 @@ def training_plugins(tp: dict, device: torch.device, mp: dict) -> list:
 
 def build_strategy(params: dict):
     """The configured Avalanche strategy around a fresh model from the registry."""
-    check_choices(params)
     tp, sp = params["train"], params["strategy"]
     torch.manual_seed(tp["seed"])
     apply_heap_allocations(tp)
     device = pick_device(tp["device"])
     model = make_model(params["model"]).to(memory_format=torch.channels_last)  # see ChannelsLast
+    # Forgetting and BWT come from the learner's saved matrices (dfcl.metrics), which span runs;
+    # Avalanche's forgetting metrics would only know the experiences of this process.
     evaluator = EvaluationPlugin(
         accuracy_metrics(experience=True, stream=True),
-        forgetting_metrics(experience=True, stream=True),
-        bwt_metrics(experience=True, stream=True),
         ExperienceAUC(),
         loggers=[],  # results go to MLflow through the flows' tasks
     )
-    return STRATEGIES[sp["name"]](
-        **sp[sp["name"]], model=model, optimizer=make_optimizer(model, tp), criterion=torch.nn.CrossEntropyLoss(),
+    build, settings = STRATEGIES[sp["name"]], sp[sp["name"]]
+    template, settings, method_plugins = (build, settings, []) if isinstance(build, type) else build(
+        **settings, seed=tp["seed"])
+    # The method's own plugins after the training ones, as Avalanche's Replay appends its ReplayPlugin.
+    return template(
+        **settings, model=model, optimizer=make_optimizer(model, tp), criterion=torch.nn.CrossEntropyLoss(),
         train_mb_size=tp["batch_size"], train_epochs=tp["epochs"], eval_mb_size=tp["eval_batch_size"],
-        device=device, plugins=training_plugins(tp, device, params["model"]), evaluator=evaluator)
+        device=device, plugins=training_plugins(tp, device, params["model"]) + method_plugins, evaluator=evaluator)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from dfcl.experience import ExperienceSpec
+from dfcl.metrics import MATRICES, SUMMARIES
 
 WHY = {"worse": "worse beyond the allowed drop, with confidence: rejected",
        "better": "better, with confidence",
@@ -97,9 +98,7 @@ def decision_plot(verdict: dict, path: Path) -> Path | None:
 
 
 # Figures of one training (dfcl.metrics.strategy_report) that a sweep averages over seeds.
-FIGURES = ("accuracy_matrix", "auc_matrix", "balanced_accuracy_matrix", "video_auc_matrix", "avg_accuracy", "avg_auc",
-           "avg_balanced_accuracy", "avg_video_auc", "threshold", "forgetting", "auc_forgetting", "bwt",
-           "auc_forward_transfer", "forward_transfer", "train_seconds", "state_mb")
+FIGURES = tuple(m.history for m in MATRICES) + tuple(s.name for s in SUMMARIES)
 
 
 def over_seeds(runs: dict[int, dict]) -> dict:
@@ -129,9 +128,7 @@ def compare_table(report: dict) -> str:
     """The strategies side by side: final means (± standard deviation over seeds). "fwd AUC" is
     forward transfer: the mean AUC of each method just before it was learned."""
     seeds = len(report["seeds"])
-    columns = [("avg acc", "avg_accuracy"), ("avg AUC", "avg_auc"), ("video AUC", "avg_video_auc"),
-               ("forgetting", "forgetting"), ("AUC forget", "auc_forgetting"), ("BWT", "bwt"),
-               ("fwd AUC", "auc_forward_transfer"), ("train s", "train_seconds")]
+    columns = [(s.label, s.name) for s in SUMMARIES if s.table]
     width = 16 if seeds > 1 else 10
     lines = [f"{'strategy':<10} " + " ".join(f"{title:>{width}}" for title, _ in columns)
              + (f"   ({seeds} seeds: mean ± std)" if seeds > 1 else "")]

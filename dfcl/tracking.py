@@ -1,10 +1,11 @@
-"""MLflow bookkeeping shared by the flows: datasets as MLflow dataset inputs, and the detector
-as a logged (and registered) MLflow model."""
+"""MLflow bookkeeping shared by the flows: datasets as MLflow dataset inputs, evaluations as
+metrics and matrix artifacts (named after dfcl.metrics), sweeps, and the detector as a logged
+(and registered) MLflow model."""
 from __future__ import annotations
 
-from pathlib import Path
-
+import math
 import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,7 +15,8 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from dfcl.plots import heatmap, matrix_frame
+from dfcl.metrics import MATRICES, summary_values
+from dfcl.plots import matrix_heatmaps
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
@@ -41,7 +43,12 @@ def log_detector(model: torch.nn.Module, image_size: int, threshold: float, meta
     Registered as a new version of `registered_model` when given. Returns MLflow's ModelInfo."""
     import safetensors
 
-    from models.pyfunc import WEIGHTS_FILE, WEIGHTS_FORMAT, architecture_of, save_weights
+    from models.pyfunc import (
+        WEIGHTS_FILE,
+        WEIGHTS_FORMAT,
+        architecture_of,
+        save_weights,
+    )
 
     architecture = architecture or architecture_of(model)
     if architecture is None:
@@ -76,30 +83,44 @@ def log_dataset_versions(ingested) -> None:
         mlflow.set_tag(f"data.{name}.left_out", "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
 
 
+def evaluation_metrics(results: dict) -> dict[str, float]:
+    """One evaluation's results as MLflow metrics: each per-method metric (dfcl.metrics.MATRICES)
+    as <prefix>/<method>, `auc_before/<method>` (a method's AUC just before it was learned), the
+    summaries measured so far, and how sure its answers are (dfcl.trust: calibration error
+    before/after, coverage of the band, attribution accuracy) as trust/<figure>."""
+    metrics = {f"{m.prefix}/{k}": v for m in MATRICES for k, v in results.get(m.name, {}).items()}
+    metrics |= {f"auc_before/{k}": v for k, v in results.get("auc_before", {}).items()}
+    metrics |= summary_values(results)
+    trust = results.get("trust", {})
+    metrics |= {f"trust/{k}": v for k, v in trust.items() if isinstance(v, float) and not math.isnan(v)}
+    if "band" in trust:
+        metrics |= {"trust/band_lo": trust["band"][0], "trust/band_hi": trust["band"][1]}
+    return metrics
+
+
 def log_matrices(learner) -> None:
-    """Accuracy and AUC matrices as CSV and heatmap PNG artifacts of the active run (a column per
+    """The per-method matrices as CSV and heatmap PNG artifacts of the active run (a column per
     method evaluated, learned or not yet: the upper triangle is forward transfer)."""
-    methods = [key for key, _ in learner.history.columns]
+    h = learner.history
+    methods = [key for key, _ in h.columns]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, matrix in (("accuracy", learner.history.accuracy_matrix), ("auc", learner.history.auc_matrix)):
-            frame = matrix_frame(matrix, methods)
-            frame.to_csv(Path(tmp) / f"{name}_matrix.csv")
-            heatmap(frame, Path(tmp) / f"{name}_matrix.png", f"{name} ({learner.params['strategy']['name']})")
+        frames = matrix_heatmaps({m.history: getattr(h, m.history) for m in MATRICES}, methods, Path(tmp),
+                                 f" ({learner.params['strategy']['name']})")
+        for key, frame in frames.items():
+            frame.to_csv(Path(tmp) / f"{key}.csv")
         mlflow.log_artifacts(tmp, artifact_path="evaluation")
 
 
 def log_sweep(report: dict) -> None:
-    """A sweep's results in its (parent) run: per strategy, each final figure's mean and standard
+    """A sweep's results in its (parent) run: per strategy, each summary's mean and standard
     deviation over seeds, the table, and the whole report as JSON."""
     from dfcl.tables import compare_table
 
     metrics = {}
     for name, entry in report["strategies"].items():
-        for key in ("avg_accuracy", "avg_auc", "avg_balanced_accuracy", "forgetting", "bwt", "auc_forward_transfer",
-                    "forward_transfer", "train_seconds"):
-            if key in entry and not np.isnan(entry[key]):  # forward transfer: NaN for a single method
-                metrics[f"{name}/{key}"] = entry[key]
-                metrics[f"{name}/{key}_std"] = entry["std"][key]
+        for key, value in summary_values(entry).items():
+            metrics[f"{name}/{key}"] = value
+            metrics[f"{name}/{key}_std"] = entry["std"][key]
     mlflow.log_metrics(metrics)
     mlflow.log_params({"seeds": ",".join(map(str, report["seeds"])), "strategies": ",".join(report["strategies"])})
     mlflow.log_text(compare_table(report), "comparison.txt")

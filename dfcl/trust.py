@@ -23,6 +23,9 @@ nothing is ever unpickled):
   0.32-0.57 (unseen faces land near the class means once whitened), k-NN cosine at 0.83-0.89
   (0.85 with 1,000 reference faces); the class means named the FF++ method of a fake 0.64 of
   the time, a k-NN vote 0.52.
+
+Over 300 lines: calibration, band, novelty and attribution are fit together, saved in one file
+and applied together to each face; apart they would each need the others' features and file.
 """
 from __future__ import annotations
 
@@ -60,7 +63,9 @@ class Calibration:
     b: float = 0.0
 
     def __call__(self, p) -> np.ndarray:
-        from models.pyfunc import platt  # the serving copy of the formula: one definition
+        from models.pyfunc import (
+            platt,  # the serving copy of the formula: one definition
+        )
 
         return platt(p, self.a, self.b)
 

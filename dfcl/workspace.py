@@ -1,7 +1,7 @@
 """Where a deepfake-cl project keeps its state, and the embedded defaults for its services.
 
 A workspace is a folder (by default the current one) holding params.yaml, data/ (DVC-tracked
-raw and processed datasets, the learner's checkpoint), mlflow.db + mlruns/ and .prefect/.
+raw and processed datasets, the learner's state), mlflow.db + mlruns/ and .prefect/.
 Every service default can be replaced by the usual environment variable:
   PREFECT_API_URL       a Prefect server instead of the temporary local API
   MLFLOW_TRACKING_URI   an MLflow server instead of sqlite:///mlflow.db

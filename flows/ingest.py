@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from prefect import flow, get_run_logger
 
 from dfcl.arrays import face_arrays
-from dfcl.layouts import dataset_name
 from dfcl.experience import ExperienceSpec
+from dfcl.layouts import dataset_name
 from dfcl.workspace import Workspace, ensure_workspace
 from tasks.copy_raw_dataset import copy_raw_dataset
 from tasks.discover_dataset import discover_dataset

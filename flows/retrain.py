@@ -3,34 +3,31 @@ experience(s) -> evaluated on every method so far -> MLflow run + `challenger` -
 ops approval -> `champion`."""
 from __future__ import annotations
 
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 
 import mlflow
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
-from prefect.artifacts import create_markdown_artifact
 from prefect.flow_runs import FlowPauseTimeout, pause_flow_run
 from prefect.input import RunInput
+from prefect.runtime import flow_run
 from tqdm.auto import tqdm
 
 from dfcl.config import flatten
-from dfcl.layouts import LayoutError
+from dfcl.layouts import LayoutError, dataset_name
 from dfcl.learner import Learner
-from dfcl.ops import check_services, retrain_lock
 from dfcl.mlflow_registry import registered_methods
-from dfcl.tables import decision_plot, decision_table
+from dfcl.ops import check_services, retrain_lock
 from dfcl.tracking import log_dataset_inputs, log_dataset_versions
 from dfcl.triggers import Ledger, fingerprint
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
-from dfcl.layouts import dataset_name
-from flows.ingest import ingest_dataset
+from flows.ingest import Ingested, ingest_dataset
 from tasks.check_learned_data import check_learned_data
 from tasks.learn_experience import learn_experience
 from tasks.log_experience_metrics import log_experience_metrics
 from tasks.promote_champion import promote_champion, record_rejection
 from tasks.promotion_gate import promotion_gate
+from tasks.publish_decision import publish_decision
 from tasks.register_challenger import register_challenger
 
 
@@ -39,22 +36,6 @@ class ApprovalDecision(RunInput):
     approve: bool
     approver: str = "unknown"
     reason: str = ""
-
-
-def ask_ops(version: str, verdict: dict, params: dict, auto_approve: bool) -> ApprovalDecision:
-    logger = get_run_logger()
-    if auto_approve:
-        return ApprovalDecision(approve=True, approver="auto-approve", reason="--auto-approve")
-    timeout = params["approval"]["timeout_s"]
-    logger.info("waiting up to %ss for ops: `dfcl approve` or `dfcl reject --reason ...` "
-                "(or the Prefect UI form) on challenger version %s", timeout, version)
-    try:
-        # Checks every 2 s whether ops answered (Prefect's default, 10 s, kept an approved run
-        # waiting up to 10 s more); one small request to the API each time.
-        return pause_flow_run(wait_for_input=ApprovalDecision, timeout=timeout, poll_interval=2)
-    except FlowPauseTimeout:
-        return ApprovalDecision(approve=False, approver="timeout",
-                                reason=f"no answer within {timedelta(seconds=timeout)}")
 
 
 @flow(name="retrain-detector", log_prints=True)
@@ -72,7 +53,40 @@ def retrain_detector(data: str, params: dict, method: str | None = None, methods
     return outcome
 
 
-def self_blended_first(data: str, params: dict, learner: Learner, ingested) -> list:
+def _retrain(ws: Workspace, data: str, params: dict, method, methods, auto_approve: bool, fresh: bool) -> dict:
+    use_mlflow_experiment(ws, params["mlflow"]["experiment"])
+    registered = params["mlflow"]["registered_model"]
+    with mlflow.start_run(run_name=f"retrain {dataset_name(data, method)}") as run:
+        ingested = ingest_learnable(data, params, method, methods)
+        learner = Learner(ws.learner, params, ws.root) if fresh else Learner.load(ws.learner, params, ws.root)
+        specs = self_blended_first(data, params, learner, ingested) + ingested.specs
+        specs = check_learned_data(learner.history.experiences, specs, learner.root)
+        new = [s for s in specs if s.key not in learner.learned]
+        if not new and not waiting_registration(learner, registered):
+            get_run_logger().info("every method of %s is already learned and registered; nothing to train", data)
+            mlflow.set_tag("outcome", "nothing new")
+            return {"outcome": "nothing new", "run_id": run.info.run_id}
+        results = learn_new_methods(learner, new, params)
+        version = register_challenger(learner, results, registered)
+        verdict = promotion_gate(learner, params)
+        publish_decision(version, results, verdict, learner.history.experiences)
+        decision = ask_ops(version, verdict, params, auto_approve)
+        outcome = move_aliases(registered, version, decision, verdict)
+        return {"outcome": outcome, "run_id": run.info.run_id, "version": version, "results": results, "gate": verdict}
+
+
+def ingest_learnable(data: str, params: dict, method: str | None, methods: list[str] | None) -> Ingested:
+    """The dataset ingested (flows.ingest), its DVC versions logged in the run; a dataset with
+    methods but none that can be learned is an error, saying why for each."""
+    ingested = ingest_dataset(data, params, method=method, methods=methods)
+    log_dataset_versions(ingested)
+    if not ingested.specs and ingested.left_out:
+        raise LayoutError(f"{ingested.name}: no method can be learned: "
+                          + "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
+    return ingested
+
+
+def self_blended_first(data: str, params: dict, learner: Learner, ingested: Ingested) -> list:
     """With `sbi.first`, a learner that has learned nothing yet first learns a self-blended
     experience of this dataset's real faces (its fakes blended from them, dfcl.sbi): the
     detector then catches blending artefacts before any forgery method is learned, and learned
@@ -85,55 +99,52 @@ def self_blended_first(data: str, params: dict, learner: Learner, ingested) -> l
     return blended.specs
 
 
-def _retrain(ws: Workspace, data: str, params: dict, method, methods, auto_approve: bool, fresh: bool) -> dict:
-    logger = get_run_logger()
-    use_mlflow_experiment(ws, params["mlflow"]["experiment"])
-    registered = params["mlflow"]["registered_model"]
-    with mlflow.start_run(run_name=f"retrain {dataset_name(data, method)}") as run:
-        ingested = ingest_dataset(data, params, method=method, methods=methods)
-        log_dataset_versions(ingested)
-        specs = ingested.specs
-        if not specs and ingested.left_out:
-            raise LayoutError(f"{ingested.name}: no method can be learned: "
-                              + "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))
-        learner = Learner(ws.learner, params, ws.root) if fresh else Learner.load(ws.learner, params, ws.root)
-        specs = self_blended_first(data, params, learner, ingested) + specs
-        specs = check_learned_data(learner, specs)
-        new = [s for s in specs if s.key not in learner.learned]
-        # A run that crashed after learning but before registering left experiences no
-        # challenger holds yet: they are registered now, without training them again.
-        unregistered = bool(learner.learned) and registered_methods(registered) != [e.key for e in learner.history.experiences]
-        if not new and not unregistered:
-            logger.info("every method of %s is already learned and registered; nothing to train", data)
-            mlflow.set_tag("outcome", "nothing new")
-            return {"outcome": "nothing new", "run_id": run.info.run_id}
-        mlflow.log_params(flatten({k: params[k] for k in ("model", "strategy", "train", "data")}))
-        # One context per dataset in MLflow: what this run trains on, and what it only evaluates on.
-        log_dataset_inputs(new, context="training")
-        log_dataset_inputs(learner.history.experiences, context="evaluation")
-        results = learner.last_results()
-        for i, spec in enumerate(tqdm(new, desc="new methods", unit="experience")):
-            # The methods this run learns next are known now: each evaluation also tests them.
-            results = learn_experience(learner, spec, upcoming=new[i + 1:])
-            log_experience_metrics(results, step=len(learner.history.experiences) - 1)
-        version = register_challenger(learner, results, registered)
-        verdict = promotion_gate(learner, results, params)
-        mlflow.set_tag("gate", "passed" if verdict["passed"] else "failed: " + "; ".join(verdict["reasons"]))
-        summary = decision_table(version, results, verdict, learner.history.experiences)
-        create_markdown_artifact(summary, key="promotion-decision", description="what ops decide on")
-        mlflow.log_text(summary, "promotion_decision.md")
-        with tempfile.TemporaryDirectory() as tmp:
-            if decision_plot(verdict, Path(tmp) / "promotion_decision.png"):
-                mlflow.log_artifact(str(Path(tmp) / "promotion_decision.png"))
-        if verdict["passed"]:
-            decision = ask_ops(version, verdict, params, auto_approve)
-        else:  # a regression never reaches ops
-            decision = ApprovalDecision(approve=False, approver="promotion gate", reason="; ".join(verdict["reasons"]))
-        if decision.approve:
-            promote_champion(registered, version, decision.approver, decision.reason)
-            result = "promoted"
-        else:
-            record_rejection(registered, version, decision.approver, decision.reason)
-            result = "rejected by gate" if not verdict["passed"] else "rejected by ops"
-        mlflow.set_tag("outcome", result)
-        return {"outcome": result, "run_id": run.info.run_id, "version": version, "results": results, "gate": verdict}
+def waiting_registration(learner: Learner, registered: str) -> bool:
+    """Whether the learner holds experiences no registered version has: a run that crashed after
+    learning but before registering; they are registered now, without training them again."""
+    return bool(learner.learned) and registered_methods(registered) != [e.key for e in learner.history.experiences]
+
+
+def learn_new_methods(learner: Learner, new: list, params: dict) -> dict:
+    """Each new method learned in turn, its evaluation logged at its step; the last results."""
+    mlflow.log_params(flatten({k: params[k] for k in ("model", "strategy", "train", "data")}))
+    # One context per dataset in MLflow: what this run trains on, and what it only evaluates on.
+    log_dataset_inputs(new, context="training")
+    log_dataset_inputs(learner.history.experiences, context="evaluation")
+    results = learner.last_results()
+    for i, spec in enumerate(tqdm(new, desc="new methods", unit="experience")):
+        # The methods this run learns next are known now: each evaluation also tests them.
+        results = learn_experience(learner, spec, upcoming=new[i + 1:])
+        log_experience_metrics(results, step=len(learner.history.experiences) - 1)
+    return results
+
+
+def ask_ops(version: str, verdict: dict, params: dict, auto_approve: bool) -> ApprovalDecision:
+    """Ops' answer on a challenger the gate passed (a regression never reaches ops)."""
+    if not verdict["passed"]:
+        return ApprovalDecision(approve=False, approver="promotion gate", reason="; ".join(verdict["reasons"]))
+    if auto_approve:
+        return ApprovalDecision(approve=True, approver="auto-approve", reason="--auto-approve")
+    timeout = params["approval"]["timeout_s"]
+    get_run_logger().info("waiting up to %ss for ops: `dfcl approve` or `dfcl reject --reason ...` "
+                          "(or the Prefect UI form) on challenger version %s", timeout, version)
+    try:
+        # Checks every 2 s whether ops answered (Prefect's default, 10 s, kept an approved run
+        # waiting up to 10 s more); one small request to the API each time.
+        return pause_flow_run(wait_for_input=ApprovalDecision, timeout=timeout, poll_interval=2)
+    except FlowPauseTimeout:
+        return ApprovalDecision(approve=False, approver="timeout",
+                                reason=f"no answer within {timedelta(seconds=timeout)}")
+
+
+def move_aliases(registered: str, version: str, decision: ApprovalDecision, verdict: dict) -> str:
+    """`champion` to the challenger when approved, else its rejection on record; the outcome,
+    also the run's `outcome` tag."""
+    if decision.approve:
+        promote_champion(registered, version, decision.approver, decision.reason)
+        outcome = "promoted"
+    else:
+        record_rejection(registered, version, decision.approver, decision.reason)
+        outcome = "rejected by gate" if not verdict["passed"] else "rejected by ops"
+    mlflow.set_tag("outcome", outcome)
+    return outcome

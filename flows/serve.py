@@ -10,7 +10,10 @@ import signal
 import threading
 from typing import Callable
 
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.client.schemas.objects import (
+    ConcurrencyLimitConfig,
+    ConcurrencyLimitStrategy,
+)
 from prefect.runner import Runner
 from prefect.schedules import Cron
 

@@ -2,8 +2,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from dfcl.experience import ExperienceSpec
 from dfcl.plots import forgetting_curves, matrix_frame, strategy_plots

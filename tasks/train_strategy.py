@@ -1,4 +1,3 @@
-import math
 import os
 from pathlib import Path
 
@@ -9,7 +8,8 @@ from prefect.cache_policies import NO_CACHE
 from dfcl.config import flatten
 from dfcl.experience import ExperienceSpec
 from dfcl.learner import train_sequence
-from dfcl.tracking import log_dataset_inputs, log_matrices
+from dfcl.metrics import summary_values
+from dfcl.tracking import evaluation_metrics, log_dataset_inputs, log_matrices
 from dfcl.versions import checked_out
 
 
@@ -41,13 +41,9 @@ def train_strategy(specs: list[ExperienceSpec], params: dict, workdir: str, data
         def log_step(step: int, results: dict, learner) -> None:
             logger.info("%s seed %d: after %s: avg accuracy %.3f, avg AUC %.3f", name, seed,
                         specs[step].key, results["avg_accuracy"], results["avg_auc"])
-            mlflow.log_metrics({"avg_accuracy": results["avg_accuracy"], "avg_auc": results["avg_auc"],
-                                **{f"auc/{k}": v for k, v in results["auc"].items()}}, step=step)
+            mlflow.log_metrics(evaluation_metrics(results), step=step)
 
         learner, report = train_sequence(specs, params, Path(workdir), root, on_experience=log_step)
-        mlflow.log_metrics({k: report[k] for k in ("avg_accuracy", "avg_auc", "forgetting", "bwt", "train_seconds")})
-        # Forward transfer: NaN (left out) for a single method or with train.eval_upcoming off.
-        mlflow.log_metrics({k: report[k] for k in ("auc_forward_transfer", "forward_transfer")
-                            if report.get(k) is not None and not math.isnan(report[k])})
+        mlflow.log_metrics(summary_values(report))
         log_matrices(learner)
     return report

@@ -106,7 +106,8 @@ def workspace(tmp_path, monkeypatch, empty_mlflow_db):
 # (MTCNN and dlib's landmarks are for real faces; their tests ask for them).
 SMALL = ["faces.detect_in_images=false", "faces.landmarks=false", "sbi.first=false", "data.image_size=32", "train.epochs=1", "train.batch_size=32", "model.name=small_cnn", "model.width=8",
          "model.pretrained=none", "train.schedule=constant", "train.warmup_epochs=0", "train.backbone_lr_scale=1.0",
-         "strategy.replay.mem_size=40", "strategy.gem.patterns_per_exp=16"]
+         "strategy.replay.mem_size=40", "strategy.der.mem_size=40", "strategy.sur_lid.mem_size=40",
+         "strategy.dfil.mem_size=40", "strategy.gem.patterns_per_exp=16"]
 
 
 def small_params(*overrides: str) -> dict:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dfcl.augment import DEFAULTS, Augmenter
-from dfcl.data import LEGACY_AUGMENT, FaceArrayDataset
+from dfcl.data import FaceArrayDataset
 
 OPS = ["flip", "crop", "color", "jpeg", "blur", "noise", "cutout"]
 
@@ -107,9 +107,3 @@ def test_dataset_without_augment_is_plain(arrays):
 def test_dataset_augment_true_is_refused(arrays):
     with pytest.raises(TypeError, match="augment section"):
         FaceArrayDataset(*arrays, augment=True)
-
-
-def test_dataset_older_pickle_keeps_its_flip(arrays):
-    data = FaceArrayDataset(*arrays)
-    data.__setstate__({"images_path": str(arrays[0]), "labels_path": str(arrays[1]), "augment": True})
-    assert data.augment == LEGACY_AUGMENT and data[0][0].shape == (3, 64, 64)

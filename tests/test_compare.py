@@ -7,8 +7,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import psutil
-import torch
 import pytest
+import torch
 
 from dfcl.config import apply_overrides
 from flows.compare import compare, compare_strategies

@@ -49,40 +49,11 @@ def test_an_old_flat_strategy_key_names_its_new_place(old, new):
     load_params(None, [f"{new}={_value_at(load_params(None), new)}"])  # the new key exists
 
 
-def test_a_workspace_params_file_with_old_keys_keeps_its_values(tmp_path):
-    (tmp_path / "params.yaml").write_text("strategy:\n  name: gem\n  replay_mem_size: 77\n  ewc_decay: 0.5\n")
-    with pytest.warns(UserWarning, match="strategy.replay_mem_size is now strategy.replay.mem_size"):
-        p = load_params(tmp_path / "params.yaml")
-    assert p["strategy"]["replay"] == {"mem_size": 77} and p["strategy"]["ewc"]["decay_factor"] == 0.5
-    assert "replay_mem_size" not in p["strategy"] and p["strategy"]["name"] == "gem"
-
-
 def test_every_strategy_has_its_settings_section_and_nothing_else():
     from dfcl.strategies import STRATEGIES
 
     sections = {k for k, v in load_params(None)["strategy"].items() if isinstance(v, dict)}
     assert sections == set(STRATEGIES)
-
-
-def test_old_checkpoints_plugin_names_still_resolve():
-    # Checkpoints pickle plugins by module path; these are the names ones saved before the
-    # plugins moved to dfcl.plugins hold.
-    import pickle
-
-    from dfcl import plugins
-
-    for module, name, now in [("dfcl.learner", "LRSchedule", plugins.LRSchedule),
-                              ("dfcl.learner", "CosineEpochs", plugins.LRSchedule),
-                              ("dfcl.learner", "ClassBalancedLoss", plugins.ClassBalancedLoss),
-                              ("dfcl.learner", "BestValidationEpoch", plugins.BestValidationEpoch),
-                              ("dfcl.learner", "FrozenBatchNormStats", plugins.FrozenBatchNormStats),
-                              ("dfcl.learner", "ChannelsLast", plugins.ChannelsLast),
-                              ("dfcl.learner", "CudaSpeedups", plugins.CudaSpeedups),
-                              ("dfcl.progress", "EpochProgress", plugins.EpochProgress)]:
-        assert pickle.loads(f"c{module}\n{name}\n.".encode()) is now
-    frozen = plugins.FrozenBatchNormStats.__new__(plugins.FrozenBatchNormStats)
-    frozen.__setstate__({"after_first": False})  # as pickled before the attribute's rename
-    assert frozen.from_second is False
 
 
 def _value_at(params: dict, key: str):
@@ -129,3 +100,19 @@ def test_an_empty_override_is_not_null_and_values_keep_their_range(override, mes
         load_params(None, [override])
     assert load_params(None, ["model.weights=", "api.max_concurrent=1"])["model"]["weights"] is None, \
         "a key whose default is null may be emptied"
+
+
+def test_checking_params_loads_neither_torch_nor_avalanche():
+    """The light checks (every value, choice and strategy name) run before the stack is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dfcl.config import load_params; load_params(None, ['strategy.name=dfil']); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'avalanche', 'prefect', 'mlflow'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unknown_strategy_name_is_refused_with_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown strategy.name 'magic'; choose one of naive, .*dfil"):
+        load_params(None, ["strategy.name=magic"])

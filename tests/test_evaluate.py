@@ -4,7 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    roc_auc_score,
+)
 
 from dfcl.detector import Detector, UntrustedModel, load_detector, load_mlflow_detector
 from dfcl.evaluate import evaluate, scores

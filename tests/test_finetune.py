@@ -9,8 +9,8 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from dfcl.learner import Learner
-from dfcl.strategies import make_model, make_optimizer
 from dfcl.scoring import video_auc
+from dfcl.strategies import make_model, make_optimizer
 from tests.conftest import small_params
 from tests.test_learner import specs_for
 

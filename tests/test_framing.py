@@ -5,15 +5,14 @@ import shutil
 import cv2
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
-from tests.conftest import REPO, shared_data
 from dfcl.arrays import beside
 from dfcl.config import load_params
 from dfcl.extraction import NO_68, extract_dataset
 from dfcl.faces import FaceSettings, crop_square, face_of_image, framing_of, square_of
 from dfcl.landmarks import LandmarkPredictor, kind, plausible, stored, to_crop
+from tests.conftest import REPO, shared_data
 
 
 def real_params(*overrides):

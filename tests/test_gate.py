@@ -2,18 +2,18 @@
 paired bootstrap interval: "worse", "better" or "cannot tell"."""
 import copy
 import dataclasses
+import math
 import shutil
 import time
 
 import mlflow
 import numpy as np
 import pytest
-import torch
 from mlflow import MlflowClient
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from scipy.stats import norm
 
-from dfcl import bootstrap
+from dfcl import bootstrap, gate
 from dfcl.learner import Learner
 from dfcl.mlflow_registry import alias_version
 from dfcl.tables import decision_plot, decision_table
@@ -55,6 +55,25 @@ def test_bootstrap_of_ten_thousand_faces_is_fast():
     bootstrap.paired_difference(y, rng.random(10_000) + y, rng.random(10_000) + y, n_boot=1000, metric="auc")
     bootstrap.paired_difference(y, rng.random(10_000), rng.random(10_000), n_boot=1000, metric="balanced_accuracy")
     assert time.process_time() - start < 10  # CPU seconds over both threads; the issue asks < 5 s of wall clock
+
+
+# -- the gate's rules, on numbers --------------------------------------------------------------
+def test_the_gate_rejects_what_is_worse_with_confidence_unscored_or_forgotten():
+    params = small_params("gate.max_drop_average=0.1")
+
+    def row(low, high):
+        return {"auc": {"new": 0.8, "old": 0.9, "difference": (low + high) / 2, "low": low, "high": high}}
+
+    comparison = {"methods": {"A": row(-0.3, -0.1), "B": row(0.01, 0.05), "C": row(-0.1, 0.1)},
+                  "average": {"auc": {"difference": -0.1, "low": -0.15, "high": -0.05}}}
+    verdict = gate.decide(comparison, {"D": "no faces"}, 0.5, params)
+    assert [comparison["methods"][k]["verdict"] for k in "ABC"] == ["worse", "better", "cannot tell"]
+    assert comparison["average"]["verdict"] == "cannot tell", "within the allowed average drop"
+    assert verdict["reasons"] == ["D: no faces",
+                                  "A: auc 0.800 vs the champion's 0.900, worse by 0.200 (95% interval -0.300 to -0.100)",
+                                  "forgetting 0.500 (auc) exceeds the bound 0.15"]
+    assert not verdict["passed"] and verdict["champion"] is comparison
+    assert gate.decide(None, {}, math.nan, params)["passed"], "no champion, every split scored, nothing forgotten yet"
 
 
 # -- the gate, on real trained models --------------------------------------------------------
@@ -101,7 +120,7 @@ def champion(trained_champion, tmp_path, monkeypatch):
 
 def test_the_same_model_ties_and_goes_to_ops_saying_so(champion, tmp_path):
     learner, results, _ = champion
-    verdict = promotion_gate(learner, results, learner.params)
+    verdict = promotion_gate(learner, learner.params)
     assert verdict["passed"], verdict["reasons"]
     method = verdict["champion"]["methods"]["BlendSwap"]
     assert method["auc"]["difference"] == 0 and method["verdict"] == "cannot tell"
@@ -112,9 +131,9 @@ def test_the_same_model_ties_and_goes_to_ops_saying_so(champion, tmp_path):
 
 
 def test_slightly_worse_within_noise_cannot_tell(champion):
-    learner, results, _ = champion
+    learner, _, _ = champion
     learner.strategy.model = Noisy(learner.strategy.model, 0.3)
-    verdict = promotion_gate(learner, results, learner.params)
+    verdict = promotion_gate(learner, learner.params)
     d = verdict["champion"]["methods"]["BlendSwap"]["auc"]
     assert d["difference"] < 0, "the test needs a (slightly) worse challenger"
     assert verdict["champion"]["methods"]["BlendSwap"]["verdict"] == "cannot tell" and verdict["passed"]
@@ -124,8 +143,8 @@ def test_a_challenger_that_learned_a_new_method_is_promoted(champion):
     # As DFDC after FF++: better on the new method, nothing worse beyond noise (the accuracy
     # gate rejected this, its accuracy having moved with the new threshold and class mix).
     learner, _, specs = champion
-    results = learner.learn(specs[1])  # what the champion never learned
-    verdict = promotion_gate(learner, results, learner.params)
+    learner.learn(specs[1])  # what the champion never learned
+    verdict = promotion_gate(learner, learner.params)
     methods = verdict["champion"]["methods"]
     assert methods["GANUpsample"]["auc"]["difference"] > 0, methods["GANUpsample"]
     assert all(m["verdict"] != "worse" for m in methods.values()) and verdict["passed"], verdict["reasons"]
@@ -138,8 +157,8 @@ def test_a_shuffled_label_challenger_is_rejected(champion, tmp_path):
     np.save(tmp_path / "shuffled-y.npy", np.random.default_rng(0).permutation(y))
     shuffled = dataclasses.replace(specs[0], train_y=str(tmp_path / "shuffled-y.npy"))
     bad = Learner(tmp_path / "bad", small_params(*CHAMPION_PARAMS), root)
-    results = bad.learn(shuffled)
-    verdict = promotion_gate(bad, results, bad.params)
+    bad.learn(shuffled)
+    verdict = promotion_gate(bad, bad.params)
     assert not verdict["passed"]
     assert verdict["champion"]["methods"]["BlendSwap"]["verdict"] == "worse"
     assert any(r.startswith("BlendSwap: auc") for r in verdict["reasons"])
@@ -152,19 +171,19 @@ def test_the_self_blended_experience_has_its_own_allowed_drop(champion, tmp_path
     y = np.load(learner.root / specs[0].train_y)
     np.save(tmp_path / "shuffled-y.npy", np.random.default_rng(0).permutation(y))
     bad = Learner(tmp_path / "bad", small_params(*CHAMPION_PARAMS), learner.root)
-    results = bad.learn(dataclasses.replace(specs[0], train_y=str(tmp_path / "shuffled-y.npy")))
+    bad.learn(dataclasses.replace(specs[0], train_y=str(tmp_path / "shuffled-y.npy")))
     as_sbi = small_params(*CHAMPION_PARAMS, "sbi.method=BlendSwap", "gate.max_drop_average=1.0")
-    assert not promotion_gate(bad, results, as_sbi)["passed"], "the default allowance (0.03) is small"
+    assert not promotion_gate(bad, as_sbi)["passed"], "the default allowance (0.03) is small"
     loose = small_params(*CHAMPION_PARAMS, "sbi.method=BlendSwap", "gate.max_drop_average=1.0",
                          "gate.max_drop_self_blended=1.0")
-    verdict = promotion_gate(bad, results, loose)
+    verdict = promotion_gate(bad, loose)
     assert verdict["champion"]["methods"]["BlendSwap"]["verdict"] != "worse" and verdict["passed"], verdict["reasons"]
 
 
 def test_forgetting_bound_is_in_the_gate_metric(champion):
-    learner, results, specs = champion
+    learner, _, specs = champion
     learner.history.auc_matrix = [[0.9], [0.5, 0.9]]  # BlendSwap: 0.9 right after, 0.5 now
-    verdict = promotion_gate(learner, results, learner.params)
+    verdict = promotion_gate(learner, learner.params)
     assert "forgetting 0.400 (auc) exceeds the bound 0.15" in verdict["reasons"]
 
 
@@ -174,7 +193,7 @@ def test_a_method_only_the_champion_learned_is_scored_on_its_pinned_test_faces(c
     _, _, specs = champion
     fresh = Learner(tmp_path / "fresh", small_params(*CHAMPION_PARAMS), champion[0].root)
     results = fresh.learn(specs[1])
-    verdict = promotion_gate(fresh, results, fresh.params)
+    verdict = promotion_gate(fresh, fresh.params)
     methods = verdict["champion"]["methods"]
     assert set(methods) == {"BlendSwap", "GANUpsample"}
     assert methods["BlendSwap"]["challenger_learned"] is False and methods["BlendSwap"]["faces"] > 0
@@ -188,7 +207,7 @@ def test_a_method_only_the_champion_learned_without_its_faces_is_a_failure(champ
     spec = specs_for(demo_data, other_root, ["GANUpsample"])[0]
     fresh = Learner(other_root / "learner", small_params(*CHAMPION_PARAMS), other_root)
     results = fresh.learn(spec)
-    verdict = promotion_gate(fresh, results, fresh.params)
+    verdict = promotion_gate(fresh, fresh.params)
     assert not verdict["passed"]
     assert set(verdict["champion"]["unscored"]) == {"BlendSwap"}
     assert any(r.startswith("BlendSwap: the champion learned it, the challenger did not") for r in verdict["reasons"])
@@ -196,7 +215,7 @@ def test_a_method_only_the_champion_learned_without_its_faces_is_a_failure(champ
 
 
 def test_a_one_class_test_split_is_a_failure_not_cannot_tell(champion, tmp_path):
-    learner, results, _ = champion
+    learner, _, _ = champion
     e = learner.history.experiences[0]
     y = np.load(learner.root / e.test_y)
     x = np.load(learner.root / e.test_x)
@@ -204,7 +223,7 @@ def test_a_one_class_test_split_is_a_failure_not_cannot_tell(champion, tmp_path)
     np.save(tmp_path / "test-y.npy", y[y == 0])
     learner.history.experiences[0] = dataclasses.replace(e, test_x=str(tmp_path / "test-x.npy"),
                                                          test_y=str(tmp_path / "test-y.npy"))
-    verdict = promotion_gate(learner, results, learner.params)
+    verdict = promotion_gate(learner, learner.params)
     assert not verdict["passed"]
     assert f"BlendSwap: its test split has only real faces ({int((y == 0).sum())}): no AUC to compare" in verdict["reasons"]
     assert verdict["champion"]["average"] is None and not verdict["champion"]["methods"]
@@ -213,19 +232,19 @@ def test_a_one_class_test_split_is_a_failure_not_cannot_tell(champion, tmp_path)
 def test_a_one_class_test_split_fails_the_first_challenger_too(champion, tmp_path, monkeypatch):
     import tasks.promotion_gate
 
-    learner, results, _ = champion
+    learner, _, _ = champion
     e = learner.history.experiences[0]
     y = np.load(learner.root / e.test_y)
     np.save(tmp_path / "test-y.npy", np.ones_like(y))
     learner.history.experiences[0] = dataclasses.replace(e, test_y=str(tmp_path / "test-y.npy"))
     monkeypatch.setattr(tasks.promotion_gate, "champion_version", lambda name: None)  # nothing registered yet
-    verdict = promotion_gate(learner, results, learner.params)
+    verdict = promotion_gate(learner, learner.params)
     assert not verdict["passed"] and verdict["champion"] is None
     assert verdict["reasons"] == [f"BlendSwap: its test split has only fake faces ({len(y)}): no AUC to compare"]
 
 
 def test_an_mlflow_error_is_not_no_champion(champion, monkeypatch):
-    learner, results, _ = champion
+    learner, _, _ = champion
     assert alias_version("no-such-model") is None  # only "not found" means nothing registered
     assert alias_version("deepfake-detector", "no-such-alias") is None
 
@@ -234,4 +253,4 @@ def test_an_mlflow_error_is_not_no_champion(champion, monkeypatch):
 
     monkeypatch.setattr(MlflowClient, "get_registered_model", down)
     with pytest.raises(mlflow.exceptions.MlflowException, match="database is locked"):
-        promotion_gate(learner, results, learner.params)  # never a pass "with no champion yet"
+        promotion_gate(learner, learner.params)  # never a pass "with no champion yet"

@@ -7,9 +7,9 @@ import mlflow
 import yaml
 from dvc.repo import Repo
 
+from dfcl.dvc import stage_name
 from flows.ingest import ingest_dataset
 from flows.retrain import retrain_detector
-from tasks.extract_faces import stage_name
 from tests.conftest import shared_data, small_params
 
 METHODS = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]

@@ -1,14 +1,13 @@
 """The learner keeps weights AND strategy memory across runs (save -> load -> continue), and
 evaluates the methods still to come (the matrices' upper triangle: forward transfer)."""
-import json
 import math
 
 import pytest
 import torch
 
 from dfcl.config import ConfigError
-from dfcl.extraction import extract_dataset
 from dfcl.experience import ExperienceSpec
+from dfcl.extraction import extract_dataset
 from dfcl.learner import Learner
 from dfcl.scoring import per_experience
 from tests.conftest import small_params
@@ -35,7 +34,8 @@ MODELS = {"small_cnn": [], "efficientnet_lite0": ["model.name=efficientnet_lite0
 
 
 @pytest.mark.parametrize("model", list(MODELS))
-@pytest.mark.parametrize("strategy", ["naive", "cwr", "replay", "gem", "lwf", "ewc", "cumulative"])
+@pytest.mark.parametrize("strategy", ["naive", "cwr", "replay", "gem", "lwf", "ewc", "cumulative", "der", "sur_lid",
+                                      "dfil"])
 def test_learner_resumes_with_its_strategy_state(specs, tmp_path, strategy, model):
     root, (first, second) = specs
     params = small_params(f"strategy.name={strategy}", *MODELS[model])
@@ -44,25 +44,24 @@ def test_learner_resumes_with_its_strategy_state(specs, tmp_path, strategy, mode
     learner.save()
     weights = {k: v.clone() for k, v in learner.strategy.model.state_dict().items()}
 
+    memory = memories(learner.strategy)
+
     again = Learner.load(tmp_path / "learner", params, root)
-    assert again.strategy.clock.train_exp_counter == 1
+    assert again.strategy is not learner.strategy and again.strategy.clock.train_exp_counter == 1
     for k, v in again.strategy.model.state_dict().items():
         assert torch.equal(v, weights[k]), f"{k} not restored"
-    if strategy == "replay":
-        buffer = next(p for p in again.strategy.plugins if hasattr(p, "storage_policy"))
-        assert len(buffer.storage_policy.buffer) == 40
+    restored = memories(again.strategy)
+    assert restored.keys() == memory.keys()
+    for name, value in memory.items():
+        assert torch.equal(restored[name], value), f"{strategy}: {name} not restored"
+    if strategy in ("replay", "sur_lid", "dfil", "der"):
+        assert len(memory["buffer keys"]) == 40
     if strategy == "gem":
-        gem = next(p for p in again.strategy.plugins if hasattr(p, "memory_x"))
-        assert gem.memory_x[0].shape[0] == 16
-    if strategy == "cwr":
-        cwr = next(p for p in again.strategy.plugins if hasattr(p, "cwr_layer_name"))
-        assert cwr.model.saved_weights, "CWR* consolidated weights were lost"
-    if strategy == "lwf":
-        lwf = next(p for p in again.strategy.plugins if hasattr(p, "lwf"))
-        assert lwf.lwf.prev_model is not None, "LwF's teacher (the previous model) was lost"
-    if strategy == "ewc":
-        ewc = next(p for p in again.strategy.plugins if hasattr(p, "importances"))
-        assert ewc.importances and ewc.saved_params, "EWC's importances were lost"
+        assert memory["gem x 0"].shape[0] == 16
+    if strategy == "der":
+        assert memory["der logits"].shape == (40, 2)
+    if strategy in ("cwr", "lwf", "ewc", "dfil"):
+        assert memory, f"{strategy} kept no memory"
     if strategy == "cumulative":
         import numpy as np
 
@@ -85,6 +84,59 @@ def test_learner_resumes_with_its_strategy_state(specs, tmp_path, strategy, mode
     assert r1["auc_forgetting"] == 0.0 and again.last_results()["auc_forgetting"] == r2["auc_forgetting"]
 
 
+def memories(strategy) -> dict[str, torch.Tensor]:
+    """What each strategy remembers besides its weights, read from Avalanche's own objects."""
+    from avalanche.training.plugins import (
+        CWRStarPlugin,
+        EWCPlugin,
+        GEMPlugin,
+        LwFPlugin,
+        ReplayPlugin,
+    )
+
+    from dfcl.continual.dfil import ContrastiveDistillation
+
+    out = {}
+    if hasattr(strategy, "storage_policy"):  # DER: its buffer, with the logits each face had
+        buffer = strategy.storage_policy.buffer
+        out["buffer keys"] = torch.as_tensor(list(buffer.sample_key))
+        out["der logits"] = torch.stack([torch.as_tensor(v) for v in buffer.logits])
+    for p in strategy.plugins:
+        if isinstance(p, ContrastiveDistillation) and p.teacher is not None:
+            out |= {f"dfil {k}": v for k, v in p.teacher.state_dict().items()}
+        if isinstance(p, ReplayPlugin):
+            out["buffer keys"] = torch.as_tensor(list(p.storage_policy.buffer.sample_key))
+        if isinstance(p, GEMPlugin):
+            out |= {f"gem x {t}": x for t, x in p.memory_x.items()} | {f"gem y {t}": y for t, y in p.memory_y.items()}
+        if isinstance(p, EWCPlugin):
+            for kind in ("saved_params", "importances"):
+                out |= {f"ewc {kind} {t} {k}": d.data for t, ps in getattr(p, kind).items() for k, d in ps.items()}
+        if isinstance(p, LwFPlugin) and p.lwf.prev_model is not None:
+            out |= {f"lwf {k}": v for k, v in p.lwf.prev_model.state_dict().items()}
+        if isinstance(p, CWRStarPlugin):
+            out |= {f"cwr {c}": torch.as_tensor(w) for c, w in p.model.saved_weights.items()}
+    return out
+
+
+def test_a_continued_learner_takes_this_runs_plugin_settings(specs, tmp_path):
+    """The strategy is rebuilt from this run's params: a smaller replay memory and class weighting
+    switched off apply to the next experience, and the buffer keeps its faces from before."""
+    from dfcl.plugins import ClassBalancedLoss
+
+    root, (first, second) = specs
+    learner = Learner(tmp_path / "learner", small_params("strategy.name=replay"), root)
+    learner.learn(first)
+    learner.save()
+    before = set(memories(learner.strategy)["buffer keys"].tolist())
+    again = Learner.load(tmp_path / "learner", small_params("strategy.name=replay", "strategy.replay.mem_size=20",
+                                                            "train.class_balance=false"), root)
+    assert not any(isinstance(p, ClassBalancedLoss) for p in again.strategy.plugins)
+    again.learn(second)
+    keys = memories(again.strategy)["buffer keys"].tolist()
+    assert len(keys) == 20
+    assert sum(k >> 32 == 0 for k in keys) == 10 and set(k for k in keys if k >> 32 == 0) <= before
+
+
 def test_changed_identity_is_refused(specs, tmp_path):
     root, (first, _) = specs
     learner = Learner(tmp_path / "learner", small_params(), root)
@@ -95,7 +147,7 @@ def test_changed_identity_is_refused(specs, tmp_path):
 
 
 def test_a_resumed_learner_trains_with_this_runs_loop_settings(specs, tmp_path):
-    """The checkpoint holds the strategy of the first run; -S train.epochs=... must still apply."""
+    """The strategy is built from this run's params: -S train.epochs=... applies."""
     root, (first, _) = specs
     learner = Learner(tmp_path / "learner", small_params(), root)
     learner.learn(first)
@@ -244,23 +296,3 @@ def test_a_column_that_changed_method_is_dropped(three, tmp_path):
     assert [len(row) for row in learner.history.auc_matrix] == [1, 2]
     assert learner.history.columns == [["BlendSwap", "test"], ["MouthWarp", "test"]]
     assert r["auc_before"] == {} and math.isnan(r["auc_forward_transfer"])
-
-
-def test_a_learner_saved_before_the_upper_triangle_loads_and_continues(three, tmp_path):
-    root, (first, second, third) = three
-    learner = Learner(tmp_path / "learner", small_params(), root)
-    learner.learn(first)
-    learner.save()
-    history = learner.folder / learner.folder.joinpath("CURRENT").read_text().strip() / "history.json"
-    data = json.loads(history.read_text())
-    del data["columns"]  # as saved before: square lower-triangular matrices, no columns
-    history.write_text(json.dumps(data))
-
-    again = Learner.load(tmp_path / "learner", small_params(), root)
-    assert again.history.columns == [["BlendSwap", "test"]]
-    assert math.isnan(again.last_results()["auc_forward_transfer"])
-    r = again.learn(second, upcoming=[third])
-    assert [len(row) for row in again.history.auc_matrix] == [1, 3]
-    assert r["methods"] == ["BlendSwap", "GANUpsample"] and r["auc_before"] == {}  # unknown when BlendSwap was learned
-    r = again.learn(third)
-    assert r["auc_before"] == {"MouthWarp": again.history.auc_matrix[1][2]}

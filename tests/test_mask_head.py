@@ -186,13 +186,12 @@ def test_every_strategy_trains_the_mask_head_and_saves(methods, tmp_path, strate
 
 
 def test_mask_head_settings_are_checked():
-    from dfcl.config import ConfigError
-    from dfcl.strategies import check_choices
+    from dfcl.config import ConfigError, check_names
 
     with pytest.raises(ConfigError, match="mask_loss_weight > 0"):
-        check_choices(small_params("model.mask_head=true", "train.mask_loss_weight=0"))
+        small_params("model.mask_head=true", "train.mask_loss_weight=0")
     with pytest.raises(ConfigError, match="resnet18 has no mask head; models with one: .*small_cnn"):
-        check_choices(small_params("model.mask_head=true", "model.name=resnet18"))
+        check_names(small_params("model.mask_head=true", "model.name=resnet18"))
 
 
 def test_the_mask_is_evidence_beside_the_heatmap_only_for_a_model_with_a_head(tmp_path):

@@ -13,7 +13,15 @@ import pytest
 from mlflow import MlflowClient
 
 from dfcl.learner import Learner
-from dfcl.ops import Busy, OpsError, ServiceUnavailable, alias_events, check_services, retrain_lock, rollback_champion
+from dfcl.ops import (
+    Busy,
+    OpsError,
+    ServiceUnavailable,
+    alias_events,
+    check_services,
+    retrain_lock,
+    rollback_champion,
+)
 from dfcl.triggers import Ledger, dataset_folders, due_datasets, fingerprint
 from flows.retrain import retrain_detector
 from tests.conftest import small_params

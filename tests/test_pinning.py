@@ -5,7 +5,6 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from dfcl.learner import Learner
 from dfcl.pinning import PinnedDataError

@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from dfcl.layouts import assign_splits
 from avalanche.core import SupervisedPlugin
 
+from dfcl.layouts import assign_splits
 from dfcl.learner import Learner
 from dfcl.plugins import BestValidationEpoch, ClassBalancedLoss
 from tests.conftest import small_params

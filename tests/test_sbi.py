@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from dfcl.data import FaceArrayDataset
 from dfcl.sbi import SelfBlendedFakes, self_blend
 
 S = 64

@@ -33,10 +33,10 @@ def test_any_dataset_s_real_files_make_one_self_blended_experience(demo_data, tm
 
 
 def test_self_blended_experience_has_fixed_sbi_test_fakes_and_learns_fresh_ones(demo_data, tmp_path):
-    from dfcl.extraction import extract_dataset
     from dfcl.arrays import beside, face_arrays
     from dfcl.experience import ExperienceSpec
-from dfcl.learner import train_sequence
+    from dfcl.extraction import extract_dataset
+    from dfcl.learner import train_sequence
 
     params = small_params("data.test_fraction=0.3", "data.val_fraction=0.2")
     name = params["sbi"]["method"]

@@ -2,10 +2,10 @@
 import shutil
 import subprocess
 
+from dfcl.dvc import overrides_for_stage
 from dfcl.layouts import recognise
 from dfcl.workspace import ensure_dvc_repo, ensure_workspace
 from tasks.copy_raw_dataset import copy_raw_dataset
-from tasks.extract_faces import overrides_for_stage
 from tasks.version_with_dvc import version_with_dvc
 from tests.conftest import small_params
 

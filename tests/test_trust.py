@@ -4,7 +4,16 @@ import math
 import numpy as np
 import pytest
 
-from dfcl.trust import (Calibration, Trust, choose_band, coverage, ece, fit_calibration, fit_feature_space, logit)
+from dfcl.trust import (
+    Calibration,
+    Trust,
+    choose_band,
+    coverage,
+    ece,
+    fit_calibration,
+    fit_feature_space,
+    logit,
+)
 
 
 def overconfident(n: int, seed: int):
@@ -124,9 +133,9 @@ def test_novelty_flags_faces_of_a_set_never_learned_more_than_the_learned_method
     the novelty score was chosen on its features (benchmarks/results/trust_cpu.md)."""
     from sklearn.metrics import roc_auc_score
 
-    from dfcl.extraction import extract_dataset
     from dfcl.experience import ExperienceSpec
-from dfcl.learner import Learner
+    from dfcl.extraction import extract_dataset
+    from dfcl.learner import Learner
     from dfcl.trust import scores_and_features
     from tests.conftest import shared_data, small_params
 

@@ -1,0 +1,91 @@
+"""The REST API's guards, as ASGI middleware around the app (dfcl.api): a cap on the upload's size
+and the time it may take to arrive, a bearer token on /v1/*, and security headers on every answer."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+
+# The page's own files only: no inline script or style, no other origin, never inside a frame.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+
+
+def error(code: int, message: str, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=code)
+
+
+class UploadCap:
+    """413 for a request body over the cap: at once when Content-Length says so, else as soon as
+    the streamed body passes it (the multipart parser reads through this). 408 when the body has
+    not all arrived `timeout_s` after the route started reading it (a slow or stalled client
+    would hold a detection slot)."""
+
+    def __init__(self, app, max_bytes: int, limit_mb: float, timeout_s: float):
+        self.app, self.max_bytes, self.limit_mb, self.timeout_s = app, max_bytes, limit_mb, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            response = error(413, f"upload of {int(length) / 2**20:.1f} MB is over the limit of {self.limit_mb} MB")
+            return await response(scope, receive, send)
+        seen, due, complete = 0, None, False
+
+        async def capped():
+            nonlocal seen, due, complete
+            if complete:  # after the body: e.g. waiting for a disconnect, which has no deadline
+                return await receive()
+            loop = asyncio.get_running_loop()
+            due = due or loop.time() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(due - loop.time(), 0))
+            except TimeoutError:
+                raise HTTPException(408, f"the upload did not arrive within {self.timeout_s} s (api.upload_timeout_s)")
+            seen += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            if seen > self.max_bytes:
+                raise HTTPException(413, f"upload is over the limit of {self.limit_mb} MB")
+            return message
+
+        await self.app(scope, capped, send)
+
+
+class RequireToken:
+    """/v1/* answers only requests with `Authorization: Bearer <token>` (401 otherwise); the page,
+    its files and /health stay open (the page asks for the token)."""
+
+    def __init__(self, app, token: str):
+        self.app, self.expected = app, b"Bearer " + token.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):  # constant time: no guessing it byte by byte
+                response = error(401, "this server needs an access token: send Authorization: Bearer <token>")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """SECURITY_HEADERS on every answer."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

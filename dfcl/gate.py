@@ -1,0 +1,92 @@
+"""The promotion gate's statistics and rules, as functions of labels, scores and params: per
+method, challenger vs champion on the same test faces with a paired bootstrap interval of the
+difference (dfcl.bootstrap); each method's and the average's verdict in the gate metric
+("worse" with `gate.confidence` by more than the allowed drop, "better", "cannot tell"); and the
+reasons to reject. tasks/promotion_gate.py finds the champion and scores the faces."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dfcl import bootstrap
+
+METRICS = ("auc", "balanced_accuracy")  # what the bootstrap compares (dfcl.bootstrap.score)
+
+
+def one_class(y: np.ndarray) -> str | None:
+    """Why a test split gives no AUC or balanced accuracy, or None."""
+    real, fake = int((y == 0).sum()), int((y == 1).sum())
+    if real and fake:
+        return None
+    return f"its test split has only {'real' if real else 'fake'} faces ({real or fake}): no AUC to compare"
+
+
+def resampling_groups(videos: np.ndarray | None) -> np.ndarray | None:
+    """What the bootstrap draws together: a face's video where a video has several faces, else
+    each face on its own (None)."""
+    return videos if videos is not None and len(set(videos)) < len(videos) else None
+
+
+def compare_method(y, p_new, p_old, groups, thresholds: tuple[float, float], gate: dict, seed: int) -> tuple[dict, dict]:
+    """Challenger (`p_new`) and champion (`p_old`) on one method's test faces: each of METRICS
+    with the bootstrap interval of challenger - champion at `thresholds` (challenger's,
+    champion's). Returns (the method's row, {metric: its resampled differences})."""
+    row, draws = {"faces": int(len(y)), "groups": "videos" if groups is not None else "faces"}, {}
+    for metric in METRICS:
+        r = bootstrap.paired_difference(y, p_new, p_old, groups, metric=metric, n_boot=gate["bootstrap"],
+                                        confidence=gate["confidence"], seed=seed, thresholds=thresholds)
+        draws[metric] = r.pop("draws")
+        row[metric] = r
+    return row, draws
+
+
+def average(rows: dict[str, dict], draws: list[dict], confidence: float) -> dict | None:
+    """Over the compared methods (`rows`, their `draws` in the same order): each metric's mean
+    difference, with the interval of the mean of the same resamples; None with no method."""
+    if not rows:
+        return None
+    return {m: {"difference": float(np.mean([r[m]["difference"] for r in rows.values()])),
+                **bootstrap.interval(np.mean([d[m] for d in draws], axis=0), confidence)} for m in METRICS}
+
+
+def allowed_drop(key: str, params: dict) -> float:
+    """How much worse than the champion a method may be. The self-blended experience is a means
+    (pseudo-fakes that teach blending artefacts), not a forgery anyone uploads: learning real
+    methods may cost it a little."""
+    gate = params["gate"]
+    return gate["max_drop_self_blended"] if key.split("/")[0] == params["sbi"]["method"] else gate["max_drop_per_method"]
+
+
+def judge(comparison: dict, params: dict) -> list[str]:
+    """Set each method's and the average's verdict in `comparison` (rows of compare_method under
+    "methods", `average` under "average"); returns the reasons to reject: what is worse."""
+    gate = params["gate"]
+    metric, reasons = gate["metric"], []
+    for key, r in comparison["methods"].items():
+        d = r[metric]
+        r["verdict"] = bootstrap.verdict(d["low"], d["high"], allowed_drop(key, params))
+        if r["verdict"] == "worse":
+            reasons.append(f"{key}: {metric} {d['new']:.3f} vs the champion's {d['old']:.3f}, worse by "
+                           f"{-d['difference']:.3f} ({gate['confidence']:.0%} interval {d['low']:+.3f} to {d['high']:+.3f})")
+    if comparison["average"] is not None:
+        avg = comparison["average"][metric]
+        comparison["average"]["verdict"] = bootstrap.verdict(avg["low"], avg["high"], gate["max_drop_average"])
+        if comparison["average"]["verdict"] == "worse":
+            reasons.append(f"average {metric} worse by {-avg['difference']:.3f} ({gate['confidence']:.0%} interval "
+                           f"{avg['low']:+.3f} to {avg['high']:+.3f})")
+    return reasons
+
+
+def decide(comparison: dict | None, unscored: dict[str, str], forgetting: float, params: dict) -> dict:
+    """The gate's verdict: rejected when a method gives no number (`unscored`: {method: why}),
+    when a method or the average is worse than the champion (`comparison`, None when there is
+    no champion yet), or when `forgetting` (in the gate metric) exceeds `gate.max_forgetting`."""
+    gate = params["gate"]
+    reasons = [f"{key}: {why}" for key, why in unscored.items()]
+    if comparison is not None:
+        reasons += judge(comparison, params)
+    if not math.isnan(forgetting) and forgetting > gate["max_forgetting"]:
+        reasons.append(f"forgetting {forgetting:.3f} ({gate['metric']}) exceeds the bound {gate['max_forgetting']}")
+    return {"passed": not reasons, "reasons": reasons, "champion": comparison, "metric": gate["metric"],
+            "forgetting": forgetting}
