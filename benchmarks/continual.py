@@ -135,13 +135,32 @@ def speed(params: dict, specs: list, root: Path, work: Path) -> dict:
             "measured_on": specs[0].key, "gem_measured_on": specs[1].key}
 
 
+def variant_params(params: dict, name: str, seed: int) -> dict:
+    """A strategy's params; `name` may be a variant, strategy+key=value+... (the ablation's rows)."""
+    from dfcl.config import apply_overrides
+
+    strategy, *settings = name.split("+")
+    return apply_overrides(params, [f"strategy.name={strategy}", f"train.seed={seed}"]
+                           + [f"strategy.{strategy}.{s}" for s in settings])
+
+
+def step_times(params: dict, names: list[str], specs: list, root: Path, work: Path) -> dict[str, float]:
+    """ms per training step of each strategy on the second method after learning the first, one
+    after the other on an otherwise idle machine (the sweep's own timings share the CPU)."""
+    from dfcl.config import apply_overrides
+
+    params = apply_overrides(params, ["train.epochs=1"])  # a step costs the same in any epoch
+    return {name: round(1000 * pipeline_loop(variant_params(params, name, 0), specs[:2], root,
+                                             work / f"step-{name}")[1], 1) for name in names}
+
+
 def run_direct(folders: list[Path], params: dict, strategies: list[str], seeds: list[int], work: Path,
-               plots: Path) -> dict:
+               plots: Path, finished_only: bool = False) -> dict:
     """What flows.compare does, without Prefect, DVC or MLflow: the same trainings
-    (dfcl.learner.train_sequence) and the same report (mean and spread over seeds)."""
+    (dfcl.learner.train_sequence) and the same report (mean and spread over seeds). With
+    `finished_only`, nothing is trained: the report holds the (strategy, seed) runs already done."""
     from dataclasses import asdict
 
-    from dfcl.config import apply_overrides
     from dfcl.experience import ExperienceSpec
     from dfcl.layouts import dataset_name
     from dfcl.learner import train_sequence
@@ -164,20 +183,22 @@ def run_direct(folders: list[Path], params: dict, strategies: list[str], seeds: 
                 print(f"{name} seed {seed}: after {keys[step]}: avg acc {results['avg_accuracy']:.3f}, "
                       f"avg AUC {results['avg_auc']:.3f}", flush=True)
 
-            strategy, *settings = name.split("+")  # a variant: strategy+key=value+... (the ablation's rows)
-            overrides = [f"strategy.name={strategy}", f"train.seed={seed}"] + [f"strategy.{strategy}.{s}" for s in settings]
-            run_params = apply_overrides(params, overrides)
+            run_params = variant_params(params, name, seed)
             # Resumable: a finished (strategy, seed) with the same params and sequence is not trained again.
             done = work / "direct" / f"{name}-seed{seed}.json"
             key = json.dumps([run_params, keys], sort_keys=True, default=str)
             if done.is_file() and json.loads(done.read_text())["key"] == key:
                 runs[seed] = json.loads(done.read_text())["report"]
                 continue
+            if finished_only:
+                continue
             timer = StepTimer()
             _, runs[seed] = train_sequence(specs, run_params, work / "direct" / f"{name}-seed{seed}", Path("/"),
                                            on_experience=progress, plugins=[timer])
             runs[seed]["ms_per_step"] = 1000 * timer.seconds / max(timer.steps, 1)
             done.write_text(json.dumps({"key": key, "report": runs[seed]}, default=float))
+        if not runs:
+            continue
         report["strategies"][name] = over_seeds(runs)
         report["strategies"][name]["ms_per_step"] = float(np.mean([r["ms_per_step"] for r in runs.values()]))
         strategy_plots(report["strategies"][name], keys, plots, name)
@@ -224,35 +245,37 @@ def markdown(report: dict, command: str, tag: str) -> str:
              "*Forward transfer (AUC)*: each method's AUC just before it was learned (the AUC matrix's upper "
              "triangle), averaged over the methods after the first; *(acc.)*: Avalanche's, accuracy then "
              "minus the untrained model's.", "",
-             "| strategy | final avg acc | final avg balanced acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | AUC forgetting | BWT "
+             "| strategy | seeds | final avg acc | final avg balanced acc | final mean AUC (FF++ 4) | final mean AUC (all) | forgetting | AUC forgetting | BWT "
              "| forward transfer (AUC) | forward transfer (acc.) | train s | state MB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    seeds = len(report.get("seeds", [0]))
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def pm(values: list[float], digits: int = 3) -> str:  # mean ± std over the seeds' runs
         values = [v for v in values if v is not None and not math.isnan(v)]
         if not values:
             return "n/a"
         text = f"{np.mean(values):.{digits}f}"
-        return text + (f" ± {np.std(values):.{digits}f}" if seeds > 1 else "")
+        return text + (f" ± {np.std(values):.{digits}f}" if len(values) > 1 else "")
 
     for name, entry in report["strategies"].items():
         runs = list(entry.get("runs", {"0": entry}).values())
         last = [r["auc_matrix"][-1] for r in runs]
         ff = [float(np.nanmean([a[i] for i in ffpp])) for a in last]
         allauc = [float(np.nanmean(a)) for a in last]
-        lines.append(f"| {name} | {pm([r['avg_accuracy'] for r in runs])} | {pm([r.get('avg_balanced_accuracy') for r in runs])} "
+        lines.append(f"| {name} | {len(runs)} | {pm([r['avg_accuracy'] for r in runs])} | {pm([r.get('avg_balanced_accuracy') for r in runs])} "
                      f"| {pm(ff)} | {pm(allauc)} | {pm([r['forgetting'] for r in runs])} "
                      f"| {pm([r['auc_forgetting'] for r in runs])} | {pm([r['bwt'] for r in runs])} "
                      f"| {pm([r.get('auc_forward_transfer') for r in runs])} | {pm([r.get('forward_transfer') for r in runs])} "
                      f"| {pm([r['train_seconds'] for r in runs], 0)} | {pm([r.get('state_mb') for r in runs], 1)} |")
     s = report["speed"]
-    steps = {n: e["ms_per_step"] for n, e in report["strategies"].items() if e.get("ms_per_step")}
+    quiet = report.get("step_ms")
+    steps = quiet or {n: e["ms_per_step"] for n, e in report["strategies"].items() if e.get("ms_per_step")}
     if steps:
         base = steps.get("replay")
-        lines += ["", "Time per training step (forward, backward, update and every plugin's hooks; a replay "
-                      "step carries a memory batch beside the new one):", "", "| strategy | ms/step | x Replay |",
-                  "| --- | --- | --- |"]
+        where = (f"measured apart on {report['methods'][1]} after learning {report['methods'][0]}, one strategy "
+                 "at a time" if quiet else "averaged over the sweep's trainings, which shared the CPU")
+        lines += ["", f"Time per training step (forward, backward, update and every plugin's hooks; a replay "
+                      f"step carries a memory batch beside the new one; {where}):", "",
+                  "| strategy | ms/step | x Replay |", "| --- | --- | --- |"]
         lines += [f"| {n} | {v:.0f} | {v / base:.2f} |" if base else f"| {n} | {v:.0f} | n/a |" for n, v in steps.items()]
     if not s:
         return "\n".join(lines + _per_method(report, methods, tag)) + "\n"
@@ -287,6 +310,10 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA), help="the folder holding ffpp-crops, stylegan-faces, dfdc-crops")
     parser.add_argument("--direct", action="store_true", help="no Prefect, DVC or MLflow (see above)")
     parser.add_argument("--skip-speed", action="store_true", help="no bare-loop / GEM speed section")
+    parser.add_argument("--step-times", metavar="STRATEGIES",
+                        help="comma-separated: time each one's training step apart (pipeline_loop), for the report")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="with --direct: train nothing, report the (strategy, seed) runs already finished")
     parser.add_argument("--log-mlflow", metavar="JSON", help="log a --direct run's results to MLflow, then exit")
     args = parser.parse_args()
     if args.log_mlflow:
@@ -313,7 +340,7 @@ def main() -> None:
     plots = out / f"continual_{args.tag}"
     start = time.perf_counter()
     if args.direct:
-        report = run_direct(folders, params, strategies, seeds, work, plots)
+        report = run_direct(folders, params, strategies, seeds, work, plots, args.finished_only)
     else:
         from dfcl.workspace import Workspace, configure_environment
 
@@ -330,6 +357,9 @@ def main() -> None:
     from dfcl.experience import ExperienceSpec
 
     specs = [ExperienceSpec(**e) for e in report["experiences"]]
+    if args.step_times:
+        report["step_ms"] = step_times(params, args.step_times.split(","), specs, Path("/") if args.direct else work,
+                                       work / "data" / "speed")
     report["speed"] = {} if args.skip_speed else speed(params, specs, Path("/") if args.direct else work,
                                                        work / "data" / "speed")
     report.update(machine=machine(), date=time.strftime("%Y-%m-%d"), wall_s=round(wall, 1),
