@@ -8,6 +8,7 @@ share its history and strategy; the state's format and the metrics' math live ap
 (dfcl.learner_state, dfcl.metrics)."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -115,7 +116,9 @@ class Learner:
             learner.trust = Trust.load(state / TRUST_FILE)
         strategy = learner.strategy
         device = pick_device(params["train"]["device"])
-        train = [e.dataset for e in learner.benchmark(experiences).train_stream] if experiences else []
+        # The learned experiences' training faces, opened only for a strategy whose memory names them.
+        train = functools.cache(lambda: [e.dataset for e in learner.benchmark(experiences).train_stream]
+                                if experiences else [])
         learner_state.load_state(strategy, state, train, device)
         try:
             learner_state.load_optimizer(strategy, state, device)

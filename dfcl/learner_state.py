@@ -17,9 +17,11 @@ A plugin of deepfake-cl that keeps memory says so itself with memory_state() and
 load_memory_state() (dfcl.continual). Nothing here unpickles: torch.load runs with weights_only."""
 from __future__ import annotations
 
+import copy
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 from avalanche.benchmarks.utils import concat_datasets
@@ -140,9 +142,10 @@ SAVERS = {GEMPlugin: _gem_state, EWCPlugin: _ewc_state, LwFPlugin: _lwf_state, C
 
 
 # -- load ------------------------------------------------------------------------------
-def load_state(strategy, folder: Path, train_datasets: list, device: torch.device) -> None:
+def load_state(strategy, folder: Path, train_datasets: Callable[[], list], device: torch.device) -> None:
     """Give `strategy` (built from this run's params) the weights and memories saved in `folder`.
-    `train_datasets`: the learned experiences' training datasets, in order (buffers index them)."""
+    `train_datasets()`: the learned experiences' training datasets, in order (buffers index them);
+    called only where a memory needs them."""
     strategy.model.load_state_dict(load_file(folder / MODEL, device=str(device)))
     meta = json.loads((folder / MEMORY_META).read_text())
     if meta.get("format") != FORMAT:
@@ -155,15 +158,15 @@ def load_state(strategy, folder: Path, train_datasets: list, device: torch.devic
             continue  # nothing saved for it (a plugin this run adds): it starts empty
         mine = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(name + "/")}
         _load_into(holder, mine, meta["memories"][name], strategy, train_datasets)
-    if isinstance(strategy, Cumulative) and train_datasets:
-        strategy.dataset = concat_datasets(train_datasets)
+    if isinstance(strategy, Cumulative) and train_datasets():
+        strategy.dataset = concat_datasets(train_datasets())
 
 
 def load_optimizer(strategy, folder: Path, device: torch.device) -> None:
     strategy.optimizer.load_state_dict(torch.load(folder / OPTIMIZER, map_location=device, weights_only=True))
 
 
-def _load_into(holder, tensors: dict, meta: dict, strategy, train_datasets: list) -> None:
+def _load_into(holder, tensors: dict, meta: dict, strategy, train_datasets: Callable[[], list]) -> None:
     if hasattr(holder, "load_memory_state"):
         holder.load_memory_state(tensors, meta, strategy)
     elif hasattr(holder, "storage_policy"):
@@ -189,8 +192,6 @@ def _load_into(holder, tensors: dict, meta: dict, strategy, train_datasets: list
 
 
 def _load_lwf(lwf: LwFPlugin, tensors: dict, meta: dict, strategy) -> None:
-    import copy
-
     inner = lwf.lwf
     inner.expcount = meta["expcount"]
     inner.prev_classes_by_task = defaultdict(set, {int(t): set(cs) for t, cs in meta["prev_classes_by_task"].items()})
@@ -199,11 +200,11 @@ def _load_lwf(lwf: LwFPlugin, tensors: dict, meta: dict, strategy) -> None:
         inner.prev_model.load_state_dict({k[len("prev."):]: v for k, v in tensors.items()})
 
 
-def _load_buffer(policy, tensors: dict, meta: dict, train_datasets: list) -> None:
+def _load_buffer(policy, tensors: dict, meta: dict, train_datasets: Callable[[], list]) -> None:
     """Each buffer group again as a subset of the learned experiences' training faces."""
-    if not train_datasets:
+    if not meta["groups"]:
         return
-    everything = concat_datasets(train_datasets)
+    everything = concat_datasets(train_datasets())
     position = {key: i for i, key in enumerate(getattr(everything, SAMPLE_KEY))}
     for g in meta["groups"]:
         gid = g["id"]

@@ -139,7 +139,8 @@ def _carry_memories(old, new) -> None:
         before = next((p for p in old.plugins if kind and isinstance(p, kind)), None)
         if before is not None:
             tensors, meta = SAVERS[kind](before)
-            _load_into(plugin, tensors, json.loads(json.dumps(meta)), new, [])
+            # Through JSON as a saved state goes (its int keys become strings), so the loader sees what it reads.
+            _load_into(plugin, tensors, json.loads(json.dumps(meta)), new, list)
 
 
 def _redraw_buffer(learner, experiences) -> int:
