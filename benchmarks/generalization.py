@@ -31,7 +31,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
-from common import auc_on, checked_rows, extract_once, machine, made_folders  # noqa: E402
+from common import (  # noqa: E402
+    auc_on,
+    checked_rows,
+    extract_once,
+    gather_reals,
+    machine,
+    made_folders,
+)
 from common import spec as common_spec  # noqa: E402
 
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
@@ -45,12 +52,14 @@ ROWS = {
     "sbi_every": ("SBI fakes (0.5 per real) added to every FF++ experience", ["sbi.enabled=true"], False),
     "sbi_first_every": ("both: the self-blended experience first, and SBI fakes in every experience",
                         ["sbi.enabled=true"], True),
+    "sbi_long": ("the self-blended experience first (pairs, seams inside the crop), 12 epochs, the best validation "
+                 "epoch kept; then the FF++ sequence", ["sbi.epochs=12", "train.early_stopping_patience=3"], True),
     "sbi_first_mask": ("the self-blended experience first, with the forgery-mask head (model.mask_head)",
                        ["model.mask_head=true"], True),
 }
 
 
-def faces(data: Path, work: Path, params: dict, unseen_cap: int) -> dict:
+def faces(data: Path, work: Path, params: dict, unseen_cap: int, real_sets: list[str] = ()) -> dict:
     """{set name: (face paths, splits scored)} of everything a row is scored on, and the FF++
     experiences and the self-blended one to train on."""
     from dfcl.config import apply_overrides
@@ -62,7 +71,13 @@ def faces(data: Path, work: Path, params: dict, unseen_cap: int) -> dict:
         scored[key] = (next(iter(extract_once(data / folder, work, small).values())), splits)
     # Every real training face of FF++ (the paper's setting): the ffpp experiences' cap does not apply.
     whole = apply_overrides(params, ["data.max_per_class=0"])
-    sbi = extract_once(data / "ffpp-crops", work, whole, name=params["sbi"]["method"])[params["sbi"]["method"]]
+    name = params["sbi"]["method"]
+    sbi = {"": extract_once(data / "ffpp-crops", work, whole, name=name)[name]}
+    if real_sets:  # FF++'s reals and those of other cameras, as `sbi.real_sets` gives the flow
+        cap = {Path(f).name: int(n) for f, n in (s.split(":") for s in real_sets)}
+        folder = gather_reals([data / "ffpp-crops"] + [data / f for f in cap], work / ("reals-" + "-".join(real_sets)),
+                              whole, cap)
+        sbi["+".join(real_sets)] = extract_once(folder, work, whole, name=name)[name]
     return {"ffpp": ffpp, "sbi": sbi, "scored": scored}
 
 
@@ -70,11 +85,11 @@ def spec(key: str, paths: dict):
     return common_spec(key, paths, "generalization")
 
 
-def run_row(name: str, params: dict, sets: dict, first: bool, work: Path) -> dict:
+def run_row(name: str, params: dict, sets: dict, first: bool, work: Path, reals: str = "") -> dict:
     """One continual training, scored on every set after every experience."""
     from dfcl.learner import train_sequence
 
-    sequence = ([spec("ffpp-crops/" + params["sbi"]["method"], sets["sbi"])] if first else []) + \
+    sequence = ([spec("ffpp-crops/" + params["sbi"]["method"], sets["sbi"][reals])] if first else []) + \
         [spec(f"ffpp-crops/{m}", sets["ffpp"][m]) for m in FFPP]
     after: list[dict] = []
 
@@ -198,6 +213,8 @@ def main() -> None:
     parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work" / "generalization"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--extract-only", action="store_true", help="extract the faces and stop")
+    parser.add_argument("--sbi-reals", default="", help="comma-separated FOLDER:N: up to N real files of each folder "
+                        "of --data join FF++'s in the self-blended experience of rows that have one")
     args = parser.parse_args()
     checked_rows(parser, args.rows, ROWS)
     from dfcl.config import load_params
@@ -208,7 +225,8 @@ def main() -> None:
     report["machine"] = machine()
     command = "python benchmarks/generalization.py " + " ".join(sys.argv[1:])
     base = load_params(REPO / "params.yaml", args.set)
-    sets = faces(Path(args.data), work, base, args.unseen_cap)
+    real_sets = [r for r in args.sbi_reals.split(",") if r]
+    sets = faces(Path(args.data), work, base, args.unseen_cap, real_sets)
     if args.extract_only:
         return
     if command not in report["commands"]:
@@ -224,7 +242,7 @@ def main() -> None:
         params = load_params(REPO / "params.yaml", args.set + overrides)
         print(f"== {key}: {change}", flush=True)
         try:
-            row = run_row(key, params, sets, first, work)
+            row = run_row(key, params, sets, first, work, "+".join(real_sets))
         except Exception as e:  # one broken row must not lose the others' numbers
             row = {"error": f"{type(e).__name__}: {e}"}
         report["rows"][key] = {"change": change, "overrides": args.set + overrides, **row}

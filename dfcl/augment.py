@@ -42,17 +42,19 @@ class Augmenter:
     def __repr__(self):
         return f"Augmenter({self.settings})"
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None):
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None, rng: np.random.Generator | None = None):
         """With a target `mask` (float32 H x W, dfcl.masks), (image, mask): the flip and crop move
         the mask with the face, and the cut-out region becomes unknown (what it hides cannot be
-        located). The draws are the same with or without a mask."""
+        located). The draws are the same with or without a mask. `rng`: the draws to use (the
+        same for a real face and its self-blended fake, dfcl.sbi.SelfBlendedPairs)."""
         s = self.settings
         if not s["enabled"]:
             return image if mask is None else (image, mask)
         # A fresh generator per call, seeded from torch: each DataLoader worker has its own
         # torch seed (so workers differ), and torch.manual_seed makes runs reproducible. A
         # generator kept on the instance would be copied identically into every forked worker.
-        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+        if rng is None:
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
         out = image
         if rng.random() < s["flip_p"]:
             out = cv2.flip(out, 1)  # 1 = around the vertical axis
@@ -62,6 +64,12 @@ class Augmenter:
             out, mask = _resized(out, box), None if mask is None else _resized(mask, box)
         if rng.random() < s["color_p"]:
             out = _color_jitter(out, rng, s["color_strength"], s["hue_degrees"])
+        # Sharpening and down-up resampling of every face, real or fake: without them a sharper
+        # (or softer) photo than the training reals reads as forged (benchmarks/shortcuts.py).
+        if rng.random() < s["sharpen_p"]:
+            out = _sharpen(out, rng.uniform(0.1, 0.5))
+        if rng.random() < s["resample_p"]:
+            out = _resample(out, rng.uniform(1.0, s["resample_max"]))
         if rng.random() < s["jpeg_p"]:
             out = _jpeg(out, int(rng.integers(s["jpeg_quality_min"], s["jpeg_quality_max"], endpoint=True)))
         if rng.random() < s["blur_p"]:
@@ -118,6 +126,21 @@ def _color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float, 
         hue[hue >= 360] -= 360
         x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     return np.clip(x * 255, 0, 255).round().astype(np.uint8)
+
+
+def _sharpen(image: np.ndarray, alpha: float) -> np.ndarray:
+    """Unsharp-style sharpening: identity blended with a 3x3 Laplacian kernel by `alpha`."""
+    kernel = np.full((3, 3), -alpha, np.float32)
+    kernel[1, 1] = 1 + 8 * alpha
+    return cv2.filter2D(np.ascontiguousarray(image), -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+
+
+def _resample(image: np.ndarray, factor: float) -> np.ndarray:
+    """Shrunk by `factor` and enlarged back: the detail a resized or re-encoded video loses."""
+    h, w = image.shape[:2]
+    small = cv2.resize(np.ascontiguousarray(image), (max(1, round(w / factor)), max(1, round(h / factor))),
+                       interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:

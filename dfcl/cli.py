@@ -46,19 +46,24 @@ def require_folder(path: str) -> None:
 def require_dataset(path: str, params: dict, method: str | None = None, methods: list[str] | None = None) -> None:
     """Fail on a folder no known layout fits before any work, Prefect's start-up included. (The
     flow checks again, for callers that do not come through the CLI; listing a folder is cheap.)"""
-    from dfcl.layouts import dataset_name, recognise
+    from dfcl.layouts import dataset_name, recognise, split_rule
 
     dp, name = params["data"], dataset_name(path, method)
     recognise(path, dp["real_names"], name, methods=methods, compression=dp["compression"],
-              method=method, real_only=name == params["sbi"]["method"])
+              method=method, real_only=name == params["sbi"]["method"], splits=split_rule(dp))
+
+
+def _one_or_many(data: list[str]) -> str | list[str]:
+    return data[0] if len(data) == 1 else data
 
 
 def cmd_ingest(args, params):
     import pandas as pd
 
-    require_dataset(args.data, params, args.method, _csv(args.methods))
+    data = _one_or_many(args.data)
+    require_dataset(data, params, args.method, _csv(args.methods))
     from flows.ingest import ingest_dataset
-    ingested = ingest_dataset(args.data, params, method=args.method, methods=_csv(args.methods))
+    ingested = ingest_dataset(data, params, method=args.method, methods=_csv(args.methods))
     st = ingested.stats
     print(f"\n{ingested.name}: layout {ingested.layout}; raw version {ingested.raw_version}, "
           f"faces version {ingested.version}")
@@ -86,12 +91,13 @@ def cmd_extract_faces(args, params):
 
 
 def cmd_retrain(args, params):
-    require_dataset(args.data, params, args.method, _csv(args.methods))
+    data = _one_or_many(args.data)
+    require_dataset(data, params, args.method, _csv(args.methods))
     from dfcl.tables import outcome_summary
     from flows.retrain import (
         retrain_detector,  # after the check: importing the stack takes seconds
     )
-    outcome = retrain_detector(args.data, params, method=args.method, methods=_csv(args.methods),
+    outcome = retrain_detector(data, params, method=args.method, methods=_csv(args.methods),
                                auto_approve=args.auto_approve, fresh=args.fresh)
     print(outcome_summary(outcome))
     return 0
@@ -240,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
                        help="recognise a dataset (FF++, Celeb-DF, DFDC, image folders), version it, extract faces",
                        epilog="layouts it recognises:\n  " + "\n  ".join(known_layouts()))
-    p.add_argument("data", help="dataset folder; `dfcl ingest --help` lists the layouts")
+    p.add_argument("data", nargs="+", help="dataset folder; `dfcl ingest --help` lists the layouts (several: the "
+                   "real faces of each, as one self-blended experience, with --method self-blended)")
     p.add_argument("--method", help="name of a one-method dataset, e.g. real/ + fake/ (default: the folder name)")
     p.add_argument("--methods", help="comma-separated subset (and order) of a multi-method dataset's methods")
 
@@ -252,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", help="write extraction statistics (frames/s, counts) to this JSON file")
 
     p = sub.add_parser("retrain", parents=[common], help="ingest a dataset and continue training on its new methods")
-    p.add_argument("data", help="dataset folder (any layout `dfcl ingest` knows, videos or images)")
+    p.add_argument("data", nargs="+", help="dataset folder (any layout `dfcl ingest` knows, videos or images); several: "
+                   "the real faces of each, as one self-blended experience, with --method self-blended")
     p.add_argument("--method", help="name of a one-method dataset, e.g. real/ + fake/ (default: the folder name)")
     p.add_argument("--methods", help="comma-separated subset and order of methods to learn")
     p.add_argument("--auto-approve", action="store_true", help="promote without waiting for ops (demo, tests)")

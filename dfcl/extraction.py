@@ -44,7 +44,7 @@ from dfcl.faces import (
 from dfcl.images import read_image
 from dfcl.landmarks import N_POINTS, LandmarkPredictor
 from dfcl.landmarks import kind as landmark_kind
-from dfcl.layouts import Sources, assign_splits, cap_per_class, recognise
+from dfcl.layouts import Sources, assign_splits, cap_per_class, recognise, split_rule
 from dfcl.workspace import Workspace
 
 OVER_CAP = "over data.max_per_class"
@@ -190,7 +190,7 @@ def list_files(raw_dir: Path, params: dict, name: str) -> tuple[Sources, pd.Data
     """The dataset's layout and files, each with its split (official, or by video group)."""
     dp = params["data"]
     sources = recognise(raw_dir, dp["real_names"], name, compression=dp["compression"],
-                        real_only=name == params["sbi"]["method"])
+                        real_only=name == params["sbi"]["method"], splits=split_rule(dp))
     print(f"{raw_dir}: layout {sources.layout}, methods {', '.join(sources.methods)}")
     for note in sources.notes:
         print(f"  note: {note}")

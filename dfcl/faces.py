@@ -108,23 +108,31 @@ def load_detections(path: Path) -> dict[int, Detection | None]:
     return {int(i): None if d is None else (np.array(d[0]), np.array(d[1]), d[2]) for i, d in faces.items()}
 
 
-def square_of(box, margin: float) -> tuple[int, int, int]:
-    """(left, top, side) of the square around the box's centre, `margin` times its longer side."""
+def square_of(box, margin: float, shape: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """(left, top, side) of the square around the box's centre, `margin` times its longer side.
+
+    With the image's `shape` (h, w), the square is kept inside the picture: moved in where it
+    would leave it, and no larger than the picture's shorter side. Black padding where a face sits
+    near an edge differs between datasets and between their reals and fakes (and a blend's colour
+    shift changes it only in fakes), a shortcut a detector learns instead of forgery; a face a few
+    pixels off-centre is not."""
     x1, y1, x2, y2 = box
     side = max(int(round(max(x2 - x1, y2 - y1) * margin)), 1)
-    return int(round((x1 + x2) / 2 - side / 2)), int(round((y1 + y2) / 2 - side / 2)), side
+    if shape is not None:
+        side = min(side, *shape[:2])
+    left, top = int(round((x1 + x2) / 2 - side / 2)), int(round((y1 + y2) / 2 - side / 2))
+    if shape is not None:
+        h, w = shape[:2]
+        left, top = min(max(left, 0), w - side), min(max(top, 0), h - side)
+    return left, top, side
 
 
 def crop_square(image: np.ndarray, box, margin: float, size: int) -> np.ndarray:
-    """The square of `square_of`, padded with black where it leaves the frame, resized to
-    size x size."""
-    left, top, side = square_of(box, margin)
-    out = np.zeros((side, side) + image.shape[2:], dtype=image.dtype)
-    h, w = image.shape[:2]
-    sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + side, w), min(top + side, h)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = image[sy0:sy1, sx0:sx1]
-    return cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
+    """The square of `square_of`, kept inside the picture, resized to size x size."""
+    left, top, side = square_of(box, margin, image.shape)
+    out = image[top:top + side, left:left + side]
+    return cv2.resize(np.ascontiguousarray(out), (size, size),
+                      interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
 
 
 class FaceDetector:
@@ -178,7 +186,7 @@ def _mask_like(mask: np.ndarray, frame: np.ndarray) -> np.ndarray:
 
 def crop_points(image: np.ndarray, box, points5, s: FaceSettings, predictor: LandmarkPredictor | None) -> np.ndarray:
     """One face's stored landmark row (dfcl.landmarks.stored) in the pixels of its crop."""
-    square = square_of(box, s.margin)
+    square = square_of(box, s.margin, image.shape)
     fitted = predictor(image, box) if predictor is not None else None
     five = None if points5 is None else np.asarray(points5, np.float32).reshape(5, 2)
     return stored(None if fitted is None else to_crop(fitted, square, s.size),

@@ -34,6 +34,7 @@ class Request:
     real_names: list[str]            # folder names that hold real faces (per-method layout)
     methods: list[str] | None = None  # subset and order of a multi-method dataset's methods
     compression: str = "c23"         # FaceForensics++ quality
+    splits: tuple = (0.2, 0, 0.1)    # data.test_fraction, data.seed, data.val_fraction (assign_splits)
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Sources:
     files: pd.DataFrame           # COLUMNS; path/original/mask relative to the dataset root
     extra: list[str] = field(default_factory=list)   # split lists, metadata: kept with the raw copy
     notes: list[str] = field(default_factory=list)   # what was left out, and why
+    written: dict[str, str] = field(default_factory=dict)  # files the raw copy gets that the dataset lacks: name -> text
+    roots: dict[str, str] = field(default_factory=dict)  # several datasets in one (real_faces_of): folder -> its source
 
     def all_paths(self) -> list[str]:
         paths = set(self.files.path) | set(self.files["mask"]) | set(self.extra)
@@ -310,7 +313,14 @@ def _real_fake(root: Path, ask: Request) -> Sources | None:
 
 def dataset_name(path: str | Path, method: str | None = None) -> str:
     """The one naming rule for an ingested dataset: the method given, else the folder's name
-    (its parent's, for a folder called images/ or data/)."""
+    (its parent's, for a folder called images/ or data/). Several folders (the real faces of a
+    self-blended experience) need the name given."""
+    if isinstance(path, (list, tuple)):
+        if len(path) == 1:
+            return dataset_name(path[0], method)
+        if not method:
+            raise LayoutError("several dataset folders need --method NAME (e.g. --method self-blended)")
+        return method
     p = Path(path).resolve()
     return method or (p.parent.name if p.name.lower() in {"images", "data"} else p.name)
 
@@ -319,11 +329,24 @@ def dataset_name(path: str | Path, method: str | None = None) -> str:
 ONE_METHOD_LAYOUTS = ("real-fake", "Celeb-DF v2", "DFDC")
 
 
+# A self-blended experience's raw copy holds real files only, so the layout that gave their splits
+# (FF++'s train/ and test/, DFDC's groups by original) no longer recognises it: the split of every
+# file, decided on the whole dataset, travels with the copy in this file.
+REAL_SPLITS = "real-splits.csv"
+
+
 def real_faces_only(root: Path, ask: Request) -> Sources:
     """The real files of `root` as one experience named `ask.name`, for a self-blended experience
     (its fakes are blended from these faces, dfcl.sbi): the real class of any layout above (each
     real file once, e.g. FF++'s originals are dealt to every method), or else every image and
-    video under `root/real/` or `root/` itself."""
+    video under `root/real/` or `root/` itself.
+
+    Each real file keeps the split the whole dataset gives it (`ask.splits`: test_fraction, seed,
+    val_fraction), so the self-blended experience never trains on a face that another experience
+    of the same dataset tests on; a plain folder's top-level train/, val/ or test/ is its split.
+    The splits are written to REAL_SPLITS (`Sources.written`), which the raw copy keeps."""
+    if (root / REAL_SPLITS).is_file():
+        return _listed_reals(root, ask)
     found = None
     for layout in LAYOUTS.values():
         try:
@@ -333,30 +356,86 @@ def real_faces_only(root: Path, ask: Request) -> Sources:
         if found is not None:
             break
     if found is not None:
-        rows = found.files[found.files.label == 0].drop_duplicates("path").assign(experience=ask.name)
+        files = found.files.assign(split=assign_splits(found.files, *ask.splits))
+        rows = files[files.label == 0].drop_duplicates("path").assign(experience=ask.name)
         layout, extra = f"{found.layout}, real files only", found.extra
     else:
         folder = next((p for n, p in _subfolders(root).items() if n.lower() in {r.lower() for r in ask.real_names}), root)
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-        rows, layout, extra = _frame([_row(root, ask.name, f, 0) for f in files]), "real faces", []
+        rows = _frame([_row(root, ask.name, f, 0, split=_official_split(f.relative_to(root))) for f in files])
+        rows = rows.assign(split=assign_splits(rows, *ask.splits)) if len(rows) else rows
+        layout, extra = "real faces", []
     if rows.empty:
         raise LayoutError(f"{root}: no real images or videos to blend a self-blended experience from")
-    return Sources(layout, [ask.name], rows.reset_index(drop=True), extra,
+    rows = rows.reset_index(drop=True)
+    return Sources(layout, [ask.name], rows, extra,
+                   [f"{ask.name}: real faces only; its fakes are self-blended from them (dfcl.sbi)"],
+                   written={REAL_SPLITS: rows[["path", "split", "group"]].to_csv(index=False)})
+
+
+def _official_split(rel: Path) -> str:
+    """train/val/test when the first folder of a path says so ("" otherwise)."""
+    first = rel.parts[0].lower() if len(rel.parts) > 1 else ""
+    return {"train": "train", "val": "val", "validation": "val", "test": "test"}.get(first, "")
+
+
+def _listed_reals(root: Path, ask: Request) -> Sources:
+    """The real files and splits a raw copy's REAL_SPLITS lists (see real_faces_only)."""
+    table = pd.read_csv(root / REAL_SPLITS, dtype=str, keep_default_na=False)
+    if not {"path", "split", "group"} <= set(table.columns) or not set(table.split) <= {"train", "val", "test"}:
+        raise LayoutError(f"{root / REAL_SPLITS}: expected columns path, split, group with train/val/test splits")
+    rows = []
+    for r in table.itertuples(index=False):
+        path = (root / r.path).resolve()
+        if not path.is_relative_to(root.resolve()):
+            raise LayoutError(f"{root / REAL_SPLITS}: {r.path!r} leaves the dataset")
+        if path.is_file():
+            rows.append(_row(root, ask.name, root / r.path, 0, group=r.group, split=r.split))
+    if not rows:
+        raise LayoutError(f"{root}: none of the files {REAL_SPLITS} lists is there")
+    return Sources("real faces, listed splits", [ask.name], _frame(rows), [REAL_SPLITS],
                    [f"{ask.name}: real faces only; its fakes are self-blended from them (dfcl.sbi)"])
 
 
-def recognise(root: str | Path, real_names, name: str, methods: list[str] | None = None,
-              compression: str = "c23", method: str | None = None, real_only: bool = False) -> Sources:
+def real_faces_of(roots: list[Path], ask: Request) -> Sources:
+    """Several datasets' real faces as ONE self-blended experience (real faces of several cameras
+    and compressions, so that no camera is the one "real" look): each dataset's files under a
+    folder of its name, with their own splits."""
+    parts = []
+    for root in roots:
+        found = real_faces_only(root, ask)
+        prefix = dataset_name(root)
+        parts.append(found.files.assign(path=prefix + "/" + found.files.path, group=prefix + "/" + found.files.group))
+    names = [dataset_name(r) for r in roots]
+    if len(set(names)) != len(names):
+        raise LayoutError(f"real-face datasets need distinct folder names, got {names}")
+    rows = pd.concat(parts, ignore_index=True)
+    return Sources("real faces of " + ", ".join(names), [ask.name], rows, [],
+                   [f"{ask.name}: real faces of {', '.join(names)}; its fakes are self-blended from them (dfcl.sbi)"],
+                   written={REAL_SPLITS: rows[["path", "split", "group"]].to_csv(index=False)},
+                   roots={n: str(Path(r).resolve()) for n, r in zip(names, roots)})
+
+
+def recognise(root: str | Path | list, real_names, name: str, methods: list[str] | None = None,
+              compression: str = "c23", method: str | None = None, real_only: bool = False,
+              splits: tuple = (0.2, 0, 0.1)) -> Sources:
     """The layout of `root` and its files. `name` names single-method datasets; `methods`
     picks (and orders) the methods of multi-method ones. `method` is the name the user gave
     (`--method`), which only a one-method dataset may take. `real_only`: the real files alone,
-    as one experience named `name` (a self-blended experience, `real_faces_only`)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise LayoutError(f"{root} is not a folder")
-    ask = Request(name, list(real_names), methods, compression)
+    as one experience named `name` (a self-blended experience, `real_faces_only`), of one folder
+    or of a list of them (`real_faces_of`). `splits`: (data.test_fraction, data.seed,
+    data.val_fraction), for the real files' splits."""
+    roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
+    for r in roots:
+        if not r.is_dir():
+            raise LayoutError(f"{r} is not a folder")
+    ask = Request(name, list(real_names), methods, compression, tuple(splits))
     if real_only:
-        return real_faces_only(root, ask)
+        return real_faces_of(roots, ask) if len(roots) > 1 else real_faces_only(roots[0], ask)
+    if len(roots) > 1:
+        raise LayoutError("several folders make one dataset only as real faces of a self-blended experience "
+                          "(--method self-blended)")
+    root = roots[0]
     found = next(filter(None, (layout.read(root, ask) for layout in LAYOUTS.values())), None)
     if found is None:
         raise LayoutError(f"{root}: unknown dataset layout (sub-folders: {sorted(_subfolders(root)) or 'none'}). "
@@ -373,6 +452,11 @@ def recognise(root: str | Path, real_names, name: str, methods: list[str] | None
         raise LayoutError(f"{root} names its own methods ({found.layout}: {', '.join(found.methods)}); "
                           "--method only names a one-method dataset. Use --methods A,B to choose among them")
     return found
+
+
+def split_rule(data: dict) -> tuple:
+    """The params' `data` section's splitting settings, in recognise's `splits` order."""
+    return data["test_fraction"], data["seed"], data["val_fraction"]
 
 
 def cap_per_class(table: pd.DataFrame, max_per_class: int, seed: int) -> pd.DataFrame:

@@ -38,8 +38,8 @@ from dfcl.metrics import (
     summarize,
     values_before_learning,
 )
-from dfcl.plugins import BestValidationEpoch
-from dfcl.sbi import SelfBlendedFakes
+from dfcl.plugins import BestValidationEpoch, PairedBatches
+from dfcl.sbi import SelfBlendedFakes, SelfBlendedPairs
 from dfcl.scoring import (
     ExperienceAUC,
     calibrate_threshold,
@@ -84,6 +84,7 @@ class Learner:
         self.strategy = build_strategy(params)
         self.history = History(identity=identity_of(params))
         self.trust: Trust | None = None  # calibration, band, feature space (dfcl.trust): refit after each experience
+        self._pairs: dict[str, SelfBlendedPairs] = {}  # training faces path -> a self-blended experience's pairs
 
     # -- persistence ---------------------------------------------------------------
     def _state(self) -> Path | None:
@@ -158,12 +159,13 @@ class Learner:
         faces = FaceArrayDataset(self.root / images, self.root / labels, augment=augment, masks=masks)
         sbi = self.params["sbi"]
         # Training faces without a fake are a self-blended experience (extraction refuses any other
-        # such method): it learns against SBI fakes of its reals, new ones every epoch.
-        alone = train and 1 not in faces.targets
-        if train and (sbi["enabled"] or alone):  # extra fakes blended from this experience's own real faces
+        # such method): each real face beside a fresh blend of it, the pair in one batch.
+        if train and 1 not in faces.targets:
+            faces = self._pairs[images] = SelfBlendedPairs(self.root / images, self.root / labels, augment=augment,
+                                                           seed=self.params["train"]["seed"], masks=masks)
+        elif train and sbi["enabled"]:  # extra fakes blended from this experience's own real faces
             blended = SelfBlendedFakes(self.root / images, self.root / labels, augment=augment,
-                                       per_real=sbi["experience_per_real"] if alone else sbi["per_real"],
-                                       seed=self.params["train"]["seed"], masks=masks)
+                                       per_real=sbi["per_real"], seed=self.params["train"]["seed"], masks=masks)
             faces = ConcatDataset([faces, blended])
             faces.targets = faces.datasets[0].targets + blended.targets
         # Domain-incremental: one task (label 0) for all experiences; the name is public
@@ -217,8 +219,16 @@ class Learner:
         stopper = self._plugin(BestValidationEpoch)
         if stopper:
             stopper.faces = self._validation_faces(experiences)
-        self.strategy.train(bench.train_stream[index], num_workers=self.params["train"]["num_workers"],
-                            persistent_workers=self.params["train"]["num_workers"] > 0)
+        pairs = self._pairs.get(spec.train_x)
+        self._plugin(PairedBatches).pairs = pairs
+        # A self-blended experience may take more epochs (sbi.epochs) than a forgery method's.
+        epochs = self.params["sbi"]["epochs"] if pairs is not None and self.params["sbi"]["epochs"] else None
+        default_epochs, self.strategy.train_epochs = self.strategy.train_epochs, epochs or self.strategy.train_epochs
+        try:
+            self.strategy.train(bench.train_stream[index], num_workers=self.params["train"]["num_workers"],
+                                persistent_workers=self.params["train"]["num_workers"] > 0 and pairs is None)
+        finally:
+            self.strategy.train_epochs = default_epochs
         spec.learned_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.history.experiences.append(spec)
         self.history.threshold = self.calibrate(experiences)

@@ -31,6 +31,12 @@ from dfcl.masks import target_mask
 
 # Paper (dynamic_blend): full-strength blends are the most common, partial ones add variety.
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
+RESAMPLE_FACTOR = (1.2, 1.7)  # down-up resampling of the source or target (see _frequency_transform)
+# The blend's boundary must lie inside the crop, where the detector can see it: the jaw points are
+# pulled toward the nose tip by this share (the cropped faces' chins often lie outside the crop),
+# and the whole outline is then kept at least EDGE of the side away from every edge.
+JAW_PULL = (0.10, 0.35)
+EDGE = 0.07
 
 
 # --- source-target generator -------------------------------------------------------------
@@ -57,12 +63,16 @@ def _colour_transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _frequency_transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian blur or sharpening, at random (paper: RandomDownScale or Sharpen): a
-    sharpness mismatch, the second artefact, as left by a generator's up/down-sampling."""
+    """Down-and-up resampling or sharpening, at random (the reference's RandomDownScale or
+    Sharpen): a sharpness mismatch, the second artefact, as left by a generator's resampling.
+    The reference shrinks its 380-px crops 2x or 4x; the same loss of detail relative to the face
+    is a factor of about 1.2-1.7 on this project's 160-px crops (a wider Gaussian blur, as before,
+    taught "blurrier inner face = fake", i.e. "sharper photo = real or fake" by dataset)."""
     size = x.shape[0]
     if rng.random() < 0.5:
-        sigma = rng.uniform(0.5, 1.0) * size / 64
-        return cv2.GaussianBlur(x, (0, 0), sigma)
+        small = max(8, round(size / rng.uniform(*RESAMPLE_FACTOR)))
+        down = cv2.resize(x, (small, small), interpolation=cv2.INTER_NEAREST)  # as the reference
+        return cv2.resize(down, (size, size), interpolation=cv2.INTER_LINEAR)
     alpha, lightness = rng.uniform(0.2, 0.5), rng.uniform(0.5, 1.0)
     # albumentations.Sharpen: identity blended with a Laplacian sharpening kernel
     sharpen = np.array([[-1, -1, -1], [-1, 8 + lightness, -1], [-1, -1, -1]], np.float32)
@@ -102,28 +112,41 @@ def _extended_brows(p: np.ndarray) -> np.ndarray:
     return p
 
 
-HULLS = ("dfl_full", "extended", "components", "facehull")
+HULLS = ("facehull", "extended", "inner", "components")
+
+
+def inside_crop(p: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The 68 points with the jaw (0-16) pulled toward the nose tip (30) by a random 10-35 %, then
+    all points drawn toward the nose tip as far as needed to keep the outline EDGE x size away
+    from every edge of the crop: a blend's boundary is then always in the picture."""
+    p = p.astype(np.float32).copy()
+    nose = p[30].copy()
+    p[:17] += (nose - p[:17]) * np.float32(rng.uniform(*JAW_PULL))
+    low, high = EDGE * size, (1 - EDGE) * size
+    if not (low <= nose[0] <= high and low <= nose[1] <= high):
+        nose = np.clip(nose, low, high)
+    d = p - nose
+    with np.errstate(divide="ignore", invalid="ignore"):  # a point on the nose needs no shrinking
+        room = np.where(d > 0, (high - nose) / d, np.where(d < 0, (low - nose) / d, np.inf))
+    return nose + d * np.float32(min(1.0, float(room.min())))
 
 
 def _landmark_mask(p: np.ndarray, size: int, rng: np.random.Generator, variant: str | None = None) -> np.ndarray:
-    """One of the paper's four hulls of the 68 landmarks, at random (SBI's random_get_hull):
-    DeepFaceLab's full-face parts, the extended (forehead) hull, the union of facial components,
-    and the plain hull of every point. The component masks put blending boundaries inside the
-    face too, which a tight crop keeps even where the jaw line falls outside it."""
+    """One of four blending regions of the 68 landmarks, at random: the hull of every point
+    (the reference's facehull), the extended hull with the forehead (its "extended"), the inner
+    face without the jaw line (brows, eyes, nose, mouth), and separate facial components (eyes
+    with brows, nose, mouth). The reference's other two (DeepFaceLab's full face, and a union of
+    jaw-to-brow components) cover the same region as the plain hull (IoU 1.00 here), so the last
+    two replace them: boundaries inside the face, not only along its outline."""
     mask = np.zeros((size, size), np.float32)
     variant = variant or HULLS[int(rng.integers(len(HULLS)))]
-    if variant == "dfl_full":
-        parts = [np.concatenate([p[0:17], p[48:68], p[[0, 8, 16]]]), p[27:31],
-                 np.concatenate([p[17:27], p[[0, 27, 16, 33]]])]
-    elif variant == "extended":
-        parts = [_extended_brows(p)]
-    elif variant == "components":
-        parts = [np.concatenate([p[0:9], p[17:18]]), np.concatenate([p[8:17], p[26:27]]),
-                 np.concatenate([p[17:20], p[8:9]]), np.concatenate([p[24:27], p[8:9]]),
-                 np.concatenate([p[19:25], p[8:9]]), np.concatenate([p[17:22], p[27:28], p[31:36], p[8:9]]),
-                 np.concatenate([p[22:27], p[27:28], p[31:36], p[8:9]]), np.concatenate([p[27:31], p[31:36]])]
-    elif variant == "facehull":
+    p = inside_crop(_extended_brows(p) if variant == "extended" else p, size, rng)
+    if variant in ("facehull", "extended"):
         parts = [p]
+    elif variant == "inner":
+        parts = [p[17:68]]
+    elif variant == "components":
+        parts = [np.concatenate([p[17:22], p[36:42]]), np.concatenate([p[22:27], p[42:48]]), p[27:36], p[48:68]]
     else:
         raise ValueError(f"unknown hull {variant!r}; one of {', '.join(HULLS)}")
     return _fill_hulls(mask, parts)
@@ -207,6 +230,23 @@ def _soften(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return mask / peak if peak > 0 else mask
 
 
+def photo_region(face: np.ndarray, black: int = 3) -> np.ndarray:
+    """True where the crop shows the photo: False on whole rows and columns of black padding at
+    its edges (crops cut before dfcl.faces kept them inside the picture have such strips)."""
+    dark = face.max(axis=2) <= black
+    rows, cols = dark.all(axis=1), dark.all(axis=0)
+    keep = np.ones(dark.shape, bool)
+    for line, axis in ((rows, 0), (cols, 1)):
+        n = len(line)
+        lead = int(np.argmin(line)) if not line.all() else n
+        trail = int(np.argmin(line[::-1])) if not line.all() else n
+        if axis == 0:
+            keep[:lead] = keep[n - trail:] = False
+        else:
+            keep[:, :lead] = keep[:, n - trail:] = False
+    return keep
+
+
 def self_blend(face: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray | None = None,
                return_parts: bool = False):
     """A self-blended fake of one real face.
@@ -236,6 +276,10 @@ def self_blend(face: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray
     np.clip(mask, 0, 1, out=mask)
     source *= 255
     target *= 255
+    padding = ~photo_region(face)
+    if padding.any():  # faces cut before crops stayed inside the picture: their black strips stay as they are
+        mask[padding] = 0
+        target[padding] = face[padding]
     m3 = mask[:, :, None]
     fake = np.clip(np.rint(m3 * source + (1 - m3) * target), 0, 255).astype(np.uint8)
     if return_parts:
@@ -289,3 +333,51 @@ class SelfBlendedFakes(PicklesAsSettings, Dataset):
             # Augmenter: uint8 RGB (S, S, 3) in, same out
             fake = np.ascontiguousarray(self._augmenter(fake), dtype=np.uint8)
         return face_tensor(fake), 1
+
+
+class SelfBlendedPairs(PicklesAsSettings, Dataset):
+    """A self-blended experience's training faces as pairs (the reference's collate): item 2k is
+    real face k, item 2k+1 a fresh blend of it, both under the SAME post-blend augmentation
+    (flip, crop, colour, sharpening, resampling, JPEG...), so that nothing but the blend tells
+    them apart. PairedBatches keeps each pair in one batch. The blend and augmentation draws come
+    from (seed, k, epoch): new every epoch (`epoch`, set by PairedBatches), reproducible."""
+
+    SETTINGS = ("images_path", "labels_path", "augment", "seed", "masks", "epoch")
+
+    def __init__(self, images_path: str | Path, labels_path: str | Path, augment: dict | None = None,
+                 seed: int = 0, masks: bool = False):
+        self.images_path, self.labels_path = str(images_path), str(labels_path)
+        self.augment, self.seed, self.masks, self.epoch = augment, int(seed), bool(masks), 0
+        self._open()
+
+    def _open(self):
+        self.images = np.load(self.images_path, mmap_mode="r")
+        labels = np.load(self.labels_path)
+        if (labels != 0).any():
+            raise ValueError(f"{self.images_path}: a self-blended experience trains on real faces only")
+        points = beside(self.images_path, "landmarks")
+        self.landmarks = np.load(points) if points.is_file() else None
+        self.targets = [0, 1] * len(labels)
+        self._augmenter = Augmenter(self.augment) if self.augment else None
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k, label = divmod(i, 2)
+        face = np.array(self.images[k])
+        mask = np.zeros(face.shape[:2], np.float32)
+        if label:
+            blend = np.random.default_rng([self.seed, k, self.epoch, 1])
+            face, mask = self_blend(face, blend, None if self.landmarks is None else self.landmarks[k])
+        post = np.random.default_rng([self.seed, k, self.epoch, 2])  # the pair's shared augmentation
+        if self.masks:
+            mask = target_mask(label, len(mask), mask if label else None)
+            if self._augmenter is not None:
+                face, mask = self._augmenter(face, mask, rng=post)
+            return face_tensor(face), label, torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None]
+        if self._augmenter is not None:
+            face = np.ascontiguousarray(self._augmenter(face, rng=post), dtype=np.uint8)
+        return face_tensor(face), label

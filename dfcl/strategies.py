@@ -25,6 +25,7 @@ from dfcl.plugins import (
     FrozenBatchNormStats,
     LRSchedule,
     MaskLoss,
+    PairedBatches,
 )
 from dfcl.scoring import ExperienceAUC
 from models import create_model
@@ -124,4 +125,5 @@ def build_strategy(params: dict):
     return template(
         **settings, model=model, optimizer=make_optimizer(model, tp), criterion=torch.nn.CrossEntropyLoss(),
         train_mb_size=tp["batch_size"], train_epochs=tp["epochs"], eval_mb_size=tp["eval_batch_size"],
-        device=device, plugins=training_plugins(tp, device, params["model"]) + method_plugins, evaluator=evaluator)
+        device=device, plugins=training_plugins(tp, device, params["model"]) + method_plugins + [PairedBatches()],
+        evaluator=evaluator)

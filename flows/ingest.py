@@ -30,13 +30,13 @@ class Ingested:
 
 
 @flow(name="ingest-dataset", log_prints=True)
-def ingest_dataset(data: str, params: dict, method: str | None = None,
+def ingest_dataset(data: str | list[str], params: dict, method: str | None = None,
                    methods: list[str] | None = None) -> Ingested:
     ws = Workspace.here()
     ensure_workspace(ws, params)
     name = dataset_name(data, method)
     sources = discover_dataset(data, params, name, methods, method)
-    raw_dir = copy_raw_dataset(ws, data, name, sources.all_paths())
+    raw_dir = copy_raw_dataset(ws, data, name, sources.all_paths(), sources.written, sources.roots)
     raw_version = version_with_dvc(ws, raw_dir, params, f"dfcl: raw dataset {name}")
     version = extract_faces(ws, name, params)
     summary = report_extraction(ws, name)

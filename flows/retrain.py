@@ -23,6 +23,7 @@ from dfcl.triggers import Ledger, fingerprint
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
 from flows.ingest import Ingested, ingest_dataset
 from tasks.check_learned_data import check_learned_data
+from tasks.check_no_leak import check_no_leak
 from tasks.learn_experience import learn_experience
 from tasks.log_experience_metrics import log_experience_metrics
 from tasks.promote_champion import promote_champion, record_rejection
@@ -39,7 +40,7 @@ class ApprovalDecision(RunInput):
 
 
 @flow(name="retrain-detector", log_prints=True)
-def retrain_detector(data: str, params: dict, method: str | None = None, methods: list[str] | None = None,
+def retrain_detector(data: str | list[str], params: dict, method: str | None = None, methods: list[str] | None = None,
                      auto_approve: bool = False, fresh: bool = False, lock_wait_s: float | None = None) -> dict:
     ws = Workspace.here()
     ensure_workspace(ws, params)
@@ -47,9 +48,12 @@ def retrain_detector(data: str, params: dict, method: str | None = None, methods
     wait = params["flow"]["lock_wait_s"] if lock_wait_s is None else lock_wait_s
     with retrain_lock(ws.root / "data" / "retrain.lock", wait, holder=f"flow run {flow_run.get_name()} on {data}",
                       log=get_run_logger().info):
-        taken = fingerprint(Path(data))  # what ingest copies: a file added during the run is a new version
+        # What ingest copies: a file added during the run is a new version. (Several folders are
+        # the real faces of a self-blended experience, given by hand: no trigger watches them.)
+        taken = fingerprint(Path(data)) if isinstance(data, str) else None
         outcome = _retrain(ws, data, params, method, methods, auto_approve, fresh)
-    Ledger(ws.root / "data" / "triggers.json").mark(Path(data), "trained", taken, outcome=outcome["outcome"])
+    if taken:
+        Ledger(ws.root / "data" / "triggers.json").mark(Path(data), "trained", taken, outcome=outcome["outcome"])
     return outcome
 
 
@@ -61,6 +65,7 @@ def _retrain(ws: Workspace, data: str, params: dict, method, methods, auto_appro
         learner = Learner(ws.learner, params, ws.root) if fresh else Learner.load(ws.learner, params, ws.root)
         specs = self_blended_first(data, params, learner, ingested) + ingested.specs
         specs = check_learned_data(learner.history.experiences, specs, learner.root)
+        check_no_leak(learner.history.experiences, specs, learner.root)
         new = [s for s in specs if s.key not in learner.learned]
         if not new and not waiting_registration(learner, registered):
             get_run_logger().info("every method of %s is already learned and registered; nothing to train", data)
@@ -86,15 +91,17 @@ def ingest_learnable(data: str, params: dict, method: str | None, methods: list[
     return ingested
 
 
-def self_blended_first(data: str, params: dict, learner: Learner, ingested: Ingested) -> list:
+def self_blended_first(data: str | list[str], params: dict, learner: Learner, ingested: Ingested) -> list:
     """With `sbi.first`, a learner that has learned nothing yet first learns a self-blended
-    experience of this dataset's real faces (its fakes blended from them, dfcl.sbi): the
-    detector then catches blending artefacts before any forgery method is learned, and learned
-    the FF++ methods better after it (benchmarks/results/champion_ffpp_cpu.md)."""
+    experience of this dataset's real faces and those of `sbi.real_sets` (its fakes blended from
+    them, dfcl.sbi): the detector then catches blending artefacts before any forgery method is
+    learned, and learned the FF++ methods better after it
+    (benchmarks/results/champion_ffpp_cpu.md)."""
     sbi = params["sbi"]["method"]
     if not params["sbi"]["first"] or learner.learned or ingested.name == sbi:
         return []
-    blended = ingest_dataset(data, params, method=sbi)
+    folders = ([data] if isinstance(data, str) else list(data)) + list(params["sbi"]["real_sets"])
+    blended = ingest_dataset(folders[0] if len(folders) == 1 else folders, params, method=sbi)
     log_dataset_versions(blended)
     return blended.specs
 

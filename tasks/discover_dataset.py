@@ -1,6 +1,6 @@
 from prefect import get_run_logger, task
 
-from dfcl.layouts import Sources, cap_per_class, recognise
+from dfcl.layouts import Sources, cap_per_class, recognise, split_rule
 
 
 @task
@@ -9,7 +9,7 @@ def discover_dataset(path: str, params: dict, name: str, methods: list[str] | No
     """Recognise the dataset's layout (and say which) and list its files in a pandas table."""
     dp = params["data"]
     found = recognise(path, dp["real_names"], name, methods=methods, compression=dp["compression"], method=method,
-                      real_only=name == params["sbi"]["method"])
+                      real_only=name == params["sbi"]["method"], splits=split_rule(dp))
     # quick runs copy (and version) only the files they use
     found.files = cap_per_class(found.files, dp["max_per_class"], dp["seed"])
     counts = found.files.groupby(["experience", "kind", "label"]).size().unstack(fill_value=0)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dfcl.extraction import extract_dataset
-from dfcl.faces import crop_square, frame_indices
+from dfcl.faces import crop_square, frame_indices, square_of
 from tests.conftest import shared_data, small_params
 
 K = 4
@@ -34,11 +34,17 @@ def test_frame_indices_cover_the_whole_video():
     assert frame_indices(0, 8) == []
 
 
-def test_crop_square_pads_outside_the_frame():
-    image = np.full((100, 100, 3), 200, np.uint8)
+def test_crop_square_stays_inside_the_picture_never_padding():
+    image = np.full((100, 120, 3), 200, np.uint8)
+    image[:, :10] = 50  # the left edge, marked
+    # a face at the bottom-right corner: the square moves in instead of padding with black
     crop = crop_square(image, (80, 80, 100, 100), margin=2.0, size=20)
-    assert crop.shape == (20, 20, 3)
-    assert crop[0, 0].tolist() == [200, 200, 200] and crop[-1, -1].tolist() == [0, 0, 0]
+    assert crop.shape == (20, 20, 3) and crop.min() == 200
+    assert square_of((80, 80, 100, 100), 2.0, image.shape) == (70, 60, 40)
+    # a square larger than the picture shrinks to its shorter side, and still holds no padding
+    crop = crop_square(image, (20, 20, 80, 80), margin=3.0, size=20)
+    assert crop.min() == 50 and (crop > 0).all()
+    assert square_of((20, 20, 80, 80), 3.0, image.shape) == (0, 0, 100)
 
 
 def test_ffpp_videos_become_one_face_dataset_per_method(ffpp):

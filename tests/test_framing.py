@@ -36,7 +36,7 @@ def test_landmarks_fit_a_real_face_and_map_into_the_crop():
     marked = np.zeros_like(image)
     marked[150:153, 120:123] = 255
     crop = crop_square(marked, box, margin, size)
-    (x, y), = to_crop(np.array([[121.0, 151.0]]), square_of(box, margin), size)
+    (x, y), = to_crop(np.array([[121.0, 151.0]]), square_of(box, margin, marked.shape), size)
     ys, xs = np.nonzero(crop[..., 0] > 100)
     assert abs(xs.mean() - x) < 1.0 and abs(ys.mean() - y) < 1.0
 
