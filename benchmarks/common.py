@@ -44,9 +44,11 @@ def extract_once(folder: Path, work: Path, params: dict, name: str | None = None
     from dfcl.extraction import extract_dataset
     from dfcl.layouts import dataset_name
 
-    name = name or dataset_name(folder)
+    own = dataset_name(folder)
+    name = name or own
     settings = hashlib.sha1(json.dumps([stage_param(params, k) for k in STAGE_PARAMS]).encode()).hexdigest()[:10]
-    out = work / f"faces-{params['data']['image_size']}-{settings}" / name
+    # A folder extracted under another name (a self-blended experience of its reals) gets a place of its own.
+    out = work / f"faces-{params['data']['image_size']}-{settings}" / (name if name == own else f"{own}-as-{name}")
     if not (out / "experiences.json").exists():
         extract_dataset(folder, out, params, name, cache_dir=work / "cache")
     info = json.loads((out / "experiences.json").read_text())

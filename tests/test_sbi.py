@@ -137,3 +137,84 @@ def test_self_blended_fakes_without_reals_is_empty(tmp_path):
     _, x, y = _write_faces(tmp_path, [1, 1, 1])
     ds = SelfBlendedFakes(x, y, per_real=2)
     assert len(ds) == 0 and ds.targets == []
+
+
+def _face_points(size: int = 160) -> np.ndarray:
+    """68 landmarks of a face cut as tightly as FF++'s crops: the jaw line runs off the crop's
+    sides and bottom (as in 94% of the training faces measured for issue 35)."""
+    t = np.linspace(np.pi * 0.95, np.pi * 0.05, 17)
+    jaw = np.stack([0.5 + 0.56 * np.cos(t), 0.45 + 0.62 * np.sin(t)], 1)
+    brows = np.stack([np.linspace(0.2, 0.8, 10), np.full(10, 0.3)], 1)
+    nose = np.stack([np.full(9, 0.5), np.linspace(0.38, 0.62, 9)], 1)
+    eyes = np.concatenate([np.stack([0.3 + 0.08 * np.cos(a), 0.4 + 0.03 * np.sin(a)], 1) for a in
+                           (np.linspace(0, 2 * np.pi, 7)[:6],)] + [np.stack([0.7 + 0.08 * np.cos(a), 0.4 + 0.03 * np.sin(a)], 1)
+                                                                  for a in (np.linspace(0, 2 * np.pi, 7)[:6],)])
+    mouth = np.stack([0.5 + 0.15 * np.cos(np.linspace(0, 2 * np.pi, 21)[:20]), 0.75 + 0.05 * np.sin(np.linspace(0, 2 * np.pi, 21)[:20])], 1)
+    return (np.concatenate([jaw, brows, nose, eyes, mouth]) * size).astype(np.float32)
+
+
+def test_blend_regions_lie_inside_the_crop_and_their_variants_differ():
+    from dfcl.sbi import EDGE, HULLS, _landmark_mask, inside_crop
+
+    size, points = 160, _face_points()
+    assert points.shape == (68, 2) and (points[:17] > size).any(), "the chin runs off the crop"
+    band = int(EDGE * size) - 1
+    ious = {v: [] for v in HULLS}
+    for seed in range(20):
+        moved = inside_crop(points, size, np.random.default_rng(seed))
+        assert moved.min() >= EDGE * size - 1e-3 and moved.max() <= (1 - EDGE) * size + 1e-3
+        hull = _landmark_mask(points, size, np.random.default_rng(seed), "facehull") > 0.5
+        for v in HULLS:
+            mask = _landmark_mask(points, size, np.random.default_rng(seed), v)
+            assert mask[:band].max() == mask[-band:].max() == mask[:, :band].max() == mask[:, -band:].max() == 0, v
+            ious[v].append(((mask > 0.5) & hull).sum() / ((mask > 0.5) | hull).sum())
+    assert np.mean(ious["inner"]) < 0.9 and np.mean(ious["components"]) < 0.9 and np.mean(ious["extended"]) < 0.97
+
+
+def test_black_padding_of_old_crops_is_never_blended():
+    from dfcl.sbi import photo_region
+
+    face = make_face(4)
+    face[:, :6] = 0
+    face[-9:] = 0
+    region = photo_region(face)
+    assert not region[:, :6].any() and not region[-9:].any() and region[:-9, 6:].all()
+    for seed in range(10):
+        fake, mask = self_blend(face, np.random.default_rng(seed))
+        assert (fake[:, :6] == 0).all() and (fake[-9:] == 0).all() and mask[:, :6].max() == 0
+
+
+def test_self_blended_pairs_put_a_real_and_its_blend_side_by_side_under_one_augmentation(tmp_path):
+    from dfcl.augment import Augmenter
+    from dfcl.plugins import PairSampler
+    from dfcl.sbi import SelfBlendedPairs
+
+    images, x, y = _write_faces(tmp_path, [0] * 5)
+    augment = {"enabled": True, "flip_p": 0.5, "crop_p": 1.0, "color_p": 1.0, "jpeg_p": 0.0, "blur_p": 0.0,
+               "noise_p": 0.0, "cutout_p": 0.0, "sharpen_p": 0.0, "resample_p": 0.0}
+    pairs = SelfBlendedPairs(x, y, augment=augment, seed=3)
+    assert len(pairs) == 10 and pairs.targets == [0, 1] * 5
+    for k in range(5):
+        (real, r_label), (fake, f_label) = pairs[2 * k], pairs[2 * k + 1]
+        assert (r_label, f_label) == (0, 1)
+        # the pair's own draws: the real augmented as it is, the fake blended, then augmented alike
+        post = lambda: np.random.default_rng([3, k, 0, 2])  # noqa: E731
+        expected_real = Augmenter(augment)(images[k], rng=post())
+        blend, _ = self_blend(images[k], np.random.default_rng([3, k, 0, 1]))
+        expected_fake = Augmenter(augment)(blend, rng=post())
+        assert np.allclose(real.permute(1, 2, 0).numpy() * 255, expected_real, atol=0.01)
+        assert np.allclose(fake.permute(1, 2, 0).numpy() * 255, expected_fake, atol=0.01)
+    first = pairs[1][0]
+    pairs.epoch = 1
+    assert not torch.equal(pairs[1][0], first), "a new blend every epoch"
+    with pytest.raises(ValueError, match="real faces only"):
+        _, x2, y2 = _write_faces(tmp_path, [0, 1], name="mixed")
+        SelfBlendedPairs(x2, y2)
+    # batches of whole pairs, every face once an epoch, a new order every epoch
+    sampler = PairSampler(n_pairs=7, batch_size=4, seed=0)
+    epochs = [list(sampler), list(sampler)]
+    for batches in epochs:
+        assert len(batches) == len(sampler) == 4
+        assert all(b[i] % 2 == 0 and b[i + 1] == b[i] + 1 for b in batches for i in range(0, len(b), 2))
+        assert sorted(i for b in batches for i in b) == list(range(14))
+    assert epochs[0] != epochs[1]

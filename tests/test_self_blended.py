@@ -58,8 +58,7 @@ def test_self_blended_experience_has_fixed_sbi_test_fakes_and_learns_fresh_ones(
     learner, report = train_sequence([spec], params, tmp_path / "learner", Path("/"))
     train = learner._dataset(learner.history.experiences[0].train_x, learner.history.experiences[0].train_y, True)
     n_real = info["train"]["real"]
-    assert len(train) == n_real + round(params["sbi"]["experience_per_real"] * n_real)
-    assert sorted(set(train.targets)) == [0, 1], "trained against blended fakes"
+    assert len(train) == 2 * n_real and train.targets[:4] == [0, 1, 0, 1], "each real face beside a blend of it"
     results = learner.last_results()
     assert 0.0 <= results["auc"][spec.key] <= 1.0, "scored on its held-back SBI fakes"
 
@@ -92,3 +91,84 @@ def test_with_sbi_first_a_new_workspace_learns_the_self_blended_experience_befor
     assert (workspace.root / "data" / "processed" / name).is_dir() and (workspace.root / "data" / "raw" / name).is_dir()
     second = retrain_detector(str(demo_data / "GANUpsample"), params, auto_approve=True)
     assert second["results"]["methods"] == [name, "BlendSwap", "GANUpsample"]
+
+
+def _folder_of(files: dict[str, Path], root: Path) -> Path:
+    for rel, src in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / rel)
+    return root
+
+
+def test_a_self_blended_experience_keeps_the_splits_its_files_have_in_the_whole_dataset(demo_data, tmp_path):
+    """The leak: the raw copy of a self-blended experience holds real files only, which no layout
+    recognises; re-split by file, test reals of the dataset's methods trained. Its split list
+    travels with the copy now, and a plain folder's train/ and test/ are its splits."""
+    from dfcl.layouts import REAL_SPLITS, split_rule
+
+    params = small_params()
+    name = params["sbi"]["method"]
+    source = demo_data / "BlendSwap"
+    whole = recognise(source, ["real"], "BlendSwap", splits=split_rule(params["data"]))
+    official = dict(zip(whole.files.path, whole.files.split))
+    found = recognise(source, ["real"], name, real_only=True, splits=split_rule(params["data"]))
+    assert all(official[p] == s for p, s in zip(found.files.path, found.files.split) if official[p])
+    assert {"train", "val", "test"} <= set(found.files.split)
+    # the raw copy: the real files and the split list the layout wrote, nothing else
+    copy = _folder_of({p: source / p for p in found.files.path}, tmp_path / "raw")
+    for rel, text in found.written.items():
+        (copy / rel).write_text(text)
+    again = recognise(copy, ["real"], name, real_only=True)
+    assert dict(zip(again.files.path, again.files.split)) == dict(zip(found.files.path, found.files.split))
+    # a list that leaves the folder is refused
+    (copy / REAL_SPLITS).write_text("path,split,group\n../../etc/passwd,train,x\n")
+    with pytest.raises(LayoutError, match="leaves the dataset"):
+        recognise(copy, ["real"], name, real_only=True)
+    # a plain folder whose top folders are train/ and test/ keeps them
+    plain = _folder_of({f"{split}/{p.name}": p for split in ("train", "test")
+                        for p in sorted((source / split / "real").iterdir())[:6]}, tmp_path / "plain")
+    listed = recognise(plain, ["real"], name, real_only=True)
+    assert all(p.split("/")[0] == s or (s == "val" and p.startswith("train/")) for p, s in zip(listed.files.path, listed.files.split))
+
+
+def test_several_datasets_real_faces_make_one_self_blended_experience(demo_data):
+    params = small_params()
+    name = params["sbi"]["method"]
+    folders = [demo_data / "BlendSwap", demo_data / "MouthWarp"]
+    found = recognise(folders, ["real"], name, real_only=True)
+    assert found.methods == [name] and set(found.files.label) == {0}
+    assert {p.split("/")[0] for p in found.files.path} == {"BlendSwap", "MouthWarp"}
+    assert found.roots == {"BlendSwap": str(folders[0].resolve()), "MouthWarp": str(folders[1].resolve())}
+    for p in found.files.path:
+        first, _, rest = p.partition("/")
+        assert (Path(found.roots[first]) / rest).is_file()
+    with pytest.raises(LayoutError, match="self-blended"):
+        recognise(folders, ["real"], "other")
+
+
+def test_retraining_refuses_test_faces_that_train(tmp_path):
+    """dfcl.leaks compares face CONTENT: a test face copied into another experience's training
+    split is found whatever its file is called."""
+    from dfcl.experience import ExperienceSpec
+    from dfcl.leaks import DataLeakError, check_no_leak, find_leaks
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+
+    def experience(key, train, test):
+        paths = {}
+        for split, rows in (("train", train), ("val", []), ("test", test)):
+            x, y = tmp_path / f"{key}-{split}-x.npy", tmp_path / f"{key}-{split}-y.npy"
+            np.save(x, faces[rows] if rows else np.zeros((0, 8, 8, 3), np.uint8))
+            np.save(y, np.zeros(len(rows), np.int64))
+            paths |= {f"{split}_x": str(x), f"{split}_y": str(y)}
+        return ExperienceSpec(key=key, dataset="d", method=key, version="v", **paths)
+
+    a, b = experience("a", [0, 1, 2, 3], [4, 5]), experience("b", [6, 7, 8], [9, 10, 11])
+    assert find_leaks([a, b], Path("/")) == []
+    check_no_leak([a, b], Path("/"))
+    c = experience("c", [10, 11, 1], [0])  # two of b's test faces and a's training face 1 train; a's face 0 tests
+    leaks = find_leaks([a, b, c], Path("/"))
+    assert leaks == ["1 of the 1 test faces of c are training faces of a", "2 of the 3 test faces of b are training faces of c"]
+    with pytest.raises(DataLeakError, match="test faces would train"):
+        check_no_leak([a, b, c], Path("/"))
