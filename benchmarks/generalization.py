@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,10 @@ def run_row(name: str, params: dict, sets: dict, first: bool, work: Path, reals:
 
     def score(step, results, learner):
         model, device = learner.strategy.model, learner.strategy.device
+        if first and step == 0:  # the self-blended model alone, kept for benchmarks/shortcuts.py
+            learner.save()
+            shutil.rmtree(work / "learners" / f"{name}-sbi-alone", ignore_errors=True)
+            shutil.copytree(learner.folder, work / "learners" / f"{name}-sbi-alone")
         after.append({k: auc_on(model, device, paths, splits) for k, (paths, splits) in sets["scored"].items()})
         print(f"  {name} after {sequence[step].method}: " + ", ".join(f"{k} {v:.3f}" for k, v in after[-1].items()),
               flush=True)

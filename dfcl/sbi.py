@@ -248,13 +248,15 @@ def photo_region(face: np.ndarray, black: int = 3) -> np.ndarray:
 
 
 def self_blend(face: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray | None = None,
-               return_parts: bool = False):
+               return_parts: bool = False, whole: bool = False):
     """A self-blended fake of one real face.
 
     face: uint8 RGB (S, S, 3). landmarks: optional (K, 2) pixel (x, y) points in the crop
     (5 MTCNN points or a dense set). Returns (fake uint8 (S, S, 3), mask float32 (S, S) in
     [0, 1]); with return_parts=True also the float32 [0, 255] source and target it blended,
-    so that fake == round(mask * source + (1 - mask) * target)."""
+    so that fake == round(mask * source + (1 - mask) * target). `whole`: the control without a
+    seam (benchmarks/shortcuts.py): the mask covers the whole crop, so the fake is the same
+    colour and sharpness change of the whole face, with no blending boundary anywhere."""
     if face.ndim != 3 or face.shape[2] != 3 or face.shape[0] != face.shape[1]:
         raise ValueError(f"face must be a square RGB array (S, S, 3), got shape {face.shape}")
     size = face.shape[0]
@@ -262,7 +264,7 @@ def self_blend(face: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray
     source, target = x, x.copy()
     # (a)+(b) on one copy, chosen at random: the altered region is then sometimes the
     # inner face and sometimes its surroundings, so neither look is a shortcut to "fake".
-    if rng.random() < 0.5:
+    if whole or rng.random() < 0.5:  # (the control shows the altered copy everywhere)
         source = _frequency_transform(_colour_transform(source, rng), rng)
     else:
         target = _frequency_transform(_colour_transform(target, rng), rng)
@@ -270,9 +272,11 @@ def self_blend(face: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray
     # reflection padding fills the border the shift uncovers.
     m = _source_affine(size, rng)
     source = cv2.warpAffine(source, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    mask = _base_mask(size, rng, landmarks)
-    mask = _soften(_warp_mask(mask, m, rng), rng)
-    mask *= np.float32(BLEND_RATIOS[int(rng.integers(len(BLEND_RATIOS)))])
+    if whole:
+        mask = np.ones((size, size), np.float32)
+    else:
+        mask = _soften(_warp_mask(_base_mask(size, rng, landmarks), m, rng), rng)
+        mask *= np.float32(BLEND_RATIOS[int(rng.integers(len(BLEND_RATIOS)))])
     np.clip(mask, 0, 1, out=mask)
     source *= 255
     target *= 255
