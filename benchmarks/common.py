@@ -56,33 +56,27 @@ def extract_once(folder: Path, work: Path, params: dict, name: str | None = None
             for m in info["methods"] if info["experiences"][m]["learnable"]}
 
 
-def gather_reals(folders: list[Path], out: Path, params: dict, cap: dict[str, int] | None = None) -> Path:
+def gather_reals(folders: list[Path], out: Path, params: dict) -> Path:
     """The real faces of several datasets in one folder, as the flow's raw copy of a self-blended
     experience holds them (dfcl.layouts.real_faces_of: each dataset under its name, with the split
-    list that keeps each file's split): made once. `cap`: at most this many files of a dataset
-    (name -> count, a seeded choice by path, whatever their splits)."""
+    list that keeps each file's split; `sbi.max_per_set` files of each after the first): made once."""
     import shutil
 
-    import pandas as pd
-
-    from dfcl.layouts import REAL_SPLITS, recognise, split_rule, stable_order
+    from dfcl.layouts import REAL_SPLITS, recognise, split_rule
 
     if (out / REAL_SPLITS).is_file():
         return out
     dp = params["data"]
-    found = recognise(folders, dp["real_names"], params["sbi"]["method"], real_only=True, splits=split_rule(dp))
-    rows = found.files
-    for name, n in (cap or {}).items():
-        mine = rows[rows.path.str.startswith(name + "/")]
-        keep = stable_order(mine.path.tolist(), dp["seed"])[:n]
-        rows = pd.concat([rows[~rows.path.str.startswith(name + "/")], mine[mine.path.isin(keep)]])
+    found = recognise(folders, dp["real_names"], params["sbi"]["method"], real_only=True, splits=split_rule(dp),
+                      max_per_set=params["sbi"]["max_per_set"])
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for rel in rows.path:
+    for rel in found.files.path:
         first, _, rest = rel.partition("/")
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(found.roots[first]) / rest, tmp / rel)
-    (tmp / REAL_SPLITS).write_text(rows[["path", "split", "group"]].to_csv(index=False))
+    for rel, text in found.written.items():
+        (tmp / rel).write_text(text)
     tmp.rename(out)
     return out
 

@@ -60,7 +60,7 @@ ROWS = {
 }
 
 
-def faces(data: Path, work: Path, params: dict, unseen_cap: int, real_sets: list[str] = ()) -> dict:
+def faces(data: Path, work: Path, params: dict, unseen_cap: int, real_sets: list[str] = (), sbi_cap: int = 0) -> dict:
     """{set name: (face paths, splits scored)} of everything a row is scored on, and the FF++
     experiences and the self-blended one to train on."""
     from dfcl.config import apply_overrides
@@ -71,13 +71,16 @@ def faces(data: Path, work: Path, params: dict, unseen_cap: int, real_sets: list
     for key, (folder, splits) in UNSEEN.items():
         scored[key] = (next(iter(extract_once(data / folder, work, small).values())), splits)
     # Every real training face of FF++ (the paper's setting): the ffpp experiences' cap does not apply.
-    whole = apply_overrides(params, ["data.max_per_class=0"])
+    whole = apply_overrides(params, [f"data.max_per_class={sbi_cap}"])
     name = params["sbi"]["method"]
     sbi = {"": extract_once(data / "ffpp-crops", work, whole, name=name)[name]}
     if real_sets:  # FF++'s reals and those of other cameras, as `sbi.real_sets` gives the flow
         cap = {Path(f).name: int(n) for f, n in (s.split(":") for s in real_sets)}
+        if len(set(cap.values())) > 1:
+            raise SystemExit("--sbi-reals: one count for every folder (sbi.max_per_set)")
+        gather = apply_overrides(whole, [f"sbi.max_per_set={next(iter(cap.values()))}"])
         folder = gather_reals([data / "ffpp-crops"] + [data / f for f in cap], work / ("reals-" + "-".join(real_sets)),
-                              whole, cap)
+                              gather)
         sbi["+".join(real_sets)] = extract_once(folder, work, whole, name=name)[name]
     return {"ffpp": ffpp, "sbi": sbi, "scored": scored}
 
@@ -218,6 +221,8 @@ def main() -> None:
     parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work" / "generalization"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--extract-only", action="store_true", help="extract the faces and stop")
+    parser.add_argument("--sbi-cap", type=int, default=0, help="real faces per split of the self-blended experience "
+                        "(0: all, the paper's setting; a smoke test caps it)")
     parser.add_argument("--sbi-reals", default="", help="comma-separated FOLDER:N: up to N real files of each folder "
                         "of --data join FF++'s in the self-blended experience of rows that have one")
     args = parser.parse_args()
@@ -231,7 +236,7 @@ def main() -> None:
     command = "python benchmarks/generalization.py " + " ".join(sys.argv[1:])
     base = load_params(REPO / "params.yaml", args.set)
     real_sets = [r for r in args.sbi_reals.split(",") if r]
-    sets = faces(Path(args.data), work, base, args.unseen_cap, real_sets)
+    sets = faces(Path(args.data), work, base, args.unseen_cap, real_sets, args.sbi_cap)
     if args.extract_only:
         return
     if command not in report["commands"]:

@@ -50,7 +50,7 @@ def require_dataset(path: str, params: dict, method: str | None = None, methods:
 
     dp, name = params["data"], dataset_name(path, method)
     recognise(path, dp["real_names"], name, methods=methods, compression=dp["compression"],
-              method=method, real_only=name == params["sbi"]["method"], splits=split_rule(dp))
+              method=method, real_only=name == params["sbi"]["method"], splits=split_rule(dp), max_per_set=params["sbi"]["max_per_set"])
 
 
 def _one_or_many(data: list[str]) -> str | list[str]:

@@ -140,7 +140,7 @@ RANGES = {
     "faces.min_face_size": _at_least(1), "faces.detect_max_side": _at_least(1), "faces.batch_size": _at_least(1),
     "augment.crop_scale_min": _within(0.01, 1), "augment.jpeg_quality_min": _within(1, 100),
     "augment.jpeg_quality_max": _within(1, 100), "augment.resample_max": _at_least(1),
-    "sbi.epochs": _at_least(0),
+    "sbi.epochs": _at_least(0), "sbi.max_per_set": _at_least(0),
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.eval_batch_size": _at_least(1),
     "train.lr": _at_least(0), "train.backbone_lr_scale": _at_least(0), "train.warmup_epochs": _at_least(0),
     "train.weight_decay": _at_least(0), "train.early_stopping_patience": _at_least(0),

@@ -190,7 +190,7 @@ def list_files(raw_dir: Path, params: dict, name: str) -> tuple[Sources, pd.Data
     """The dataset's layout and files, each with its split (official, or by video group)."""
     dp = params["data"]
     sources = recognise(raw_dir, dp["real_names"], name, compression=dp["compression"],
-                        real_only=name == params["sbi"]["method"], splits=split_rule(dp))
+                        real_only=name == params["sbi"]["method"], splits=split_rule(dp), max_per_set=params["sbi"]["max_per_set"])
     print(f"{raw_dir}: layout {sources.layout}, methods {', '.join(sources.methods)}")
     for note in sources.notes:
         print(f"  note: {note}")

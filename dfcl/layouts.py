@@ -35,6 +35,7 @@ class Request:
     methods: list[str] | None = None  # subset and order of a multi-method dataset's methods
     compression: str = "c23"         # FaceForensics++ quality
     splits: tuple = (0.2, 0, 0.1)    # data.test_fraction, data.seed, data.val_fraction (assign_splits)
+    max_per_set: int = 0             # real_faces_of: at most this many files of each added dataset (0: all)
 
 
 @dataclass
@@ -400,12 +401,15 @@ def _listed_reals(root: Path, ask: Request) -> Sources:
 def real_faces_of(roots: list[Path], ask: Request) -> Sources:
     """Several datasets' real faces as ONE self-blended experience (real faces of several cameras
     and compressions, so that no camera is the one "real" look): each dataset's files under a
-    folder of its name, with their own splits."""
+    folder of its name, with their own splits; of the datasets after the first, at most
+    `ask.max_per_set` files each."""
     parts = []
-    for root in roots:
-        found = real_faces_only(root, ask)
+    for i, root in enumerate(roots):
+        files = real_faces_only(root, ask).files
+        if i and ask.max_per_set:  # a seeded choice of an added set's files, whatever their splits
+            files = files[files.path.isin(stable_order(files.path.tolist(), ask.splits[1])[:ask.max_per_set])]
         prefix = dataset_name(root)
-        parts.append(found.files.assign(path=prefix + "/" + found.files.path, group=prefix + "/" + found.files.group))
+        parts.append(files.assign(path=prefix + "/" + files.path, group=prefix + "/" + files.group))
     names = [dataset_name(r) for r in roots]
     if len(set(names)) != len(names):
         raise LayoutError(f"real-face datasets need distinct folder names, got {names}")
@@ -418,18 +422,18 @@ def real_faces_of(roots: list[Path], ask: Request) -> Sources:
 
 def recognise(root: str | Path | list, real_names, name: str, methods: list[str] | None = None,
               compression: str = "c23", method: str | None = None, real_only: bool = False,
-              splits: tuple = (0.2, 0, 0.1)) -> Sources:
+              splits: tuple = (0.2, 0, 0.1), max_per_set: int = 0) -> Sources:
     """The layout of `root` and its files. `name` names single-method datasets; `methods`
     picks (and orders) the methods of multi-method ones. `method` is the name the user gave
     (`--method`), which only a one-method dataset may take. `real_only`: the real files alone,
     as one experience named `name` (a self-blended experience, `real_faces_only`), of one folder
     or of a list of them (`real_faces_of`). `splits`: (data.test_fraction, data.seed,
-    data.val_fraction), for the real files' splits."""
+    data.val_fraction), for the real files' splits; `max_per_set` caps each added folder's files."""
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     for r in roots:
         if not r.is_dir():
             raise LayoutError(f"{r} is not a folder")
-    ask = Request(name, list(real_names), methods, compression, tuple(splits))
+    ask = Request(name, list(real_names), methods, compression, tuple(splits), max_per_set)
     if real_only:
         return real_faces_of(roots, ask) if len(roots) > 1 else real_faces_only(roots[0], ask)
     if len(roots) > 1:

@@ -102,6 +102,10 @@ def self_blended_first(data: str | list[str], params: dict, learner: Learner, in
         return []
     folders = ([data] if isinstance(data, str) else list(data)) + list(params["sbi"]["real_sets"])
     blended = ingest_dataset(folders[0] if len(folders) == 1 else folders, params, method=sbi)
+    # Their real class is learned now: a set whose reals trained here is no longer unseen.
+    seen = ", ".join(dataset_name(f) for f in folders)
+    mlflow.set_tag("sbi.real_sets", seen)
+    get_run_logger().info("self-blended experience of the real faces of %s (no longer unseen as real faces)", seen)
     log_dataset_versions(blended)
     return blended.specs
 

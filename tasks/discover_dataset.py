@@ -9,7 +9,7 @@ def discover_dataset(path: str, params: dict, name: str, methods: list[str] | No
     """Recognise the dataset's layout (and say which) and list its files in a pandas table."""
     dp = params["data"]
     found = recognise(path, dp["real_names"], name, methods=methods, compression=dp["compression"], method=method,
-                      real_only=name == params["sbi"]["method"], splits=split_rule(dp))
+                      real_only=name == params["sbi"]["method"], splits=split_rule(dp), max_per_set=params["sbi"]["max_per_set"])
     # quick runs copy (and version) only the files they use
     found.files = cap_per_class(found.files, dp["max_per_class"], dp["seed"])
     counts = found.files.groupby(["experience", "kind", "label"]).size().unstack(fill_value=0)

@@ -58,7 +58,7 @@ def test_self_blended_experience_has_fixed_sbi_test_fakes_and_learns_fresh_ones(
     learner, report = train_sequence([spec], params, tmp_path / "learner", Path("/"))
     train = learner._dataset(learner.history.experiences[0].train_x, learner.history.experiences[0].train_y, True)
     n_real = info["train"]["real"]
-    assert len(train) == 2 * n_real and train.targets[:4] == [0, 1, 0, 1], "each real face beside a blend of it"
+    assert len(train) == 2 * n_real and list(train.targets)[:4] == [0, 1, 0, 1], "each real face beside a blend of it"
     results = learner.last_results()
     assert 0.0 <= results["auc"][spec.key] <= 1.0, "scored on its held-back SBI fakes"
 
@@ -84,11 +84,15 @@ def test_with_sbi_first_a_new_workspace_learns_the_self_blended_experience_befor
     from flows.retrain import retrain_detector
 
     params = small_params("sbi.first=true", "gate.max_drop_self_blended=1", "gate.max_drop_per_method=1",
-                          "gate.max_drop_average=1", "gate.max_forgetting=1")
+                          "gate.max_drop_average=1", "gate.max_forgetting=1", f"sbi.real_sets=[{demo_data / 'MouthWarp'}]")
     name = params["sbi"]["method"]
     first = retrain_detector(str(demo_data / "BlendSwap"), params, auto_approve=True)
     assert first["results"]["methods"] == [name, "BlendSwap"], first["results"]["methods"]
     assert (workspace.root / "data" / "processed" / name).is_dir() and (workspace.root / "data" / "raw" / name).is_dir()
+    # the real faces of BlendSwap and of sbi.real_sets, each under its dataset's name, with their splits
+    raw = workspace.root / "data" / "raw" / name
+    assert sorted(p.name for p in raw.iterdir() if p.is_dir()) == ["BlendSwap", "MouthWarp"]
+    assert (raw / "real-splits.csv").is_file()
     second = retrain_detector(str(demo_data / "GANUpsample"), params, auto_approve=True)
     assert second["results"]["methods"] == [name, "BlendSwap", "GANUpsample"]
 
@@ -104,15 +108,15 @@ def test_a_self_blended_experience_keeps_the_splits_its_files_have_in_the_whole_
     """The leak: the raw copy of a self-blended experience holds real files only, which no layout
     recognises; re-split by file, test reals of the dataset's methods trained. Its split list
     travels with the copy now, and a plain folder's train/ and test/ are its splits."""
-    from dfcl.layouts import REAL_SPLITS, split_rule
+    from dfcl.layouts import REAL_SPLITS, assign_splits, split_rule
 
     params = small_params()
     name = params["sbi"]["method"]
     source = demo_data / "BlendSwap"
-    whole = recognise(source, ["real"], "BlendSwap", splits=split_rule(params["data"]))
-    official = dict(zip(whole.files.path, whole.files.split))
+    whole = recognise(source, ["real"], "BlendSwap").files
+    as_in_whole = dict(zip(whole.path, assign_splits(whole, *split_rule(params["data"]))))  # what BlendSwap's experience gets
     found = recognise(source, ["real"], name, real_only=True, splits=split_rule(params["data"]))
-    assert all(official[p] == s for p, s in zip(found.files.path, found.files.split) if official[p])
+    assert dict(zip(found.files.path, found.files.split)) == {p: as_in_whole[p] for p in found.files.path}
     assert {"train", "val", "test"} <= set(found.files.split)
     # the raw copy: the real files and the split list the layout wrote, nothing else
     copy = _folder_of({p: source / p for p in found.files.path}, tmp_path / "raw")
@@ -142,6 +146,9 @@ def test_several_datasets_real_faces_make_one_self_blended_experience(demo_data)
     for p in found.files.path:
         first, _, rest = p.partition("/")
         assert (Path(found.roots[first]) / rest).is_file()
+    capped = recognise(folders, ["real"], name, real_only=True, max_per_set=5).files
+    assert (capped.path.str.startswith("MouthWarp/")).sum() == 5, "an added set is capped"
+    assert (capped.path.str.startswith("BlendSwap/")).sum() == found.files.path.str.startswith("BlendSwap/").sum()
     with pytest.raises(LayoutError, match="self-blended"):
         recognise(folders, ["real"], "other")
 
