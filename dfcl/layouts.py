@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -77,10 +78,59 @@ def stable_order(keys, seed: int) -> list[str]:
 
 
 def _media(folder: Path) -> list[Path]:
+    """Media files of `folder`; symlinks too, even broken ones, so that `confine` reports them."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+                  if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+
+
+ABSENT = "absent"
+
+
+# --- confinement ---------------------------------------------------------------------------
+# A dataset (one in data/incoming/ above all) is a stranger's: its metadata may name
+# `../../x` or `/etc/x`, a file may be a symlink to anything. Every path is resolved, and what
+# does not stay inside the dataset's root is refused with a note, never read or copied.
+
+def outside(root: Path, path: str | Path) -> str | None:
+    """Why `path` (relative to `root`, or absolute) may not be read as part of the dataset, or
+    None: it must resolve, symlinks followed, to an existing file inside `root`."""
+    text = str(path)
+    if Path(text).is_absolute():
+        return "an absolute path: refused (a dataset names its files relative to its folder)"
+    if ".." in Path(text).parts:
+        return "names a parent folder (..): refused"
+    if not os.path.lexists(root / text):
+        return ABSENT
+    try:
+        real = (root / text).resolve(strict=True)
+    except (OSError, RuntimeError) as e:  # missing, a broken link, a symlink loop
+        return f"a broken symlink or a symlink loop ({getattr(e, 'strerror', None) or e}): refused"
+    if not real.is_relative_to(root.resolve()):
+        return "a symlink out of the dataset's folder: refused"
+    if not real.is_file():
+        return "not a regular file: refused"
+    return None
+
+
+def confine(root: Path, found: Sources) -> Sources:
+    """`found` with every file that escapes `root` (`outside`) left out, one note each: its row,
+    or its link (original, mask) only, or a refused extra file."""
+    files, notes, why_of = found.files, list(found.notes), {}
+    for rel in found.all_paths() + sorted(p for p in set(files.original) if p):
+        if rel not in why_of:
+            why_of[rel] = outside(root, rel)
+    refused = files.path.map(why_of).notna()
+    notes += [f"{rel}: {why_of[rel]}" for rel in sorted(set(files.path[refused]))]
+    files = files[~refused].copy()
+    for column in ("original", "mask"):
+        bad = files[column].map(lambda p: bool(p) and why_of.get(p) is not None)
+        notes += [f"{rel} ({column} of a listed file): {why_of[rel]}" for rel in sorted(set(files[column][bad]))]
+        files.loc[bad, column] = ""
+    extra = [e for e in found.extra if why_of.get(e) is None]
+    notes += [f"{e}: {why_of[e]}" for e in found.extra if why_of.get(e) is not None]
+    return Sources(found.layout, found.methods, files.reset_index(drop=True), extra, notes)
 
 
 def _kind(path: Path) -> str:
@@ -230,16 +280,20 @@ def _dfdc(root: Path, ask: Request) -> Sources | None:
         return None
     rows, notes = [], []
     for meta in metas:
+        here = meta.parent.relative_to(root)
         for file, info in json.loads(meta.read_text()).items():
-            video = meta.parent / file
-            if not video.is_file():
-                notes.append(f"{video.relative_to(root)}: listed in {meta.relative_to(root)} but absent")
+            why = outside(root, here / file)
+            if why:  # a key is a stranger's text: `../../x` or `/x` never becomes a path read
+                notes.append(f"{(here / file).as_posix()}: listed in {meta.relative_to(root)} but absent" if why == ABSENT
+                             else f"{file!r} listed in {meta.relative_to(root)}: {why}")
                 continue
+            video = meta.parent / file
             fake = str(info.get("label", "")).upper() == "FAKE"
-            original = meta.parent / info["original"] if fake and info.get("original") else None
-            group = Path(info["original"]).stem if original else video.stem
+            original = str(info["original"]) if fake and info.get("original") else ""
+            group = Path(original).stem if original else video.stem
+            linked = original and outside(root, here / original) is None
             rows.append(_row(root, name, video, int(fake), group,
-                             original=original.relative_to(root).as_posix() if original and original.is_file() else ""))
+                             original=(here / original).as_posix() if linked else ""))
     return Sources("DFDC", [name], _frame(rows), [m.relative_to(root).as_posix() for m in metas], notes)
 
 
@@ -312,7 +366,10 @@ def dataset_name(path: str | Path, method: str | None = None) -> str:
     """The one naming rule for an ingested dataset: the method given, else the folder's name
     (its parent's, for a folder called images/ or data/)."""
     p = Path(path).resolve()
-    return method or (p.parent.name if p.name.lower() in {"images", "data"} else p.name)
+    name = method or (p.parent.name if p.name.lower() in {"images", "data"} else p.name)
+    if name in {"", ".", ".."} or "/" in name or "\\" in name:  # it names folders under data/raw/, data/processed/
+        raise LayoutError(f"{name!r} cannot name a dataset: a name is one folder name, without / or ..")
+    return name
 
 
 # Layouts whose folder holds one forgery method with no name of its own: `--method` names it.
@@ -356,11 +413,12 @@ def recognise(root: str | Path, real_names, name: str, methods: list[str] | None
         raise LayoutError(f"{root} is not a folder")
     ask = Request(name, list(real_names), methods, compression)
     if real_only:
-        return real_faces_only(root, ask)
+        return confine(root, real_faces_only(root, ask))
     found = next(filter(None, (layout.read(root, ask) for layout in LAYOUTS.values())), None)
     if found is None:
         raise LayoutError(f"{root}: unknown dataset layout (sub-folders: {sorted(_subfolders(root)) or 'none'}). "
                           f"Known layouts: {'; '.join(known_layouts())}")
+    found = confine(root, found)
     labels = set(found.files.label)
     if labels != {0, 1}:
         raise LayoutError(f"{root} ({found.layout}): no {'real' if 0 not in labels else 'fake'} files found; "
