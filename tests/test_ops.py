@@ -203,6 +203,37 @@ def test_trigger_sees_new_folders_and_new_versions_but_not_trained_ones(tmp_path
     assert names(due_datasets(incoming, Ledger(tmp_path / "triggers.json"), real, SERVE, lambda e: "alive")) == ["BlendSwap"]
 
 
+LEDGER_WRITER = """
+import sys
+from pathlib import Path
+from dfcl.triggers import Ledger
+ledger, who, n = Ledger(Path(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    ledger.mark(Path(f"/incoming/{who}-{i}"), "queued", f"fp-{i}", flow_run=who)
+"""
+
+
+def test_concurrent_ledger_writers_lose_nothing_and_never_corrupt_it(tmp_path):
+    path, n = tmp_path / "triggers.json", 150
+    writers = [subprocess.Popen([sys.executable, "-c", LEDGER_WRITER, str(path), who, str(n)], stderr=subprocess.PIPE,
+                                text=True) for who in ("a", "b")]
+    errors = [w.communicate(timeout=120)[1] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], errors
+    entries = Ledger(path).entries
+    assert len(entries) == 2 * n, "a mark was lost: a writer rewrote the file from an older read"
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".triggers*")), "temporary files left"
+
+
+def test_a_corrupt_ledger_is_moved_aside_with_a_warning(tmp_path):
+    path, said = tmp_path / "triggers.json", []
+    path.write_text('{"/incoming/a": {"state": "queu')
+    ledger = Ledger(path, log=said.append)
+    assert ledger.entries == {} and len(said) == 1 and "moved aside" in said[0]
+    assert [p.read_text() for p in tmp_path.glob("triggers.json.corrupt-*")] == ['{"/incoming/a": {"state": "queu']
+    ledger.mark(tmp_path, "pending", "fp")
+    assert Ledger(path).entries[str(tmp_path.resolve())]["state"] == "pending"
+
+
 def test_a_dataset_is_taken_only_once_complete(tmp_path, demo_data):
     incoming, clock = tmp_path / "incoming", Clock()
     ledger = Ledger(tmp_path / "triggers.json")
