@@ -157,6 +157,7 @@ RANGES = {
     "compare.retries": _at_least(0),
     "gate.max_drop_per_method": _at_least(0), "gate.max_drop_average": _at_least(0),
     "gate.confidence": _between(0, 1), "gate.max_drop_self_blended": _at_least(0), "gate.bootstrap": _at_least(1), "gate.max_forgetting": _at_least(0),
+    "gate.max_point_drop": _at_least(0), "gate.min_auc": _within(0, 1),
     "approval.timeout_s": _above(0),
     "flow.serve.poll_s": _at_least(0), "flow.serve.queue_wait_s": _at_least(0), "flow.serve.quiet_s": _at_least(0),
     "flow.serve.max_attempts": _at_least(1), "flow.serve.retry_backoff_s": _at_least(0),
