@@ -218,17 +218,29 @@ def _record(registered_model: str, action: str, version: str | None, by: str, re
     return event
 
 
-def promote(registered_model: str, version: str, by: str, reason: str) -> dict:
-    """Point `champion` at `version` and record it, with the version it replaced."""
+class StaleDecision(OpsError):
+    """The champion moved (a rollback, another promotion) after the gate compared against it."""
+
+
+def promote(registered_model: str, version: str, by: str, reason: str, scored: str | None) -> dict:
+    """Point `champion` at `version` and record it, with the version it replaced: a
+    compare-and-set against `scored`, the champion the gate compared the challenger with (None:
+    there was none). A run waits up to a day for ops; a rollback in that wait would otherwise let
+    the approval replace a version the challenger was never compared with."""
     from mlflow import MlflowClient
 
     from dfcl.mlflow_registry import champion_version
 
     with alias_lock():
         before = champion_version(registered_model)
+        now_points = str(before.version) if before else None
+        if now_points != (str(scored) if scored is not None else None):
+            raise StaleDecision(
+                f"stale decision, re-run the gate: the gate compared version {version} with "
+                f"{f'champion version {scored}' if scored else 'no champion'}, but champion is now "
+                f"{f'version {now_points}' if now_points else 'unset'}; nothing moved")
         MlflowClient().set_registered_model_alias(registered_model, "champion", version)
-        return _record(registered_model, "promote", version, by, reason,
-                       previous=str(before.version) if before else None)
+        return _record(registered_model, "promote", version, by, reason, previous=now_points)
 
 
 def record_rejection(registered_model: str, version: str, by: str, reason: str) -> dict:

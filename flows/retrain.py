@@ -17,7 +17,7 @@ from dfcl.config import flatten
 from dfcl.layouts import LayoutError, dataset_name
 from dfcl.learner import Learner
 from dfcl.mlflow_registry import registered_methods
-from dfcl.ops import check_services, retrain_lock
+from dfcl.ops import StaleDecision, check_services, retrain_lock
 from dfcl.tracking import log_dataset_inputs, log_dataset_versions
 from dfcl.triggers import Ledger, fingerprint
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
@@ -141,8 +141,12 @@ def move_aliases(registered: str, version: str, decision: ApprovalDecision, verd
     """`champion` to the challenger when approved, else its rejection on record; the outcome,
     also the run's `outcome` tag."""
     if decision.approve:
-        promote_champion(registered, version, decision.approver, decision.reason)
-        outcome = "promoted"
+        scored = verdict["champion"]["version"] if verdict["champion"] else None
+        try:
+            promote_champion(registered, version, decision.approver, decision.reason, scored)
+            outcome = "promoted"
+        except StaleDecision:  # the champion moved while ops decided: their yes was about another one
+            outcome = "stale decision, re-run the gate"
     else:
         record_rejection(registered, version, decision.approver, decision.reason)
         outcome = "rejected by gate" if not verdict["passed"] else "rejected by ops"

@@ -82,8 +82,8 @@ def test_rollback_walks_back_through_champions_and_history_keeps_who_when_why(wo
 
     v1, v2, v3 = register_dummy(3)
     with mlflow.start_run():
-        promote_champion(REGISTERED, v1, "alice", "first")
-        promote_champion(REGISTERED, v2, "bob", "better")
+        promote_champion(REGISTERED, v1, "alice", "first", None)
+        promote_champion(REGISTERED, v2, "bob", "better", v1)
         record_rejection(REGISTERED, v3, "carol", "not convinced")
     client = MlflowClient()
     assert client.get_model_version_by_alias(REGISTERED, "champion").version == int(v2)
@@ -105,8 +105,8 @@ def test_a_promotion_and_a_rollback_at_once_get_events_of_their_own(workspace, m
     from dfcl import ops
 
     v1, v2, v3 = register_dummy(3)
-    ops.promote(REGISTERED, v1, "alice", "first")
-    ops.promote(REGISTERED, v2, "bob", "second")
+    ops.promote(REGISTERED, v1, "alice", "first", None)
+    ops.promote(REGISTERED, v2, "bob", "second", v1)
     # Widen the window between reading the history and writing the next event, as a slow
     # registry does: unlocked, both would write the same number and one event would be lost.
     read = MlflowClient.get_registered_model
@@ -125,7 +125,7 @@ def test_a_promotion_and_a_rollback_at_once_get_events_of_their_own(workspace, m
         except Exception as e:  # reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(ops.promote, REGISTERED, v3, "carol", "third")),
+    threads = [threading.Thread(target=run, args=(ops.promote, REGISTERED, v3, "carol", "third", v2)),
                threading.Thread(target=run, args=(rollback_champion, REGISTERED, "dave", "false alarms"))]
     for t in threads:
         t.start()
@@ -133,10 +133,32 @@ def test_a_promotion_and_a_rollback_at_once_get_events_of_their_own(workspace, m
         t.join()
     monkeypatch.setattr(MlflowClient, "get_registered_model", read)
     events = alias_events(REGISTERED)
-    assert [e["n"] for e in events] == [1, 2, 3, 4], events
-    # Whichever went first, the history and the alias agree.
+    # Whichever went first, the history and the alias agree, and no number is lost. Promotion
+    # first: the rollback undoes it (4 events). Rollback first: the promotion was decided against
+    # v2, which is no longer champion, so it is refused as stale and nothing moves (3 events).
+    assert [e["n"] for e in events] == list(range(1, len(events) + 1)), events
     assert ops.champion_stack(events)[-1] == str(MlflowClient().get_model_version_by_alias(REGISTERED, "champion").version)
-    assert len(errors) <= 1 and all("champion points at" in str(e) for e in errors), errors
+    assert (len(events), [type(e) for e in errors]) in ((4, []), (3, [ops.StaleDecision])), (events, errors)
+
+
+def test_approval_over_a_champion_the_gate_never_saw_moves_nothing(workspace):
+    from dfcl import ops
+    from flows.retrain import ApprovalDecision, move_aliases
+
+    v1, v2, v3 = register_dummy(3)
+    ops.promote(REGISTERED, v1, "alice", "first", None)
+    ops.promote(REGISTERED, v2, "bob", "second", v1)
+    verdict = {"passed": True, "champion": {"version": v2}}  # the gate scored v3 against v2 ...
+    rollback_champion(REGISTERED, "dave", "false alarms")  # ... and ops rolled back while it waited
+    with mlflow.start_run() as run:
+        outcome = move_aliases(REGISTERED, v3, ApprovalDecision(approve=True, approver="erin"), verdict)
+    assert outcome == "stale decision, re-run the gate"
+    assert MlflowClient().get_model_version_by_alias(REGISTERED, "champion").version == int(v1)
+    assert [e["action"] for e in alias_events(REGISTERED)] == ["promote", "promote", "rollback"]
+    assert "promoted_by" not in MlflowClient().get_model_version(REGISTERED, v3).tags
+    assert MlflowClient().get_run(run.info.run_id).data.tags["outcome"] == outcome
+    with pytest.raises(ops.StaleDecision, match="compared version 3 with no champion, but champion is now version 1"):
+        ops.promote(REGISTERED, v3, "erin", "first ever?", None)
 
 
 def test_a_registry_error_never_overwrites_an_event(workspace, monkeypatch):
@@ -146,7 +168,7 @@ def test_a_registry_error_never_overwrites_an_event(workspace, monkeypatch):
     from dfcl import ops
 
     v1, v2 = register_dummy(2)
-    ops.promote(REGISTERED, v1, "alice", "first")
+    ops.promote(REGISTERED, v1, "alice", "first", None)
     monkeypatch.setattr(MlflowClient, "get_registered_model",
                         lambda self, name: (_ for _ in ()).throw(MlflowException("timed out", error_code=INTERNAL_ERROR)))
     with pytest.raises(MlflowException, match="timed out"):
@@ -159,8 +181,8 @@ def test_rollback_refuses_when_the_alias_was_moved_outside_dfcl(workspace):
     from dfcl import ops
 
     v1, v2, v3 = register_dummy(3)
-    ops.promote(REGISTERED, v1, "alice", "first")
-    ops.promote(REGISTERED, v2, "bob", "second")
+    ops.promote(REGISTERED, v1, "alice", "first", None)
+    ops.promote(REGISTERED, v2, "bob", "second", v1)
     MlflowClient().set_registered_model_alias(REGISTERED, "champion", v3)  # by hand, in the MLflow UI
     with pytest.raises(OpsError, match=f"champion points at version {v3}, but its history's last champion is version {v2}"):
         rollback_champion(REGISTERED, "dave", "false alarms")
