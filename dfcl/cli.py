@@ -209,7 +209,7 @@ def cmd_detect(args, params):
 def cmd_api(args, params):
     from dfcl.api import serve
 
-    serve(params, args.host, args.port)
+    serve(params, args.host, args.port, insecure=args.insecure)
     return 0
 
 
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("api", parents=[common], help="REST API and web page for detection, on the champion")
     p.add_argument("--host", help="default: api.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: api.port (8000)")
+    p.add_argument("--insecure", action="store_true",
+                   help="listen beyond loopback without an access token (refused otherwise)")
     sub.add_parser("models", parents=[common], help="list the registered detector architectures")
     p = sub.add_parser("migrate", parents=[common],
                        help="once, after an upgrade: rename moved params.yaml keys and convert an old pickled learner")
