@@ -136,7 +136,7 @@ def _between(low, high):
 RANGES = {
     "data.image_size": _at_least(16), "data.max_per_class": _at_least(0),
     "data.test_fraction": _within(0, 0.9), "data.val_fraction": _within(0, 0.9),
-    "faces.frames_per_video": _at_least(1), "faces.margin": _above(0), "faces.min_score": _within(0, 1),
+    "faces.frames_per_video": _at_least(1), "faces.max_video_seconds": _above(0), "faces.margin": _above(0), "faces.min_score": _within(0, 1),
     "faces.min_face_size": _at_least(1), "faces.detect_max_side": _at_least(1), "faces.batch_size": _at_least(1),
     "augment.crop_scale_min": _within(0.01, 1), "augment.jpeg_quality_min": _within(1, 100),
     "augment.jpeg_quality_max": _within(1, 100),
