@@ -21,7 +21,7 @@ from dfcl.config import (
 )
 from dfcl.layouts import LayoutError, known_layouts
 from dfcl.logs import configure_logging
-from dfcl.ops import OpsError
+from dfcl.ops import OpsError, workspace_lock
 from dfcl.pinning import PinnedDataError
 from dfcl.workspace import Workspace, configure_environment
 
@@ -58,7 +58,8 @@ def cmd_ingest(args, params):
 
     require_dataset(args.data, params, args.method, _csv(args.methods))
     from flows.ingest import ingest_dataset
-    ingested = ingest_dataset(args.data, params, method=args.method, methods=_csv(args.methods))
+    with workspace_lock(Workspace.here().root, params["flow"]["lock_wait_s"], f"dfcl ingest {args.data}"):
+        ingested = ingest_dataset(args.data, params, method=args.method, methods=_csv(args.methods))
     st = ingested.stats
     print(f"\n{ingested.name}: layout {ingested.layout}; raw version {ingested.raw_version}, "
           f"faces version {ingested.version}")
@@ -109,8 +110,9 @@ def cmd_compare(args, params):
     from flows.compare import (
         compare,  # after the checks: importing the stack takes seconds
     )
-    report = compare(args.data, params, strategies=strategies, methods=_csv(args.methods), seeds=seeds,
-                     json_out=args.json, artifacts_dir=args.plots)
+    with workspace_lock(Workspace.here().root, params["flow"]["lock_wait_s"], f"dfcl compare {' '.join(args.data)}"):
+        report = compare(args.data, params, strategies=strategies, methods=_csv(args.methods), seeds=seeds,
+                         json_out=args.json, artifacts_dir=args.plots)
     print(compare_table(report))
     return 0
 
@@ -151,7 +153,7 @@ def cmd_rollback(args, params):
 def cmd_history(args, params):
     import pandas as pd
 
-    from dfcl.ops import alias_history
+    from dfcl.ops import alias_history, inconsistencies
 
     name = params["mlflow"]["registered_model"]
     aliases, events = alias_history(name)
@@ -159,6 +161,17 @@ def cmd_history(args, params):
     if events:
         table = pd.DataFrame(events)[["at", "action", "version", "previous", "by", "reason"]].fillna("")
         print(table.to_string(index=False))
+    for line in inconsistencies(name):
+        print(f"inconsistent: {line}")
+    return 0
+
+
+def cmd_repair(args, params):
+    from dfcl.ops import repair
+
+    name = params["mlflow"]["registered_model"]
+    done = repair(name, args.by or os.environ.get("USER", "ops"))
+    print(f"{name}: " + ("; ".join(done) if done else "history, aliases and tags agree; nothing to repair"))
     return 0
 
 
@@ -282,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="why (kept as MLflow tags)")
 
     sub.add_parser("history", parents=[common], help="where the aliases point, and every promotion, rejection and rollback")
+    p = sub.add_parser("repair", parents=[common],
+                       help="after a crash mid-move: record the alias move the history lacks, and its missing tags")
+    p.add_argument("--by", help="who repairs (default: $USER)")
 
     p = sub.add_parser("evaluate", parents=[common],
                        help="accuracy, AUC, AP and EER (per method and overall) of a model on a labelled folder, with a ROC plot")
@@ -320,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract_faces, "retrain": cmd_retrain, "compare": cmd_compare,
             "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
             "serve": cmd_serve, "rollback": cmd_rollback, "history": cmd_history,
-            "evaluate": cmd_evaluate, "detect": cmd_detect, "api": cmd_api, "models": cmd_models}
+            "repair": cmd_repair,            "evaluate": cmd_evaluate, "detect": cmd_detect, "api": cmd_api, "models": cmd_models}
 
 
 def cmd_migrate(args, ws: Workspace) -> int:

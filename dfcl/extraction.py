@@ -45,6 +45,7 @@ from dfcl.images import read_image
 from dfcl.landmarks import N_POINTS, LandmarkPredictor
 from dfcl.landmarks import kind as landmark_kind
 from dfcl.layouts import Sources, assign_splits, cap_per_class, recognise
+from dfcl.ops import fsync_dir, fsync_tree
 from dfcl.workspace import Workspace
 
 OVER_CAP = "over data.max_per_class"
@@ -324,6 +325,7 @@ def write_faces(out_dir: Path, sources: Sources, manifest: pd.DataFrame, results
     (tmp / "experiences.json").write_text(json.dumps(
         {"layout": sources.layout, "methods": sources.methods, "notes": sources.notes,
          "experiences": experiences}, indent=1) + "\n")
+    fsync_tree(tmp)  # complete on disk before it takes the name
     if out_dir.exists():  # the old version goes only once the new one is complete
         old = out_dir.with_name(out_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -332,6 +334,7 @@ def write_faces(out_dir: Path, sources: Sources, manifest: pd.DataFrame, results
         shutil.rmtree(old)
     else:
         os.replace(tmp, out_dir)
+    fsync_dir(out_dir.parent)
     return skipped
 
 

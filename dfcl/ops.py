@@ -119,6 +119,13 @@ def retrain_lock(path: Path, wait_s: float, holder: str, log=print):
         yield
 
 
+def workspace_lock(root: Path, wait_s: float, holder: str, log=print):
+    """The retraining lock, also held by every other command that writes the workspace's data
+    (`dfcl ingest`, `dfcl compare`): two of them at once would copy, version and extract into
+    the same folders and DVC files."""
+    return retrain_lock(Path(root) / "data" / "retrain.lock", wait_s, holder, log)
+
+
 def check_services(params: dict, root: Path) -> None:
     """Fail fast, before data is copied or aliases move, when MLflow or the DVC remote is not
     reachable; say what to fix."""
@@ -276,8 +283,9 @@ def rollback_champion(registered_model: str, by: str, reason: str) -> tuple[str,
         points = champion_version(registered_model)
         if points is None or str(points.version) != current:
             raise OpsError(f"{registered_model}: champion points at {f'version {points.version}' if points else 'nothing'}, "
-                           f"but its history's last champion is version {current}: the alias was moved outside dfcl. "
-                           f"Point it back at version {current} (or promote through dfcl) before rolling back")
+                           f"but its history's last champion is version {current}: the alias was moved outside dfcl, or a move was "
+                           f"interrupted. Record where it points with `dfcl repair`, or point it back at version {current}, "
+                           "before rolling back")
         client = MlflowClient()
         client.set_registered_model_alias(registered_model, "champion", previous)
         client.set_model_version_tag(registered_model, current, "rolled_back_at", now())
@@ -285,6 +293,69 @@ def rollback_champion(registered_model: str, by: str, reason: str) -> tuple[str,
         client.set_model_version_tag(registered_model, current, "rollback_reason", reason)
         _record(registered_model, "rollback", previous, by, reason, previous=current)
     return current, previous
+
+
+# -- interrupted moves -------------------------------------------------------------------
+# A move is three writes to the registry (the alias, the history event, the version's tags),
+# and a kill can fall between them. The history is then told apart from the alias: `dfcl
+# history` says what disagrees, and `dfcl repair` completes the move the alias shows.
+
+def inconsistencies(registered_model: str) -> list[str]:
+    """What an interrupted promotion or rollback left behind, one line each; [] when none."""
+    from mlflow import MlflowClient
+
+    aliases, events = alias_history(registered_model)
+    stack, points, found = champion_stack(events), aliases.get("champion"), []
+    points = str(points) if points is not None else None
+    last = stack[-1] if stack else None
+    if points != last:
+        found.append(f"champion points at {f'version {points}' if points else 'nothing'}, but the history's last "
+                     f"champion is {f'version {last}' if last else 'none'}: a promotion or rollback was interrupted "
+                     "(or the alias moved outside dfcl); `dfcl repair` records the move the alias shows")
+    client = MlflowClient()
+    moves = [e for e in events if e["action"] in ("promote", "rollback")]
+    if moves:
+        e = moves[-1]
+        version, tag = (e["version"], "promoted_by") if e["action"] == "promote" else (e["previous"], "rolled_back_by")
+        if version and tag not in client.get_model_version(registered_model, version).tags:
+            found.append(f"event {e['n']} ({e['action']} by {e['by']}) has no {tag} tag on version {version}: "
+                         "interrupted before its tags; `dfcl repair` writes them")
+    return found
+
+
+def repair(registered_model: str, by: str) -> list[str]:
+    """Make the history and the tags agree with where `champion` points (the move that was under
+    way when a process died): the missing event (a rollback when the alias is on the champion
+    before the history's last, else a promotion), then the missing tags. Returns what it did."""
+    from mlflow import MlflowClient
+
+    done, client = [], MlflowClient()
+    with alias_lock():
+        aliases, events = alias_history(registered_model)
+        stack, points = champion_stack(events), aliases.get("champion")
+        points = str(points) if points is not None else None
+        last = stack[-1] if stack else None
+        if points is not None and points != last:
+            action = "rollback" if len(stack) >= 2 and stack[-2] == points else "promote"
+            _record(registered_model, action, points, by, "recorded by dfcl repair: the alias had moved, its event was "
+                    "missing", previous=last)
+            done.append(f"recorded the {action} to version {points} (from {f'version {last}' if last else 'none'})")
+        moves = [e for e in alias_events(registered_model) if e["action"] in ("promote", "rollback")]
+        if moves:
+            e = moves[-1]
+            if e["action"] == "promote":
+                version, tags = e["version"], {"promoted_by": e["by"], "promoted_at": e["at"],
+                                               "promotion_reason": e["reason"]}
+            else:
+                version, tags = e["previous"], {"rolled_back_by": e["by"], "rolled_back_at": e["at"],
+                                                "rollback_reason": e["reason"]}
+            have = client.get_model_version(registered_model, version).tags if version else {}
+            missing = {k: v for k, v in tags.items() if k not in have}
+            for key, value in missing.items():
+                client.set_model_version_tag(registered_model, version, key, value)
+            if missing:
+                done.append(f"tagged version {version} with {', '.join(missing)} from event {e['n']}")
+    return done
 
 
 # -- approval ---------------------------------------------------------------------------

@@ -425,3 +425,43 @@ def test_a_half_written_state_is_ignored(workspace, demo_data, tmp_path):
     (workspace.learner / "state-0002-999" / "history.json").write_text("{trunc")
     again = Learner.load(workspace.learner, small_params(), tmp_path)
     assert [e.key for e in again.history.experiences] == ["BlendSwap"]
+
+
+def test_a_move_killed_between_alias_event_and_tags_is_reported_and_repaired(workspace, capsys):
+    from dfcl import ops
+    from dfcl.cli import main
+
+    v1, v2, v3 = register_dummy(3)
+    ops.promote(REGISTERED, v1, "alice", "first", None)
+    client = MlflowClient()
+    client.set_registered_model_alias(REGISTERED, "champion", v2)  # a promotion killed after the alias moved
+    assert ops.inconsistencies(REGISTERED)[0].startswith(f"champion points at version {v2}, but the history's last "
+                                                         f"champion is version {v1}")
+    assert main(["history"]) == 0 and "inconsistent: champion points at" in capsys.readouterr().out
+    assert main(["repair", "--by", "erin"]) == 0
+    out = capsys.readouterr().out
+    assert f"recorded the promote to version {v2} (from version {v1}); tagged version {v2} with promoted_by" in out
+    assert ops.inconsistencies(REGISTERED) == [] and ops.repair(REGISTERED, "erin") == []
+    # killed after the alias and the event, before the tags (promote_champion tags after ops.promote)
+    ops.promote(REGISTERED, v3, "bob", "third", v2)
+    assert ops.inconsistencies(REGISTERED) == [f"event 3 (promote by bob) has no promoted_by tag on version {v3}: "
+                                               "interrupted before its tags; `dfcl repair` writes them"]
+    assert ops.repair(REGISTERED, "erin") == [f"tagged version {v3} with promoted_by, promoted_at, promotion_reason "
+                                              "from event 3"]
+    assert client.get_model_version(REGISTERED, v3).tags["promoted_by"] == "bob"
+    # a rollback killed after the alias moved back: repaired as the rollback it was
+    client.set_registered_model_alias(REGISTERED, "champion", v2)
+    assert ops.repair(REGISTERED, "erin")[0] == f"recorded the rollback to version {v2} (from version {v3})"
+    assert rollback_champion(REGISTERED, "dave", "now it works") == (v2, v1)
+
+
+def test_ingest_and_compare_take_the_workspace_lock(workspace, demo_data, capsys):
+    from dfcl.cli import main
+    from dfcl.ops import workspace_lock
+
+    with workspace_lock(workspace.root, 0, "a retraining run"):
+        assert main(["ingest", str(demo_data / "BlendSwap")]) == 1
+        assert "another retraining run is in progress" in capsys.readouterr().err
+        assert main(["compare", "--data", str(demo_data / "BlendSwap"), "--strategies", "naive"]) == 1
+        assert "another retraining run is in progress" in capsys.readouterr().err
+    assert not (workspace.root / "data" / "raw").exists(), "ingest wrote while the lock was held"
