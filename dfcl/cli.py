@@ -93,7 +93,8 @@ def cmd_retrain(args, params):
         retrain_detector,  # after the check: importing the stack takes seconds
     )
     outcome = retrain_detector(args.data, params, method=args.method, methods=_csv(args.methods),
-                               auto_approve=args.auto_approve, fresh=args.fresh)
+                               auto_approve=args.auto_approve, fresh=args.fresh,
+                               from_challenger=args.from_challenger)
     print(outcome_summary(outcome))
     return 0
 
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated subset and order of methods to learn")
     p.add_argument("--auto-approve", action="store_true", help="promote without waiting for ops (demo, tests)")
     p.add_argument("--fresh", action="store_true", help="start a new learner instead of continuing the saved one")
+    p.add_argument("--from-challenger", action="store_true",
+                   help="continue from the latest registered learner even when it is not champion (rejected, rolled back)")
 
     p = sub.add_parser("compare", parents=[common], help="train several strategies over the same sequence")
     p.add_argument("--data", required=True, action="append",

@@ -161,7 +161,7 @@ RANGES = {
     "approval.timeout_s": _above(0),
     "flow.serve.poll_s": _at_least(0), "flow.serve.queue_wait_s": _at_least(0), "flow.serve.quiet_s": _at_least(0),
     "flow.serve.max_attempts": _at_least(1), "flow.serve.retry_backoff_s": _at_least(0),
-    "flow.lock_wait_s": _at_least(0),
+    "flow.lock_wait_s": _at_least(0), "flow.keep_learner_versions": _at_least(1),
     "trust.precision": _between(0.5, 1), "trust.novelty_quantile": _between(0, 1),
     "trust.components": _at_least(1), "trust.novelty_k": _at_least(1), "trust.novelty_reference": _at_least(1), "trust.fit_faces": _at_least(1), "trust.video_disagreement": _between(0, 1),
     "detect.crop_min_fill": _within(0, 1), "detect.confident_fake": _within(0, 1),

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from dfcl.config import flatten
 from dfcl.layouts import LayoutError, dataset_name
 from dfcl.learner import Learner
-from dfcl.mlflow_registry import registered_methods
+from dfcl.learner_versions import continue_from_champion
+from dfcl.mlflow_registry import champion_version, registered_methods
 from dfcl.ops import StaleDecision, check_services, retrain_lock
 from dfcl.tracking import log_dataset_inputs, log_dataset_versions
 from dfcl.triggers import Ledger, fingerprint
@@ -40,7 +41,8 @@ class ApprovalDecision(RunInput):
 
 @flow(name="retrain-detector", log_prints=True)
 def retrain_detector(data: str, params: dict, method: str | None = None, methods: list[str] | None = None,
-                     auto_approve: bool = False, fresh: bool = False, lock_wait_s: float | None = None) -> dict:
+                     auto_approve: bool = False, fresh: bool = False, lock_wait_s: float | None = None,
+                     from_challenger: bool = False) -> dict:
     ws = Workspace.here()
     ensure_workspace(ws, params)
     check_services(params, ws.root)  # fail before anything is copied or any alias moves
@@ -48,6 +50,11 @@ def retrain_detector(data: str, params: dict, method: str | None = None, methods
     with retrain_lock(ws.root / "data" / "retrain.lock", wait, holder=f"flow run {flow_run.get_name()} on {data}",
                       log=get_run_logger().info):
         taken = fingerprint(Path(data))  # what ingest copies: a file added during the run is a new version
+        if not fresh:  # never on from a learner ops rejected or rolled back, unless asked
+            champion = champion_version(params["mlflow"]["registered_model"])
+            said = continue_from_champion(ws.learner, champion.version if champion else None, from_challenger)
+            if said:
+                get_run_logger().info("%s", said)
         outcome = _retrain(ws, data, params, method, methods, auto_approve, fresh)
     Ledger(ws.root / "data" / "triggers.json").mark(Path(data), "trained", taken, outcome=outcome["outcome"])
     return outcome
