@@ -460,8 +460,8 @@ def test_ingest_and_compare_take_the_workspace_lock(workspace, demo_data, capsys
     from dfcl.ops import workspace_lock
 
     with workspace_lock(workspace.root, 0, "a retraining run"):
-        assert main(["ingest", str(demo_data / "BlendSwap")]) == 1
+        assert main(["ingest", str(demo_data / "BlendSwap")]) == 2
         assert "another retraining run is in progress" in capsys.readouterr().err
-        assert main(["compare", "--data", str(demo_data / "BlendSwap"), "--strategies", "naive"]) == 1
+        assert main(["compare", "--data", str(demo_data / "BlendSwap"), "--strategies", "naive"]) == 2
         assert "another retraining run is in progress" in capsys.readouterr().err
     assert not (workspace.root / "data" / "raw").exists(), "ingest wrote while the lock was held"
