@@ -171,7 +171,7 @@ def _jpeg_size(f) -> tuple[int, int] | None:
 
 
 def _megapixels(n: int) -> str:
-    return f"{n / 1e6:.1f} MP"
+    return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n / 1e6:.3f} MP"  # a small cap stays readable
 
 
 def image_problem(path: Path, max_pixels: int | None = None) -> Refusal | None:
