@@ -66,6 +66,7 @@ class Sources:
     files: pd.DataFrame           # COLUMNS; path/original/mask relative to the dataset root
     extra: list[str] = field(default_factory=list)   # split lists, metadata: kept with the raw copy
     notes: list[str] = field(default_factory=list)   # what was left out, and why
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why): files that escape the root (confine)
 
     def all_paths(self) -> list[str]:
         paths = set(self.files.path) | set(self.files["mask"]) | set(self.extra)
@@ -130,7 +131,8 @@ def confine(root: Path, found: Sources) -> Sources:
         files.loc[bad, column] = ""
     extra = [e for e in found.extra if why_of.get(e) is None]
     notes += [f"{e}: {why_of[e]}" for e in found.extra if why_of.get(e) is not None]
-    return Sources(found.layout, found.methods, files.reset_index(drop=True), extra, notes)
+    refused = found.refused + sorted((p, w) for p, w in why_of.items() if w is not None)
+    return Sources(found.layout, found.methods, files.reset_index(drop=True), extra, notes, refused)
 
 
 def _kind(path: Path) -> str:
@@ -278,14 +280,17 @@ def _dfdc(root: Path, ask: Request) -> Sources | None:
     metas = sorted(root.glob("metadata.json")) + sorted(root.glob("*/metadata.json"))
     if not metas:
         return None
-    rows, notes = [], []
+    rows, notes, refused = [], [], []
     for meta in metas:
         here = meta.parent.relative_to(root)
         for file, info in json.loads(meta.read_text()).items():
             why = outside(root, here / file)
+            if why == ABSENT:
+                notes.append(f"{(here / file).as_posix()}: listed in {meta.relative_to(root)} but absent")
+                continue
             if why:  # a key is a stranger's text: `../../x` or `/x` never becomes a path read
-                notes.append(f"{(here / file).as_posix()}: listed in {meta.relative_to(root)} but absent" if why == ABSENT
-                             else f"{file!r} listed in {meta.relative_to(root)}: {why}")
+                notes.append(f"{file!r} listed in {meta.relative_to(root)}: {why}")
+                refused.append((file, why))
                 continue
             video = meta.parent / file
             fake = str(info.get("label", "")).upper() == "FAKE"
@@ -294,7 +299,7 @@ def _dfdc(root: Path, ask: Request) -> Sources | None:
             linked = original and outside(root, here / original) is None
             rows.append(_row(root, name, video, int(fake), group,
                              original=(here / original).as_posix() if linked else ""))
-    return Sources("DFDC", [name], _frame(rows), [m.relative_to(root).as_posix() for m in metas], notes)
+    return Sources("DFDC", [name], _frame(rows), [m.relative_to(root).as_posix() for m in metas], notes, refused)
 
 
 # --- plain folders -------------------------------------------------------------------------

@@ -184,3 +184,9 @@ def test_a_dataset_name_is_one_folder_name(tmp_path):
     for bad in ("../escape", "a/b", ".."):
         with pytest.raises(LayoutError, match="one folder name"):
             dataset_name(tmp_path, bad)
+
+
+def test_each_refusal_is_a_line_of_the_skip_report(tmp_path):
+    found = recognise(hostile_dfdc(tmp_path), ["real"], "dfdc")
+    assert [p for p, _ in found.refused] == ["../../secret/key.txt", str(tmp_path / "secret" / "key.txt")]
+    assert all(why.endswith("refused") or "refused (" in why for _, why in found.refused)
