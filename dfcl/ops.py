@@ -1,6 +1,10 @@
-"""Operations helpers: one retraining at a time, service checks before any work, the champion
-alias's history (promote, reject, rollback) kept as MLflow registered-model tags, and ops'
-answer to a run paused for approval."""
+"""Operations helpers: one retraining at a time, durable writes (fsync, rename), service checks
+before any work, the champion alias's history (promote as a compare-and-set, reject, rollback)
+kept as MLflow registered-model tags with its repair after a crash mid-move, and ops' answer to a
+run paused for approval.
+
+Over 300 lines: the alias's moves, their history and its repair share one lock and one
+numbering of events, and are read together; the locks and durable writes they rest on sit here."""
 from __future__ import annotations
 
 import fcntl
