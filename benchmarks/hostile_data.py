@@ -334,6 +334,10 @@ def markdown(report: dict) -> str:
                      f"{'' if r['secret_unchanged'] else ' (secret changed!)'} | {r['seconds']} |")
     after = report["matrix"][-1]
     lines += ["", f"Afterwards a clean dataset ingests in the same workspace: exit {after['exit']}.", "",
+              "The lying AVI is refused when it is opened: OpenCV's FFmpeg reader decodes the first frame to report "
+              "the size, so its 1600x1200 shows there, not the header's 64x48; a frame decoded larger later is "
+              "refused by the frame check in `read_frames` (tests/test_robustness.py). Times are wall-clock on the "
+              "2-core machine beside other work: the first ingest also starts Prefect's temporary API.", "",
               "## Concurrency", "", "| case | what | invariant | held | detail | s |", "| --- | --- | --- | --- | --- | --- |"]
     for r in report["concurrency"]:
         detail = {k: v for k, v in r.items() if k not in ("case", "what", "invariant", "held", "seconds")}
