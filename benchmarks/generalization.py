@@ -204,7 +204,7 @@ def plot(report: dict, path: Path) -> None:
                     ls="-" if k in FFPP else "--")
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_xticks(steps, [e[:6] for e in r["experiences"]], rotation=30, fontsize=7)
-        ax.set(title=n, ylim=(0.3, 1.0), xlabel="after learning")
+        ax.set(title=n, ylim=(0.0, 1.0), xlabel="after learning")
     axes[0][0].set_ylabel("ROC AUC (dashed: never trained on)")
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -66,9 +66,10 @@ class Augmenter:
             out = _color_jitter(out, rng, s["color_strength"], s["hue_degrees"])
         # Sharpening and down-up resampling of every face, real or fake: without them a sharper
         # (or softer) photo than the training reals reads as forged (benchmarks/shortcuts.py).
-        if rng.random() < s["sharpen_p"]:
+        # (An op switched off draws nothing: the draws of the others stay as they were.)
+        if s["sharpen_p"] and rng.random() < s["sharpen_p"]:
             out = _sharpen(out, rng.uniform(0.1, 0.5))
-        if rng.random() < s["resample_p"]:
+        if s["resample_p"] and rng.random() < s["resample_p"]:
             out = _resample(out, rng.uniform(1.0, s["resample_max"]))
         if rng.random() < s["jpeg_p"]:
             out = _jpeg(out, int(rng.integers(s["jpeg_quality_min"], s["jpeg_quality_max"], endpoint=True)))

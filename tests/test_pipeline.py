@@ -16,7 +16,7 @@ from tests.conftest import REPO, run_dfcl, shared_data
 # The synthetic faces are taken whole (MTCNN re-framing and dlib's landmarks are for photos).
 TINY = ["-S", "data.image_size=32", "-S", "train.epochs=1", "-S", "model.width=8",
         "-S", "strategy.replay.mem_size=40", "-S", "faces.detect_in_images=false", "-S", "faces.landmarks=false",
-        "-S", "sbi.first=false"]
+        "-S", "sbi.first=false", "-S", "gate.min_auc=0.0"]  # one epoch of a tiny model: no first-champion floor
 
 
 def processed_version(ws: Path, name: str) -> str:
@@ -178,7 +178,9 @@ def test_demo_runs_the_whole_story_on_synthetic_data(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["demo"].update(train_per_class=24, test_per_class=12, size=32)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = run_dfcl(["demo", *TINY], tmp_path)
+    # One epoch of a width-8 CNN learns the drawn forgeries only roughly: the test is the story, not
+    # the gate's margins, which test_gate covers.
+    proc = run_dfcl(["demo", *TINY, "-S", "gate.max_point_drop=1", "-S", "gate.max_forgetting=1"], tmp_path)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     assert "outcome: promoted" in out
