@@ -244,7 +244,23 @@ class Learner:
                                    if x and (self.root / x).is_file()}))
         with self._rng_kept():
             return fit_trust(self.strategy.model, splits, self.history.threshold, self.params["trust"],
-                             self.strategy.device, self.params["train"]["seed"])
+                             self.strategy.device, self.params["train"]["seed"], self.unseen_sets(experiences))
+
+    def unseen_sets(self, experiences: list[ExperienceSpec]) -> list[tuple[str, tuple[Path, Path]]]:
+        """`trust.unseen_sets`: test faces of sets never trained on, (name, (images, labels)); a
+        folder of a learned experience is refused (its figures would not be of the unseen)."""
+        learned = {e.key for e in experiences}
+        out = []
+        for folder in self.params["trust"]["unseen_sets"]:
+            path = self.root / folder
+            name = "/".join(path.parts[-2:])
+            if name in learned:
+                raise ConfigError(f"trust.unseen_sets: {folder} is {name}, which this model learned")
+            if not (path / "test-x.npy").is_file():
+                raise ConfigError(f"trust.unseen_sets: {folder} holds no test-x.npy (extracted faces: "
+                                  "data/processed/<dataset>/<method>)")
+            out.append((name, (path / "test-x.npy", path / "test-y.npy")))
+        return out
 
     def trust_results(self) -> dict:
         """What the trust fit measured (dfcl.trust.measured) and its settings, for results and MLflow."""

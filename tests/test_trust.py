@@ -7,6 +7,7 @@ import pytest
 from dfcl.trust import (
     Calibration,
     Trust,
+    answer,
     choose_band,
     coverage,
     ece,
@@ -56,12 +57,12 @@ def test_the_band_reaches_its_precision_on_each_side_and_leaves_the_middle_uncer
     y2, p2 = draw(4000)
     fake, real = p2 >= hi, p2 < lo
     assert y2[fake].mean() >= 0.93 and (1 - y2[real]).mean() >= 0.93  # held-out draw, small sampling slack
-    c = coverage(y2, p2, (lo, hi))
+    c = coverage(y2, [answer(v, (lo, hi)) for v in p2])
     assert 0.3 < c["coverage"] < 0.9 and c["answered_accuracy"] >= 0.93
     # a coin flip never reaches 0.95: no answers at all, rather than wrong ones
     coin_y, coin_p = rng.integers(0, 2, 1000), rng.uniform(size=1000)
     lo, hi = choose_band(coin_y, coin_p, 0.95, 0.5)
-    assert coverage(coin_y, coin_p, (lo, hi))["coverage"] < 0.05
+    assert coverage(coin_y, [answer(v, (lo, hi)) for v in coin_p])["coverage"] < 0.05
 
 
 BASE = np.full(32, 3.0)  # features of a network are not centred at zero: cosine distances need that
