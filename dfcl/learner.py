@@ -237,14 +237,19 @@ class Learner:
 
     def fit_trust(self, experiences: list[ExperienceSpec]) -> Trust:
         """Calibration, the uncertain band and the feature space of everything learned (dfcl.trust)."""
+        with self._rng_kept():
+            return fit_trust(self.strategy.model, self.trust_splits(experiences), self.history.threshold,
+                             self.params["trust"], self.strategy.device, self.params["train"]["seed"],
+                             self.unseen_sets(experiences))
+
+    def trust_splits(self, experiences: list[ExperienceSpec]) -> list[tuple[str, dict[str, tuple[Path, Path]]]]:
+        """[(key, {"train"|"val"|"test": (images, labels)})]: what dfcl.trust fits and measures on."""
         splits = []
         for e in experiences:
             paths = {"train": (e.train_x, e.train_y), "val": (e.val_x, e.val_y), "test": (e.test_x, e.test_y)}
             splits.append((e.key, {k: (self.root / x, self.root / y) for k, (x, y) in paths.items()
                                    if x and (self.root / x).is_file()}))
-        with self._rng_kept():
-            return fit_trust(self.strategy.model, splits, self.history.threshold, self.params["trust"],
-                             self.strategy.device, self.params["train"]["seed"], self.unseen_sets(experiences))
+        return splits
 
     def unseen_sets(self, experiences: list[ExperienceSpec]) -> list[tuple[str, tuple[Path, Path]]]:
         """`trust.unseen_sets`: test faces of sets never trained on, (name, (images, labels)); a

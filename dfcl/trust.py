@@ -390,14 +390,18 @@ def fit_abstention(y, verdicts, by_class: np.ndarray, target: float, loosest: fl
 
 
 def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]],
-                      settings: dict, device="cpu", seed: int = 0) -> tuple[np.ndarray | None, np.ndarray | None, list, list]:
+                      settings: dict, device="cpu", seed: int = 0, score=None) -> tuple[np.ndarray | None, np.ndarray | None, list, list]:
     """What `fit_scored` fits on: features of up to `fit_faces` training faces per method and class
     (and their class: 0 real, i + 1 the fakes of experience i), and the validation and test
-    faces scored (Scored)."""
+    faces scored (Scored). `score(model, faces, device)` -> (P(fake), features): by default
+    scores_and_features with `trust.flip` (a benchmark passes its own, to score each face once)."""
     def load(paths):
         return np.load(paths[0], mmap_mode="r"), np.load(paths[1])
 
-    flip = settings["flip"]
+    def default(m, x, d):
+        return scores_and_features(m, x, d, flip=settings["flip"])
+
+    score = score or default
     fit_f, fit_l, val, test = [], [], [], []
     for i, (method, splits) in enumerate(experiences):
         if "train" in splits:
@@ -405,7 +409,7 @@ def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[
             for c in (0, 1):
                 idx = np.flatnonzero(y == c)[_sample(int((y == c).sum()), settings["fit_faces"], seed + i)]
                 if len(idx):
-                    _, f = scores_and_features(model, x[idx], device, flip=flip)
+                    _, f = score(model, x[idx], device)
                     if f is None:
                         break
                     fit_f.append(f)
@@ -413,7 +417,7 @@ def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[
         for split, into in (("val", val), ("test", test)):
             if split in splits:
                 x, y = load(splits[split])
-                into.append(Scored(method, y, *scores_and_features(model, x, device, flip=flip)))
+                into.append(Scored(method, y, *score(model, x, device)))
     if not fit_f:
         return None, None, val, test
     return np.concatenate(fit_f), np.concatenate(fit_l), val, test
