@@ -23,9 +23,15 @@ nothing is ever unpickled):
   0.32-0.57 (unseen faces land near the class means once whitened), k-NN cosine at 0.83-0.89
   (0.85 with 1,000 reference faces); the class means named the FF++ method of a fake 0.64 of
   the time, a k-NN vote 0.52.
+- abstention on the unfamiliar: the same k-NN distance to the real and to the fake reference faces
+  apart; an answer is withheld when the face is farther from the learned faces of its answer than
+  a cut fit on validation faces (`fit_abstention`: a class-wise, Mondrian conformal quantile at the
+  strictest level that keeps `trust.coverage` of them answered). Written here in a few lines of
+  numpy rather than with crepes or MAPIE (which compute such class-wise conformal p-values): the
+  features and the k-NN score are this module's, and a quantile per class is all the rule needs.
 
-Over 300 lines: calibration, band, novelty and attribution are fit together, saved in one file
-and applied together to each face; apart they would each need the others' features and file.
+Over 300 lines: calibration, band, novelty, abstention and attribution are fit together, saved
+in one file and applied together to each face; apart they would each need the others' features and file.
 """
 from __future__ import annotations
 
