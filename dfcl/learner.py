@@ -252,19 +252,25 @@ class Learner:
         return splits
 
     def unseen_sets(self, experiences: list[ExperienceSpec]) -> list[tuple[str, tuple[Path, Path]]]:
-        """`trust.unseen_sets`: test faces of sets never trained on, (name, (images, labels)); a
-        folder of a learned experience is refused (its figures would not be of the unseen)."""
-        learned = {e.key for e in experiences}
-        out = []
+        """`trust.unseen_sets`: test faces of sets never trained on, (name, (images, labels)). A
+        folder with any test face of an experience this model learned (any split, by content:
+        dfcl.leaks) is refused: its figures would not be of the unseen."""
+        from dfcl.leaks import face_hashes
+
+        out, trained = [], None
         for folder in self.params["trust"]["unseen_sets"]:
             path = self.root / folder
-            name = "/".join(path.parts[-2:])
-            if name in learned:
-                raise ConfigError(f"trust.unseen_sets: {folder} is {name}, which this model learned")
             if not (path / "test-x.npy").is_file():
                 raise ConfigError(f"trust.unseen_sets: {folder} holds no test-x.npy (extracted faces: "
                                   "data/processed/<dataset>/<method>)")
-            out.append((name, (path / "test-x.npy", path / "test-y.npy")))
+            if trained is None:
+                trained = {h for e in experiences for x in (e.train_x, e.val_x, e.test_x) if x
+                           for h in face_hashes(self.root / x)}
+            shared = sum(h in trained for h in face_hashes(path / "test-x.npy"))
+            if shared:
+                raise ConfigError(f"trust.unseen_sets: {shared} test faces of {folder} are faces of a set this "
+                                  "model learned; list only sets it never trained on")
+            out.append(("/".join(path.parts[-2:]), (path / "test-x.npy", path / "test-y.npy")))
         return out
 
     def trust_results(self) -> dict:

@@ -106,6 +106,7 @@ def test_a_trust_file_that_is_not_one_is_refused(tmp_path):
 
 
 def test_the_learner_fits_trust_after_each_experience_and_it_travels(demo_data, tmp_path):
+    from dfcl.config import ConfigError
     from dfcl.detector import load_detector
     from dfcl.learner import Learner
     from tests.conftest import small_params
@@ -125,6 +126,14 @@ def test_the_learner_fits_trust_after_each_experience_and_it_travels(demo_data, 
     learner.save()
     detector = load_detector(str(tmp_path / "learner"), params, tmp_path)
     assert detector.trust.summary() == learner.trust.summary()
+    # a set it never trained on is measured into the model card; one it trained on is refused
+    learner.params = small_params("train.epochs=2", "trust.unseen_sets=[MouthWarp/MouthWarp]")
+    specs_for(demo_data, tmp_path, ["MouthWarp"])
+    unseen = learner.fit_trust(learner.history.experiences).report["unseen"]["MouthWarp/MouthWarp"]
+    assert {"test_coverage", "test_answered_accuracy", "test_real_called_fake"} <= set(unseen)
+    learner.params = small_params("train.epochs=2", "trust.unseen_sets=[BlendSwap/BlendSwap]")
+    with pytest.raises(ConfigError, match="faces of a set this model learned"):
+        learner.fit_trust(learner.history.experiences)
     assert [r["method"] for r in detector.info["learned"]] == ["BlendSwap", "GANUpsample"]
 
 
