@@ -76,9 +76,19 @@ def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool):
     return fit_f, fit_l, val, test, out
 
 
-def measure(trust, s) -> dict:
+def unfamiliarity(trust, s) -> tuple[np.ndarray, np.ndarray]:
+    """(novelty, distance to the learned faces of the class the face is answered as a share of
+    that class's cut: above 1 withheld) of each face."""
+    q = trust.calibration(s.p)
+    novelty, by_class = trust.space.familiarity(s.features)
+    c = (q >= trust.threshold).astype(int)
+    return novelty, by_class[np.arange(len(c)), c] / np.asarray(trust.unfamiliar)[c]
+
+
+def measure(trust, s, learned=None) -> dict:
     """One set's figures under `trust`: AUC, calibration, the band alone and the band with the
-    abstention on the unfamiliar, novelty."""
+    abstention on the unfamiliar, novelty; with `learned` (the learned test faces' unfamiliarity),
+    the AUROC of telling this set's real faces, and its fakes, from those by each score."""
     from sklearn.metrics import roc_auc_score
 
     from dfcl.trust import answer, coverage, ece
@@ -93,9 +103,15 @@ def measure(trust, s) -> dict:
            **{f"band_{k}": v for k, v in coverage(s.y, [answer(v, trust.band) for v in q]).items()},
            **coverage(s.y, verdicts), "withheld_unfamiliar": float(withheld.mean()),
            "novel_share": float(np.mean([j["novel"] for j in judged]))}
+    mine = unfamiliarity(trust, s)
     for c, name in ((0, "real"), (1, "fake")):
         if (s.y == c).any():
             row[f"withheld_{name}s"] = float(withheld[s.y == c].mean())
+            if learned is not None:
+                for score, theirs, ours in zip(("novelty", "class_distance"), learned, mine):
+                    both = np.r_[theirs, ours[s.y == c]]
+                    row[f"{score}_auroc_{name}s"] = float(roc_auc_score(np.r_[np.zeros(len(theirs)),
+                                                                              np.ones((s.y == c).sum())], both))
     return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
 
 
@@ -119,6 +135,7 @@ def curves(trust, s) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--learner", required=True, type=Path)
+    ap.add_argument("--root", type=Path, default=Path("/"), help="the folder its experiences' paths are relative to")
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="key=value the learner was trained with")
     ap.add_argument("--unseen", action="append", default=[], help="NAME=FACES[:split,...] of a set never trained on")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -131,7 +148,7 @@ def main(argv=None) -> int:
     from dfcl.trust import Scored, fit_scored
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", args.overrides)
-    learner = Learner.load(args.learner.resolve(), params, Path("/"))
+    learner = Learner.load(args.learner.resolve(), params, args.root.resolve())
     methods = [e.key for e in learner.history.experiences]
     start = time.perf_counter()
     fit_f, fit_l, val, test, unseen = scored_faces(learner, args.unseen, WORK / f"scores-{args.tag}.npz", args.rescore)
@@ -154,9 +171,10 @@ def main(argv=None) -> int:
         pooled = Scored("learned (all test faces)", np.concatenate([s.y for s in v_test]),
                         np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]))
         name = "flip" if flip else "plain"
+        learned = unfamiliarity(trust, pooled)
         report["variants"][name] = {"trust": trust.summary(),
                                     "learned": {s.name: measure(trust, s) for s in [pooled, *v_test]},
-                                    "unseen": {s.name: measure(trust, s) for s in v_unseen}}
+                                    "unseen": {s.name: measure(trust, s, learned) for s in v_unseen}}
         plotted[name] = {s.name: curves(trust, s) for s in [pooled, *v_unseen]}
         # the rule's one knob: how much of the learned validation faces it keeps answering
         report["sweep"][name] = {}
@@ -225,6 +243,14 @@ def markdown(r: dict) -> str:
                              f"{f(m['band_answered_accuracy'])} | {f(m['band_real_called_fake'])} | **{f(m['coverage'])}** | "
                              f"**{f(m['answered_accuracy'])}** | **{f(m['real_called_fake'])}** | "
                              f"{f(m.get('withheld_reals'))} | {f(m.get('withheld_fakes'))} |")
+        lines += ["", "Novelty on the sets never trained on, their real and their fake faces apart: AUROC of telling "
+                  "them from the learned methods' test faces, by the k-NN novelty to every learned face (the `novel` "
+                  "flag) and by the distance to the learned faces of the class each is answered (the rule):", "",
+                  "| set | novelty: reals | novelty: fakes | class distance: reals | class distance: fakes |",
+                  "| --- | --- | --- | --- | --- |"]
+        for k, m in v["unseen"].items():
+            lines.append(f"| {k} | {f(m.get('novelty_auroc_reals'))} | {f(m.get('novelty_auroc_fakes'))} | "
+                         f"{f(m.get('class_distance_auroc_reals'))} | {f(m.get('class_distance_auroc_fakes'))} |")
         lines.append("")
     lines += ["## The rule's knob: `trust.coverage` (share of learned validation faces still answered)", "",
               "answered / accuracy of the answered / reals answered fake, per set (no flip):", "",
