@@ -31,22 +31,26 @@ WORK = Path(__file__).parent / ".work" / "trust"
 COVERAGE_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def both_ways(model, x, device="cpu"):
-    """(N, 2) P(fake) and (N, 2, D) features: each face as it is and mirrored."""
+def ways(mirrored: bool):
+    """A score function: (N, W) P(fake) and (N, W, D) features, each face as it is (and mirrored)."""
     from dfcl.trust import scores_and_features
 
-    p, f = scores_and_features(model, x, device)
-    p2, f2 = scores_and_features(model, np.ascontiguousarray(np.asarray(x)[:, :, ::-1]), device)
-    return np.stack([p, p2], 1), np.stack([f, f2], 1)
+    def score(model, x, device="cpu"):
+        p, f = scores_and_features(model, x, device)
+        if not mirrored:
+            return p[:, None], f[:, None]
+        p2, f2 = scores_and_features(model, np.ascontiguousarray(np.asarray(x)[:, :, ::-1]), device)
+        return np.stack([p, p2], 1), np.stack([f, f2], 1)
+    return score
 
 
 def oriented(a, flip: bool):
-    """One orientation of both_ways' arrays: the face as it is, or the mean with its mirror."""
+    """One orientation of the arrays `ways` scores: the face as it is, or the mean with its mirror."""
     return None if a is None else a.mean(1) if flip else a[:, 0]
 
 
-def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool):
-    """(fit features, fit labels, val, test, unseen) scored both ways, from the cache when there."""
+def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrored: bool):
+    """(fit features, fit labels, val, test, unseen) scored (each way), from the cache when there."""
     from dfcl.trust import Scored, score_experiences
 
     if cache.is_file() and not rescore:
@@ -57,7 +61,7 @@ def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool):
     model = learner.strategy.model.to("cpu").eval()
     fit_f, fit_l, val, test = score_experiences(model, learner.trust_splits(learner.history.experiences),
                                                 learner.params["trust"], "cpu", learner.params["train"]["seed"],
-                                                score=both_ways)
+                                                score=ways(mirrored))
     out = []
     for item in unseen:
         name, rest = item.split("=", 1)
@@ -65,7 +69,7 @@ def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool):
         splits = splits.split(",") if splits else ["test"]
         x = np.concatenate([np.load(Path(folder) / f"{s}-x.npy", mmap_mode="r") for s in splits])
         y = np.concatenate([np.load(Path(folder) / f"{s}-y.npy") for s in splits])
-        out.append(Scored(name, y, *both_ways(model, x)))
+        out.append(Scored(name, y, *ways(mirrored)(model, x)))
     arrays = {"fit_f": fit_f, "fit_l": fit_l}
     for k, sets in (("val", val), ("test", test), ("unseen", out)):
         arrays[f"{k}_names"] = np.array([s.name for s in sets])
@@ -141,6 +145,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="cpu")
     ap.add_argument("--rescore", action="store_true", help="score the faces again instead of reading the cache")
+    ap.add_argument("--no-flip", dest="flip", action="store_false", help="skip the flip-averaged variant (half the time)")
     args = ap.parse_args(argv)
 
     from dfcl.config import load_params
@@ -151,7 +156,8 @@ def main(argv=None) -> int:
     learner = Learner.load(args.learner.resolve(), params, args.root.resolve())
     methods = [e.key for e in learner.history.experiences]
     start = time.perf_counter()
-    fit_f, fit_l, val, test, unseen = scored_faces(learner, args.unseen, WORK / f"scores-{args.tag}.npz", args.rescore)
+    cache = WORK / f"scores-{args.tag}-{'mirrored' if args.flip else 'plain'}.npz"
+    fit_f, fit_l, val, test, unseen = scored_faces(learner, args.unseen, cache, args.rescore, args.flip)
     score_s = time.perf_counter() - start
     print(f"scored in {score_s:.0f} s", flush=True)
 
@@ -163,7 +169,8 @@ def main(argv=None) -> int:
               "command": "python benchmarks/trust.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "score_seconds": round(score_s, 1)}
     plotted = {}
-    for flip in (False, True):
+    report["sweep"]["plain"] = {}
+    for flip in (False, True) if args.flip else (False,):
         settings = {**params["trust"], "flip": flip}
         v_val, v_test, v_unseen = variant(val, flip), variant(test, flip), variant(unseen, flip)
         trust = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, v_test, learner.history.threshold,
@@ -177,12 +184,13 @@ def main(argv=None) -> int:
                                     "unseen": {s.name: measure(trust, s, learned) for s in v_unseen}}
         plotted[name] = {s.name: curves(trust, s) for s in [pooled, *v_unseen]}
         # the rule's one knob: how much of the learned validation faces it keeps answering
-        report["sweep"][name] = {}
+        if flip:
+            continue
         for target in COVERAGE_SWEEP:
             t = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, [], learner.history.threshold,
                            {**settings, "coverage": target}, params["train"]["seed"])
             t = replace(t, report={})
-            report["sweep"][name][str(target)] = {s.name: {k: measure(t, s)[k] for k in
+            report["sweep"]["plain"][str(target)] = {s.name: {k: measure(t, s)[k] for k in
                                                            ("coverage", "answered_accuracy", "real_called_fake")}
                                                   for s in [pooled, *v_unseen]}
     plot(plotted, report, args.out / f"trust_{args.tag}.png")
@@ -199,7 +207,7 @@ def plot(plotted: dict, report: dict, path: Path) -> None:
     names = list(plotted["plain"])
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
-        for variant, style in (("plain", "-"), ("flip", ":")):
+        for variant, style in (("plain", "-"), ("flip", ":"))[:len(plotted)]:
             for curve, colour in (("margin", "tab:grey"), ("margin + familiarity", "tab:blue")):
                 c, a = plotted[variant][name][curve]
                 ax.plot(c, a, style, color=colour, label=f"{curve} ({variant})")
