@@ -34,7 +34,8 @@ def test_detect_scores_photos_crops_and_videos_and_reports_broken_files(champion
     assert len(scored) >= 12 and video["p_fake"] == pytest.approx(np.mean(scored), abs=1e-3)  # mean aggregation
     lo, hi = video["band"]  # calibrated P(fake): fake at or above hi, real below lo, uncertain between
     expected = "fake" if video["p_fake"] >= hi else "real" if video["p_fake"] < lo else "uncertain"
-    assert video["verdict"] == expected or (video["verdict"] == "uncertain" and "frames disagree" in video["reason"])
+    assert video["verdict"] == expected or (video["verdict"] == "uncertain" and (
+        "frames disagree" in video["reason"] or video["reason"].startswith("no answer: ")))  # most frames withheld
     # a champion this small may get the identity calibration (its fit would turn scores around): it says so
     assert video["calibrated"] == video["model"]["calibrated"] and video["reason"] and video["novel"] in (True, False)
 
