@@ -82,9 +82,12 @@ def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrore
 
 def unfamiliarity(trust, s) -> tuple[np.ndarray, np.ndarray]:
     """(novelty, distance to the learned faces of the class the face is answered as a share of
-    that class's cut: above 1 withheld) of each face."""
+    that class's cut: above 1 withheld) of each face; the second NaN where the learned training
+    faces hold one class only (a self-blended experience alone: its fakes are made while training)."""
     q = trust.calibration(s.p)
     novelty, by_class = trust.space.familiarity(s.features)
+    if by_class is None:
+        return novelty, np.full(len(q), np.nan)
     c = (q >= trust.threshold).astype(int)
     return novelty, by_class[np.arange(len(c)), c] / np.asarray(trust.unfamiliar)[c]
 
@@ -114,6 +117,8 @@ def measure(trust, s, learned=None) -> dict:
             if learned is not None:
                 for score, theirs, ours in zip(("novelty", "class_distance"), learned, mine):
                     both = np.r_[theirs, ours[s.y == c]]
+                    if np.isnan(both).any():
+                        continue
                     row[f"{score}_auroc_{name}s"] = float(roc_auc_score(np.r_[np.zeros(len(theirs)),
                                                                               np.ones((s.y == c).sum())], both))
     return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
