@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, save_results  # noqa: E402
 
 WORK = Path(__file__).parent / ".work" / "trust"
-COVERAGE_SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7)
+KEEP_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def ways(mirrored: bool):
@@ -125,17 +125,18 @@ def measure(trust, s, learned=None) -> dict:
 
 
 def curves(trust, s) -> dict:
-    """Risk-coverage curves of one set: by the calibrated margin alone, and with the faces the
-    abstention withholds as unfamiliar answered last."""
+    """Risk-coverage curves of one set: faces answered by calibrated P(fake) >= 0.5, the surest
+    first (max(P, 1 - P), the softmax response of Geifman & El-Yaniv 2017), and the same with the
+    faces the abstention withholds as unfamiliar answered last."""
     from dfcl.trust import risk_coverage
 
     judged = trust.judge(s.p, s.features)
     q = np.array([j["p_fake"] for j in judged])
-    margin = np.abs(q - trust.threshold)
+    sure = np.maximum(q, 1 - q)
     withheld = np.array([bool(j.get("why")) for j in judged])
-    pred = (q >= trust.threshold).astype(float)
+    pred = (q >= 0.5).astype(float)
     out = {}
-    for name, order in (("margin", -margin), ("margin + familiarity", -margin + 10 * withheld)):
+    for name, order in (("P(fake)", -sure), ("P(fake) + familiarity", -sure + 10 * withheld)):
         c, a = risk_coverage(s.y, pred, order)
         out[name] = (c.tolist(), a.tolist())
     return out
@@ -191,11 +192,11 @@ def main(argv=None) -> int:
         # the rule's one knob: how much of the learned validation faces it keeps answering
         if flip:
             continue
-        for target in COVERAGE_SWEEP:
+        for keep in KEEP_SWEEP:
             t = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, [], learner.history.threshold,
-                           {**settings, "coverage": target}, params["train"]["seed"])
+                           {**settings, "keep": keep}, params["train"]["seed"])
             t = replace(t, report={})
-            report["sweep"]["plain"][str(target)] = {s.name: {k: measure(t, s)[k] for k in
+            report["sweep"]["plain"][str(keep)] = {s.name: {k: measure(t, s)[k] for k in
                                                            ("coverage", "answered_accuracy", "real_called_fake")}
                                                   for s in [pooled, *v_unseen]}
     plot(plotted, report, args.out / f"trust_{args.tag}.png")
@@ -213,7 +214,7 @@ def plot(plotted: dict, report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
         for variant, style in (("plain", "-"), ("flip", ":"))[:len(plotted)]:
-            for curve, colour in (("margin", "tab:grey"), ("margin + familiarity", "tab:blue")):
+            for curve, colour in (("P(fake)", "tab:grey"), ("P(fake) + familiarity", "tab:blue")):
                 c, a = plotted[variant][name][curve]
                 ax.plot(c, a, style, color=colour, label=f"{curve} ({variant})")
             rows = report["variants"][variant]["learned" if name.startswith("learned") else "unseen"][name]
@@ -221,10 +222,11 @@ def plot(plotted: dict, report: dict, path: Path) -> None:
                 ax.plot(rows["coverage"], rows["answered_accuracy"], "o" if variant == "plain" else "s",
                         color="tab:red", label=f"the product's answers ({variant})")
         ax.axhline(0.95 if name.startswith("learned") else 0.80, color="k", lw=0.6, ls="--")
-        ax.set(title=name, xlabel="coverage (share answered)", xlim=(0, 1), ylim=(0.3, 1.01))
+        ax.set(title=name, xlabel="coverage (share answered)", xlim=(0, 1), ylim=(0, 1.01))
     axes[0][0].set_ylabel("accuracy of the answered")
     axes[0][-1].legend(fontsize=6, loc="lower left")
-    fig.suptitle("Risk-coverage: faces answered most confident first; dashed: the target", fontsize=9)
+    fig.suptitle("Risk-coverage: faces answered surest first (calibrated P(fake)); dots: the product's answers; "
+                 "dashed: the target", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -265,12 +267,12 @@ def markdown(r: dict) -> str:
             lines.append(f"| {k} | {f(m.get('novelty_auroc_reals'))} | {f(m.get('novelty_auroc_fakes'))} | "
                          f"{f(m.get('class_distance_auroc_reals'))} | {f(m.get('class_distance_auroc_fakes'))} |")
         lines.append("")
-    lines += ["## The rule's knob: `trust.coverage` (share of learned validation faces still answered)", "",
+    lines += ["## The rule's knob: `trust.keep` (share of the band's answers on learned validation faces kept)", "",
               "answered / accuracy of the answered / reals answered fake, per set (no flip):", "",
-              "| trust.coverage | " + " | ".join(r["sweep"]["plain"][str(COVERAGE_SWEEP[0])]) + " |",
-              "| --- |" + " --- |" * len(r["sweep"]["plain"][str(COVERAGE_SWEEP[0])])]
-    for target, sets in r["sweep"]["plain"].items():
-        lines.append(f"| {target} | " + " | ".join(f"{f(m['coverage'])} / {f(m['answered_accuracy'])} / "
+              "| trust.keep | " + " | ".join(r["sweep"]["plain"][str(KEEP_SWEEP[0])]) + " |",
+              "| --- |" + " --- |" * len(r["sweep"]["plain"][str(KEEP_SWEEP[0])])]
+    for keep, sets in r["sweep"]["plain"].items():
+        lines.append(f"| {keep} | " + " | ".join(f"{f(m['coverage'])} / {f(m['answered_accuracy'])} / "
                                                    f"{f(m['real_called_fake'])}" for m in sets.values()) + " |")
     return "\n".join(lines) + "\n"
 

@@ -26,7 +26,7 @@ nothing is ever unpickled):
 - abstention on the unfamiliar: the same k-NN distance to the real and to the fake reference faces
   apart; an answer is withheld when the face is farther from the learned faces of its answer than
   a cut fit on validation faces (`fit_abstention`: a class-wise, Mondrian conformal quantile at the
-  strictest level that keeps `trust.coverage` of them answered). Written here in a few lines of
+  strictest level that keeps `trust.keep` of the band's answers there). Written here in a few lines of
   numpy rather than with crepes or MAPIE (which compute such class-wise conformal p-values): the
   features and the k-NN score are this module's, and a quantile per class is all the rule needs.
 
@@ -372,15 +372,14 @@ class Scored:
     features: np.ndarray | None
 
 
-def fit_abstention(y, verdicts, by_class: np.ndarray, target: float, loosest: float) -> tuple[tuple[float, float], float]:
+def fit_abstention(y, verdicts, by_class: np.ndarray, keep: float, loosest: float) -> tuple[tuple[float, float], float]:
     """Cuts (real, fake) on the distance of a face to the learned faces of the class it is answered
     (FeatureSpace.familiarity), and the level they sit at. Each cut is that quantile of the
     distances of its own class's validation faces (a Mondrian conformal cut: a new face of a
     learned method is withheld with probability about 1 - level); the level is the lowest that
-    still answers `target` of the validation faces, so the model withholds every answer that
-    coverage target allows it to, and at most `loosest` (the loosest cut, for a band that answers
-    less than `target` alone). The rule is the selective classifier's: fix the coverage on what
-    was learned, abstain most on what is unlike it."""
+    still keeps `keep` of the band's answers on the validation faces, so the model withholds every
+    answer that loss allows it to, and at most `loosest`. The rule is the selective classifier's:
+    fix what it may cost on what was learned, abstain most on what is unlike it."""
     y, v = np.asarray(y), np.asarray(verdicts)
     answered, c = v != "uncertain", (v == "fake").astype(int)
     d = by_class[np.arange(len(y)), c]
@@ -390,7 +389,7 @@ def fit_abstention(y, verdicts, by_class: np.ndarray, target: float, loosest: fl
 
     for level in np.round(np.arange(0.01, loosest, 0.01), 2):
         cuts = cuts_at(level)
-        if (answered & (d <= np.asarray(cuts)[c])).mean() >= target:
+        if (answered & (d <= np.asarray(cuts)[c])).sum() >= keep * answered.sum():
             return cuts, float(level)
     return cuts_at(loosest), float(loosest)
 
@@ -450,7 +449,7 @@ def fit_scored(fit_f, fit_l, methods: list[str], val: list[Scored], test: list[S
         trust.novelty_threshold = float(np.quantile(novelty, settings["novelty_quantile"]))
         if by_class is not None:
             verdicts = [r["verdict"] for r in trust.judge(vp, None)]
-            trust.unfamiliar, level = fit_abstention(vy, verdicts, by_class, settings["coverage"],
+            trust.unfamiliar, level = fit_abstention(vy, verdicts, by_class, settings["keep"],
                                                      settings["novelty_quantile"])
             trust.report["unfamiliar_level"] = level
     trust.report |= measured(trust, val, "val") | measured(trust, test, "test")

@@ -188,13 +188,13 @@ def confident(label, rng):
 
 
 SETTINGS = {"precision": 0.95, "novelty_quantile": 0.95, "novelty_k": 10, "novelty_reference": 1000,
-            "components": 32, "fit_faces": 400, "coverage": 0.5, "flip": False}
+            "components": 32, "fit_faces": 400, "keep": 0.8, "flip": False}
 REAL, FAKE, ELSEWHERE = np.zeros(32), np.r_[5, np.zeros(31)], np.r_[0, 0, 7, -4, np.zeros(28)]
 
 
 def test_an_answer_whose_face_is_unlike_the_learned_faces_of_its_class_is_withheld_at_the_coverage_fit(tmp_path):
-    """The rule is fit on validation faces alone: it keeps `trust.coverage` of them answered and
-    withholds answers on a kind of real face it never saw, which the model calls fake with
+    """The rule is fit on validation faces alone: it keeps `trust.keep` of the band's answers there
+    and withholds answers on a kind of real face it never saw, which the model calls fake with
     confidence (the sharp portrait of the issue)."""
     from dfcl.trust import fit_scored
 
@@ -203,10 +203,9 @@ def test_an_answer_whose_face_is_unlike_the_learned_faces_of_its_class_is_withhe
     val = scored("A", rng, [(REAL, 0), (FAKE, 1)], 200, confident)
     test = scored("A", rng, [(REAL, 0), (FAKE, 1)], 200, confident)
     trust = fit_scored(train.features, train.y, ["A"], [val], [test], 0.5, SETTINGS)
-    assert trust.report["val_coverage"] >= 0.5 and trust.report["unfamiliar_level"] < 0.95
-    # without the cut the band alone answers more of the learned faces: the rule withheld some
+    # without the cut the band alone answers more of the learned faces: the rule withheld what it may
     band_only = coverage(val.y, [answer(float(q), trust.band) for q in trust.calibration(val.p)])["coverage"]
-    assert band_only > trust.report["val_coverage"]
+    assert 0.8 * band_only <= trust.report["val_coverage"] < band_only and trust.report["unfamiliar_level"] < 0.95
     assert trust.report["test_coverage"] > 0.4 and trust.report["test_answered_accuracy"] >= 0.95
 
     portraits = rng.normal(BASE + ELSEWHERE, 1.0, (200, 32))
