@@ -55,6 +55,8 @@ ROWS = {
                         ["sbi.enabled=true"], True),
     "sbi_long": ("the self-blended experience first (pairs, seams inside the crop), 12 epochs, the best validation "
                  "epoch kept; then the FF++ sequence", ["sbi.epochs=12", "train.early_stopping_patience=3"], True),
+    "sbi_multi": ("the self-blended experience of real faces of several cameras (--sbi-reals), 3 epochs, the best "
+                  "validation epoch kept; then the FF++ sequence", ["sbi.epochs=3", "train.early_stopping_patience=2"], True),
     "sbi_first_mask": ("the self-blended experience first, with the forgery-mask head (model.mask_head)",
                        ["model.mask_head=true"], True),
 }
@@ -75,12 +77,12 @@ def faces(data: Path, work: Path, params: dict, unseen_cap: int, real_sets: list
     name = params["sbi"]["method"]
     sbi = {"": extract_once(data / "ffpp-crops", work, whole, name=name)[name]}
     if real_sets:  # FF++'s reals and those of other cameras, as `sbi.real_sets` gives the flow
-        cap = {Path(f).name: int(n) for f, n in (s.split(":") for s in real_sets)}
+        cap = {f: int(n) for f, n in (s.split(":") for s in real_sets)}  # folder (under --data): files
         if len(set(cap.values())) > 1:
             raise SystemExit("--sbi-reals: one count for every folder (sbi.max_per_set)")
         gather = apply_overrides(whole, [f"sbi.max_per_set={next(iter(cap.values()))}"])
-        folder = gather_reals([data / "ffpp-crops"] + [data / f for f in cap], work / ("reals-" + "-".join(real_sets)),
-                              gather)
+        folder = gather_reals([data / "ffpp-crops"] + [data / f for f in cap],
+                              work / ("reals-" + "-".join(real_sets).replace("/", "_")), gather)
         sbi["+".join(real_sets)] = extract_once(folder, work, whole, name=name)[name]
     return {"ffpp": ffpp, "sbi": sbi, "scored": scored}
 

@@ -52,7 +52,14 @@ from starlette.datastructures import UploadFile
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
-from dfcl.api_guards import RequireToken, SecurityHeaders, UploadCap, error
+from dfcl.api_guards import (
+    RequireToken,
+    SecurityHeaders,
+    UploadCap,
+    error,
+    is_loopback,
+    open_bind,
+)
 from dfcl.config import ConfigError
 from dfcl.detect import FaceScorer, in_time
 from dfcl.detector import load_mlflow_detector
@@ -281,9 +288,9 @@ def uvicorn_config(app, params: dict, host: str, port: int, **kwargs):
                           timeout_keep_alive=5, **kwargs)
 
 
-def serve(params: dict, host: str | None = None, port: int | None = None) -> None:
+def serve(params: dict, host: str | None = None, port: int | None = None, insecure: bool = False) -> None:
     """Run the API with uvicorn until SIGINT or SIGTERM; either stops it cleanly (requests in
-    flight finish), says so, and returns."""
+    flight finish), says so, and returns. Beyond loopback only with a token, or `insecure`."""
     import signal
 
     import uvicorn
@@ -291,12 +298,16 @@ def serve(params: dict, host: str | None = None, port: int | None = None) -> Non
     a = params["api"]
     host, port = host or a["host"], port or a["port"]
     token = api_token(params)
+    why = open_bind(host, token, insecure)
+    if why:
+        raise ConfigError(why)
     print(f"deepfake-cl detection on http://{host}:{port}/ (API schema at /openapi.json); "
           f"following alias {a['alias']!r} every {a['reload_s']} s; "
           + (f"access token required (from ${a['token_env']})" if token else "no access token required"), flush=True)
-    if not token and host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"dfcl api: warning: listening on {host} without an access token; set ${a['token_env'] or 'DFCL_API_TOKEN'} "
-              "(api.token_env) and put TLS in front (docs/detection.md: A public deployment)", flush=True)
+    if not token and not is_loopback(host):
+        print(f"dfcl api: warning: --insecure: listening on {host} without an access token; set "
+              f"${a['token_env'] or 'DFCL_API_TOKEN'} (api.token_env) and put TLS in front "
+              "(docs/detection.md: A public deployment)", flush=True)
     # uvicorn shuts down gracefully on these, then raises the signal again for the handler it
     # found: ours records it instead of killing the process mid-exit.
     stopped_by = []

@@ -1,9 +1,12 @@
 """The REST API's guards, as ASGI middleware around the app (dfcl.api): a cap on the upload's size
-and the time it may take to arrive, a bearer token on /v1/*, and security headers on every answer."""
+and the time it may take to arrive, a bearer token on /v1/*, and security headers on every answer;
+and, before it listens, no address beyond loopback without a token (`open_bind`)."""
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
+import socket
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -13,6 +16,30 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
                     (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback one ("" and 0.0.0.0 are every interface)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: what it resolves to
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def open_bind(host: str, token: str | None, insecure: bool) -> str | None:
+    """Why the API must not listen on `host`, or None. The Host allow-list is no access control
+    (a client sends `Host: 127.0.0.1`): beyond loopback only a token is, unless the operator
+    says --insecure (e.g. behind a proxy that authenticates)."""
+    if token or insecure or is_loopback(host):
+        return None
+    return (f"refusing to listen on {host or 'every interface'} without an access token: anyone who reaches it could "
+            "use it. Set the token's environment variable (api.token_env, e.g. DFCL_API_TOKEN), or pass --insecure "
+            "(docs/detection.md: A public deployment)")
 
 
 def error(code: int, message: str, **extra) -> JSONResponse:

@@ -21,7 +21,7 @@ from dfcl.config import (
 )
 from dfcl.layouts import LayoutError, known_layouts
 from dfcl.logs import configure_logging
-from dfcl.ops import OpsError
+from dfcl.ops import OpsError, workspace_lock
 from dfcl.pinning import PinnedDataError
 from dfcl.workspace import Workspace, configure_environment
 
@@ -63,7 +63,8 @@ def cmd_ingest(args, params):
     data = _one_or_many(args.data)
     require_dataset(data, params, args.method, _csv(args.methods))
     from flows.ingest import ingest_dataset
-    ingested = ingest_dataset(data, params, method=args.method, methods=_csv(args.methods))
+    with workspace_lock(Workspace.here().root, params["flow"]["lock_wait_s"], f"dfcl ingest {data}"):
+        ingested = ingest_dataset(data, params, method=args.method, methods=_csv(args.methods))
     st = ingested.stats
     print(f"\n{ingested.name}: layout {ingested.layout}; raw version {ingested.raw_version}, "
           f"faces version {ingested.version}")
@@ -98,7 +99,8 @@ def cmd_retrain(args, params):
         retrain_detector,  # after the check: importing the stack takes seconds
     )
     outcome = retrain_detector(data, params, method=args.method, methods=_csv(args.methods),
-                               auto_approve=args.auto_approve, fresh=args.fresh)
+                               auto_approve=args.auto_approve, fresh=args.fresh,
+                               from_challenger=args.from_challenger)
     print(outcome_summary(outcome))
     return 0
 
@@ -115,8 +117,9 @@ def cmd_compare(args, params):
     from flows.compare import (
         compare,  # after the checks: importing the stack takes seconds
     )
-    report = compare(args.data, params, strategies=strategies, methods=_csv(args.methods), seeds=seeds,
-                     json_out=args.json, artifacts_dir=args.plots)
+    with workspace_lock(Workspace.here().root, params["flow"]["lock_wait_s"], f"dfcl compare {' '.join(args.data)}"):
+        report = compare(args.data, params, strategies=strategies, methods=_csv(args.methods), seeds=seeds,
+                         json_out=args.json, artifacts_dir=args.plots)
     print(compare_table(report))
     return 0
 
@@ -157,7 +160,7 @@ def cmd_rollback(args, params):
 def cmd_history(args, params):
     import pandas as pd
 
-    from dfcl.ops import alias_history
+    from dfcl.ops import alias_history, inconsistencies
 
     name = params["mlflow"]["registered_model"]
     aliases, events = alias_history(name)
@@ -165,6 +168,17 @@ def cmd_history(args, params):
     if events:
         table = pd.DataFrame(events)[["at", "action", "version", "previous", "by", "reason"]].fillna("")
         print(table.to_string(index=False))
+    for line in inconsistencies(name):
+        print(f"inconsistent: {line}")
+    return 0
+
+
+def cmd_repair(args, params):
+    from dfcl.ops import repair
+
+    name = params["mlflow"]["registered_model"]
+    done = repair(name, args.by or os.environ.get("USER", "ops"))
+    print(f"{name}: " + ("; ".join(done) if done else "history, aliases and tags agree; nothing to repair"))
     return 0
 
 
@@ -215,7 +229,7 @@ def cmd_detect(args, params):
 def cmd_api(args, params):
     from dfcl.api import serve
 
-    serve(params, args.host, args.port)
+    serve(params, args.host, args.port, insecure=args.insecure)
     return 0
 
 
@@ -265,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated subset and order of methods to learn")
     p.add_argument("--auto-approve", action="store_true", help="promote without waiting for ops (demo, tests)")
     p.add_argument("--fresh", action="store_true", help="start a new learner instead of continuing the saved one")
+    p.add_argument("--from-challenger", action="store_true",
+                   help="continue from the latest registered learner even when it is not champion (rejected, rolled back)")
 
     p = sub.add_parser("compare", parents=[common], help="train several strategies over the same sequence")
     p.add_argument("--data", required=True, action="append",
@@ -290,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="why (kept as MLflow tags)")
 
     sub.add_parser("history", parents=[common], help="where the aliases point, and every promotion, rejection and rollback")
+    p = sub.add_parser("repair", parents=[common],
+                       help="after a crash mid-move: record the alias move the history lacks, and its missing tags")
+    p.add_argument("--by", help="who repairs (default: $USER)")
 
     p = sub.add_parser("evaluate", parents=[common],
                        help="accuracy, AUC, AP and EER (per method and overall) of a model on a labelled folder, with a ROC plot")
@@ -316,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("api", parents=[common], help="REST API and web page for detection, on the champion")
     p.add_argument("--host", help="default: api.host (127.0.0.1)")
     p.add_argument("--port", type=int, help="default: api.port (8000)")
+    p.add_argument("--insecure", action="store_true",
+                   help="listen beyond loopback without an access token (refused otherwise)")
     sub.add_parser("models", parents=[common], help="list the registered detector architectures")
     p = sub.add_parser("migrate", parents=[common],
                        help="once, after an upgrade: rename moved params.yaml keys and convert an old pickled learner")
@@ -326,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract_faces, "retrain": cmd_retrain, "compare": cmd_compare,
             "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
             "serve": cmd_serve, "rollback": cmd_rollback, "history": cmd_history,
-            "evaluate": cmd_evaluate, "detect": cmd_detect, "api": cmd_api, "models": cmd_models}
+            "repair": cmd_repair,            "evaluate": cmd_evaluate, "detect": cmd_detect, "api": cmd_api, "models": cmd_models}
 
 
 def cmd_migrate(args, ws: Workspace) -> int:

@@ -36,14 +36,7 @@ import numpy as np
 from dfcl.config import ConfigError
 from dfcl.detector import Detector, load_detector
 from dfcl.faces import FaceDetector, FaceSettings, crop_square, framing_of
-from dfcl.images import (
-    Refusal,
-    count_frames,
-    open_video,
-    read_frames,
-    read_image,
-    stored_frame_count,
-)
+from dfcl.images import check_video, read_frames, read_image
 from dfcl.scoring import fake_probabilities
 from dfcl.trust import CUT_OFF, scores_and_features, withhold
 from dfcl.verdicts import (
@@ -56,9 +49,6 @@ from dfcl.verdicts import (
 )
 
 log = logging.getLogger("dfcl.detect")
-# A video whose container states no length is counted up to the frames `max_seconds` hold at
-# this rate (or at its stated one): no more decoding than the longest video allowed needs.
-MAX_FPS = 60
 
 
 @dataclass
@@ -263,17 +253,10 @@ class FaceScorer:
     def detect_video(self, path: Path, max_seconds: float | None = None, deadline: float | None = None) -> Result:
         s, t = self.settings, time.perf_counter()
         max_pixels = self.params["api"]["max_video_pixels"]
-        cap, problem = open_video(path, max_pixels)
-        if cap is None:
-            return Result(str(path), "video", "error", error=problem, status=problem.status)
-        try:
-            info = video_info(cap)
-            problem = None if max_seconds is None else too_long(cap, info, max_seconds, deadline)
-        finally:
-            cap.release()
+        info, problem = check_video(path, max_pixels, max_seconds, deadline)
         if problem:
             return Result(str(path), "video", "error", error=problem, status=problem.status, video=info)
-        frames, n, problem = read_frames(path, s.frames_per_video, max_pixels, deadline)
+        frames, n, problem = read_frames(path, s.frames_per_video, max_pixels, deadline, n=info["frames"])
         timings = {"decode": time.perf_counter() - t}
         if not frames:
             return Result(str(path), "video", "error", error=problem, timings=timings,
@@ -373,32 +356,6 @@ def photo_verdict(judged: list[dict]) -> dict:
 def in_time(deadline: float | None) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise TimeoutError("the detection ran past its deadline")
-
-
-def video_info(cap: cv2.VideoCapture) -> dict:
-    """Frame count, frame rate, length and size as the container states them (no decoding);
-    a count or rate it does not state, or states absurdly, is None (and so is the length)."""
-    n = stored_frame_count(cap)
-    fps = float(cap.get(cv2.CAP_PROP_FPS))
-    fps = round(fps, 3) if 0 < fps < 1000 else None
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    return {"frames": n, "fps": fps, "seconds": round(n / fps, 2) if n and fps else None, "width": w, "height": h}
-
-
-def too_long(cap: cv2.VideoCapture, info: dict, max_seconds: float, deadline: float | None = None) -> Refusal | None:
-    """Why the video is over `max_seconds`, or None. A container that states no length (a
-    live-recorded WebM, a raw stream) has its frames counted, at most as many as `max_seconds`
-    hold at its frame rate (MAX_FPS when it states none); the count goes into `info`."""
-    if info["seconds"] is not None:
-        over = info["seconds"] > max_seconds
-        return Refusal(f"video of {info['seconds']:.0f} s is over the limit of {max_seconds} s") if over else None
-    limit = int(max_seconds * (info["fps"] or MAX_FPS))
-    n = info["frames"] if info["frames"] is not None else count_frames(cap, limit, deadline)
-    if n is None or n > limit:
-        return Refusal(f"video over the limit of {max_seconds} s: its container states no length, "
-                       f"and it has more than {limit} frames")
-    info["frames"] = n
-    return None
 
 
 def detect_files(scorer: FaceScorer, paths: list[str], crop: str | None = None, explain_dir: Path | None = None,

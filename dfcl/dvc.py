@@ -16,7 +16,7 @@ from dfcl.workspace import Workspace, put_this_python_on_path
 
 # The params.yaml entries face extraction reads: changing one makes `dvc repro` rebuild the crops.
 STAGE_PARAMS = ["data.image_size", "data.real_names", "data.compression", "data.max_per_class",
-                "data.test_fraction", "data.val_fraction", "data.seed", "faces", "sbi.method"]
+                "data.test_fraction", "data.val_fraction", "data.seed", "faces", "sbi.method", "api.max_video_pixels"]
 
 
 def stage_name(dataset: str) -> str:

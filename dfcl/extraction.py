@@ -45,6 +45,7 @@ from dfcl.images import read_image
 from dfcl.landmarks import N_POINTS, LandmarkPredictor
 from dfcl.landmarks import kind as landmark_kind
 from dfcl.layouts import Sources, assign_splits, cap_per_class, recognise, split_rule
+from dfcl.ops import fsync_dir, fsync_tree
 from dfcl.workspace import Workspace
 
 OVER_CAP = "over data.max_per_class"
@@ -171,7 +172,9 @@ def extract_dataset(raw_dir: str | Path, out_dir: str | Path, params: dict, name
     predictor = LandmarkPredictor() if s.landmarks and todo else None
     results = faces_of_images(raw_dir, images, s, detector, predictor, md5, cache_dir)
     masks = files[files["mask"] != ""].drop_duplicates("path").set_index("path")["mask"].to_dict()
-    video_results, timing = faces_of_videos(raw_dir, videos, masks, md5, sizes, s, detector, cache_dir, predictor)
+    limits = {"max_pixels": params["api"]["max_video_pixels"], "max_seconds": params["faces"]["max_video_seconds"]}
+    video_results, timing = faces_of_videos(raw_dir, videos, masks, md5, sizes, s, detector, cache_dir, predictor,
+                                            limits)
     results.update(video_results)
     manifest = capped(_manifest(files, results, dup_of, md5), params["data"])
     reported = write_faces(out_dir, sources, manifest, results, s.size,
@@ -255,16 +258,18 @@ def faces_of_images(raw_dir: Path, images: list[str], s: FaceSettings, detector,
 
 def faces_of_videos(raw_dir: Path, videos: list[str], masks: dict[str, str], md5: dict[str, str],
                     sizes: dict[str, int], s: FaceSettings, detector, cache_dir: Path,
-                    predictor: LandmarkPredictor | None = None) -> tuple[dict, dict]:
+                    predictor: LandmarkPredictor | None = None, limits: dict | None = None) -> tuple[dict, dict]:
     """Faces of every video, and timing. Frames are decoded every time (crops depend on margin and
-    size); MTCNN runs only on videos whose content and detection settings it has not seen."""
+    size); MTCNN runs only on videos whose content and detection settings it has not seen. A
+    video over `limits` (images.read_frames' max_pixels, max_seconds: the API's guard) is
+    skipped with its reason, before more than its allowed length is decoded."""
     def cache_file(p):
         return cache_dir / f"{md5[p]}-{s.detection_key()}.json"
 
     def read(p):
         if sizes[p] == 0:
             return {}, 0, "empty file (0 bytes)"
-        return read_frames(raw_dir / p, s.frames_per_video)
+        return read_frames(raw_dir / p, s.frames_per_video, **(limits or {}))
 
     results, start, frames_done, detected = {}, time.perf_counter(), 0, 0
     bar = tqdm(total=len(videos), desc="videos", unit="video", disable=not videos)
@@ -320,6 +325,7 @@ def write_faces(out_dir: Path, sources: Sources, manifest: pd.DataFrame, results
     (tmp / "experiences.json").write_text(json.dumps(
         {"layout": sources.layout, "methods": sources.methods, "notes": sources.notes,
          "experiences": experiences}, indent=1) + "\n")
+    fsync_tree(tmp)  # complete on disk before it takes the name
     if out_dir.exists():  # the old version goes only once the new one is complete
         old = out_dir.with_name(out_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -328,6 +334,7 @@ def write_faces(out_dir: Path, sources: Sources, manifest: pd.DataFrame, results
         shutil.rmtree(old)
     else:
         os.replace(tmp, out_dir)
+    fsync_dir(out_dir.parent)
     return skipped
 
 

@@ -1,8 +1,10 @@
 """The promotion gate's statistics and rules, as functions of labels, scores and params: per
 method, challenger vs champion on the same test faces with a paired bootstrap interval of the
 difference (dfcl.bootstrap); each method's and the average's verdict in the gate metric
-("worse" with `gate.confidence` by more than the allowed drop, "better", "cannot tell"); and the
-reasons to reject. tasks/promotion_gate.py finds the champion and scores the faces."""
+("worse" with `gate.confidence` by more than the allowed drop, "better", "cannot tell", and "too
+far below" where the interval cannot tell but the point estimate lies beyond `gate.max_point_drop`);
+the floors (scores that are not numbers, a first champion under `gate.min_auc`); and the reasons
+to reject. tasks/promotion_gate.py finds the champion and scores the faces."""
 from __future__ import annotations
 
 import math
@@ -20,6 +22,23 @@ def one_class(y: np.ndarray) -> str | None:
     if real and fake:
         return None
     return f"its test split has only {'real' if real else 'fake'} faces ({real or fake}): no AUC to compare"
+
+
+def not_finite(p: np.ndarray, who: str) -> str | None:
+    """Why scores cannot be compared: NaN or infinite ones (a diverged model). They would sort as
+    they are listed, so a model of NaNs scores AUC 1.000 on a test set that lists reals first."""
+    bad = int((~np.isfinite(np.asarray(p, dtype=float))).sum())
+    return f"{bad} of {len(p)} of the {who}'s scores are not finite (NaN or inf)" if bad else None
+
+
+def point_auc(y, p) -> float:
+    return float(bootstrap.weighted_auc(np.asarray(y), np.asarray(p), np.ones((1, len(y)), dtype=np.float32))[0])
+
+
+def below_floor(aucs: dict[str, float], gate: dict) -> list[str]:
+    """A first champion (no champion to compare with) must reach `gate.min_auc` on each method."""
+    return [f"{key}: AUC {auc:.3f} is below gate.min_auc {gate['min_auc']} (a first champion's floor)"
+            for key, auc in aucs.items() if auc < gate["min_auc"]]
 
 
 def resampling_groups(videos: np.ndarray | None) -> np.ndarray | None:
@@ -64,29 +83,51 @@ def judge(comparison: dict, params: dict) -> list[str]:
     gate = params["gate"]
     metric, reasons = gate["metric"], []
     for key, r in comparison["methods"].items():
-        d = r[metric]
-        r["verdict"] = bootstrap.verdict(d["low"], d["high"], allowed_drop(key, params))
+        d, drop = r[metric], allowed_drop(key, params)
+        r["verdict"] = _verdict(d, drop, gate)
         if r["verdict"] == "worse":
             reasons.append(f"{key}: {metric} {d['new']:.3f} vs the champion's {d['old']:.3f}, worse by "
                            f"{-d['difference']:.3f} ({gate['confidence']:.0%} interval {d['low']:+.3f} to {d['high']:+.3f})")
+        elif r["verdict"] == TOO_FAR:
+            reasons.append(f"{key}: {metric} {d['new']:.3f} vs the champion's {d['old']:.3f}: below by "
+                           f"{-d['difference']:.3f}, more than gate.max_point_drop {max(gate['max_point_drop'], drop)} "
+                           "(the interval alone cannot tell)")
     if comparison["average"] is not None:
         avg = comparison["average"][metric]
-        comparison["average"]["verdict"] = bootstrap.verdict(avg["low"], avg["high"], gate["max_drop_average"])
+        comparison["average"]["verdict"] = _verdict(avg, gate["max_drop_average"], gate)
         if comparison["average"]["verdict"] == "worse":
             reasons.append(f"average {metric} worse by {-avg['difference']:.3f} ({gate['confidence']:.0%} interval "
                            f"{avg['low']:+.3f} to {avg['high']:+.3f})")
+        elif comparison["average"]["verdict"] == TOO_FAR:
+            reasons.append(f"average {metric} below the champion's by {-avg['difference']:.3f}, more than "
+                           f"gate.max_point_drop {max(gate['max_point_drop'], gate['max_drop_average'])}")
     return reasons
 
 
-def decide(comparison: dict | None, unscored: dict[str, str], forgetting: float, params: dict) -> dict:
+TOO_FAR = "too far below"
+
+
+def _verdict(d: dict, drop: float, gate: dict) -> str:
+    """The interval's verdict, except that "cannot tell" on a point estimate far below the
+    champion's (0.974 vs 1.000 on a small test set) is no reason to put it to ops, let alone to
+    --auto-approve: a non-inferiority margin on the point (at least the interval's own drop)."""
+    v = bootstrap.verdict(d["low"], d["high"], drop)
+    return TOO_FAR if v == "cannot tell" and d["difference"] < -max(gate["max_point_drop"], drop) else v
+
+
+def decide(comparison: dict | None, unscored: dict[str, str], forgetting: float, params: dict,
+           own: dict[str, float] | None = None) -> dict:
     """The gate's verdict: rejected when a method gives no number (`unscored`: {method: why}),
     when a method or the average is worse than the champion (`comparison`, None when there is
-    no champion yet), or when `forgetting` (in the gate metric) exceeds `gate.max_forgetting`."""
+    no champion yet), when a first challenger's own AUC (`own`: {method: AUC}) is under
+    `gate.min_auc`, or when `forgetting` (in the gate metric) exceeds `gate.max_forgetting`."""
     gate = params["gate"]
     reasons = [f"{key}: {why}" for key, why in unscored.items()]
     if comparison is not None:
         reasons += judge(comparison, params)
+    else:
+        reasons += below_floor(own or {}, gate)
     if not math.isnan(forgetting) and forgetting > gate["max_forgetting"]:
         reasons.append(f"forgetting {forgetting:.3f} ({gate['metric']}) exceeds the bound {gate['max_forgetting']}")
     return {"passed": not reasons, "reasons": reasons, "champion": comparison, "metric": gate["metric"],
-            "forgetting": forgetting}
+            "forgetting": forgetting, "own_auc": own}

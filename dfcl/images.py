@@ -1,11 +1,15 @@
 """Reading images and videos, behind the checks every reader shares (the API, `dfcl detect` and
 ingest): what a file is comes from its first bytes, not its name; its size in pixels comes from
-the header, before anything is decoded (`api.max_image_pixels`, `api.max_video_pixels`); FFmpeg
-reads local files only. Apart from dfcl.data (the torch Dataset) so that face extraction of image
+the header, before anything is decoded (`api.max_image_pixels`, `api.max_video_pixels`), and
+again on every decoded frame; a video's codec must be one a face video needs (VIDEO_CODECS) and
+its length within the caller's limit (`check_video`: the API's `api.max_video_seconds`, ingest's
+`faces.max_video_seconds`); FFmpeg reads local files only. Apart from dfcl.data (the torch Dataset) so that face extraction of image
 datasets, a DVC stage in a process of its own, starts without importing torch.
 
 A reason a file cannot be used is a `Refusal`: a str (what callers print) with the HTTP status
 the API answers with (413 too large, 415 not what its name says, 422 unusable).
+
+Over 300 lines: every check an untrusted file passes before a decoder sees it, in one place.
 """
 from __future__ import annotations
 
@@ -32,6 +36,16 @@ SUFFIX_KIND = {".jpg": "image", ".jpeg": "image", ".png": "image", ".bmp": "imag
 FORMAT_KIND = {"JPEG": "image", "PNG": "image", "BMP": "image", "WebP": "image",
                "MP4/QuickTime": "video", "Matroska/WebM": "video", "AVI": "video"}
 UNREADABLE_VIDEO = "cannot open video (corrupt, truncated or not a video)"
+# The FFmpeg decoders a face video needs, by the codec tags (FourCC) containers name them with;
+# any other decoder (raw, lossless, screen and legacy codecs, each a parser of its own) is never
+# handed a stranger's bytes.
+VIDEO_CODECS = {"h264": ("avc1", "avc3", "h264", "x264", "davc"), "hevc": ("hev1", "hvc1", "hevc", "h265"),
+                "mpeg4": ("mp4v", "fmp4", "xvid", "divx", "dx50"), "vp8": ("vp80",), "vp9": ("vp90", "vp09"),
+                "av1": ("av01",), "mjpeg": ("mjpg",)}
+CODEC_OF_TAG = {tag: codec for codec, tags in VIDEO_CODECS.items() for tag in tags}
+# A video whose container states no length is counted up to the frames `max_seconds` hold at
+# this rate (or at its stated one): no more decoding than the longest video allowed needs.
+MAX_FPS = 60
 
 
 def _restrict_ffmpeg() -> None:
@@ -159,7 +173,7 @@ def _jpeg_size(f) -> tuple[int, int] | None:
 
 
 def _megapixels(n: int) -> str:
-    return f"{n / 1e6:.1f} MP"
+    return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n / 1e6:.3f} MP"  # a small cap stays readable
 
 
 def image_problem(path: Path, max_pixels: int | None = None) -> Refusal | None:
@@ -204,13 +218,76 @@ def open_video(path: Path, max_pixels: int | None = None) -> tuple[cv2.VideoCapt
     if not cap.isOpened():
         cap.release()
         return None, Refusal(UNREADABLE_VIDEO)
+    problem = codec_problem(cap)
     w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    limit = max_pixels or default_limits()["video"]
-    if w * h > limit:
+    problem = problem or _frame_too_large(w, h, max_pixels, "video")
+    if problem:
         cap.release()
-        return None, Refusal(f"video of {w}x{h} ({_megapixels(w * h)} a frame) is over the limit of "
-                             f"{_megapixels(limit)} (api.max_video_pixels)", 413)
+        return None, problem
     return cap, None
+
+
+def codec_problem(cap: cv2.VideoCapture) -> Refusal | None:
+    tag = (int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF).to_bytes(4, "little").decode("latin-1")
+    if tag.strip("\0 ").lower() in CODEC_OF_TAG:
+        return None
+    return Refusal(f"video codec {tag.strip(chr(0)) or 'unknown'!r} is not one dfcl decodes "
+                   f"({', '.join(VIDEO_CODECS)})", 415)
+
+
+def _frame_too_large(w: int, h: int, max_pixels: int | None, what: str) -> Refusal | None:
+    limit = max_pixels or default_limits()["video"]
+    if w * h <= limit:
+        return None
+    return Refusal(f"{what} of {w}x{h} ({_megapixels(w * h)} a frame) is over the limit of "
+                   f"{_megapixels(limit)} (api.max_video_pixels)", 413)
+
+
+def video_info(cap: cv2.VideoCapture) -> dict:
+    """Frame count, frame rate, length and size as the container states them (no decoding);
+    a count or rate it does not state, or states absurdly, is None (and so is the length)."""
+    n = stored_frame_count(cap)
+    fps = float(cap.get(cv2.CAP_PROP_FPS))
+    fps = round(fps, 3) if 0 < fps < 1000 else None
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    return {"frames": n, "fps": fps, "seconds": round(n / fps, 2) if n and fps else None, "width": w, "height": h}
+
+
+def too_long(cap: cv2.VideoCapture, info: dict, max_seconds: float, deadline: float | None = None) -> Refusal | None:
+    """Why the video is over `max_seconds`, or has more frames than `max_seconds` hold at
+    MAX_FPS, or None. A container that states no length (a live-recorded WebM, a raw stream) has
+    its frames counted, at most as many as `max_seconds` hold at its frame rate (MAX_FPS when it
+    states none); the count goes into `info`."""
+    if info["seconds"] is not None and info["seconds"] > max_seconds:
+        return Refusal(f"video of {info['seconds']:.0f} s is over the limit of {max_seconds} s")
+    most = int(max_seconds * MAX_FPS)
+    if info["frames"] is not None and info["frames"] > most:
+        return Refusal(f"video of {info['frames']} frames is over the limit of {most} ({max_seconds} s at {MAX_FPS} fps)")
+    if info["seconds"] is not None:
+        return None
+    limit = int(max_seconds * (info["fps"] or MAX_FPS))
+    n = info["frames"] if info["frames"] is not None else count_frames(cap, limit, deadline)
+    if n is None or n > limit:
+        return Refusal(f"video over the limit of {max_seconds} s: its container states no length, "
+                       f"and it has more than {limit} frames")
+    info["frames"] = n
+    return None
+
+
+def check_video(path: Path, max_pixels: int | None = None, max_seconds: float | None = None,
+                deadline: float | None = None) -> tuple[dict | None, Refusal | None]:
+    """The one guard of every video reader (the API, `dfcl detect`, ingest) before frames are
+    read: bytes of a video container, an allowed codec, frames within `max_pixels`, and at most
+    `max_seconds` long (decoding no more frames than that holds when the container states no
+    length). Returns its video_info (None when it does not open) and why not, or None."""
+    cap, problem = open_video(path, max_pixels)
+    if cap is None:
+        return None, problem
+    try:
+        info = video_info(cap)
+        return info, None if max_seconds is None else too_long(cap, info, max_seconds, deadline)
+    finally:
+        cap.release()
 
 
 def stored_frame_count(cap: cv2.VideoCapture) -> int | None:
@@ -241,15 +318,22 @@ def frame_indices(n_frames: int, k: int) -> list[int]:
     return sorted({int((i + 0.5) * n_frames / k) for i in range(k)})
 
 
-def read_frames(path: Path, k: int, max_pixels: int | None = None,
-                deadline: float | None = None) -> tuple[dict[int, np.ndarray], int, str | None]:
+def read_frames(path: Path, k: int, max_pixels: int | None = None, deadline: float | None = None,
+                max_seconds: float | None = None, n: int | None = None) -> tuple[dict[int, np.ndarray], int, str | None]:
     """The sampled frames (RGB) of a video, its frame count, and a problem if any (see open_video;
-    `deadline`, time.monotonic(), stops a slow read with TimeoutError)."""
+    with `max_seconds`, check_video first; `deadline`, time.monotonic(), stops a slow read with
+    TimeoutError). `n`: its frame count when a caller's check_video counted it. A decoded frame
+    larger than `max_pixels` (the header said less) stops the read: the video is refused."""
+    if max_seconds is not None:
+        info, problem = check_video(path, max_pixels, max_seconds, deadline)
+        if problem:
+            return {}, 0, problem
+        n = info["frames"]
     cap, problem = open_video(path, max_pixels)
     if cap is None:
         return {}, 0, problem
     try:
-        n = stored_frame_count(cap)
+        n = n or stored_frame_count(cap)
         if n is None:  # the container states no frame count: count by decoding once
             n = count_frames(cap, deadline=deadline)
             cap.release()
@@ -269,6 +353,9 @@ def read_frames(path: Path, k: int, max_pixels: int | None = None,
             if i in wanted:
                 ok, frame = cap.retrieve()
                 if ok:
+                    big = _frame_too_large(frame.shape[1], frame.shape[0], max_pixels, f"decoded frame {i}")
+                    if big:
+                        return {}, n, big
                     frames[i] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             i += 1
         problem = None if i > max(wanted) else f"video ended at frame {i} of {n} (truncated?)"

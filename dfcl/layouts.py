@@ -10,8 +10,10 @@ plain folders), as timm keeps a family per file; the splitting rules they share 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -67,6 +69,7 @@ class Sources:
     files: pd.DataFrame           # COLUMNS; path/original/mask relative to the dataset root
     extra: list[str] = field(default_factory=list)   # split lists, metadata: kept with the raw copy
     notes: list[str] = field(default_factory=list)   # what was left out, and why
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (path, why): files that escape the root (confine)
     written: dict[str, str] = field(default_factory=dict)  # files the raw copy gets that the dataset lacks: name -> text
     roots: dict[str, str] = field(default_factory=dict)  # several datasets in one (real_faces_of): folder -> its source
 
@@ -81,10 +84,60 @@ def stable_order(keys, seed: int) -> list[str]:
 
 
 def _media(folder: Path) -> list[Path]:
+    """Media files of `folder`; symlinks too, even broken ones, so that `confine` reports them."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+                  if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+
+
+ABSENT = "absent"
+
+
+# --- confinement ---------------------------------------------------------------------------
+# A dataset (one in data/incoming/ above all) is a stranger's: its metadata may name
+# `../../x` or `/etc/x`, a file may be a symlink to anything. Every path is resolved, and what
+# does not stay inside the dataset's root is refused with a note, never read or copied.
+
+def outside(root: Path, path: str | Path) -> str | None:
+    """Why `path` (relative to `root`, or absolute) may not be read as part of the dataset, or
+    None: it must resolve, symlinks followed, to an existing file inside `root`."""
+    text = str(path)
+    if Path(text).is_absolute():
+        return "an absolute path: refused (a dataset names its files relative to its folder)"
+    if ".." in Path(text).parts:
+        return "names a parent folder (..): refused"
+    if not os.path.lexists(root / text):
+        return ABSENT
+    try:
+        real = (root / text).resolve(strict=True)
+    except (OSError, RuntimeError) as e:  # missing, a broken link, a symlink loop
+        return f"a broken symlink or a symlink loop ({getattr(e, 'strerror', None) or e}): refused"
+    if not real.is_relative_to(root.resolve()):
+        return "a symlink out of the dataset's folder: refused"
+    if not real.is_file():
+        return "not a regular file: refused"
+    return None
+
+
+def confine(root: Path, found: Sources) -> Sources:
+    """`found` with every file that escapes `root` (`outside`) left out, one note each: its row,
+    or its link (original, mask) only, or a refused extra file."""
+    files, notes, why_of = found.files, list(found.notes), {}
+    for rel in found.all_paths() + sorted(p for p in set(files.original) if p):
+        if rel not in why_of:
+            why_of[rel] = outside(root, rel)
+    refused = files.path.map(why_of).notna()
+    notes += [f"{rel}: {why_of[rel]}" for rel in sorted(set(files.path[refused]))]
+    files = files[~refused].copy()
+    for column in ("original", "mask"):
+        bad = files[column].map(lambda p: bool(p) and why_of.get(p) is not None)
+        notes += [f"{rel} ({column} of a listed file): {why_of[rel]}" for rel in sorted(set(files[column][bad]))]
+        files.loc[bad, column] = ""
+    extra = [e for e in found.extra if why_of.get(e) is None]
+    notes += [f"{e}: {why_of[e]}" for e in found.extra if why_of.get(e) is not None]
+    refused = found.refused + sorted((p, w) for p, w in why_of.items() if w is not None)
+    return dataclasses.replace(found, files=files.reset_index(drop=True), extra=extra, notes=notes, refused=refused)
 
 
 def _kind(path: Path) -> str:
@@ -232,19 +285,26 @@ def _dfdc(root: Path, ask: Request) -> Sources | None:
     metas = sorted(root.glob("metadata.json")) + sorted(root.glob("*/metadata.json"))
     if not metas:
         return None
-    rows, notes = [], []
+    rows, notes, refused = [], [], []
     for meta in metas:
+        here = meta.parent.relative_to(root)
         for file, info in json.loads(meta.read_text()).items():
-            video = meta.parent / file
-            if not video.is_file():
-                notes.append(f"{video.relative_to(root)}: listed in {meta.relative_to(root)} but absent")
+            why = outside(root, here / file)
+            if why == ABSENT:
+                notes.append(f"{(here / file).as_posix()}: listed in {meta.relative_to(root)} but absent")
                 continue
+            if why:  # a key is a stranger's text: `../../x` or `/x` never becomes a path read
+                notes.append(f"{file!r} listed in {meta.relative_to(root)}: {why}")
+                refused.append((file, why))
+                continue
+            video = meta.parent / file
             fake = str(info.get("label", "")).upper() == "FAKE"
-            original = meta.parent / info["original"] if fake and info.get("original") else None
-            group = Path(info["original"]).stem if original else video.stem
+            original = str(info["original"]) if fake and info.get("original") else ""
+            group = Path(original).stem if original else video.stem
+            linked = original and outside(root, here / original) is None
             rows.append(_row(root, name, video, int(fake), group,
-                             original=original.relative_to(root).as_posix() if original and original.is_file() else ""))
-    return Sources("DFDC", [name], _frame(rows), [m.relative_to(root).as_posix() for m in metas], notes)
+                             original=(here / original).as_posix() if linked else ""))
+    return Sources("DFDC", [name], _frame(rows), [m.relative_to(root).as_posix() for m in metas], notes, refused)
 
 
 # --- plain folders -------------------------------------------------------------------------
@@ -323,7 +383,10 @@ def dataset_name(path: str | Path, method: str | None = None) -> str:
             raise LayoutError("several dataset folders need --method NAME (e.g. --method self-blended)")
         return method
     p = Path(path).resolve()
-    return method or (p.parent.name if p.name.lower() in {"images", "data"} else p.name)
+    name = method or (p.parent.name if p.name.lower() in {"images", "data"} else p.name)
+    if name in {"", ".", ".."} or "/" in name or "\\" in name:  # it names folders under data/raw/, data/processed/
+        raise LayoutError(f"{name!r} cannot name a dataset: a name is one folder name, without / or ..")
+    return name
 
 
 # Layouts whose folder holds one forgery method with no name of its own: `--method` names it.
@@ -366,12 +429,11 @@ def real_faces_only(root: Path, ask: Request) -> Sources:
         rows = _frame([_row(root, ask.name, f, 0, split=_official_split(f.relative_to(root))) for f in files])
         rows = rows.assign(split=assign_splits(rows, *ask.splits)) if len(rows) else rows
         layout, extra = "real faces", []
-    if rows.empty:
+    found = confine(root, Sources(layout, [ask.name], rows.reset_index(drop=True), extra,
+                                  [f"{ask.name}: real faces only; its fakes are self-blended from them (dfcl.sbi)"]))
+    if found.files.empty:
         raise LayoutError(f"{root}: no real images or videos to blend a self-blended experience from")
-    rows = rows.reset_index(drop=True)
-    return Sources(layout, [ask.name], rows, extra,
-                   [f"{ask.name}: real faces only; its fakes are self-blended from them (dfcl.sbi)"],
-                   written={REAL_SPLITS: rows[["path", "split", "group"]].to_csv(index=False)})
+    return dataclasses.replace(found, written={REAL_SPLITS: found.files[["path", "split", "group"]].to_csv(index=False)})
 
 
 def _official_split(rel: Path) -> str:
@@ -387,10 +449,10 @@ def _listed_reals(root: Path, ask: Request) -> Sources:
         raise LayoutError(f"{root / REAL_SPLITS}: expected columns path, split, group with train/val/test splits")
     rows = []
     for r in table.itertuples(index=False):
-        path = (root / r.path).resolve()
-        if not path.is_relative_to(root.resolve()):
-            raise LayoutError(f"{root / REAL_SPLITS}: {r.path!r} leaves the dataset")
-        if path.is_file():
+        why = outside(root, r.path)
+        if why is not None and why != ABSENT:
+            raise LayoutError(f"{root / REAL_SPLITS}: {r.path!r} leaves the dataset ({why})")
+        if why is None:
             rows.append(_row(root, ask.name, root / r.path, 0, group=r.group, split=r.split))
     if not rows:
         raise LayoutError(f"{root}: none of the files {REAL_SPLITS} lists is there")
@@ -403,9 +465,11 @@ def real_faces_of(roots: list[Path], ask: Request) -> Sources:
     and compressions, so that no camera is the one "real" look): each dataset's files under a
     folder of its name, with their own splits; of the datasets after the first, at most
     `ask.max_per_set` files each."""
-    parts = []
+    parts, refused = [], []
     for i, root in enumerate(roots):
-        files = real_faces_only(root, ask).files
+        found = real_faces_only(root, ask)
+        files = found.files
+        refused += [(dataset_name(root) + "/" + p, why) for p, why in found.refused]
         if i and ask.max_per_set:  # a seeded choice of an added set's files, whatever their splits
             files = files[files.path.isin(stable_order(files.path.tolist(), ask.splits[1])[:ask.max_per_set])]
         prefix = dataset_name(root)
@@ -416,7 +480,7 @@ def real_faces_of(roots: list[Path], ask: Request) -> Sources:
     rows = pd.concat(parts, ignore_index=True)
     return Sources("real faces of " + ", ".join(names), [ask.name], rows, [],
                    [f"{ask.name}: real faces of {', '.join(names)}; its fakes are self-blended from them (dfcl.sbi)"],
-                   written={REAL_SPLITS: rows[["path", "split", "group"]].to_csv(index=False)},
+                   refused=refused, written={REAL_SPLITS: rows[["path", "split", "group"]].to_csv(index=False)},
                    roots={n: str(Path(r).resolve()) for n, r in zip(names, roots)})
 
 
@@ -444,6 +508,7 @@ def recognise(root: str | Path | list, real_names, name: str, methods: list[str]
     if found is None:
         raise LayoutError(f"{root}: unknown dataset layout (sub-folders: {sorted(_subfolders(root)) or 'none'}). "
                           f"Known layouts: {'; '.join(known_layouts())}")
+    found = confine(root, found)
     labels = set(found.files.label)
     if labels != {0, 1}:
         raise LayoutError(f"{root} ({found.layout}): no {'real' if 0 not in labels else 'fake'} files found; "

@@ -38,6 +38,7 @@ from dfcl.metrics import (
     summarize,
     values_before_learning,
 )
+from dfcl.ops import fsync_tree, write_atomic
 from dfcl.plugins import BestValidationEpoch, PairedBatches
 from dfcl.sbi import SelfBlendedFakes, SelfBlendedPairs
 from dfcl.scoring import (
@@ -141,9 +142,8 @@ class Learner:
         (state / self.HISTORY).write_text(json.dumps(asdict(self.history), indent=1))
         if self.trust is not None:
             self.trust.save(state / TRUST_FILE)
-        tmp = self.folder / (self.CURRENT + ".tmp")
-        tmp.write_text(state.name + "\n")
-        tmp.replace(self.folder / self.CURRENT)
+        fsync_tree(state)  # on disk before CURRENT names it: after a power cut, never a name of empty files
+        write_atomic(self.folder / self.CURRENT, state.name + "\n")
         for old in self.folder.glob("state-*"):  # earlier states, and any a crash left half-written
             if old != state:
                 shutil.rmtree(old, ignore_errors=True)

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from dfcl.config import RENAMED
+from dfcl.ops import fsync_tree, write_atomic
 
 # Old (module, class) -> today's, for the names the old checkpoints hold.
 OLD_NAMES = {("dfcl.metrics", "ExperienceAUC"): ("dfcl.scoring", "ExperienceAUC"),
@@ -122,9 +123,8 @@ def migrate_learner(folder: Path, params: dict, root: Path) -> str:
     from dfcl.trust import TRUST_FILE
     if (state / TRUST_FILE).is_file():
         shutil.copy2(state / TRUST_FILE, fresh / TRUST_FILE)
-    tmp = folder / (Learner.CURRENT + ".tmp")
-    tmp.write_text(fresh.name + "\n")
-    tmp.replace(folder / Learner.CURRENT)
+    fsync_tree(fresh)
+    write_atomic(folder / Learner.CURRENT, fresh.name + "\n")
     shutil.rmtree(state, ignore_errors=True)
     note = f"; replay buffer drawn again: {redrawn} faces" if redrawn else ""
     return f"{folder}: {len(experiences)} learned experience(s) converted to the current format{note}"

@@ -1,6 +1,10 @@
-"""Operations helpers: one retraining at a time, service checks before any work, the champion
-alias's history (promote, reject, rollback) kept as MLflow registered-model tags, and ops'
-answer to a run paused for approval."""
+"""Operations helpers: one retraining at a time, durable writes (fsync, rename), service checks
+before any work, the champion alias's history (promote as a compare-and-set, reject, rollback)
+kept as MLflow registered-model tags with its repair after a crash mid-move, and ops' answer to a
+run paused for approval.
+
+Over 300 lines: the alias's moves, their history and its repair share one lock and one
+numbering of events, and are read together; the locks and durable writes they rest on sit here."""
 from __future__ import annotations
 
 import fcntl
@@ -55,6 +59,48 @@ def exclusive_flock(path: Path, wait_s: float, refusal, on_wait=None, poll_s: fl
         os.close(fd)  # closing releases the flock
 
 
+# -- crash safety -----------------------------------------------------------------------
+# A rename is atomic, but without fsync the file it moves in may still be empty on disk after a
+# power cut: the new name then points at nothing. So data first, then the rename, then the folder.
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Every file under `folder`, and the folders, on disk (before `folder` is renamed into use)."""
+    for path in sorted(Path(folder).rglob("*"), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            fsync_dir(path)
+    fsync_dir(folder)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """`path` holds either its old content or all of `text`, even after a kill or power cut: a
+    temporary file of a name no other writer uses, fsync, rename, fsync of the folder."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 @contextmanager
 def retrain_lock(path: Path, wait_s: float, holder: str, log=print):
     """One retraining run at a time (exclusive_flock); the file only says who holds it. A second
@@ -75,6 +121,13 @@ def retrain_lock(path: Path, wait_s: float, holder: str, log=print):
         os.write(fd, json.dumps({"holder": holder, "pid": os.getpid(), "host": socket.gethostname(),
                                  "since": now()}).encode())
         yield
+
+
+def workspace_lock(root: Path, wait_s: float, holder: str, log=print):
+    """The retraining lock, also held by every other command that writes the workspace's data
+    (`dfcl ingest`, `dfcl compare`): two of them at once would copy, version and extract into
+    the same folders and DVC files."""
+    return retrain_lock(Path(root) / "data" / "retrain.lock", wait_s, holder, log)
 
 
 def check_services(params: dict, root: Path) -> None:
@@ -176,17 +229,29 @@ def _record(registered_model: str, action: str, version: str | None, by: str, re
     return event
 
 
-def promote(registered_model: str, version: str, by: str, reason: str) -> dict:
-    """Point `champion` at `version` and record it, with the version it replaced."""
+class StaleDecision(OpsError):
+    """The champion moved (a rollback, another promotion) after the gate compared against it."""
+
+
+def promote(registered_model: str, version: str, by: str, reason: str, scored: str | None) -> dict:
+    """Point `champion` at `version` and record it, with the version it replaced: a
+    compare-and-set against `scored`, the champion the gate compared the challenger with (None:
+    there was none). A run waits up to a day for ops; a rollback in that wait would otherwise let
+    the approval replace a version the challenger was never compared with."""
     from mlflow import MlflowClient
 
     from dfcl.mlflow_registry import champion_version
 
     with alias_lock():
         before = champion_version(registered_model)
+        now_points = str(before.version) if before else None
+        if now_points != (str(scored) if scored is not None else None):
+            raise StaleDecision(
+                f"stale decision, re-run the gate: the gate compared version {version} with "
+                f"{f'champion version {scored}' if scored else 'no champion'}, but champion is now "
+                f"{f'version {now_points}' if now_points else 'unset'}; nothing moved")
         MlflowClient().set_registered_model_alias(registered_model, "champion", version)
-        return _record(registered_model, "promote", version, by, reason,
-                       previous=str(before.version) if before else None)
+        return _record(registered_model, "promote", version, by, reason, previous=now_points)
 
 
 def record_rejection(registered_model: str, version: str, by: str, reason: str) -> dict:
@@ -222,8 +287,9 @@ def rollback_champion(registered_model: str, by: str, reason: str) -> tuple[str,
         points = champion_version(registered_model)
         if points is None or str(points.version) != current:
             raise OpsError(f"{registered_model}: champion points at {f'version {points.version}' if points else 'nothing'}, "
-                           f"but its history's last champion is version {current}: the alias was moved outside dfcl. "
-                           f"Point it back at version {current} (or promote through dfcl) before rolling back")
+                           f"but its history's last champion is version {current}: the alias was moved outside dfcl, or a move was "
+                           f"interrupted. Record where it points with `dfcl repair`, or point it back at version {current}, "
+                           "before rolling back")
         client = MlflowClient()
         client.set_registered_model_alias(registered_model, "champion", previous)
         client.set_model_version_tag(registered_model, current, "rolled_back_at", now())
@@ -231,6 +297,69 @@ def rollback_champion(registered_model: str, by: str, reason: str) -> tuple[str,
         client.set_model_version_tag(registered_model, current, "rollback_reason", reason)
         _record(registered_model, "rollback", previous, by, reason, previous=current)
     return current, previous
+
+
+# -- interrupted moves -------------------------------------------------------------------
+# A move is three writes to the registry (the alias, the history event, the version's tags),
+# and a kill can fall between them. The history is then told apart from the alias: `dfcl
+# history` says what disagrees, and `dfcl repair` completes the move the alias shows.
+
+def inconsistencies(registered_model: str) -> list[str]:
+    """What an interrupted promotion or rollback left behind, one line each; [] when none."""
+    from mlflow import MlflowClient
+
+    aliases, events = alias_history(registered_model)
+    stack, points, found = champion_stack(events), aliases.get("champion"), []
+    points = str(points) if points is not None else None
+    last = stack[-1] if stack else None
+    if points != last:
+        found.append(f"champion points at {f'version {points}' if points else 'nothing'}, but the history's last "
+                     f"champion is {f'version {last}' if last else 'none'}: a promotion or rollback was interrupted "
+                     "(or the alias moved outside dfcl); `dfcl repair` records the move the alias shows")
+    client = MlflowClient()
+    moves = [e for e in events if e["action"] in ("promote", "rollback")]
+    if moves:
+        e = moves[-1]
+        version, tag = (e["version"], "promoted_by") if e["action"] == "promote" else (e["previous"], "rolled_back_by")
+        if version and tag not in client.get_model_version(registered_model, version).tags:
+            found.append(f"event {e['n']} ({e['action']} by {e['by']}) has no {tag} tag on version {version}: "
+                         "interrupted before its tags; `dfcl repair` writes them")
+    return found
+
+
+def repair(registered_model: str, by: str) -> list[str]:
+    """Make the history and the tags agree with where `champion` points (the move that was under
+    way when a process died): the missing event (a rollback when the alias is on the champion
+    before the history's last, else a promotion), then the missing tags. Returns what it did."""
+    from mlflow import MlflowClient
+
+    done, client = [], MlflowClient()
+    with alias_lock():
+        aliases, events = alias_history(registered_model)
+        stack, points = champion_stack(events), aliases.get("champion")
+        points = str(points) if points is not None else None
+        last = stack[-1] if stack else None
+        if points is not None and points != last:
+            action = "rollback" if len(stack) >= 2 and stack[-2] == points else "promote"
+            _record(registered_model, action, points, by, "recorded by dfcl repair: the alias had moved, its event was "
+                    "missing", previous=last)
+            done.append(f"recorded the {action} to version {points} (from {f'version {last}' if last else 'none'})")
+        moves = [e for e in alias_events(registered_model) if e["action"] in ("promote", "rollback")]
+        if moves:
+            e = moves[-1]
+            if e["action"] == "promote":
+                version, tags = e["version"], {"promoted_by": e["by"], "promoted_at": e["at"],
+                                               "promotion_reason": e["reason"]}
+            else:
+                version, tags = e["previous"], {"rolled_back_by": e["by"], "rolled_back_at": e["at"],
+                                                "rollback_reason": e["reason"]}
+            have = client.get_model_version(registered_model, version).tags if version else {}
+            missing = {k: v for k, v in tags.items() if k not in have}
+            for key, value in missing.items():
+                client.set_model_version_tag(registered_model, version, key, value)
+            if missing:
+                done.append(f"tagged version {version} with {', '.join(missing)} from event {e['n']}")
+    return done
 
 
 # -- approval ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from dfcl.arrays import beside
+from dfcl.ops import fsync_dir, fsync_tree
 
 SPLITS = ("train", "val", "test")
 
@@ -87,7 +88,9 @@ def pin(spec, root: Path, store: Path):
         if manifest.is_file():
             shutil.copy2(manifest, tmp / "manifest.csv")  # video of each face, files' MD5s
         _read_only(tmp)
+        fsync_tree(tmp)  # on disk before the name that says it is whole
         tmp.rename(folder)  # all or nothing
+        fsync_dir(folder.parent)
     try:
         where = folder.resolve().relative_to(root.resolve())
     except ValueError:

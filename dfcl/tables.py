@@ -14,7 +14,8 @@ from dfcl.metrics import MATRICES, SUMMARIES
 
 WHY = {"worse": "worse beyond the allowed drop, with confidence: rejected",
        "better": "better, with confidence",
-       "cannot tell": "the difference is within noise: ops decide"}
+       "cannot tell": "the difference is within noise: ops decide",
+       "too far below": "within noise, but below beyond gate.max_point_drop: rejected"}
 
 
 def _pm(r: dict) -> str:
@@ -83,7 +84,7 @@ def decision_plot(verdict: dict, path: Path) -> Path | None:
     left.axvline(0.5, color="k", ls=":", lw=1)
     left.set(xlim=(0, 1), xlabel="test AUC", yticks=y, yticklabels=keys)
     left.legend(fontsize=8, loc="lower right")
-    colours = {"worse": "tab:red", "better": "tab:green", "cannot tell": "tab:orange"}
+    colours = {"worse": "tab:red", "too far below": "tab:red", "better": "tab:green", "cannot tell": "tab:orange"}
     for i, k in enumerate(keys):
         r = champion["methods"][k]["auc"]
         right.errorbar(r["difference"], i, xerr=[[r["difference"] - r["low"]], [r["high"] - r["difference"]]],

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from dfcl.layouts import LayoutError, recognise
+from dfcl.ops import exclusive_flock, write_atomic
 
 READY = "READY"  # the marker a producer drops when a dataset is complete; not part of its fingerprint
 
@@ -48,22 +51,52 @@ def fingerprint(folder: Path) -> str:
 
 
 class Ledger:
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
+    """data/triggers.json. The serving process and the runs it started write it at once: every
+    read-modify-write holds its flock (`<name>.lock`) and replaces the file whole
+    (ops.write_atomic). A file that is not a ledger (corrupted by an older version, or by hand)
+    is moved aside with a warning and the ledger starts empty: datasets are then seen as new,
+    which costs at most a run, never the watcher."""
+    LOCK_WAIT_S = 60  # each holder reads and writes one small file; longer means a hung one
+
+    def __init__(self, path: Path, log: Callable[[str], None] = logging.getLogger(__name__).warning):
+        self.path, self.log = path, log
+        with self._locked():
+            self.entries = self._read()
+
+    @contextmanager
+    def _locked(self):
+        lock = self.path.with_name(self.path.name + ".lock")
+        with exclusive_flock(lock, self.LOCK_WAIT_S, lambda: f"{lock} held for over {self.LOCK_WAIT_S} s", poll_s=0.01):
+            yield
+
+    def _read(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        try:
+            entries = json.loads(self.path.read_text())
+            if isinstance(entries, dict) and all(isinstance(e, dict) for e in entries.values()):
+                return entries
+            why = "not a table of folders"
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            why = str(e)
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.time_ns()}")
+        os.replace(self.path, aside)
+        self.log(f"{self.path} was corrupt ({why}); moved aside to {aside.name}, starting an empty ledger "
+                 "(datasets in data/incoming/ count as new)")
+        return {}
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        with self._locked():
+            write_atomic(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
 
     def mark(self, folder: Path, state: str, fp: str | None = None, **extra) -> dict:
         """Record `state` for the folder's fingerprint `fp` (default: as it is now)."""
-        # re-read first: the serving process and the runs it started write the same file
-        self.entries = json.loads(self.path.read_text()) if self.path.exists() else {}
-        entry = self.entries[str(folder.resolve())] = {"fingerprint": fp or fingerprint(folder), "state": state, **extra}
-        self.save()
+        fp = fp or fingerprint(folder)  # outside the lock: it lists the whole folder
+        with self._locked():
+            # re-read under the lock: the serving process and the runs it started write the same file
+            self.entries = self._read()
+            entry = self.entries[str(folder.resolve())] = {"fingerprint": fp, "state": state, **extra}
+            write_atomic(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
         return entry
 
 

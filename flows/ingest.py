@@ -39,7 +39,7 @@ def ingest_dataset(data: str | list[str], params: dict, method: str | None = Non
     raw_dir = copy_raw_dataset(ws, data, name, sources.all_paths(), sources.written, sources.roots)
     raw_version = version_with_dvc(ws, raw_dir, params, f"dfcl: raw dataset {name}")
     version = extract_faces(ws, name, params)
-    summary = report_extraction(ws, name)
+    summary = report_extraction(ws, name, sources.refused)
     specs, left_out = [], {}
     for m in methods or sources.methods:
         e = summary["experiences"][m]

@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 from dfcl.config import flatten
 from dfcl.layouts import LayoutError, dataset_name
 from dfcl.learner import Learner
-from dfcl.mlflow_registry import registered_methods
-from dfcl.ops import check_services, retrain_lock
+from dfcl.learner_versions import continue_from_champion
+from dfcl.mlflow_registry import champion_version, registered_methods
+from dfcl.ops import StaleDecision, check_services, retrain_lock
 from dfcl.tracking import log_dataset_inputs, log_dataset_versions
 from dfcl.triggers import Ledger, fingerprint
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
@@ -41,7 +42,8 @@ class ApprovalDecision(RunInput):
 
 @flow(name="retrain-detector", log_prints=True)
 def retrain_detector(data: str | list[str], params: dict, method: str | None = None, methods: list[str] | None = None,
-                     auto_approve: bool = False, fresh: bool = False, lock_wait_s: float | None = None) -> dict:
+                     auto_approve: bool = False, fresh: bool = False, lock_wait_s: float | None = None,
+                     from_challenger: bool = False) -> dict:
     ws = Workspace.here()
     ensure_workspace(ws, params)
     check_services(params, ws.root)  # fail before anything is copied or any alias moves
@@ -51,6 +53,11 @@ def retrain_detector(data: str | list[str], params: dict, method: str | None = N
         # What ingest copies: a file added during the run is a new version. (Several folders are
         # the real faces of a self-blended experience, given by hand: no trigger watches them.)
         taken = fingerprint(Path(data)) if isinstance(data, str) else None
+        if not fresh:  # never on from a learner ops rejected or rolled back, unless asked
+            champion = champion_version(params["mlflow"]["registered_model"])
+            said = continue_from_champion(ws.learner, champion.version if champion else None, from_challenger)
+            if said:
+                get_run_logger().info("%s", said)
         outcome = _retrain(ws, data, params, method, methods, auto_approve, fresh)
     if taken:
         Ledger(ws.root / "data" / "triggers.json").mark(Path(data), "trained", taken, outcome=outcome["outcome"])
@@ -152,8 +159,12 @@ def move_aliases(registered: str, version: str, decision: ApprovalDecision, verd
     """`champion` to the challenger when approved, else its rejection on record; the outcome,
     also the run's `outcome` tag."""
     if decision.approve:
-        promote_champion(registered, version, decision.approver, decision.reason)
-        outcome = "promoted"
+        scored = verdict["champion"]["version"] if verdict["champion"] else None
+        try:
+            promote_champion(registered, version, decision.approver, decision.reason, scored)
+            outcome = "promoted"
+        except StaleDecision:  # the champion moved while ops decided: their yes was about another one
+            outcome = "stale decision, re-run the gate"
     else:
         record_rejection(registered, version, decision.approver, decision.reason)
         outcome = "rejected by gate" if not verdict["passed"] else "rejected by ops"

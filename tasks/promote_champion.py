@@ -14,12 +14,17 @@ def tag_decision(registered_model: str, version: str, tags: dict[str, str]) -> N
 
 
 @task
-def promote_champion(registered_model: str, version: str, approver: str, reason: str) -> None:
-    """Move the `champion` alias to `version`, keeping who, when and why as MLflow tags
-    (on the model version and on the run that trained it)."""
+def promote_champion(registered_model: str, version: str, approver: str, reason: str, scored: str | None) -> None:
+    """Move the `champion` alias to `version` if it still points at `scored`, the version the gate
+    compared with (ops.promote: else StaleDecision, and nothing moves); then keep who, when and
+    why as MLflow tags (on the model version and on the run that trained it)."""
+    try:
+        ops.promote(registered_model, version, approver, reason, scored)
+    except ops.StaleDecision as e:
+        get_run_logger().warning("%s", e)
+        raise
     tag_decision(registered_model, version,
                  {"promoted_by": approver, "promoted_at": ops.now(), "promotion_reason": reason})
-    ops.promote(registered_model, version, approver, reason)
     get_run_logger().info("version %s of %s is now 'champion' (approved by %s)", version, registered_model, approver)
 
 

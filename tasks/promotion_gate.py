@@ -45,6 +45,10 @@ def compare_with_champion(learner: Learner, champion, champion_threshold: float,
         x = np.load(x_path, mmap_mode="r")
         p_new = fake_probabilities(learner.strategy.model, x, learner.strategy.device).numpy()
         p_old = fake_probabilities(champion, x, "cpu").numpy()
+        why = gate.not_finite(p_new, "challenger") or gate.not_finite(p_old, "champion")
+        if why:
+            unscored[key] = why
+            continue
         row, drawn = gate.compare_method(y, p_new, p_old, gate.resampling_groups(face_videos(x_path)),
                                          (learner.history.threshold, champion_threshold), params["gate"],
                                          seed=params["gate"]["seed"] + i)
@@ -61,12 +65,19 @@ def gate_verdict(learner: Learner, params: dict) -> dict:
     numbers."""
     name = params["mlflow"]["registered_model"]
     champ = champion_version(name)  # raises on anything but "no such model": never "no champion" by accident
-    comparison, unscored = None, {}
-    if champ is None:
+    comparison, unscored, own = None, {}, {}
+    if champ is None:  # the challenger's own numbers must still be numbers, and reach the floor
         for e in learner.history.experiences:
-            why = gate.one_class(np.load(learner.root / e.test_y))
+            y = np.load(learner.root / e.test_y)
+            why = gate.one_class(y)
+            if not why:
+                x = np.load(learner.root / e.test_x, mmap_mode="r")
+                p = fake_probabilities(learner.strategy.model, x, learner.strategy.device).numpy()
+                why = gate.not_finite(p, "challenger")
             if why:
                 unscored[e.key] = why
+            else:
+                own[e.key] = gate.point_auc(y, p)
     else:
         model = load_mlflow_detector(f"models:/{name}/{champ.version}", trust_pickle=params["gate"]["trust_pickle"])
         learned = [m for m in (champ.tags.get("methods") or "").split(",") if m]
@@ -75,7 +86,7 @@ def gate_verdict(learner: Learner, params: dict) -> dict:
         unscored = {**missing, **comparison["unscored"]}
         comparison |= {"unscored": unscored, "version": champ.version, "methods_learned": learned}
     forgetting = learner.metric_forgetting()[matrix_metric(params["gate"]["metric"]).forgetting]
-    return gate.decide(comparison, unscored, forgetting, params)
+    return gate.decide(comparison, unscored, forgetting, params, own)
 
 
 @task(cache_policy=NO_CACHE)

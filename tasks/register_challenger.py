@@ -8,7 +8,9 @@ from prefect.cache_policies import NO_CACHE
 
 from dfcl.faces import framing_of
 from dfcl.learner import Learner
+from dfcl.learner_versions import archive
 from dfcl.metrics import learned_card, summary_values
+from dfcl.mlflow_registry import champion_version
 from dfcl.tracking import log_detector, log_matrices
 from models.pyfunc import architecture_of
 
@@ -38,6 +40,10 @@ def register_challenger(learner: Learner, results: dict, registered_model: str) 
         client.set_model_version_tag(registered_model, version, key, f"{value:.4f}")
     client.set_model_version_tag(registered_model, version, "methods", ",".join(results["methods"]))
     client.set_registered_model_alias(registered_model, "challenger", version)
+    # Its learner state is kept by version, so a later run can continue from whichever is champion.
+    champion = champion_version(registered_model)
+    archive(learner.folder, version, learner.params["flow"]["keep_learner_versions"],
+            protect={str(champion.version)} if champion else set())
     get_run_logger().info("registered %s version %s as 'challenger' (run %s)", registered_model, version, run)
     return version
 

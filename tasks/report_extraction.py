@@ -9,9 +9,10 @@ from dfcl.workspace import Workspace
 
 
 @task
-def report_extraction(ws: Workspace, name: str) -> dict:
+def report_extraction(ws: Workspace, name: str, refused: list[tuple[str, str]] = ()) -> dict:
     """Faces per method, split and class, and every skipped file with its reason: in the log
-    and as Prefect artifacts."""
+    and as Prefect artifacts. `refused`: (path, why) of the files discovery refused (outside the
+    dataset's folder), which never reached the raw copy: lines of the same report."""
     logger = get_run_logger()
     out = ws.processed / name
     summary = json.loads((out / "experiences.json").read_text())
@@ -20,6 +21,8 @@ def report_extraction(ws: Workspace, name: str) -> dict:
             for m, e in summary["experiences"].items()]
     table = pd.DataFrame(rows)
     skipped = pd.read_csv(out / "skipped.csv", keep_default_na=False)
+    skipped = pd.concat([pd.DataFrame([{"source": p, "frame": -1, "skipped": why} for p, why in refused],
+                                      columns=skipped.columns), skipped], ignore_index=True)
     logger.info("%s (%s): faces per method\n%s", name, summary["layout"], table.to_string(index=False))
     slug = re.sub(r"[^a-z0-9-]+", "-", name.lower())  # artifact keys: lowercase, digits, dashes
     create_table_artifact(rows, key=f"faces-{slug}",

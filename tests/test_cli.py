@@ -119,3 +119,17 @@ def test_a_learner_that_cannot_be_loaded_is_one_line(overrides, message, workspa
     assert main(["detect", "--model", str(learner), str(workspace.root / "face.png"), *options]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("dfcl: ") and message in err
+
+
+def test_a_public_bind_without_a_token_is_refused_unless_insecure(workspace, capsys, monkeypatch):
+    from dfcl.api_guards import open_bind
+
+    monkeypatch.delenv("DFCL_API_TOKEN", raising=False)
+    assert main(["api", "--host", "0.0.0.0", "--port", "9"]) == 2  # refused before anything listens or loads
+    err = capsys.readouterr().err
+    assert err.startswith("dfcl: refusing to listen on 0.0.0.0 without an access token") and "--insecure" in err
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        assert open_bind(host, None, False) is None, host
+    for host in ("0.0.0.0", "", "::", "192.168.1.10"):
+        assert open_bind(host, None, False), host
+    assert open_bind("0.0.0.0", "s3cret", False) is None and open_bind("0.0.0.0", None, True) is None

@@ -142,3 +142,51 @@ def test_method_name_on_a_dataset_of_named_methods_is_a_clear_error(demo_data):
     # `--method` would rename the dataset, and its methods would be learned again under new keys
     with pytest.raises(LayoutError, match=r"names its own methods \(per-method: BlendSwap\).*--methods"):
         recognise(demo_data / "BlendSwap", ["real"], "Renamed", method="Renamed")
+
+
+def hostile_dfdc(tmp_path):
+    """A DFDC folder whose metadata names files outside it, beside a secret it must not read."""
+    secret = tmp_path / "secret" / "key.txt"
+    touch(tmp_path, "secret/key.txt", "ds/part0/aaa.mp4", "ds/part0/bbb.mp4")
+    root = tmp_path / "ds"
+    (root / "part0" / "metadata.json").write_text(json.dumps({
+        "aaa.mp4": {"label": "REAL"}, "bbb.mp4": {"label": "FAKE", "original": "../../secret/key.txt"},
+        "../../secret/key.txt": {"label": "FAKE", "original": "aaa.mp4"},
+        str(secret): {"label": "FAKE", "original": "aaa.mp4"}}))
+    return root
+
+
+def test_dfdc_keys_that_leave_the_dataset_are_refused_each_with_a_note(tmp_path):
+    found = recognise(hostile_dfdc(tmp_path), ["real"], "dfdc")
+    assert sorted(found.files.path) == ["part0/aaa.mp4", "part0/bbb.mp4"]
+    assert not any("secret" in p for p in found.all_paths())
+    assert found.files.set_index("video").loc["bbb", "original"] == "", "an original outside is no link"
+    assert sum("parent folder" in n for n in found.notes) == 1 and sum("absolute" in n for n in found.notes) == 1
+
+
+def test_symlinks_are_followed_only_inside_the_dataset(tmp_path):
+    touch(tmp_path, "secret.txt", "ds/real/a.avi", "ds/real/b.avi", "ds/fake/c.avi")
+    fake = tmp_path / "ds" / "fake"
+    (fake / "out.avi").symlink_to(tmp_path / "secret.txt")
+    (fake / "in.avi").symlink_to(tmp_path / "ds" / "real" / "b.avi")
+    (fake / "loop.avi").symlink_to(fake / "loop.avi")
+    (fake / "broken.avi").symlink_to(tmp_path / "nothing.avi")
+    found = recognise(tmp_path / "ds", ["real"], "ds")
+    assert sorted(found.files.path) == ["fake/c.avi", "fake/in.avi", "real/a.avi", "real/b.avi"]
+    refused = {n.split(":")[0] for n in found.notes}
+    assert refused == {"fake/out.avi", "fake/loop.avi", "fake/broken.avi"}, found.notes
+
+
+def test_a_dataset_name_is_one_folder_name(tmp_path):
+    from dfcl.layouts import dataset_name
+
+    assert dataset_name(tmp_path / "x" / "images") == "x"
+    for bad in ("../escape", "a/b", ".."):
+        with pytest.raises(LayoutError, match="one folder name"):
+            dataset_name(tmp_path, bad)
+
+
+def test_each_refusal_is_a_line_of_the_skip_report(tmp_path):
+    found = recognise(hostile_dfdc(tmp_path), ["real"], "dfdc")
+    assert [p for p, _ in found.refused] == ["../../secret/key.txt", str(tmp_path / "secret" / "key.txt")]
+    assert all(why.endswith("refused") or "refused (" in why for _, why in found.refused)

@@ -296,3 +296,33 @@ def test_a_column_that_changed_method_is_dropped(three, tmp_path):
     assert [len(row) for row in learner.history.auc_matrix] == [1, 2]
     assert learner.history.columns == [["BlendSwap", "test"], ["MouthWarp", "test"]]
     assert r["auc_before"] == {} and math.isnan(r["auc_forward_transfer"])
+
+
+def test_the_next_run_continues_from_the_champions_learner_not_a_rejected_one(tmp_path):
+    from dfcl.learner_versions import archive, continue_from_champion, current_version
+
+    folder, params = tmp_path / "learner", small_params()
+
+    def saved(threshold):  # states told apart by what they saved, without training
+        learner = Learner(folder, params, tmp_path)
+        learner.history.threshold = threshold
+        learner.save()
+
+    saved(0.3)
+    archive(folder, "1", keep=5)  # the champion
+    saved(0.7)
+    archive(folder, "2", keep=5, protect={"1"})  # the challenger ops rejected
+    assert current_version(folder) == "2"
+    assert "--from-challenger" in continue_from_champion(folder, "1", from_challenger=True)
+    assert Learner.load(folder, params, tmp_path).history.threshold == 0.7
+    said = continue_from_champion(folder, "1", from_challenger=False)
+    assert said.startswith("continuing from the champion's learner (version 1), not from version 2's")
+    assert Learner.load(folder, params, tmp_path).history.threshold == 0.3 and current_version(folder) == "1"
+    assert continue_from_champion(folder, "1", from_challenger=False) is None, "already the champion's"
+    # a state learned but not registered yet (a crash before registering) is continued, to be registered
+    saved(0.9)
+    assert continue_from_champion(folder, "1", from_challenger=False) is None
+    # pruned to the newest `keep`, never the champion's; a save removes no kept version
+    archive(folder, "3", keep=2, protect={"1"})
+    archive(folder, "4", keep=2, protect={"1"})
+    assert sorted(p.name for p in (folder / "versions").iterdir()) == ["v000001", "v000003", "v000004"]

@@ -385,3 +385,40 @@ def test_public_deployment_token_hosts_headers_and_no_cdn(monkeypatch, files):
     monkeypatch.delenv("DFCL_API_TOKEN")
     with client_for(params) as client:
         assert client.get("/v1/model").status_code == 200  # no token set: none asked
+
+
+def test_one_video_guard_codec_length_and_decoded_size(tmp_path):
+    """Ingest and the API read videos through the same guard (images.check_video, read_frames)."""
+    from benchmarks.hostile_data import jpeg, mjpeg_avi, other_codec_avi
+    from dfcl.images import read_frames
+
+    fine = mjpeg_avi(tmp_path / "fine.avi", [jpeg(64, 48, i) for i in range(3)])
+    frames, n, problem = read_frames(fine, 2, max_seconds=60)
+    assert problem is None and n == 3 and len(frames) == 2
+    _, _, problem = read_frames(other_codec_avi(tmp_path / "huffyuv.avi"), 2)
+    assert problem == "video codec 'HFYU' is not one dfcl decodes (h264, hevc, mpeg4, vp8, vp9, av1, mjpeg)"
+    assert problem.status == 415
+    six_hours = mjpeg_avi(tmp_path / "six-hours.avi", [jpeg(64, 48)] * 3, total_frames=6 * 3600 * 25)
+    _, _, problem = read_frames(six_hours, 2, max_seconds=1800)
+    assert problem == "video of 21600 s is over the limit of 1800 s"
+    # the header says 64x48; the frames decode at 1600x1200
+    liar = mjpeg_avi(tmp_path / "liar.avi", [jpeg(1600, 1200, i) for i in range(3)])
+    frames, _, problem = read_frames(liar, 2, max_pixels=64 * 48 * 4, max_seconds=60)
+    assert not frames and problem.status == 413 and "1600x1200" in problem, problem
+
+
+def test_ingest_skips_a_video_over_its_length_with_a_reason(tmp_path, workspace):
+    from benchmarks.hostile_data import jpeg, mjpeg_avi
+    from dfcl.extraction import faces_of_videos
+    from dfcl.faces import FaceSettings
+
+    mjpeg_avi(tmp_path / "long.avi", [jpeg(64, 48)] * 3, total_frames=6 * 3600 * 25)
+    s = FaceSettings.from_params(small_params())
+    class NoFaces:  # MTCNN is not the point: nothing is decoded to give it
+        def detect(self, frames):
+            assert not frames, "frames of a refused video reached face detection"
+            return []
+
+    results, _ = faces_of_videos(tmp_path, ["long.avi"], {}, {"long.avi": "x"}, {"long.avi": 1}, s, NoFaces(),
+                                 tmp_path / "cache", limits={"max_pixels": None, "max_seconds": 1800})
+    assert results["long.avi"].skipped == [(-1, "video of 21600 s is over the limit of 1800 s")]

@@ -51,3 +51,22 @@ def test_stage_command_carries_the_params_that_differ_from_params_yaml(workspace
     assert "faces.frames_per_video=3" in got and "data.image_size=32" in got
     assert 'data.real_names=["real", "pristine"]' in got
     assert not any(o.startswith(("train.", "model.", "faces.margin")) for o in got), "only what the stage reads"
+
+
+def test_copy_refuses_a_file_that_became_a_link_out_of_the_dataset(workspace, tmp_path):
+    import pytest
+
+    from dfcl.layouts import LayoutError
+
+    source = tmp_path / "ds"
+    (source / "fake").mkdir(parents=True)
+    (source / "fake" / "x.avi").write_bytes(b"x")
+    (tmp_path / "secret.txt").write_bytes(b"secret")
+    files = ["fake/x.avi"]
+    (source / "fake" / "x.avi").unlink()  # swapped for a link after it was listed
+    (source / "fake" / "x.avi").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(LayoutError, match="symlink out"):
+        copy_raw_dataset(workspace, str(source), "ds", files)
+    assert not (workspace.raw / "ds" / "fake" / "x.avi").exists()
+    with pytest.raises(LayoutError, match="parent folder"):
+        copy_raw_dataset(workspace, str(source), "ds", ["../secret.txt"])
