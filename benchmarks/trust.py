@@ -1,148 +1,279 @@
-"""How far the champion's verdicts can be trusted: calibration, the "uncertain" band, novelty
-and attribution (dfcl.trust), measured on a trained learner and on sets it never trained on.
+"""How far the champion's verdicts can be trusted, measured as a selective classifier: on the
+learned methods' test faces and on every set never trained on, the share answered, the accuracy
+of those answers, the share of real faces answered "fake", risk-coverage curves, calibration,
+and novelty separately on the unseen sets' real and fake faces; with and without test-time flip
+averaging.
 
-    python benchmarks/trust.py --workspace WS [--unseen NAME=FOLDER ...] [--out benchmarks/results]
+    python benchmarks/trust.py --learner DIR [-S key=value ...] --unseen NAME=FACES[:split,...] ... [--tag cpu]
 
-WS is a workspace whose learner (data/learner) has learned the FF++ sequence (`dfcl retrain`).
-The trust state is fit exactly as the learner fits it after an experience (Learner.fit_trust,
-this checkout's params.yaml `trust:` settings), then measured on each learned method's test
-faces (calibration error before and after, coverage and accuracy of the answered at the band,
-top-1 attribution of the fakes) and on each unseen folder (extracted at the model's framing:
-the share flagged novel, and the AUROC of the novelty score at telling learned-method test
-faces from them). Beside the product's k-NN score, the Mahalanobis distance to the nearest
-class mean (the attribution's space) is measured on the same faces as a novelty score: why the
-product uses k-NN for novelty.
+DIR is a learner folder (data/learner of a workspace, or a benchmark's); -S are the params it
+was trained with. FACES is a folder of extracted faces (<split>-x.npy, <split>-y.npy), scored on
+the splits named (default test). Each face is scored once as it is and once mirrored; the trust
+state is then fit exactly as the learner fits it after an experience (dfcl.trust.fit_scored, this
+checkout's `trust:` settings), on the learned experiences' training and validation faces only:
+no unseen face is used to fit anything. Scores are cached in benchmarks/.work/trust/ (--rescore).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import extract_once, machine, save_results  # noqa: E402
+from benchmarks.common import machine, save_results  # noqa: E402
+
+WORK = Path(__file__).parent / ".work" / "trust"
+KEEP_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def ways(mirrored: bool):
+    """A score function: (N, W) P(fake) and (N, W, D) features, each face as it is (and mirrored)."""
+    from dfcl.trust import scores_and_features
+
+    def score(model, x, device="cpu"):
+        p, f = scores_and_features(model, x, device)
+        if not mirrored:
+            return p[:, None], f[:, None]
+        p2, f2 = scores_and_features(model, np.ascontiguousarray(np.asarray(x)[:, :, ::-1]), device)
+        return np.stack([p, p2], 1), np.stack([f, f2], 1)
+    return score
+
+
+def oriented(a, flip: bool):
+    """One orientation of the arrays `ways` scores: the face as it is, or the mean with its mirror."""
+    return None if a is None else a.mean(1) if flip else a[:, 0]
+
+
+def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrored: bool):
+    """(fit features, fit labels, val, test, unseen) scored (each way), from the cache when there."""
+    from dfcl.trust import Scored, score_experiences
+
+    if cache.is_file() and not rescore:
+        z = np.load(cache)
+        sets = {k: [Scored(n, z[f"{k}{i}_y"], z[f"{k}{i}_p"], z[f"{k}{i}_f"]) for i, n in enumerate(z[f"{k}_names"])]
+                for k in ("val", "test", "unseen")}
+        return z["fit_f"], z["fit_l"], sets["val"], sets["test"], sets["unseen"]
+    model = learner.strategy.model.to("cpu").eval()
+    fit_f, fit_l, val, test = score_experiences(model, learner.trust_splits(learner.history.experiences),
+                                                learner.params["trust"], "cpu", learner.params["train"]["seed"],
+                                                score=ways(mirrored))
+    out = []
+    for item in unseen:
+        name, rest = item.split("=", 1)
+        folder, _, splits = rest.partition(":")
+        splits = splits.split(",") if splits else ["test"]
+        x = np.concatenate([np.load(Path(folder) / f"{s}-x.npy", mmap_mode="r") for s in splits])
+        y = np.concatenate([np.load(Path(folder) / f"{s}-y.npy") for s in splits])
+        out.append(Scored(name, y, *ways(mirrored)(model, x)))
+    arrays = {"fit_f": fit_f, "fit_l": fit_l}
+    for k, sets in (("val", val), ("test", test), ("unseen", out)):
+        arrays[f"{k}_names"] = np.array([s.name for s in sets])
+        for i, s in enumerate(sets):
+            arrays |= {f"{k}{i}_y": s.y, f"{k}{i}_p": s.p, f"{k}{i}_f": s.features}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **arrays)
+    return fit_f, fit_l, val, test, out
+
+
+def unfamiliarity(trust, s) -> tuple[np.ndarray, np.ndarray]:
+    """(novelty, distance to the learned faces of the class the face is answered as a share of
+    that class's cut: above 1 withheld) of each face; the second NaN where the learned training
+    faces hold one class only (a self-blended experience alone: its fakes are made while training)."""
+    q = trust.calibration(s.p)
+    novelty, by_class = trust.space.familiarity(s.features)
+    if by_class is None:
+        return novelty, np.full(len(q), np.nan)
+    c = (q >= trust.threshold).astype(int)
+    return novelty, by_class[np.arange(len(c)), c] / np.asarray(trust.unfamiliar)[c]
+
+
+def measure(trust, s, learned=None) -> dict:
+    """One set's figures under `trust`: AUC, calibration, the band alone and the band with the
+    abstention on the unfamiliar, novelty; with `learned` (the learned test faces' unfamiliarity),
+    the AUROC of telling this set's real faces, and its fakes, from those by each score."""
+    from sklearn.metrics import roc_auc_score
+
+    from dfcl.trust import answer, coverage, ece
+
+    judged = trust.judge(s.p, s.features)
+    q = np.array([j["p_fake"] for j in judged])
+    verdicts = [j["verdict"] for j in judged]
+    withheld = np.array([bool(j.get("why")) for j in judged])
+    row = {"faces": int(len(s.y)), "fake": int(s.y.sum()),
+           "auc": float(roc_auc_score(s.y, s.p)) if 0 < s.y.sum() < len(s.y) else None,
+           "ece_raw": ece(s.y, s.p), "ece": ece(s.y, q),
+           **{f"band_{k}": v for k, v in coverage(s.y, [answer(v, trust.band) for v in q]).items()},
+           **coverage(s.y, verdicts), "withheld_unfamiliar": float(withheld.mean()),
+           "novel_share": float(np.mean([j["novel"] for j in judged]))}
+    mine = unfamiliarity(trust, s)
+    for c, name in ((0, "real"), (1, "fake")):
+        if (s.y == c).any():
+            row[f"withheld_{name}s"] = float(withheld[s.y == c].mean())
+            if learned is not None:
+                for score, theirs, ours in zip(("novelty", "class_distance"), learned, mine):
+                    both = np.r_[theirs, ours[s.y == c]]
+                    if np.isnan(both).any():
+                        continue
+                    row[f"{score}_auroc_{name}s"] = float(roc_auc_score(np.r_[np.zeros(len(theirs)),
+                                                                              np.ones((s.y == c).sum())], both))
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+
+
+def curves(trust, s) -> dict:
+    """Risk-coverage curves of one set: faces answered by calibrated P(fake) >= 0.5, the surest
+    first (max(P, 1 - P), the softmax response of Geifman & El-Yaniv 2017), and the same with the
+    faces the abstention withholds as unfamiliar answered last."""
+    from dfcl.trust import risk_coverage
+
+    judged = trust.judge(s.p, s.features)
+    q = np.array([j["p_fake"] for j in judged])
+    sure = np.maximum(q, 1 - q)
+    withheld = np.array([bool(j.get("why")) for j in judged])
+    pred = (q >= 0.5).astype(float)
+    out = {}
+    for name, order in (("P(fake)", -sure), ("P(fake) + familiarity", -sure + 10 * withheld)):
+        c, a = risk_coverage(s.y, pred, order)
+        out[name] = (c.tolist(), a.tolist())
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workspace", required=True, type=Path)
-    ap.add_argument("--unseen", action="append", default=[], help="NAME=FOLDER of a labelled set never trained on")
+    ap.add_argument("--learner", required=True, type=Path)
+    ap.add_argument("--root", type=Path, default=Path("/"), help="the folder its experiences' paths are relative to")
+    ap.add_argument("-S", dest="overrides", action="append", default=[], help="key=value the learner was trained with")
+    ap.add_argument("--unseen", action="append", default=[], help="NAME=FACES[:split,...] of a set never trained on")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="cpu")
+    ap.add_argument("--rescore", action="store_true", help="score the faces again instead of reading the cache")
+    ap.add_argument("--no-flip", dest="flip", action="store_false", help="skip the flip-averaged variant (half the time)")
     args = ap.parse_args(argv)
-
-    from sklearn.metrics import roc_auc_score
 
     from dfcl.config import load_params
     from dfcl.learner import Learner
-    from dfcl.trust import coverage, ece, scores_and_features
+    from dfcl.trust import Scored, fit_scored
 
-    ws = args.workspace.resolve()
-    params = load_params(None)
-    learner = Learner.load(ws / "data" / "learner", params, ws)
-    model = learner.strategy.model.to("cpu").eval()
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", args.overrides)
+    learner = Learner.load(args.learner.resolve(), params, args.root.resolve())
+    methods = [e.key for e in learner.history.experiences]
     start = time.perf_counter()
-    trust = learner.fit_trust(learner.history.experiences)
-    fit_s = time.perf_counter() - start
-    print(f"trust fit in {fit_s:.0f} s: band {trust.band}, threshold {trust.threshold:.3f}, "
-          f"calibration a={trust.calibration.a:.3f} b={trust.calibration.b:.3f}", flush=True)
+    cache = WORK / f"scores-{args.tag}-{'mirrored' if args.flip else 'plain'}.npz"
+    fit_f, fit_l, val, test, unseen = scored_faces(learner, args.unseen, cache, args.rescore, args.flip)
+    score_s = time.perf_counter() - start
+    print(f"scored in {score_s:.0f} s", flush=True)
 
-    # Learned methods' test faces, per method; fit features for the k-NN alternative.
-    per_method, learned_f, learned_nov = {}, [], []
-    for i, e in enumerate(learner.history.experiences):
-        x, y = np.load(ws / e.test_x, mmap_mode="r"), np.load(ws / e.test_y)
-        p, f = scores_and_features(model, x)
-        judged = trust.judge(p, f)
-        q = np.array([j["p_fake"] for j in judged])
-        row = {"faces": int(len(y)), "fake": int(y.sum()), "auc": float(roc_auc_score(y, p)),
-               "ece_raw": ece(y, p), "ece": ece(y, q), **coverage(y, q, trust.band),
-               "novel_share": float(np.mean([j["novel"] for j in judged]))}
-        fakes = [j for j, t in zip(judged, y) if t == 1]
-        if e.key in trust.space.classes and fakes:
-            row["attribution_top1"] = float(np.mean([j["resembles"]["method"] == e.key for j in fakes]))
-        per_method[e.key] = row
-        learned_f.append(f)
-        learned_nov.append(np.array([j["novelty"] for j in judged]))
-        print(f"  {e.key}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-    learned_f, learned_nov = np.concatenate(learned_f), np.concatenate(learned_nov)
-    learned_maha = trust.space.distances(learned_f).min(1)
+    def variant(sets, flip):
+        return [Scored(s.name, s.y, oriented(s.p, flip), oriented(s.features, flip)) for s in sets]
 
-    framing = {"faces.margin": params["faces"]["margin"], "detect_in_images": params["faces"]["detect_in_images"]}
-    work = Path(__file__).parent / ".work" / "trust"
-    unseen = {}
-    for item in args.unseen:
-        name, folder = item.split("=", 1)
-        sets = extract_once(Path(folder), work, params, name)
-        x = np.concatenate([np.load(paths[f"{s}_x"], mmap_mode="r") for paths in sets.values() for s in ("train", "val", "test")])
-        y = np.concatenate([np.load(paths[f"{s}_y"]) for paths in sets.values() for s in ("train", "val", "test")])
-        p, f = scores_and_features(model, x)
-        judged = trust.judge(p, f)
-        nov = np.array([j["novelty"] for j in judged])
-        both = np.r_[np.zeros(len(learned_nov)), np.ones(len(nov))]
-        q = np.array([j["p_fake"] for j in judged])
-        unseen[name] = {"faces": int(len(y)), "fake": int(y.sum()), "auc": float(roc_auc_score(y, p)),
-                        "novel_share": float(np.mean([j["novel"] for j in judged])),
-                        "novelty_auroc": float(roc_auc_score(both, np.r_[learned_nov, nov])),
-                        "mahalanobis_novelty_auroc": float(roc_auc_score(both, np.r_[learned_maha,
-                                                                                     trust.space.distances(f).min(1)])),
-                        **coverage(y, q, trust.band), "ece": ece(y, q)}
-        print(f"  unseen {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in unseen[name].items() if isinstance(v, float)),
-              flush=True)
-
-    learned_y = np.concatenate([np.load(ws / e.test_y) for e in learner.history.experiences])
-    learned_p = np.concatenate([scores_and_features(model, np.load(ws / e.test_x, mmap_mode="r"))[0]
-                                for e in learner.history.experiences])
-    learned_q = trust.calibration(learned_p)
-    ffpp = [k for k in per_method if "attribution_top1" in per_method[k] and not k.endswith("self-blended")]
-    overall = {"ece_raw": ece(learned_y, learned_p), "ece": ece(learned_y, learned_q),
-               **coverage(learned_y, learned_q, trust.band),
-               "precision_fake": float(learned_y[learned_q >= trust.band[1]].mean()),
-               "precision_real": float(1 - learned_y[learned_q < trust.band[0]].mean()),
-               "attribution_top1_ffpp": float(np.average([per_method[k]["attribution_top1"] for k in ffpp],
-                                                         weights=[per_method[k]["fake"] for k in ffpp])) if ffpp else None}
-    if unseen:
-        overall["novelty_auroc_all_unseen"] = float(np.mean([u["novelty_auroc"] for u in unseen.values()]))
-    report = {"workspace": str(ws), "methods_learned": [e.key for e in learner.history.experiences],
-              "settings": params["trust"], "framing": framing, "trust": trust.summary(), "fit_seconds": round(fit_s, 1),
-              "learned": per_method, "overall_learned": overall, "unseen": unseen, "machine": machine(),
+    report = {"learner": str(args.learner), "overrides": args.overrides, "methods_learned": methods,
+              "settings": params["trust"], "variants": {}, "sweep": {}, "machine": machine(),
               "command": "python benchmarks/trust.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "date": time.strftime("%Y-%m-%d")}
+              "date": time.strftime("%Y-%m-%d"), "score_seconds": round(score_s, 1)}
+    plotted = {}
+    report["sweep"]["plain"] = {}
+    for flip in (False, True) if args.flip else (False,):
+        settings = {**params["trust"], "flip": flip}
+        v_val, v_test, v_unseen = variant(val, flip), variant(test, flip), variant(unseen, flip)
+        trust = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, v_test, learner.history.threshold,
+                           settings, params["train"]["seed"])
+        pooled = Scored("learned (all test faces)", np.concatenate([s.y for s in v_test]),
+                        np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]))
+        name = "flip" if flip else "plain"
+        learned = unfamiliarity(trust, pooled)
+        report["variants"][name] = {"trust": trust.summary(),
+                                    "learned": {s.name: measure(trust, s) for s in [pooled, *v_test]},
+                                    "unseen": {s.name: measure(trust, s, learned) for s in v_unseen}}
+        plotted[name] = {s.name: curves(trust, s) for s in [pooled, *v_unseen]}
+        # the rule's one knob: how much of the learned validation faces it keeps answering
+        if flip:
+            continue
+        for keep in KEEP_SWEEP:
+            t = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, [], learner.history.threshold,
+                           {**settings, "keep": keep}, params["train"]["seed"])
+            t = replace(t, report={})
+            report["sweep"]["plain"][str(keep)] = {s.name: {k: measure(t, s)[k] for k in
+                                                           ("coverage", "answered_accuracy", "real_called_fake")}
+                                                  for s in [pooled, *v_unseen]}
+    plot(plotted, report, args.out / f"trust_{args.tag}.png")
     save_results(args.out, f"trust_{args.tag}", report, markdown(report))
     return 0
 
 
+def plot(plotted: dict, report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(plotted["plain"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        for variant, style in (("plain", "-"), ("flip", ":"))[:len(plotted)]:
+            for curve, colour in (("P(fake)", "tab:grey"), ("P(fake) + familiarity", "tab:blue")):
+                c, a = plotted[variant][name][curve]
+                ax.plot(c, a, style, color=colour, label=f"{curve} ({variant})")
+            rows = report["variants"][variant]["learned" if name.startswith("learned") else "unseen"][name]
+            if rows["answered_accuracy"] is not None:
+                ax.plot(rows["coverage"], rows["answered_accuracy"], "o" if variant == "plain" else "s",
+                        color="tab:red", label=f"the product's answers ({variant})")
+        ax.axhline(0.95 if name.startswith("learned") else 0.80, color="k", lw=0.6, ls="--")
+        ax.set(title=name, xlabel="coverage (share answered)", xlim=(0, 1), ylim=(0, 1.01))
+    axes[0][0].set_ylabel("accuracy of the answered")
+    axes[0][-1].legend(fontsize=6, loc="lower left")
+    fig.suptitle("Risk-coverage: faces answered surest first (calibrated P(fake)); dots: the product's answers; "
+                 "dashed: the target", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def markdown(r: dict) -> str:
-    t, o = r["trust"], r["overall_learned"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"# How sure the champion's verdicts are ({r['date']})", "",
              f"Machine: {r['machine']['platform']}, {r['machine']['cpu_cores']} cores, torch {r['machine']['torch']}.",
              f"Command: `{r['command']}`", "",
-             f"Learner: {', '.join(r['methods_learned'])}. Trust fit in {r['fit_seconds']} s with {r['settings']}.",
-             f"Band on calibrated P(fake): real below {t['band'][0]:.3f}, fake at or above {t['band'][1]:.3f}; "
-             f"threshold {t['threshold']:.3f}; Platt a={t['calibration']['a']:.3f} b={t['calibration']['b']:.3f}.", "",
-             "## Learned methods (test faces)", "",
-             "| method | faces (fake) | AUC | ECE raw | ECE calibrated | answered | accuracy answered | novel | attribution top-1 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for k, v in r["learned"].items():
-        lines.append(f"| {k} | {v['faces']} ({v['fake']}) | {v['auc']:.3f} | {v['ece_raw']:.3f} | {v['ece']:.3f} | "
-                     f"{v['coverage']:.3f} | {f(v['answered_accuracy'])} | {v['novel_share']:.3f} | {f(v.get('attribution_top1'))} |")
-    lines += ["", f"All learned test faces: ECE {o['ece_raw']:.3f} raw -> **{o['ece']:.3f}** calibrated; answered "
-              f"**{o['coverage']:.3f}**, accuracy of the answered {f(o['answered_accuracy'])} (precision of 'fake' "
-              f"{f(o['precision_fake'])}, of 'real' {f(o['precision_real'])}); attribution top-1 over the FF++ "
-              f"methods **{f(o['attribution_top1_ffpp'])}**.", ""]
-    if r["unseen"]:
-        lines += ["## Sets never trained on (all their faces)", "",
-                  "| set | faces (fake) | AUC | novel | novelty AUROC (k-NN, the product's) | novelty AUROC (Mahalanobis) | answered | accuracy answered | ECE |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for k, v in r["unseen"].items():
-            lines.append(f"| {k} | {v['faces']} ({v['fake']}) | {v['auc']:.3f} | {v['novel_share']:.3f} | "
-                         f"{v['novelty_auroc']:.3f} | {v['mahalanobis_novelty_auroc']:.3f} | {v['coverage']:.3f} | "
-                         f"{f(v['answered_accuracy'])} | {v['ece']:.3f} |")
-        lines += ["", f"Mean novelty AUROC over the unseen sets: **{o['novelty_auroc_all_unseen']:.3f}**.", ""]
+             f"Learner: {', '.join(r['methods_learned'])}. Trust settings {r['settings']}.",
+             "Fit on the learned experiences' training and validation faces only; every figure below is on test "
+             "faces (learned) or on sets never trained on. `band`: the calibrated band alone (before this change); "
+             "`answered`: with the abstention on the unfamiliar and everything else the product does.", "",
+             "![risk-coverage](trust_" + r["command"].split("--tag ")[-1].split()[0] + ".png)"
+             if "--tag " in r["command"] else "", ""]
+    for name, v in r["variants"].items():
+        t = v["trust"]
+        lines += [f"## {'With test-time flip averaging' if name == 'flip' else 'Without flip averaging'}", "",
+                  f"Band: real below {t['band'][0]:.3f}, fake at or above {t['band'][1]:.3f}; cuts on the unfamiliar "
+                  f"(real, fake) {t['unfamiliar']} at level {t.get('unfamiliar_level')}.", "",
+                  "| set | faces (fake) | AUC | ECE raw | ECE | band: answered | band: accuracy | band: reals called fake "
+                  "| answered | accuracy answered | reals called fake | withheld reals | withheld fakes |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for group in ("learned", "unseen"):
+            for k, m in v[group].items():
+                lines.append(f"| {k}{' (never trained on)' if group == 'unseen' else ''} | {m['faces']} ({m['fake']}) | "
+                             f"{f(m['auc'])} | {f(m['ece_raw'])} | {f(m['ece'])} | {f(m['band_coverage'])} | "
+                             f"{f(m['band_answered_accuracy'])} | {f(m['band_real_called_fake'])} | **{f(m['coverage'])}** | "
+                             f"**{f(m['answered_accuracy'])}** | **{f(m['real_called_fake'])}** | "
+                             f"{f(m.get('withheld_reals'))} | {f(m.get('withheld_fakes'))} |")
+        lines += ["", "Novelty on the sets never trained on, their real and their fake faces apart: AUROC of telling "
+                  "them from the learned methods' test faces, by the k-NN novelty to every learned face (the `novel` "
+                  "flag) and by the distance to the learned faces of the class each is answered (the rule):", "",
+                  "| set | novelty: reals | novelty: fakes | class distance: reals | class distance: fakes |",
+                  "| --- | --- | --- | --- | --- |"]
+        for k, m in v["unseen"].items():
+            lines.append(f"| {k} | {f(m.get('novelty_auroc_reals'))} | {f(m.get('novelty_auroc_fakes'))} | "
+                         f"{f(m.get('class_distance_auroc_reals'))} | {f(m.get('class_distance_auroc_fakes'))} |")
+        lines.append("")
+    lines += ["## The rule's knob: `trust.keep` (share of the band's answers on learned validation faces kept)", "",
+              "answered / accuracy of the answered / reals answered fake, per set (no flip):", "",
+              "| trust.keep | " + " | ".join(r["sweep"]["plain"][str(KEEP_SWEEP[0])]) + " |",
+              "| --- |" + " --- |" * len(r["sweep"]["plain"][str(KEEP_SWEEP[0])])]
+    for keep, sets in r["sweep"]["plain"].items():
+        lines.append(f"| {keep} | " + " | ".join(f"{f(m['coverage'])} / {f(m['answered_accuracy'])} / "
+                                                   f"{f(m['real_called_fake'])}" for m in sets.values()) + " |")
     return "\n".join(lines) + "\n"
 
 

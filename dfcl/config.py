@@ -165,6 +165,7 @@ RANGES = {
     "flow.lock_wait_s": _at_least(0), "flow.keep_learner_versions": _at_least(1),
     "trust.precision": _between(0.5, 1), "trust.novelty_quantile": _between(0, 1),
     "trust.components": _at_least(1), "trust.novelty_k": _at_least(1), "trust.novelty_reference": _at_least(1), "trust.fit_faces": _at_least(1), "trust.video_disagreement": _between(0, 1),
+    "trust.keep": _within(0, 1),
     "detect.crop_min_fill": _within(0, 1), "detect.confident_fake": _within(0, 1),
     "detect.confident_fake_share": _within(0, 1), "detect.confident_real": _within(0, 1),
     "detect.confident_real_share": _within(0, 1), "detect.explain_top_frames": _at_least(0),

@@ -38,7 +38,7 @@ from dfcl.detector import Detector, load_detector
 from dfcl.faces import FaceDetector, FaceSettings, crop_square, framing_of
 from dfcl.images import check_video, read_frames, read_image
 from dfcl.scoring import fake_probabilities
-from dfcl.trust import scores_and_features
+from dfcl.trust import CUT_OFF, scores_and_features, withhold
 from dfcl.verdicts import (
     NOVEL_NOTE,
     band_of,
@@ -160,8 +160,8 @@ class FaceScorer:
     def score(self, crops: np.ndarray) -> list[dict]:
         """Per crop: calibrated P(fake), verdict, and novelty and attribution where the model has them."""
         trust = self.detector.trust
-        if trust is not None and trust.space is not None:
-            p, features = scores_and_features(self.detector.model, crops)
+        if trust is not None:
+            p, features = scores_and_features(self.detector.model, crops, flip=trust.flip)
         else:
             p, features = fake_probabilities(self.detector.model, crops).numpy(), None
         return self.detector.judge(p, features)
@@ -169,9 +169,10 @@ class FaceScorer:
     def concluded(self, result: Result, judged: dict) -> Result:
         """`result` with the verdict, reason, novelty and attribution of the face (or video) `judged`."""
         result.verdict, result.p_fake = judged["verdict"], judged["p_fake"]
-        result.reason = judged.get("reason") or reason_for(self.detector, judged["verdict"], judged["p_fake"])
+        result.reason = judged.get("reason") or reason_for(self.detector, judged["verdict"], judged["p_fake"],
+                                                           judged.get("why"))
         result.novel = judged.get("novel")
-        if result.novel:
+        if result.novel and not judged.get("why"):
             result.reason += "; " + NOVEL_NOTE
         result.resembles = judged.get("resembles") if judged["verdict"] == "fake" else None
         return result
@@ -226,10 +227,14 @@ class FaceScorer:
         t = time.perf_counter()
         judged = self.score(crops)
         timings["classify"] = time.perf_counter() - t
+        if kind == "photo":
+            for j, b in zip(judged, boxes):
+                if cut_off(b, h, w):
+                    withhold(j, CUT_OFF)
         faces = [{"box": [round(float(v), 1) for v in b], "score": None if sc is None else round(sc, 4),
                   **face_evidence(j)} for b, sc, j in zip(boxes, scores, judged)]
-        top = max(judged, key=lambda j: j["p_fake"])  # a photo is as fake as its most suspicious face
-        return self.concluded(Result(str(path), kind, "", faces=faces, crops=crops, timings=timings), top)
+        return self.concluded(Result(str(path), kind, "", faces=faces, crops=crops, timings=timings),
+                              photo_verdict(judged))
 
     def _too_small(self, what: str, h: int, w: int) -> str:
         s = self.settings
@@ -275,17 +280,20 @@ class FaceScorer:
                 row["reason"] = "no face" if det is None else f"face score {det[2]:.3f} below faces.min_score"
             else:
                 row.update(box=[round(float(v), 1) for v in det[0]], score=round(det[2], 4))
-                kept.append((len(timeline), crop_square(frames[i], det[0], s.margin, s.size)))
+                kept.append((len(timeline), crop_square(frames[i], det[0], s.margin, s.size), cut_off(det[0], h, w)))
             timeline.append(row)
         if not kept:
             return Result(str(path), "video", "error", error="no face in any sampled frame", frames=timeline,
                           video=info, timings=timings)
         t = time.perf_counter()
-        crops = np.stack([c for _, c in kept])
+        crops = np.stack([c for _, c, _ in kept])
         judged = self.score(crops)
         timings["classify"] = time.perf_counter() - t
+        for (_, _, edge), j in zip(kept, judged):
+            if edge:
+                withhold(j, CUT_OFF)
         faces = []
-        for (k, _), j in zip(kept, judged):
+        for (k, _, _), j in zip(kept, judged):
             timeline[k]["p_fake"] = round(j["p_fake"], 4)
             timeline[k]["verdict"] = j["verdict"]
             faces.append({"frame": timeline[k]["frame"], "time_s": timeline[k]["time_s"], "box": timeline[k]["box"],
@@ -300,8 +308,9 @@ class FaceScorer:
     def video_verdict(self, judged: list[dict]) -> dict:
         """One answer for a video from its frames': P(fake) by `detect.aggregate`, answered by the
         band; "uncertain" when at least `trust.video_disagreement` of the frames are answered the
-        other way (e.g. three confidently fake frames in a video whose mean says real); novel when
-        most frames are; the method most frames resemble."""
+        other way (e.g. three confidently fake frames in a video whose mean says real), or when most
+        frames' answers were withheld (unfamiliar, cut off: the commonest reason is given); novel
+        when most frames are; the method most frames resemble."""
         d = self.params["detect"]
         p = np.array([j["p_fake"] for j in judged])
         score = aggregate(p, d["aggregate"], d)
@@ -309,7 +318,10 @@ class FaceScorer:
         out = {"p_fake": score, "verdict": verdict}
         other = {"fake": "real", "real": "fake"}.get(verdict)
         against = sum(j["verdict"] == other for j in judged)
-        if other and against >= self.params["trust"]["video_disagreement"] * len(judged):
+        whys = [j["why"] for j in judged if j.get("why")]
+        if other and len(whys) > len(judged) / 2:  # most of its faces give no answer: neither does the video
+            out |= {"verdict": "uncertain", "why": f"{len(whys)} of {len(judged)} frames: {max(set(whys), key=whys.count)}"}
+        elif other and against >= self.params["trust"]["video_disagreement"] * len(judged):
             out["verdict"] = "uncertain"
             out["reason"] = (f"its frames disagree: {against} of {len(judged)} frames are answered '{other}' while "
                              f"the video's P(fake) {score:.2f} says '{verdict}' (trust.video_disagreement)")
@@ -321,6 +333,24 @@ class FaceScorer:
             out["resembles"] = {"method": top, "similarity": round(methods.count(top) / len(methods), 3),
                                 "frames": len(methods)}
         return out
+
+
+def cut_off(box, h: int, w: int) -> bool:
+    """Does the face's box (MTCNN's, x1 y1 x2 y2) leave the picture? Then part of the face is not
+    in it (its crop is kept inside the picture, dfcl.faces.crop_square, but the face is cut)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return x1 < 0 or y1 < 0 or x2 > w or y2 > h
+
+
+def photo_verdict(judged: list[dict]) -> dict:
+    """A photo's answer from its faces': "fake" when any face is answered fake (the most suspicious
+    of those), else "uncertain" when any face is (the most suspicious of those, with its reason),
+    else "real"; the P(fake) shown is that face's."""
+    for verdict in ("fake", "uncertain"):
+        these = [j for j in judged if j["verdict"] == verdict]
+        if these:
+            return max(these, key=lambda j: j["p_fake"])
+    return max(judged, key=lambda j: j["p_fake"])
 
 
 def in_time(deadline: float | None) -> None:

@@ -44,12 +44,12 @@ def scores(y: np.ndarray, p: np.ndarray, threshold: float = 0.5, videos: np.ndar
 
 def trust_scores(detector: Detector, y: np.ndarray, p_raw: np.ndarray, judged: list[dict]) -> dict:
     """How sure the answers were: calibration error of the raw and the shown P(fake), the share
-    answered (not "uncertain") and their accuracy, the share flagged novel; {} for a model
-    without trust data."""
+    answered (not "uncertain", withheld ones included) and their accuracy, the reals answered
+    fake, the share flagged novel; {} for a model without trust data."""
     if detector.trust is None:
         return {}
     q = np.array([j["p_fake"] for j in judged])
-    out = {"ece_raw": ece(y, p_raw), "ece": ece(y, q)} | coverage(y, q, detector.trust.band)
+    out = {"ece_raw": ece(y, p_raw), "ece": ece(y, q)} | coverage(y, [j["verdict"] for j in judged])
     if judged and "novel" in judged[0]:
         out["novel_share"] = float(np.mean([j["novel"] for j in judged]))
     return out
@@ -72,7 +72,7 @@ def evaluate(detector: Detector, data: str, params: dict, roc_png: Path | None =
             x = np.concatenate([np.load(arrays[f"{s}_x"], mmap_mode="r") for s in SPLITS])
             y = np.concatenate([np.load(arrays[f"{s}_y"]) for s in SPLITS])
             v = np.concatenate([face_videos(arrays[f"{s}_x"]) for s in SPLITS])
-            raw, features = scores_and_features(detector.model, x)
+            raw, features = scores_and_features(detector.model, x, flip=detector.trust is not None and detector.trust.flip)
             judged = detector.judge(raw, features)
             p = np.array([j["p_fake"] for j in judged], dtype=np.float32)
             per_method[folder.name] = scores(y, p, threshold, v) | trust_scores(detector, y, raw, judged)

@@ -237,14 +237,41 @@ class Learner:
 
     def fit_trust(self, experiences: list[ExperienceSpec]) -> Trust:
         """Calibration, the uncertain band and the feature space of everything learned (dfcl.trust)."""
+        with self._rng_kept():
+            return fit_trust(self.strategy.model, self.trust_splits(experiences), self.history.threshold,
+                             self.params["trust"], self.strategy.device, self.params["train"]["seed"],
+                             self.unseen_sets(experiences))
+
+    def trust_splits(self, experiences: list[ExperienceSpec]) -> list[tuple[str, dict[str, tuple[Path, Path]]]]:
+        """[(key, {"train"|"val"|"test": (images, labels)})]: what dfcl.trust fits and measures on."""
         splits = []
         for e in experiences:
             paths = {"train": (e.train_x, e.train_y), "val": (e.val_x, e.val_y), "test": (e.test_x, e.test_y)}
             splits.append((e.key, {k: (self.root / x, self.root / y) for k, (x, y) in paths.items()
                                    if x and (self.root / x).is_file()}))
-        with self._rng_kept():
-            return fit_trust(self.strategy.model, splits, self.history.threshold, self.params["trust"],
-                             self.strategy.device, self.params["train"]["seed"])
+        return splits
+
+    def unseen_sets(self, experiences: list[ExperienceSpec]) -> list[tuple[str, tuple[Path, Path]]]:
+        """`trust.unseen_sets`: test faces of sets never trained on, (name, (images, labels)). A
+        folder with any test face of an experience this model learned (any split, by content:
+        dfcl.leaks) is refused: its figures would not be of the unseen."""
+        from dfcl.leaks import face_hashes
+
+        out, trained = [], None
+        for folder in self.params["trust"]["unseen_sets"]:
+            path = self.root / folder
+            if not (path / "test-x.npy").is_file():
+                raise ConfigError(f"trust.unseen_sets: {folder} holds no test-x.npy (extracted faces: "
+                                  "data/processed/<dataset>/<method>)")
+            if trained is None:
+                trained = {h for e in experiences for x in (e.train_x, e.val_x, e.test_x) if x
+                           for h in face_hashes(self.root / x)}
+            shared = sum(h in trained for h in face_hashes(path / "test-x.npy"))
+            if shared:
+                raise ConfigError(f"trust.unseen_sets: {shared} test faces of {folder} are faces of a set this "
+                                  "model learned; list only sets it never trained on")
+            out.append(("/".join(path.parts[-2:]), (path / "test-x.npy", path / "test-y.npy")))
+        return out
 
     def trust_results(self) -> dict:
         """What the trust fit measured (dfcl.trust.measured) and its settings, for results and MLflow."""

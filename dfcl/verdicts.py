@@ -18,7 +18,10 @@ def model_card(detector: Detector) -> dict:
             "auc_on_unlearned": info.get("auc_forward_transfer"),
             "calibrated": calibrated(detector), "band": band_of(detector),
             "precision": None if trust is None else trust.precision,
-            "measured": {} if trust is None else {k: v for k, v in trust.report.items() if k.startswith("test_")}}
+            "measured_on": None if trust is None else trust.population(),
+            "measured": {} if trust is None else {k: v for k, v in trust.report.items() if k.startswith("test_")},
+            # the same figures on the test faces of sets it never trained on (trust.unseen_sets)
+            "measured_unseen": {} if trust is None else trust.report.get("unseen", {})}
 
 
 def calibrated(detector: Detector) -> bool:
@@ -35,25 +38,30 @@ def band_of(detector: Detector) -> list[float]:
 NOVEL_NOTE = ("this face is unlike the forgeries and real faces the model has learned: treat the verdict with care")
 
 
-def reason_for(detector: Detector, verdict: str, p: float) -> str:
-    """Why `verdict`, in words a person can weigh."""
+def reason_for(detector: Detector, verdict: str, p: float, why: str | None = None) -> str:
+    """Why `verdict`, in words a person can weigh: where the promise was measured, and for an
+    answer withheld (`why`), what about the face is unfamiliar."""
     t = detector.trust
+    if why:
+        return (f"no answer: {why}, so its P(fake) {p:.2f} promises nothing (the model's figures were measured "
+                f"{t.population() if t is not None else 'on the faces it learned'}, not on faces like this)")
     if t is None:
         return (f"P(fake) {p:.2f} against the model's threshold {detector.threshold:.2f}; this model has no "
                 "calibration (a file, or a version registered before it), so how sure it is was not measured")
     lo, hi = t.band
     if verdict == "uncertain":
         return (f"P(fake) {p:.2f} lies between {lo:.2f} and {min(hi, 1):.2f}, where the model's answers were right "
-                f"less than {t.precision:.0%} of the time on the methods it learned")
+                f"less than {t.precision:.0%} of the time {t.population()}")
     side = f"at or above {hi:.2f}" if verdict == "fake" else f"below {lo:.2f}"
     return (f"P(fake) {p:.2f} is {side}, where '{verdict}' answers were right at least {t.precision:.0%} of the "
-            "time on the methods it learned (calibrated on their validation faces)")
+            f"time {t.population()}, and the face resembles the {verdict} faces it learned; on kinds of "
+            "faces it never saw that figure was not measured")
 
 
 def face_evidence(judged: dict) -> dict:
     """A face's row: its P(fake) and answer, and novelty and attribution where the model has them."""
     out = {"p_fake": round(judged["p_fake"], 4), "verdict": judged["verdict"]}
-    return out | {k: judged[k] for k in ("novelty", "novel", "resembles") if k in judged}
+    return out | {k: judged[k] for k in ("novelty", "novel", "resembles", "withheld", "why") if k in judged}
 
 
 def table(rows: list[dict]) -> str:
@@ -74,8 +82,9 @@ def table(rows: list[dict]) -> str:
         m = answered[0]["model"]
         if m["calibrated"]:
             lo, hi = m["band"]
-            lines.append(f"fake: P(fake) >= {hi:.2f}, real: < {lo:.2f}, uncertain between: answers right at least "
-                         f"{m['precision']:.0%} of the time on the methods it learned. novel: unlike the faces it learned.")
+            lines.append(f"fake: P(fake) >= {hi:.2f}, real: < {lo:.2f}, uncertain between, or where the face is unlike "
+                         f"the learned faces of its answer: answers right at least {m['precision']:.0%} of the time "
+                         f"{m['measured_on']}. novel: unlike the faces it learned.")
         else:
             lines.append(f"this model is not calibrated: P(fake) is raw, fake at or above {m['threshold']:.2f}")
     return "\n".join(lines)

@@ -34,7 +34,8 @@ def test_detect_scores_photos_crops_and_videos_and_reports_broken_files(champion
     assert len(scored) >= 12 and video["p_fake"] == pytest.approx(np.mean(scored), abs=1e-3)  # mean aggregation
     lo, hi = video["band"]  # calibrated P(fake): fake at or above hi, real below lo, uncertain between
     expected = "fake" if video["p_fake"] >= hi else "real" if video["p_fake"] < lo else "uncertain"
-    assert video["verdict"] == expected or (video["verdict"] == "uncertain" and "frames disagree" in video["reason"])
+    assert video["verdict"] == expected or (video["verdict"] == "uncertain" and (
+        "frames disagree" in video["reason"] or video["reason"].startswith("no answer: ")))  # most frames withheld
     # a champion this small may get the identity calibration (its fit would turn scores around): it says so
     assert video["calibrated"] == video["model"]["calibrated"] and video["reason"] and video["novel"] in (True, False)
 
@@ -125,3 +126,65 @@ def test_video_aggregation_rules():
     assert aggregate(np.array([0.5, 0.6]), "confident", d) == pytest.approx(0.55)
     with pytest.raises(ValueError, match="unknown detect.aggregate"):
         aggregate(p, "median", d)
+
+
+class BoxesFinder:
+    """A face finder that finds the faces it is given: (box, landmarks, score) each."""
+
+    def __init__(self, boxes):
+        self.boxes = boxes
+
+    def detect_all(self, frames):
+        return [[(np.array(b, float), None, 0.99) for b in self.boxes] for _ in frames]
+
+
+def test_a_face_whose_box_leaves_the_picture_gets_no_answer_and_the_photo_says_why(tmp_path):
+    """The issue's photo: a second "face" in the top-left corner, its box running off the picture,
+    scored P(fake) 1.00 on a crop of padding. Its crop stays inside the picture (faces.crop_square)
+    and its answer is withheld; the photo follows from its faces."""
+    from dfcl.detect import FaceScorer, cut_off, photo_verdict
+    from dfcl.detector import Detector
+    from dfcl.trust import CUT_OFF, Trust
+    from models import create_model
+    from tests.conftest import small_params
+
+    assert cut_off([-20, -10, 60, 70], 200, 200) and cut_off([150, 150, 210, 190], 200, 200)
+    assert not cut_off([0, 0, 200, 200], 200, 200)
+    image = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "photo.png"), image)
+    torch.manual_seed(0)
+    # every whole face is answered "real" (band: real below 1.01): only the rule can change that
+    detector = Detector(create_model("small_cnn").eval(), 32, 0.5, {"uri": "test"}, Trust(band=(1.01, 1.01)))
+    scorer = FaceScorer(detector, small_params(), finder=BoxesFinder([[-20, -10, 60, 70], [100, 90, 160, 170]]))
+    result = scorer.detect(tmp_path / "photo.png", crop="never")
+    edge, whole = result.faces
+    assert edge["verdict"] == "uncertain" and edge["withheld"] == "real" and edge["why"] == CUT_OFF
+    assert whole["verdict"] == "real" and "why" not in whole
+    assert result.verdict == "uncertain" and CUT_OFF in result.reason and "promises nothing" in result.reason
+    # a fake face decides a photo whatever its other faces say; real needs every face answered real
+    assert photo_verdict([{"p_fake": 0.2, "verdict": "uncertain", "why": CUT_OFF},
+                          {"p_fake": 0.9, "verdict": "fake"}])["verdict"] == "fake"
+    assert photo_verdict([{"p_fake": 0.1, "verdict": "real"}, {"p_fake": 0.2, "verdict": "real"}])["p_fake"] == 0.2
+
+    withheld = {"p_fake": 0.1, "verdict": "uncertain", "withheld": "real", "why": CUT_OFF}
+    video = scorer.video_verdict([withheld] * 3 + [{"p_fake": 0.1, "verdict": "real"}])
+    assert video["verdict"] == "uncertain" and video["why"] == f"3 of 4 frames: {CUT_OFF}"
+    assert scorer.video_verdict([withheld] + [{"p_fake": 0.1, "verdict": "real"}] * 3)["verdict"] == "real"
+
+
+def test_reasons_say_where_the_promise_was_measured():
+    from dfcl.detector import Detector
+    from dfcl.trust import Trust
+    from dfcl.verdicts import model_card, reason_for
+
+    trust = Trust(band=(0.1, 0.8), learned=["self-blended", "ffpp/Deepfakes"],
+                  report={"test_coverage": 0.5, "unseen": {"dfdc/dfdc": {"test_coverage": 0.3}}})
+    detector = Detector(torch.nn.Identity(), 32, 0.5, {}, trust)
+    fake = reason_for(detector, "fake", 0.97)
+    assert "right at least 95% of the time on validation faces of the 2 methods it learned" in fake
+    assert "never saw that figure was not measured" in fake
+    withheld = reason_for(detector, "uncertain", 1.0, "unlike the real faces it learned")
+    assert withheld.startswith("no answer: unlike the real faces it learned, so its P(fake) 1.00 promises nothing")
+    card = model_card(detector)
+    assert card["measured_on"] == "on validation faces of the 2 methods it learned"
+    assert card["measured_unseen"] == {"dfdc/dfdc": {"test_coverage": 0.3}} and card["measured"] == {"test_coverage": 0.5}

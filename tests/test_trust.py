@@ -7,6 +7,7 @@ import pytest
 from dfcl.trust import (
     Calibration,
     Trust,
+    answer,
     choose_band,
     coverage,
     ece,
@@ -56,12 +57,12 @@ def test_the_band_reaches_its_precision_on_each_side_and_leaves_the_middle_uncer
     y2, p2 = draw(4000)
     fake, real = p2 >= hi, p2 < lo
     assert y2[fake].mean() >= 0.93 and (1 - y2[real]).mean() >= 0.93  # held-out draw, small sampling slack
-    c = coverage(y2, p2, (lo, hi))
+    c = coverage(y2, [answer(v, (lo, hi)) for v in p2])
     assert 0.3 < c["coverage"] < 0.9 and c["answered_accuracy"] >= 0.93
     # a coin flip never reaches 0.95: no answers at all, rather than wrong ones
     coin_y, coin_p = rng.integers(0, 2, 1000), rng.uniform(size=1000)
     lo, hi = choose_band(coin_y, coin_p, 0.95, 0.5)
-    assert coverage(coin_y, coin_p, (lo, hi))["coverage"] < 0.05
+    assert coverage(coin_y, [answer(v, (lo, hi)) for v in coin_p])["coverage"] < 0.05
 
 
 BASE = np.full(32, 3.0)  # features of a network are not centred at zero: cosine distances need that
@@ -105,6 +106,7 @@ def test_a_trust_file_that_is_not_one_is_refused(tmp_path):
 
 
 def test_the_learner_fits_trust_after_each_experience_and_it_travels(demo_data, tmp_path):
+    from dfcl.config import ConfigError
     from dfcl.detector import load_detector
     from dfcl.learner import Learner
     from tests.conftest import small_params
@@ -124,6 +126,14 @@ def test_the_learner_fits_trust_after_each_experience_and_it_travels(demo_data, 
     learner.save()
     detector = load_detector(str(tmp_path / "learner"), params, tmp_path)
     assert detector.trust.summary() == learner.trust.summary()
+    # a set it never trained on is measured into the model card; one it trained on is refused
+    learner.params = small_params("train.epochs=2", "trust.unseen_sets=[MouthWarp/MouthWarp]")
+    specs_for(demo_data, tmp_path, ["MouthWarp"])
+    unseen = learner.fit_trust(learner.history.experiences).report["unseen"]["MouthWarp/MouthWarp"]
+    assert {"test_coverage", "test_answered_accuracy", "test_real_called_fake"} <= set(unseen)
+    learner.params = small_params("train.epochs=2", "trust.unseen_sets=[BlendSwap/BlendSwap]")
+    with pytest.raises(ConfigError, match="faces of a set this model learned"):
+        learner.fit_trust(learner.history.experiences)
     assert [r["method"] for r in detector.info["learned"]] == ["BlendSwap", "GANUpsample"]
 
 
@@ -161,3 +171,90 @@ def test_novelty_flags_faces_of_a_set_never_learned_more_than_the_learned_method
     learned, unseen = np.mean([r["novel"] for r in learned]), np.mean([r["novel"] for r in unseen])
     print(f"novel: learned test faces {learned:.2f}, DFDC faces {unseen:.2f}, AUROC {auroc:.3f}")
     assert learned < 0.25 and unseen > learned + 0.25 and auroc > 0.7, (learned, unseen, auroc)
+
+
+def scored(name, rng, centres_and_labels, n, p_of):
+    """A set of faces with features around `centres` and P(fake) from `p_of(label)`."""
+    from dfcl.trust import Scored
+
+    f = np.concatenate([rng.normal(BASE + c, 1.0, (n, 32)) for c, _ in centres_and_labels])
+    y = np.repeat([lab for _, lab in centres_and_labels], n)
+    return Scored(name, y, np.array([p_of(lab, rng) for lab in y]), f)
+
+
+def confident(label, rng):
+    """A good detector's raw P(fake) on the faces it learned: mostly sure, sometimes wrong."""
+    return float(np.clip(rng.normal(0.85 if label else 0.15, 0.15), 0.001, 0.999))
+
+
+SETTINGS = {"precision": 0.95, "novelty_quantile": 0.95, "novelty_k": 10, "novelty_reference": 1000,
+            "components": 32, "fit_faces": 400, "keep": 0.8, "flip": False}
+REAL, FAKE, ELSEWHERE = np.zeros(32), np.r_[5, np.zeros(31)], np.r_[0, 0, 7, -4, np.zeros(28)]
+
+
+def test_an_answer_whose_face_is_unlike_the_learned_faces_of_its_class_is_withheld_at_the_coverage_fit(tmp_path):
+    """The rule is fit on validation faces alone: it keeps `trust.keep` of the band's answers there
+    and withholds answers on a kind of real face it never saw, which the model calls fake with
+    confidence (the sharp portrait of the issue)."""
+    from dfcl.trust import fit_scored
+
+    rng = np.random.default_rng(1)
+    train = scored("A", rng, [(REAL, 0), (FAKE, 1)], 300, confident)
+    val = scored("A", rng, [(REAL, 0), (FAKE, 1)], 200, confident)
+    test = scored("A", rng, [(REAL, 0), (FAKE, 1)], 200, confident)
+    trust = fit_scored(train.features, train.y, ["A"], [val], [test], 0.5, SETTINGS)
+    # without the cut the band alone answers more of the learned faces: the rule withheld what it may
+    band_only = coverage(val.y, [answer(float(q), trust.band) for q in trust.calibration(val.p)])["coverage"]
+    assert 0.8 * band_only <= trust.report["val_coverage"] < band_only and trust.report["unfamiliar_level"] < 0.95
+    assert trust.report["test_coverage"] > 0.4 and trust.report["test_answered_accuracy"] >= 0.95
+
+    portraits = rng.normal(BASE + ELSEWHERE, 1.0, (200, 32))
+    judged = trust.judge(np.full(200, 0.999), portraits)
+    assert all(j["verdict"] == "uncertain" and j["withheld"] == "fake" for j in judged)
+    assert judged[0]["why"] == "unlike the forgeries it learned"
+    assert coverage(np.zeros(200), [j["verdict"] for j in judged])["real_called_fake"] == 0
+    # the same faces without the cut (a trust file from before it): answered fake, every one
+    assert all(j["verdict"] == "fake" for j in Trust(band=trust.band, calibration=trust.calibration).judge(
+        np.full(200, 0.999), portraits))
+
+    again = Trust.load(trust.save(tmp_path / "trust.safetensors"))
+    assert again.unfamiliar == pytest.approx(trust.unfamiliar) and again.learned == ["A"] and again.flip is False
+    assert (again.space.reference_fake == trust.space.reference_fake).all()
+    assert [j["verdict"] for j in again.judge(test.p, test.features)] == \
+        [j["verdict"] for j in trust.judge(test.p, test.features)]
+
+
+def test_a_trust_file_from_before_the_abstention_loads_without_cuts(tmp_path):
+    """Files written before: no reference labels, no cuts; they answer as they did."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    f, labels = clusters(rng, [REAL, FAKE], 50)
+    space = fit_feature_space(f, labels, ["real", "A"], components=8)
+    tensors = {k: getattr(space, k).astype(np.float32) for k in ("mean", "projection", "centres")}
+    tensors["reference"] = space.reference.astype(np.float16)
+    header = {"calibration": {"a": 1.0, "b": 0.0}, "threshold": 0.5, "band": [0.3, 0.7], "precision": 0.95,
+              "novelty_threshold": 0.2, "classes": ["real", "A"], "k": 10, "report": {}}
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"format": "dfcl-trust-1", "json": json.dumps(header)})
+    old = Trust.load(tmp_path / "old.safetensors")
+    assert old.unfamiliar == (math.inf, math.inf) and old.space.reference_fake is None and not old.flip
+    assert old.judge(np.array([0.9]), f[:1])[0]["verdict"] == "fake"
+    assert old.population() == "on validation faces of the 1 method it learned"
+
+
+def test_flip_averaging_scores_the_mean_of_a_face_and_its_mirror():
+    import torch
+
+    from dfcl.trust import scores_and_features
+    from models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", image_size=32).eval()
+    x = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    p, f = scores_and_features(model, x)
+    pm, fm = scores_and_features(model, np.ascontiguousarray(x[:, :, ::-1]))
+    pf, ff = scores_and_features(model, x, flip=True)
+    assert not np.allclose(p, pm)  # a network that is not mirror-symmetric: the two views differ
+    assert pf == pytest.approx((p + pm) / 2, abs=1e-6) and ff == pytest.approx((f + fm) / 2, abs=1e-5)

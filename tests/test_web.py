@@ -159,7 +159,7 @@ def test_page_says_how_sure_a_verdict_is_and_shows_the_model_card(files, tmp_pat
             assert verdict.text == "Uncertain: the model cannot tell"
             assert verdict.value_of_css_property("color") == "rgba(187, 102, 0, 1)"  # amber
             assert text("reason").startswith("Why: P(fake) ") and "lies between 0.00 and 1.00, where the model's " \
-                "answers were right less than 95% of the time on the methods it learned." in text("reason")
+                "answers were right less than 95% of the time on validation faces of the 2 methods it learned." in text("reason")
             assert "unlike" not in text("reason")  # the novelty is its own note, not repeated
             assert shown("novel") and text("novel") == NOVEL
             assert text("summary").startswith("Calibrated P(fake) ") and "Every face is answered uncertain" in text("band")

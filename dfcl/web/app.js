@@ -69,10 +69,10 @@ async function loadModel() {
 function show(id, on) { $(id).hidden = !on; }
 
 // The band in words: P(fake) below lo is answered real, at or above hi fake, between uncertain.
-function bandWords(band, precision) {
+function bandWords(band, precision, measuredOn) {
   const [lo, hi] = band;
   const often = finite(precision) ? `right at least ${percent(precision)} of the time` : "right as often as it promises";
-  const where = "on validation faces of the methods it learned";
+  const where = measuredOn || "on validation faces of the methods it learned";
   if (hi >= 1 && lo <= 0) return `every face is answered uncertain: no cut of P(fake) gave fake or real answers ${often} ${where}`;
   const fake = hi >= 1 ? "never answered fake" : `answered fake at or above ${num(hi)}`;
   const real = lo <= 0 ? "never real" : `real below ${num(lo)}`;
@@ -85,7 +85,7 @@ function bandWords(band, precision) {
 function renderCard(m) {
   if (!m) return;
   const cal = m.calibrated
-    ? `Its P(fake) is calibrated: ${bandWords(m.band || [m.threshold, m.threshold], m.precision)}.`
+    ? `Its P(fake) is calibrated: ${bandWords(m.band || [m.threshold, m.threshold], m.precision, m.measured_on)}.`
     : `This model is not calibrated: its P(fake) is the raw output, answered fake at or above ${num(m.threshold)}, ` +
       "so how sure its verdicts are was not measured.";
   $("card-calibration").textContent = cal;
@@ -120,14 +120,21 @@ function renderCard(m) {
   if (finite(s.test_attribution_accuracy)) {
     parts.push(`it named the right method for ${percent(s.test_attribution_accuracy)} of the forged faces`);
   }
-  $("measured").textContent = parts.length ? `On test faces of the methods it learned it ${parts.join("; ")}.` : "";
-  show("measured", parts.length > 0);
+  // The same on sets it never trained on (trust.unseen_sets), beside the learned ones: where the promise holds.
+  const unseen = Object.entries(m.measured_unseen || {}).filter(([, u]) => finite(u.test_coverage)).map(([name, u]) =>
+    `${name}: answered ${percent(u.test_coverage)}, ${percent(u.test_answered_accuracy)} of those right, ` +
+    `${percent(u.test_real_called_fake)} of its real faces answered fake`);
+  $("measured").textContent = (parts.length ? `On test faces of the methods it learned it ${parts.join("; ")}.` : "") +
+    (unseen.length ? ` On sets it never trained on: ${unseen.join("; ")}.` : "");
+  show("measured", parts.length + unseen.length > 0);
   // The legend says what the numbers mean for this model.
   $("legend-p").textContent = m.calibrated
     ? "The model's probability that the face is forged, rescaled on validation faces so that 0.8 meant forged about 8 times in 10 there."
     : "The model's raw output: this model is not calibrated, so P(fake) is a score, not a measured probability.";
   $("legend-uncertain").textContent = "P(fake) lies between the two cuts where the model's fake and real answers were right " +
-    (finite(m.precision) ? `at least ${percent(m.precision)} of the time` : "as often as it promises") + ", so it gives neither.";
+    (finite(m.precision) ? `at least ${percent(m.precision)} of the time` : "as often as it promises") + ", so it gives neither; " +
+    "or the face is unlike the faces of its answer the model learned, or cut off at the edge of the picture, " +
+    "where that figure was never measured.";
   show("card", true);
 }
 
@@ -188,7 +195,7 @@ function render(file, r) {
                         : `, ${faces} face${faces === 1 ? "" : "s"}.`);
   const m = r.model || {};
   $("band").textContent = r.calibrated
-    ? sentence(bandWords(r.band || [r.threshold, r.threshold], m.precision))
+    ? sentence(bandWords(r.band || [r.threshold, r.threshold], m.precision, m.measured_on))
     : `This model is not calibrated: P(fake) is its raw output, answered fake at or above ${num(r.threshold, 3)} ` +
       "and real below, so how sure it is was not measured.";
   show("band", true);
