@@ -1,6 +1,7 @@
 """Test setup: every test gets its own workspace (git + DVC repo, sqlite MLflow); Prefect
 runs on its temporary local API with a home of its own for the session."""
 import atexit
+import logging
 import os
 import shutil
 import sys
@@ -46,6 +47,20 @@ def prefect_api():
     EventsWorker.drain_all()
     for server in list(SubprocessASGIServer._instances.values()):
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_logging_into_closed_streams():
+    """A library logger set up during a test whose output pytest captured (DVC's handler, made on
+    DVC's first use in the process) keeps that captured stream, which pytest closes after the test;
+    the next test of the process that logs through it fails ("I/O operation on closed file").
+    Such handlers are pointed at the real stderr after each test."""
+    yield
+    loggers = [logging.getLogger()] + [g for g in logging.Logger.manager.loggerDict.values() if isinstance(g, logging.Logger)]
+    for handler in {h for g in loggers for h in g.handlers}:
+        stream = getattr(handler, "stream", None)
+        if stream is not None and getattr(stream, "closed", False):
+            handler.stream = sys.__stderr__  # (setStream would flush the closed one first)
 
 
 def shared_data(name: str) -> Path:
