@@ -83,8 +83,10 @@ class FaceArrayDataset(PicklesAsSettings, Dataset):
         return masked_item(image, self.targets[i], mask, self._augmenter)
 
 
-def masked_item(image: np.ndarray, label: int, mask: np.ndarray, augmenter: Augmenter | None):
-    """(face, label, mask (1, S, S)) with the mask moved as the augmentation moves the face."""
+def masked_item(image: np.ndarray, label: int, mask: np.ndarray, augmenter: Augmenter | None,
+                rng: np.random.Generator | None = None):
+    """(face, label, mask (1, S, S)) with the mask moved as the augmentation moves the face
+    (`rng`: the augmentation's draws, see Augmenter)."""
     if augmenter is not None:
-        image, mask = augmenter(image, mask)
+        image, mask = augmenter(image, mask, rng=rng)
     return face_tensor(image), label, torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None]

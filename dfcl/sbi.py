@@ -378,10 +378,7 @@ class SelfBlendedPairs(PicklesAsSettings, Dataset):
             face, mask = self_blend(face, blend, None if self.landmarks is None else self.landmarks[k])
         post = np.random.default_rng([self.seed, k, self.epoch, 2])  # the pair's shared augmentation
         if self.masks:
-            mask = target_mask(label, len(mask), mask if label else None)
-            if self._augmenter is not None:
-                face, mask = self._augmenter(face, mask, rng=post)
-            return face_tensor(face), label, torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None]
+            return masked_item(face, label, target_mask(label, len(mask), mask if label else None), self._augmenter, post)
         if self._augmenter is not None:
             face = np.ascontiguousarray(self._augmenter(face, rng=post), dtype=np.uint8)
         return face_tensor(face), label
