@@ -16,7 +16,7 @@ experience). Balanced accuracy is at the threshold chosen on the validation spli
 Every training is a Prefect task on the task runner `compare.runner` chooses, as in `dfcl
 compare`: one after the other here (`local`), or side by side on Dask workers (`-S
 compare.runner=dask`: a LocalCluster of `compare.dask_workers` single-threaded processes, or the
-scheduler at `compare.dask_address`). The faces are extracted with dfcl.extraction straight from
+scheduler at `compare.dask_address`). The faces are extracted with dfcl.data.extraction straight from
 the folders (no DVC or MLflow) into --workspace, which the workers read: on a cluster of several
 machines, put it on storage they share.
 
@@ -49,9 +49,9 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from dfcl.arrays import SPLITS, face_arrays  # noqa: E402
 from dfcl.config import apply_overrides, load_params  # noqa: E402
-from dfcl.data import first_of_each_face  # noqa: E402
+from dfcl.data.arrays import SPLITS, face_arrays  # noqa: E402
+from dfcl.data.datasets import first_of_each_face  # noqa: E402
 
 FFPP = ["Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"]
 LEFT_OUT = "NeuralTextures"
@@ -120,10 +120,10 @@ def spec(key: str, paths: dict):
 
 @task(cache_policy=NO_CACHE, retry_delay_seconds=2)  # retries: compare.retries (the flow sets them)
 def train_and_score(sequence: list, params: dict, folder: str, scored: dict, threads: int | None) -> dict:
-    """A new learner on `sequence` (dfcl.learner.train_sequence), then the AUC of its model on each
+    """A new learner on `sequence` (dfcl.learning.learner.train_sequence), then the AUC of its model on each
     of `scored` ({name: (face paths, splits)}): those, its last results and its training seconds.
     `threads`: torch threads of a Dask worker (one training per worker process)."""
-    from dfcl.learner import train_sequence
+    from dfcl.learning.learner import train_sequence
 
     if threads:
         torch.set_num_threads(threads)
@@ -136,7 +136,7 @@ def train_and_score(sequence: list, params: dict, folder: str, scored: dict, thr
 def submit_row(name: str, params: dict, data: Path, work: Path, dfdc_first: bool, threads: int | None) -> dict:
     """The row's three trainings (joint, continual, left-out) submitted to the flow's task runner;
     the faces are extracted first, here."""
-    size = params["data"]["image_size"]
+    size = params.data.image_size
     ffpp = extract(data / "ffpp-crops", work, params)
     stylegan = next(iter(extract(data / "stylegan-faces" / "images", work, params).values()))
     dfdc_faces = next(iter(extract(data / "dfdc-crops", work, params).values()))
@@ -147,7 +147,7 @@ def submit_row(name: str, params: dict, data: Path, work: Path, dfdc_first: bool
     three = spec("ffpp-three", merged("three", [ffpp[m] for m in seen], work, size))
 
     naive = apply_overrides(params, ["strategy.name=naive"])
-    train = train_and_score.with_options(retries=params["compare"]["retries"])
+    train = train_and_score.with_options(retries=params.compare.retries)
     folder = work / "learners" / name
     # The joint model is also scored on methods it never trained on: StyleGAN (all of it) and
     # DFDC's test split (unless dfdc_first trained on it).
@@ -220,7 +220,7 @@ def hand_written(md: Path) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    from dfcl.plots import plt
+    from dfcl.measure.plots import plt
 
     rows = {n: r for n, r in report["rows"].items() if "error" not in r}
     keys = [("joint_mean_auc", "joint FF++"), ("continual_mean_auc", "continual FF++"),
@@ -310,22 +310,22 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="add the rows to the existing results of --tag")
     parser.add_argument("--suffix", default="", help="added to the row names in the table (e.g. seed rows of another row)")
     args = parser.parse_args()
-    from dfcl.runners import sweep_task_runner
+    from dfcl.ops.runners import sweep_task_runner
 
     checked_rows(parser, args.rows, ROWS)
     work, out = made_folders(args.workspace, args.out)
     base = load_params(REPO / "params.yaml", args.set)
-    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "strategy": base["strategy"]["name"],
-              "base": {k: base[k] for k in ("data", "model", "train", "strategy", "augment", "sbi")}, "rows": {}}
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "strategy": base.strategy.name,
+              "base": base.model_dump(include={"data", "model", "train", "strategy", "augment", "sbi"}), "rows": {}}
     earlier, notes = out / f"ablation_{args.tag}.json", ""
     if args.append and earlier.exists():  # more rows for the same table (same data and seeds)
         report = {**json.loads(earlier.read_text()), "machine": report["machine"]}
         notes = hand_written(out / f"ablation_{args.tag}.md")
     report["commands"] = report.get("commands", []) + ["python benchmarks/ablation.py " + " ".join(sys.argv[1:])]
-    cp = base["compare"]
+    cp = base.compare
     runner = ablation.with_options(task_runner=sweep_task_runner(cp))
     report = runner(plan_rows(args.rows.split(","), args.set, args.suffix), report, str(Path(args.data).resolve()),
-                    str(work), str(out), args.tag, notes, cp["dask_threads_per_worker"] if cp["runner"] == "dask" else None)
+                    str(work), str(out), args.tag, notes, cp.dask_threads_per_worker if cp.runner == "dask" else None)
     print(markdown(report, args.tag))
     if any("error" in r for r in report["rows"].values()):
         sys.exit(1)

@@ -1,4 +1,4 @@
-"""What `train.heap_allocations` (dfcl/memory.py) is worth: the pipeline's learner on the first
+"""What `train.heap_allocations` (dfcl/learning/memory.py) is worth: the pipeline's learner on the first
 two FF++ methods (Replay, 1 epoch each, evaluations included), once with glibc's default
 allocation and once with the setting, each in a fresh process.
 
@@ -22,10 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_once(workspace: str, heap: str) -> str:
     sys.path.insert(0, str(REPO))
-    from dfcl.arrays import face_arrays
     from dfcl.config import apply_overrides, load_params
-    from dfcl.experience import ExperienceSpec
-    from dfcl.learner import Learner
+    from dfcl.data.arrays import ExperienceSpec, face_arrays
+    from dfcl.learning.learner import Learner
 
     params = apply_overrides(load_params(), [f"train.heap_allocations={heap}", "train.epochs=1"])
     specs = [ExperienceSpec(key=f"ffpp-crops/{m}", dataset="ffpp-crops", method=m, version="-",

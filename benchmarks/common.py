@@ -2,7 +2,9 @@
 import json
 import os
 import platform
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,21 +36,21 @@ def scratch_workspace(prefix: str, overrides: list[str]):
 
 
 def extract_once(folder: Path, work: Path, params: dict, name: str | None = None) -> dict[str, dict]:
-    """Faces of one dataset folder, extracted straight from the folder (dfcl.extraction, no DVC
+    """Faces of one dataset folder, extracted straight from the folder (dfcl.data.extraction, no DVC
     or Prefect) once per setting of what extraction reads (the DVC stage's params):
     {method: {train_x: path, ...}}. `name`: the dataset's name (default: the folder's)."""
     import hashlib
 
-    from dfcl.arrays import face_arrays
-    from dfcl.dvc import STAGE_PARAMS, stage_param
-    from dfcl.extraction import extract_dataset
-    from dfcl.layouts import dataset_name
+    from dfcl.data.arrays import face_arrays
+    from dfcl.data.extraction import extract_dataset
+    from dfcl.data.layouts import dataset_name
+    from dfcl.ops.dvc import STAGE_PARAMS, stage_param
 
     own = dataset_name(folder)
     name = name or own
     settings = hashlib.sha1(json.dumps([stage_param(params, k) for k in STAGE_PARAMS]).encode()).hexdigest()[:10]
     # A folder extracted under another name (a self-blended experience of its reals) gets a place of its own.
-    out = work / f"faces-{params['data']['image_size']}-{settings}" / (name if name == own else f"{own}-as-{name}")
+    out = work / f"faces-{params.data.image_size}-{settings}" / (name if name == own else f"{own}-as-{name}")
     if not (out / "experiences.json").exists():
         extract_dataset(folder, out, params, name, cache_dir=work / "cache")
     info = json.loads((out / "experiences.json").read_text())
@@ -58,17 +60,17 @@ def extract_once(folder: Path, work: Path, params: dict, name: str | None = None
 
 def gather_reals(folders: list[Path], out: Path, params: dict) -> Path:
     """The real faces of several datasets in one folder, as the flow's raw copy of a self-blended
-    experience holds them (dfcl.layouts.real_faces_of: each dataset under its name, with the split
+    experience holds them (dfcl.data.layouts.real_faces_of: each dataset under its name, with the split
     list that keeps each file's split; `sbi.max_per_set` files of each after the first): made once."""
     import shutil
 
-    from dfcl.layouts import REAL_SPLITS, recognise, split_rule
+    from dfcl.data.layouts import REAL_SPLITS, recognise, split_rule
 
     if (out / REAL_SPLITS).is_file():
         return out
-    dp = params["data"]
-    found = recognise(folders, dp["real_names"], params["sbi"]["method"], real_only=True, splits=split_rule(dp),
-                      max_per_set=params["sbi"]["max_per_set"])
+    dp = params.data
+    found = recognise(folders, dp.real_names, params.sbi.method, real_only=True, splits=split_rule(dp),
+                      max_per_set=params.sbi.max_per_set)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for rel in found.files.path:
@@ -84,7 +86,7 @@ def gather_reals(folders: list[Path], out: Path, params: dict) -> Path:
 def spec(key: str, paths: dict, version: str):
     """An experience of extracted faces ("<dataset>/<method>"), not DVC-versioned: `version` says
     which benchmark made it."""
-    from dfcl.experience import ExperienceSpec
+    from dfcl.data.arrays import ExperienceSpec
 
     return ExperienceSpec(key=key, dataset=key.split("/")[0], method=key.split("/")[-1], version=version, **paths)
 
@@ -95,11 +97,23 @@ def auc_on(model, device, paths: dict, splits=("test",)) -> float:
     import torch
     from torchmetrics.functional.classification import binary_auroc
 
-    from dfcl.scoring import fake_probabilities
+    from dfcl.measure.scoring import fake_probabilities
 
     x = np.concatenate([np.load(paths[f"{s}_x"], mmap_mode="r") for s in splits])
     y = torch.from_numpy(np.concatenate([np.load(paths[f"{s}_y"]) for s in splits]))
     return float(binary_auroc(fake_probabilities(model, x, device), y))
+
+
+def resumed_report(stem: Path, tag: str, entries: str) -> dict:
+    """The report earlier runs of this tag wrote to `stem`.json (their `entries`, rows or models,
+    are kept: a run adds what it lacks), with this machine, this command and today added."""
+    path = stem.with_suffix(".json")
+    report = json.loads(path.read_text()) if path.exists() else {"tag": tag, entries: {}, "commands": [], "dates": []}
+    report["machine"] = machine()
+    command = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    report["commands"] = list(dict.fromkeys(report["commands"] + [command]))
+    report["dates"] = list(dict.fromkeys(report["dates"] + [time.strftime("%Y-%m-%d")]))
+    return report
 
 
 def save_results(out: Path, stem: str, report: dict, text: str) -> None:

@@ -64,18 +64,18 @@ def bare_loop(params: dict, spec, root: Path) -> float:
     """images/s of a plain PyTorch training loop: same model, optimizer, batch, data, epochs."""
     from torch.utils.data import DataLoader
 
-    from dfcl.data import FaceArrayDataset
-    from dfcl.memory import apply_heap_allocations
-    from dfcl.strategies import make_model, make_optimizer, pick_device
+    from dfcl.data.datasets import FaceArrayDataset
+    from dfcl.learning.memory import apply_heap_allocations
+    from dfcl.learning.strategies import make_model, make_optimizer, pick_device
 
-    tp = params["train"]
+    tp = params.train
     torch.manual_seed(tp["seed"])
-    apply_heap_allocations(tp)  # as the pipeline does (dfcl.strategies.build_strategy)
+    apply_heap_allocations(tp)  # as the pipeline does (dfcl.learning.strategies.build_strategy)
     device = pick_device(tp["device"])
-    model = make_model(params["model"]).to(device, memory_format=torch.channels_last)
+    model = make_model(params.model).to(device, memory_format=torch.channels_last)
     cuda = device.type == "cuda"
     opt = make_optimizer(model, tp)
-    data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=params["augment"])
+    data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=params.augment)
     workers = tp["num_workers"]
     loader = DataLoader(data, batch_size=tp["batch_size"], shuffle=True, num_workers=workers,
                         pin_memory=cuda, persistent_workers=workers > 0)
@@ -100,11 +100,11 @@ def bare_loop(params: dict, spec, root: Path) -> float:
 def pipeline_loop(params: dict, specs: list, root: Path, tmp: Path) -> tuple[float, float]:
     """images/s of the strategy's training on the last of `specs` (after learning the others),
     and its seconds per training step."""
-    from dfcl.learner import Learner
+    from dfcl.learning.learner import Learner
 
     learner = Learner(tmp, params, root)
     bench = learner.benchmark(specs)
-    workers = params["train"]["num_workers"]
+    workers = params.train.num_workers
     loader_args = dict(num_workers=workers, persistent_workers=workers > 0)
     for i in range(len(specs) - 1):
         learner.strategy.train(bench.train_stream[i], **loader_args)
@@ -113,7 +113,7 @@ def pipeline_loop(params: dict, specs: list, root: Path, tmp: Path) -> tuple[flo
     start = time.perf_counter()
     learner.strategy.train(bench.train_stream[len(specs) - 1], **loader_args)
     seconds = time.perf_counter() - start
-    images = len(bench.train_stream[len(specs) - 1].dataset) * params["train"]["epochs"]
+    images = len(bench.train_stream[len(specs) - 1].dataset) * params.train.epochs
     return images / seconds, timer.seconds / max(timer.steps, 1)
 
 
@@ -157,15 +157,15 @@ def step_times(params: dict, names: list[str], specs: list, root: Path, work: Pa
 def run_direct(folders: list[Path], params: dict, strategies: list[str], seeds: list[int], work: Path,
                plots: Path, finished_only: bool = False) -> dict:
     """What flows.compare does, without Prefect, DVC or MLflow: the same trainings
-    (dfcl.learner.train_sequence) and the same report (mean and spread over seeds). With
+    (dfcl.learning.learner.train_sequence) and the same report (mean and spread over seeds). With
     `finished_only`, nothing is trained: the report holds the (strategy, seed) runs already done."""
     from dataclasses import asdict
 
-    from dfcl.experience import ExperienceSpec
-    from dfcl.layouts import dataset_name
-    from dfcl.learner import train_sequence
-    from dfcl.plots import strategy_plots
-    from dfcl.tables import over_seeds
+    from dfcl.data.arrays import ExperienceSpec
+    from dfcl.data.layouts import dataset_name
+    from dfcl.learning.learner import train_sequence
+    from dfcl.measure.plots import strategy_plots
+    from dfcl.measure.tables import over_seeds
 
     specs = []
     for i, folder in enumerate(folders):
@@ -211,7 +211,7 @@ def log_to_mlflow(path: Path, experiment: str) -> None:
     import pandas as pd
 
     from dfcl.config import flatten
-    from dfcl.plots import matrix_frame
+    from dfcl.measure.plots import matrix_frame
 
     report = json.loads(path.read_text())
     mlflow.set_experiment(experiment)
@@ -321,7 +321,7 @@ def main() -> None:
         from dfcl.workspace import Workspace, configure_environment
 
         configure_environment(Workspace(REPO))
-        log_to_mlflow(Path(args.log_mlflow).resolve(), load_params(REPO / "params.yaml")["mlflow"]["compare_experiment"])
+        log_to_mlflow(Path(args.log_mlflow).resolve(), load_params(REPO / "params.yaml").mlflow.compare_experiment)
         return
 
     work, out = Path(args.workspace).resolve(), Path(args.out).resolve()
@@ -329,8 +329,8 @@ def main() -> None:
     os.chdir(work)
     os.environ["DFCL_WORKSPACE"] = str(work)
     from dfcl.config import load_params
-    from dfcl.plots import forgetting_curves, matrix_frame
-    from dfcl.strategies import STRATEGIES
+    from dfcl.learning.strategies import STRATEGIES
+    from dfcl.measure.plots import forgetting_curves, matrix_frame
 
     params = load_params(REPO / "params.yaml", args.set)
     strategies = args.strategies.split(",") if args.strategies else list(STRATEGIES)
@@ -354,7 +354,7 @@ def main() -> None:
     spread = {n: matrix_frame(r["std"]["accuracy_matrix"], report["methods"]) for n, r in report["strategies"].items()}
     forgetting_curves(frames, plots / "forgetting_all.png", spread if len(seeds) > 1 else None)
 
-    from dfcl.experience import ExperienceSpec
+    from dfcl.data.arrays import ExperienceSpec
 
     specs = [ExperienceSpec(**e) for e in report["experiences"]]
     if args.step_times:
@@ -363,7 +363,7 @@ def main() -> None:
     report["speed"] = {} if args.skip_speed else speed(params, specs, Path("/") if args.direct else work,
                                                        work / "data" / "speed")
     report.update(machine=machine(), date=time.strftime("%Y-%m-%d"), wall_s=round(wall, 1),
-                  params={k: params[k] for k in ("data", "model", "train", "strategy", "augment", "sbi")})
+                  params=params.model_dump(include={"data", "model", "train", "strategy", "augment", "sbi"}))
     if not args.direct:
         import mlflow
 

@@ -29,13 +29,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from dfcl.config import load_params
-    from dfcl.extraction import extract_dataset
-    from dfcl.faces import FaceDetector, FaceSettings, read_frames
-    from dfcl.layouts import recognise
+    from dfcl.data.extraction import extract_dataset
+    from dfcl.data.faces import FaceDetector, FaceSettings, read_frames
+    from dfcl.data.layouts import recognise
 
     params = load_params(REPO / "params.yaml", [f"faces.device={args.device}", *args.set])
     s = FaceSettings.from_params(params)
-    videos = sorted(set(recognise(args.videos, params["data"]["real_names"], "bench").files.path))
+    videos = sorted(set(recognise(args.videos, params.data.real_names, "bench").files.path))
 
     # The halves apart: OpenCV decoding of the sampled frames, then MTCNN on them.
     start = time.perf_counter()

@@ -5,7 +5,7 @@ left as it is).
 Real models and a real registry: a small CNN trained on the synthetic BlendSwap method is
 registered (weights only) as the champion in a scratch workspace with its own sqlite MLflow;
 each case builds a challenger and runs the gate task itself (tasks/promotion_gate.py) against
-it (gate_verdict, what the gate task decides with; its rules in dfcl/gate.py), or makes the
+it (challenger_verdict, what the gate task decides with; its rules in dfcl/measure/gate.py), or makes the
 registry misbehave around it.
 
     .venv/bin/python benchmarks/gate_cases.py [--out benchmarks/results/robustness_cpu.md]
@@ -43,9 +43,9 @@ def setup(work: Path) -> None:
 
 
 def make_specs(work: Path, params: dict) -> dict:
-    from dfcl.demo_data import generate
-    from dfcl.experience import ExperienceSpec
-    from dfcl.extraction import extract_dataset
+    from dfcl.data.arrays import ExperienceSpec
+    from dfcl.data.demo_data import generate
+    from dfcl.data.extraction import extract_dataset
 
     generate(work / "demo", ["BlendSwap", "GANUpsample"], train_per_class=48, test_per_class=24, size=32, seed=0)
     specs = {}
@@ -59,7 +59,7 @@ def make_specs(work: Path, params: dict) -> dict:
 def register(learner, methods: list[str]) -> str:
     import mlflow
 
-    from dfcl.tracking import log_detector
+    from dfcl.ops.tracking import log_detector
 
     sets = {e.key: {"test_x": e.test_x, "test_y": e.test_y, "digest": e.digest} for e in learner.history.experiences}
     with mlflow.start_run():
@@ -90,8 +90,8 @@ def run_cases(work: Path) -> list[dict]:
     from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
     from dfcl.config import ConfigError, apply_overrides, load_params
-    from dfcl.learner import Learner
-    from tasks.promotion_gate import gate_verdict
+    from dfcl.learning.learner import Learner
+    from tasks.promotion_gate import challenger_verdict
 
     params = load_params(REPO / "params.yaml", SETTINGS)
     specs = make_specs(work, params)
@@ -204,7 +204,7 @@ def run_cases(work: Path) -> list[dict]:
         learner = build()
         start = time.perf_counter()
         try:
-            verdict = gate_verdict(learner, learner.params)
+            verdict = challenger_verdict(learner, learner.params)
             rows.append({"case": name, "verdict": verdict, "seconds": time.perf_counter() - start})
         except (MlflowException, ConfigError) as e:  # the cases where the gate must stop the run
             rows.append({"case": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}",
@@ -249,7 +249,7 @@ def section(rows: list[dict], seconds: float) -> str:
              "Each case of the promotion gate (issue 28, items 8 and 9) against a real champion: a small CNN "
              "trained on the synthetic BlendSwap method (32 px, 48 faces per class and split), registered weights-only "
              "in a scratch workspace's MLflow; each challenger goes through what the gate task decides with "
-             "(`gate_verdict` in `tasks/promotion_gate.py`, its rules in `dfcl/gate.py`; gate metric AUC, 1000 paired bootstrap resamples, "
+             "(`challenger_verdict` in `tasks/promotion_gate.py`, its rules in `dfcl/measure/gate.py`; gate metric AUC, 1000 paired bootstrap resamples, "
              "95 % intervals). "
              "\"To ops\" means the challenger would wait for `dfcl approve`; \"rejected\" never reaches ops; "
              "\"stops the run\" means the retraining run fails before any decision, so no alias moves "

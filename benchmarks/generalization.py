@@ -37,8 +37,8 @@ from common import (  # noqa: E402
     checked_rows,
     extract_once,
     gather_reals,
-    machine,
     made_folders,
+    resumed_report,
 )
 from common import spec as common_spec  # noqa: E402
 
@@ -74,7 +74,7 @@ def faces(data: Path, work: Path, params: dict, unseen_cap: int, real_sets: list
         scored[key] = (next(iter(extract_once(data / folder, work, small).values())), splits)
     # Every real training face of FF++ (the paper's setting): the ffpp experiences' cap does not apply.
     whole = apply_overrides(params, [f"data.max_per_class={sbi_cap}"])
-    name = params["sbi"]["method"]
+    name = params.sbi.method
     sbi = {"": extract_once(data / "ffpp-crops", work, whole, name=name)[name]}
     if real_sets:  # FF++'s reals and those of other cameras, as `sbi.real_sets` gives the flow
         cap = {f: int(n) for f, n in (s.split(":") for s in real_sets)}  # folder (under --data): files
@@ -93,9 +93,9 @@ def spec(key: str, paths: dict):
 
 def run_row(name: str, params: dict, sets: dict, first: bool, work: Path, reals: str = "") -> dict:
     """One continual training, scored on every set after every experience."""
-    from dfcl.learner import train_sequence
+    from dfcl.learning.learner import train_sequence
 
-    sequence = ([spec("ffpp-crops/" + params["sbi"]["method"], sets["sbi"][reals])] if first else []) + \
+    sequence = ([spec("ffpp-crops/" + params.sbi.method, sets["sbi"][reals])] if first else []) + \
         [spec(f"ffpp-crops/{m}", sets["ffpp"][m]) for m in FFPP]
     after: list[dict] = []
 
@@ -174,12 +174,12 @@ def video_level(name: str, params: dict, data: Path, work: Path) -> dict:
     """A row's final model on FF++'s videos (16 frames each, detection as `dfcl detect` does it):
     frame- and video-level AUC with faces cut at the model's own margin, and at 1.3, the margin
     detection used before faces were re-framed (a mismatch with the training faces)."""
-    from dfcl.detector import load_detector
-    from dfcl.evaluate import evaluate
+    from dfcl.serving.detector import load_detector
+    from dfcl.serving.evaluate import evaluate
 
     detector = load_detector(str(work / "learners" / name), params, Path("/"))
     out = {}
-    for margin in (params["faces"]["margin"], 1.3):
+    for margin in (params.faces.margin, 1.3):
         detector.info["framing"] = {"margin": margin, "images": "reframed"}
         overall = evaluate(detector, str(data / "ffpp-videos"), params)["overall"]
         out[f"margin {margin}"] = {k: overall.get(k) for k in ("auc", "video_auc", "faces", "videos")}
@@ -190,7 +190,7 @@ HAND_WRITTEN = "## What the numbers say (hand-written)"
 
 
 def plot(report: dict, path: Path) -> None:
-    from dfcl.plots import plt
+    from dfcl.measure.plots import plt
 
     rows = {n: r for n, r in report["rows"].items() if "error" not in r}
     if not rows:
@@ -232,19 +232,12 @@ def main() -> None:
     from dfcl.config import load_params
     work, out = made_folders(args.workspace, args.out)
     stem = out / f"generalization_{args.tag}"
-    report = (json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists()
-              else {"tag": args.tag, "rows": {}, "commands": [], "dates": []})
-    report["machine"] = machine()
-    command = "python benchmarks/generalization.py " + " ".join(sys.argv[1:])
     base = load_params(REPO / "params.yaml", args.set)
     real_sets = [r for r in args.sbi_reals.split(",") if r]
     sets = faces(Path(args.data), work, base, args.unseen_cap, real_sets, args.sbi_cap)
     if args.extract_only:
         return
-    if command not in report["commands"]:
-        report["commands"].append(command)
-    if time.strftime("%Y-%m-%d") not in report["dates"]:
-        report["dates"].append(time.strftime("%Y-%m-%d"))
+    report = resumed_report(stem, args.tag, "rows")
     for name in args.rows.split(","):
         key = name + args.suffix
         if key in report["rows"] and "error" not in report["rows"][key]:

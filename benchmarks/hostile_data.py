@@ -167,9 +167,9 @@ def run_matrix(ws: Path, base: Path) -> list[dict]:
     import pandas as pd
 
     from dfcl.cli import main
-    from dfcl.demo_data import generate
-    from dfcl.layouts import LayoutError, recognise
-    from dfcl.triggers import dataset_folders
+    from dfcl.data.demo_data import generate
+    from dfcl.data.layouts import LayoutError, recognise
+    from dfcl.ops.triggers import dataset_folders
 
     images = base / "demo"
     generate(images, ["BlendSwap"], train_per_class=6, test_per_class=2, size=32, seed=0)
@@ -212,7 +212,7 @@ def run_matrix(ws: Path, base: Path) -> list[dict]:
 LEDGER_WRITER = """
 import sys
 from pathlib import Path
-from dfcl.triggers import Ledger
+from dfcl.ops.triggers import Ledger
 ledger, who, n = Ledger(Path(sys.argv[1])), sys.argv[2], int(sys.argv[3])
 for i in range(n):
     ledger.mark(Path(f"/incoming/{who}-{i}"), "queued", f"fp-{i}", flow_run=who)
@@ -220,7 +220,7 @@ for i in range(n):
 
 
 def ledger_writers(base: Path, n: int = 300) -> dict:
-    from dfcl.triggers import Ledger
+    from dfcl.ops.triggers import Ledger
 
     path, t = base / "ledger" / "triggers.json", time.perf_counter()
     path.parent.mkdir()
@@ -242,7 +242,7 @@ def promotion_races_rollback(rounds: int = 4) -> dict:
     import torch
     from mlflow import MlflowClient
 
-    from dfcl import ops
+    from dfcl.ops import registry
 
     name, t = "race-detector", time.perf_counter()
 
@@ -253,8 +253,8 @@ def promotion_races_rollback(rounds: int = 4) -> dict:
         return str(info.registered_model_version)
 
     v1, v2 = register(), register()
-    ops.promote(name, v1, "bench", "first", None)
-    ops.promote(name, v2, "bench", "second", v1)
+    registry.promote(name, v1, "bench", "first", None)
+    registry.promote(name, v2, "bench", "second", v1)
     outcomes, broken = [], []
     for _ in range(rounds):
         scored = str(MlflowClient().get_model_version_by_alias(name, "champion").version)
@@ -263,26 +263,26 @@ def promotion_races_rollback(rounds: int = 4) -> dict:
         def run(fn, *args):
             try:
                 fn(*args)
-            except ops.OpsError as e:
+            except registry.OpsError as e:
                 errors.append(type(e).__name__)
 
-        threads = [threading.Thread(target=run, args=(ops.promote, name, challenger, "ops", "approved", scored)),
-                   threading.Thread(target=run, args=(ops.rollback_champion, name, "ops", "false alarms"))]
+        threads = [threading.Thread(target=run, args=(registry.promote, name, challenger, "ops", "approved", scored)),
+                   threading.Thread(target=run, args=(registry.rollback_champion, name, "ops", "false alarms"))]
         if len(outcomes) % 2:  # either may reach the alias lock first
             threads.reverse()
         for th in threads:
             th.start()
         for th in threads:
             th.join()
-        events = ops.alias_events(name)
+        events = registry.alias_events(name)
         champion = str(MlflowClient().get_model_version_by_alias(name, "champion").version)
         promoted = [e for e in events if e["action"] == "promote" and e["version"] == challenger]
-        ok = ([e["n"] for e in events] == list(range(1, len(events) + 1)) and ops.champion_stack(events)[-1] == champion
-              and all(e["previous"] == scored for e in promoted) and not ops.inconsistencies(name))
+        ok = ([e["n"] for e in events] == list(range(1, len(events) + 1)) and registry.champion_stack(events)[-1] == champion
+              and all(e["previous"] == scored for e in promoted) and not registry.inconsistencies(name))
         outcomes.append("promoted, then rolled back" if promoted else f"rolled back; promotion refused ({', '.join(errors)})")
         broken += [] if ok else [len(events)]
-        if len(ops.champion_stack(events)) < 2:  # keep a champion to roll back to
-            ops.promote(name, register(), "bench", "refill", champion)
+        if len(registry.champion_stack(events)) < 2:  # keep a champion to roll back to
+            registry.promote(name, register(), "bench", "refill", champion)
     return {"case": "promotion vs rollback", "what": f"{rounds} rounds: an approval (CAS on the scored champion) and a "
             "rollback in two threads", "seconds": round(time.perf_counter() - t, 1), "outcomes": outcomes,
             "invariant": "events numbered without gaps, champion = history's last, a promotion only over the "
@@ -290,7 +290,7 @@ def promotion_races_rollback(rounds: int = 4) -> dict:
 
 
 def two_ingests(ws: Path, base: Path, api: str) -> dict:
-    from dfcl.demo_data import generate
+    from dfcl.data.demo_data import generate
 
     images = base / "demo2"
     generate(images, ["BlendSwap"], train_per_class=6, test_per_class=2, size=32, seed=1)
@@ -356,7 +356,7 @@ def main() -> None:
     args = parser.parse_args()
     from common import machine, save_results, scratch_workspace
 
-    from dfcl.runners import prefect_api_url
+    from dfcl.ops.runners import prefect_api_url
 
     with scratch_workspace("dfcl-hostile-", OVERRIDES) as (ws, _), tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)

@@ -1,8 +1,8 @@
 """How well the mask head (models/mask.py, `model.mask_head: true`) finds WHERE a face is forged.
 
-Two trainings through the learner (dfcl.learner.train_sequence: the pipeline's strategy and
+Two trainings through the learner (dfcl.learning.learner.train_sequence: the pipeline's strategy and
 plugins, MaskLoss among them), each scored on held-back faces whose masks are known, with pixel
-ROC AUC and IoU at 0.5 (dfcl.masks.mask_quality):
+ROC AUC and IoU at 0.5 (dfcl.data.masks.mask_quality):
 
   * sbi: EfficientNet-Lite0 from ImageNet (the default detector) with a mask head, learning the
     self-blended experience of `ffpp-crops`' real faces (`sbi.method`: reals only, SBI fakes
@@ -10,7 +10,7 @@ ROC AUC and IoU at 0.5 (dfcl.masks.mask_quality):
     test fakes (`test-mask.npy`: blends of test reals the training never saw), and, without more
     training, on the demo's synthetic forgeries (another domain: drawn faces);
   * demo: the demo's small CNN at 64 px with a mask head, learning the three synthetic methods in
-    sequence with their masks (dfcl/demo_data.py --masks); scored on each method's test fakes
+    sequence with their masks (dfcl/data/demo_data.py --masks); scored on each method's test fakes
     after the last one (earlier methods: after forgetting).
 
 Beside each, a mask that knows nothing about the face it is given: the mean training target
@@ -56,7 +56,7 @@ def predicted(model, name: str, x: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def targets(y: np.ndarray, stored: np.ndarray | None) -> np.ndarray:
-    from dfcl.masks import target_mask
+    from dfcl.data.masks import target_mask
 
     size = stored.shape[1]
     return np.stack([target_mask(int(label), size, None if stored is None else row) for label, row in zip(y, stored)])
@@ -65,7 +65,7 @@ def targets(y: np.ndarray, stored: np.ndarray | None) -> np.ndarray:
 def scores(probs: np.ndarray, truth: np.ndarray, y: np.ndarray, prior: np.ndarray) -> dict:
     """The head's and the prior's mask quality on the fakes, and the head's on all faces (reals'
     pixels count as untouched: false alarms on real faces lower it)."""
-    from dfcl.masks import mask_quality
+    from dfcl.data.masks import mask_quality
 
     fakes = y == 1
     head, base = mask_quality(probs[fakes], truth[fakes]), mask_quality(np.broadcast_to(prior, truth[fakes].shape), truth[fakes])
@@ -75,7 +75,7 @@ def scores(probs: np.ndarray, truth: np.ndarray, y: np.ndarray, prior: np.ndarra
 
 
 def spec_of(folder: Path, root: Path, name: str, val: bool = True):
-    from dfcl.experience import ExperienceSpec
+    from dfcl.data.arrays import ExperienceSpec
 
     rel = folder.relative_to(root)
     splits = ("train", "val", "test") if val else ("train", "test")
@@ -88,9 +88,9 @@ def demo_arrays(work: Path, params: dict) -> dict[str, Path]:
     images it writes (taken whole, as the demo takes them) and the masks `--masks` writes."""
     import cv2
 
-    from dfcl.demo_data import generate
+    from dfcl.data.demo_data import generate
 
-    d = params["demo"]
+    d = params.demo
     raw, masks, out = work / "demo", work / "demo-masks", work / "demo-arrays"
     if not (out / DEMO[-1] / "test-mask.npy").is_file():
         generate(raw, DEMO, d["train_per_class"], d["test_per_class"], d["size"], d["seed"], masks=masks)
@@ -118,16 +118,16 @@ def resized(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def run_sbi(work: Path, params: dict, demo: dict[str, Path]) -> dict:
-    from dfcl.learner import train_sequence
+    from dfcl.learning.learner import train_sequence
 
-    name = params["sbi"]["method"]
+    name = params.sbi.method
     t = time.perf_counter()
     arrays = extract_once(FFPP_CROPS, work, params, name=name)[name]
     extract_s = time.perf_counter() - t
     folder = Path(arrays["train_x"]).parent
     root = folder.parents[1]
     learner, report = train_sequence([spec_of(folder, root, name)], params, work / "learner-sbi", root)
-    model, arch = learner.strategy.model, params["model"]["name"]
+    model, arch = learner.strategy.model, params.model.name
     val_y, val_m = np.load(folder / "val-y.npy"), np.load(folder / "val-mask.npy")
     prior = targets(val_y, val_m)[val_y == 1].clip(0).mean(0)
     x, y = np.load(folder / "test-x.npy"), np.load(folder / "test-y.npy")
@@ -144,12 +144,12 @@ def run_sbi(work: Path, params: dict, demo: dict[str, Path]) -> dict:
 
 
 def run_demo(work: Path, params: dict, demo: dict[str, Path]) -> dict:
-    from dfcl.learner import train_sequence
+    from dfcl.learning.learner import train_sequence
 
     root = work / "demo-arrays"
     specs = [spec_of(f, root, m, val=False) for m, f in demo.items()]
     learner, report = train_sequence(specs, params, work / "learner-demo", root)
-    model, arch = learner.strategy.model, params["model"]["name"]
+    model, arch = learner.strategy.model, params.model.name
     out = {"train_seconds": round(report["train_seconds"], 1), "test_auc": report["avg_auc"]}
     for method, f in demo.items():
         ty, tm = np.load(f / "train-y.npy"), np.load(f / "train-mask.npy")
@@ -181,7 +181,7 @@ def main() -> None:
 
     common = ["model.mask_head=true", *args.set]
     sbi_params = load_params(REPO / "params.yaml", [f"data.max_per_class={args.cap}", *common])
-    demo_params = load_params(REPO / "params.yaml", [*load_params(REPO / "params.yaml")["demo"]["overrides"], *common])
+    demo_params = load_params(REPO / "params.yaml", [*load_params(REPO / "params.yaml").demo.overrides, *common])
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     demo = demo_arrays(args.work, demo_params)
@@ -197,14 +197,14 @@ def main() -> None:
 `{command}` ({seconds / 60:.1f} min in all), on {machine()['platform']}, {machine()['cpu_cores']} CPU cores shared
 with other work (timings are not speed measurements). What it runs: the docstring of `benchmarks/mask_head.py`.
 
-- **Lite0 on SBI**: `{sp['model']['name']}` from `{sp['model']['pretrained']}` at {sp['data']['image_size']} px with a
-  mask head (`train.mask_loss_weight={sp['train']['mask_loss_weight']}`), {sp['train']['epochs']} epochs of the
+- **Lite0 on SBI**: `{sp.model.name}` from `{sp.model.pretrained}` at {sp.data.image_size} px with a
+  mask head (`train.mask_loss_weight={sp.train.mask_loss_weight}`), {sp.train.epochs} epochs of the
   self-blended experience of `ffpp-crops` ({s['train_faces']} real training faces, one fresh SBI fake of each per
-  epoch; faces re-framed by MTCNN at margin {sp['faces']['margin']}, dlib landmarks), {s['train_seconds']:.0f} s of
+  epoch; faces re-framed by MTCNN at margin {sp.faces.margin}, dlib landmarks), {s['train_seconds']:.0f} s of
   training; its real-vs-SBI test AUC {s['test_auc']:.3f}.
-- **small CNN on the demo**: the demo's settings (`demo.overrides`: {dp['model']['name']} at
-  {dp['data']['image_size']} px, {dp['train']['epochs']} epochs) with a mask head, strategy
-  `{dp['strategy']['name']}`, BlendSwap -> GANUpsample -> MouthWarp with their masks, scored after the last;
+- **small CNN on the demo**: the demo's settings (`demo.overrides`: {dp.model.name} at
+  {dp.data.image_size} px, {dp.train.epochs} epochs) with a mask head, strategy
+  `{dp.strategy.name}`, BlendSwap -> GANUpsample -> MouthWarp with their masks, scored after the last;
   mean test AUC {results['demo']['test_auc']:.3f}.
 - A pixel is forged where its target mask (scaled to its peak) is >= 0.5; pixel AUC over the fakes' pixels, IoU of
   the predicted mask at 0.5 averaged over the fakes. "with reals": the reals' pixels join as untouched ones.

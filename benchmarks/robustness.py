@@ -446,7 +446,7 @@ def main() -> None:
         deadline = deadline_case(ws, media, cases["39x39 image"][0], args.set)
         cli = cli_matrix(ws, cases, args.set)
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "server_overrides": SERVER_OVERRIDES + args.set,
-              "model": f"{params['model']['name']} at {params['data']['image_size']} px", "matrix": rows,
+              "model": f"{params.model.name} at {params.data.image_size} px", "matrix": rows,
               "deadline": deadline, "cli": cli, "load": runs}
     command = "python benchmarks/robustness.py " + " ".join(sys.argv[1:])
     (out / f"robustness_{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")

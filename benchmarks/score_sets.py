@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
-from common import machine, made_folders  # noqa: E402
+from common import made_folders, resumed_report  # noqa: E402
 from generalization import FFPP, UNSEEN, faces  # noqa: E402
 
 
@@ -30,7 +29,7 @@ def scores(model, paths: dict, splits) -> dict:
     import torch
     from torchmetrics.functional.classification import binary_auroc
 
-    from dfcl.scoring import fake_probabilities
+    from dfcl.measure.scoring import fake_probabilities
 
     x = np.concatenate([np.load(paths[f"{s}_x"], mmap_mode="r") for s in splits])
     y = torch.from_numpy(np.concatenate([np.load(paths[f"{s}_y"]) for s in splits]))
@@ -65,15 +64,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
     from dfcl.config import load_params
-    from dfcl.detector import load_detector
+    from dfcl.serving.detector import load_detector
 
     work, out = made_folders(args.workspace, args.out)
     stem = out / f"score_sets_{args.tag}"
-    report = (json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists()
-              else {"tag": args.tag, "models": {}, "commands": [], "dates": []})
-    report["machine"] = machine()
-    report["commands"] = list(dict.fromkeys(report["commands"] + ["python benchmarks/score_sets.py " + " ".join(sys.argv[1:])]))
-    report["dates"] = list(dict.fromkeys(report["dates"] + [time.strftime("%Y-%m-%d")]))
+    report = resumed_report(stem, args.tag, "models")
     params = load_params(REPO / "params.yaml", args.set)
     scored = faces(Path(args.data), work, params, args.unseen_cap)["scored"]
     for item in args.model:

@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # run as a script: the repo and sibling modules
-from common import machine, made_folders  # noqa: E402
+from common import made_folders, resumed_report  # noqa: E402
 from generalization import FFPP, UNSEEN, faces  # noqa: E402
 
 BAND = 0.12
@@ -54,7 +53,7 @@ def log_sharpness(x: np.ndarray) -> np.ndarray:
 
 
 def logits(model, x: np.ndarray) -> np.ndarray:
-    from dfcl.scoring import fake_probabilities
+    from dfcl.measure.scoring import fake_probabilities
 
     p = fake_probabilities(model, x).double().clamp(1e-7, 1 - 1e-7).numpy()
     return np.log(p / (1 - p))
@@ -77,7 +76,7 @@ def band_masked(x: np.ndarray, band: float = BAND) -> np.ndarray:
 
 
 def blends(reals: np.ndarray, points, whole: bool, seed: int) -> np.ndarray:
-    from dfcl.sbi import self_blend
+    from dfcl.data.sbi import self_blend
 
     rng = np.random.default_rng(seed)
     return np.stack([self_blend(np.array(f), rng, None if points is None else points[i], whole=whole)[0]
@@ -87,7 +86,7 @@ def blends(reals: np.ndarray, points, whole: bool, seed: int) -> np.ndarray:
 def diagnose(model, sets: dict, sbi_test: dict) -> dict:
     from scipy.stats import spearmanr
 
-    from dfcl.arrays import beside
+    from dfcl.data.arrays import beside
 
     out = {"spearman": {}, "auc": {}, "auc_band_masked": {}, "real_vs_real": {}}
     reals_of = {}
@@ -140,7 +139,7 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    from dfcl.plots import plt
+    from dfcl.measure.plots import plt
 
     rows = report["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -177,16 +176,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
     from dfcl.config import load_params
-    from dfcl.detector import load_detector
+    from dfcl.serving.detector import load_detector
 
     work, out = made_folders(args.workspace, args.out)
     stem = out / f"shortcuts_{args.tag}"
-    report = (json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists()
-              else {"tag": args.tag, "rows": {}, "commands": [], "dates": []})
-    report["machine"] = machine()
-    command = "python benchmarks/shortcuts.py " + " ".join(sys.argv[1:])
-    report["commands"] = list(dict.fromkeys(report["commands"] + [command]))
-    report["dates"] = list(dict.fromkeys(report["dates"] + [time.strftime("%Y-%m-%d")]))
+    report = resumed_report(stem, args.tag, "rows")
     params = load_params(REPO / "params.yaml", args.set)
     real_sets = [r for r in args.sbi_reals.split(",") if r]
     sets = faces(Path(args.data), work, params, args.unseen_cap, real_sets)

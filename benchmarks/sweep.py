@@ -55,7 +55,7 @@ def task_overhead(params: dict, n: int = 16) -> dict:
     from prefect import flow, task
 
     from dfcl.config import apply_overrides
-    from dfcl.runners import sweep_task_runner
+    from dfcl.ops.runners import sweep_task_runner
 
     @task
     def noop(i: int) -> int:
@@ -71,9 +71,9 @@ def task_overhead(params: dict, n: int = 16) -> dict:
             return warm - start, (time.perf_counter() - warm) / n
         return many()  # (seconds to the first answer, seconds per task after it)
 
-    _, local = timed(sweep_task_runner(params["compare"]))
+    _, local = timed(sweep_task_runner(params.compare))
     start = time.perf_counter()
-    _, dask = timed(sweep_task_runner(apply_overrides(params, ["compare.runner=dask"])["compare"]))
+    _, dask = timed(sweep_task_runner(apply_overrides(params, ["compare.runner=dask"]).compare))
     # Start-up: the flow run, the cluster and its workers, up to the first task's answer.
     return {"local_s_per_task": round(local, 4), "dask_s_per_task": round(dask, 4),
             "dask_overhead_s_per_task": round(dask - local, 4),
@@ -85,12 +85,12 @@ def step_seconds(params: dict, threads: int, steps: int = 6) -> float:
     faces of its size and batch, with `threads` torch threads."""
     import torch
 
-    from dfcl.memory import apply_heap_allocations
-    from dfcl.strategies import make_model
+    from dfcl.learning.memory import apply_heap_allocations
+    from dfcl.learning.strategies import make_model
 
     torch.set_num_threads(threads)
-    apply_heap_allocations(params["train"])  # as the pipeline does (dfcl.strategies.build_strategy)
-    model, size, batch = make_model(params["model"]), params["data"]["image_size"], params["train"]["batch_size"]
+    apply_heap_allocations(params.train)  # as the pipeline does (dfcl.learning.strategies.build_strategy)
+    model, size, batch = make_model(params.model), params.data.image_size, params.train.batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = torch.rand(batch, 3, size, size), torch.randint(0, 2, (batch,))
     for i in range(steps + 1):

@@ -9,7 +9,7 @@ averaging.
 DIR is a learner folder (data/learner of a workspace, or a benchmark's); -S are the params it
 was trained with. FACES is a folder of extracted faces (<split>-x.npy, <split>-y.npy), scored on
 the splits named (default test). Each face is scored once as it is and once mirrored; the trust
-state is then fit exactly as the learner fits it after an experience (dfcl.trust.fit_scored, this
+state is then fit exactly as the learner fits it after an experience (dfcl.measure.trust.fit_scored, this
 checkout's `trust:` settings), on the learned experiences' training and validation faces only:
 no unseen face is used to fit anything. Scores are cached in benchmarks/.work/trust/ (--rescore).
 """
@@ -33,7 +33,7 @@ KEEP_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 def ways(mirrored: bool):
     """A score function: (N, W) P(fake) and (N, W, D) features, each face as it is (and mirrored)."""
-    from dfcl.trust import scores_and_features
+    from dfcl.measure.trust import scores_and_features
 
     def score(model, x, device="cpu"):
         p, f = scores_and_features(model, x, device)
@@ -51,7 +51,7 @@ def oriented(a, flip: bool):
 
 def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrored: bool):
     """(fit features, fit labels, val, test, unseen) scored (each way), from the cache when there."""
-    from dfcl.trust import Scored, score_experiences
+    from dfcl.measure.trust import Scored, score_experiences
 
     if cache.is_file() and not rescore:
         z = np.load(cache)
@@ -60,7 +60,7 @@ def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrore
         return z["fit_f"], z["fit_l"], sets["val"], sets["test"], sets["unseen"]
     model = learner.strategy.model.to("cpu").eval()
     fit_f, fit_l, val, test = score_experiences(model, learner.trust_splits(learner.history.experiences),
-                                                learner.params["trust"], "cpu", learner.params["train"]["seed"],
+                                                learner.params.trust, "cpu", learner.params.train.seed,
                                                 score=ways(mirrored))
     out = []
     for item in unseen:
@@ -98,7 +98,7 @@ def measure(trust, s, learned=None) -> dict:
     the AUROC of telling this set's real faces, and its fakes, from those by each score."""
     from sklearn.metrics import roc_auc_score
 
-    from dfcl.trust import answer, coverage, ece
+    from dfcl.measure.trust import answer, coverage, ece
 
     judged = trust.judge(s.p, s.features)
     q = np.array([j["p_fake"] for j in judged])
@@ -128,7 +128,7 @@ def curves(trust, s) -> dict:
     """Risk-coverage curves of one set: faces answered by calibrated P(fake) >= 0.5, the surest
     first (max(P, 1 - P), the softmax response of Geifman & El-Yaniv 2017), and the same with the
     faces the abstention withholds as unfamiliar answered last."""
-    from dfcl.trust import risk_coverage
+    from dfcl.measure.trust import risk_coverage
 
     judged = trust.judge(s.p, s.features)
     q = np.array([j["p_fake"] for j in judged])
@@ -155,8 +155,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from dfcl.config import load_params
-    from dfcl.learner import Learner
-    from dfcl.trust import Scored, fit_scored
+    from dfcl.learning.learner import Learner
+    from dfcl.measure.trust import Scored, fit_scored
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", args.overrides)
     learner = Learner.load(args.learner.resolve(), params, args.root.resolve())
@@ -171,16 +171,16 @@ def main(argv=None) -> int:
         return [Scored(s.name, s.y, oriented(s.p, flip), oriented(s.features, flip)) for s in sets]
 
     report = {"learner": str(args.learner), "overrides": args.overrides, "methods_learned": methods,
-              "settings": params["trust"], "variants": {}, "sweep": {}, "machine": machine(),
+              "settings": params.trust, "variants": {}, "sweep": {}, "machine": machine(),
               "command": "python benchmarks/trust.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "score_seconds": round(score_s, 1)}
     plotted = {}
     report["sweep"]["plain"] = {}
     for flip in (False, True) if args.flip else (False,):
-        settings = {**params["trust"], "flip": flip}
+        settings = params.trust.model_copy(update={"flip": flip})
         v_val, v_test, v_unseen = variant(val, flip), variant(test, flip), variant(unseen, flip)
         trust = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, v_test, learner.history.threshold,
-                           settings, params["train"]["seed"])
+                           settings, params.train.seed)
         pooled = Scored("learned (all test faces)", np.concatenate([s.y for s in v_test]),
                         np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]))
         name = "flip" if flip else "plain"
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
             continue
         for keep in KEEP_SWEEP:
             t = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, [], learner.history.threshold,
-                           {**settings, "keep": keep}, params["train"]["seed"])
+                           {**settings, "keep": keep}, params.train.seed)
             t = replace(t, report={})
             report["sweep"]["plain"][str(keep)] = {s.name: {k: measure(t, s)[k] for k in
                                                            ("coverage", "answered_accuracy", "real_called_fake")}

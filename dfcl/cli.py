@@ -10,19 +10,14 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-from dfcl.config import (
-    ConfigError,
-    check_names,
-    check_strategy_name,
-    load_params,
-    strategy_names,
-)
-from dfcl.layouts import LayoutError, known_layouts
+from dfcl.config import ConfigError, Params, check_names, load_params
+from dfcl.data.layouts import LayoutError, known_layouts
+from dfcl.learning.pinning import PinnedDataError
 from dfcl.logs import configure_logging
-from dfcl.ops import OpsError, workspace_lock
-from dfcl.pinning import PinnedDataError
+from dfcl.ops.guards import OpsError, workspace_lock
 from dfcl.workspace import Workspace, configure_environment
 
 
@@ -31,7 +26,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_demo(args, params):
-    from dfcl.tables import outcome_summary
+    from dfcl.measure.tables import outcome_summary
     from flows.demo import run_demo
 
     print(outcome_summary(run_demo(params, args.set)[-1]))
@@ -43,14 +38,14 @@ def require_folder(path: str) -> None:
         raise LayoutError(f"{path} is not a folder")
 
 
-def require_dataset(path: str, params: dict, method: str | None = None, methods: list[str] | None = None) -> None:
+def require_dataset(path: str, params: Params, method: str | None = None, methods: list[str] | None = None) -> None:
     """Fail on a folder no known layout fits before any work, Prefect's start-up included. (The
     flow checks again, for callers that do not come through the CLI; listing a folder is cheap.)"""
-    from dfcl.layouts import dataset_name, recognise, split_rule
+    from dfcl.data.layouts import dataset_name, recognise, split_rule
 
-    dp, name = params["data"], dataset_name(path, method)
-    recognise(path, dp["real_names"], name, methods=methods, compression=dp["compression"],
-              method=method, real_only=name == params["sbi"]["method"], splits=split_rule(dp), max_per_set=params["sbi"]["max_per_set"])
+    dp, name = params.data, dataset_name(path, method)
+    recognise(path, dp.real_names, name, methods=methods, compression=dp.compression,
+              method=method, real_only=name == params.sbi.method, splits=split_rule(dp), max_per_set=params.sbi.max_per_set)
 
 
 def _one_or_many(data: list[str]) -> str | list[str]:
@@ -63,7 +58,7 @@ def cmd_ingest(args, params):
     data = _one_or_many(args.data)
     require_dataset(data, params, args.method, _csv(args.methods))
     from flows.ingest import ingest_dataset
-    with workspace_lock(Workspace.here().root, params["flow"]["lock_wait_s"], f"dfcl ingest {data}"):
+    with workspace_lock(Workspace.here().root, params.flow.lock_wait_s, f"dfcl ingest {data}"):
         ingested = ingest_dataset(data, params, method=args.method, methods=_csv(args.methods))
     st = ingested.stats
     print(f"\n{ingested.name}: layout {ingested.layout}; raw version {ingested.raw_version}, "
@@ -83,7 +78,7 @@ def cmd_ingest(args, params):
 
 
 def cmd_extract_faces(args, params):
-    from dfcl.extraction import extract_dataset
+    from dfcl.data.extraction import extract_dataset
 
     stats = extract_dataset(args.raw, args.out, params, args.name)
     if args.stats:
@@ -94,7 +89,7 @@ def cmd_extract_faces(args, params):
 def cmd_retrain(args, params):
     data = _one_or_many(args.data)
     require_dataset(data, params, args.method, _csv(args.methods))
-    from dfcl.tables import outcome_summary
+    from dfcl.measure.tables import outcome_summary
     from flows.retrain import (
         retrain_detector,  # after the check: importing the stack takes seconds
     )
@@ -106,18 +101,19 @@ def cmd_retrain(args, params):
 
 
 def cmd_compare(args, params):
-    from dfcl.tables import compare_table
+    from dfcl.measure.tables import compare_table
 
-    strategies = _csv(args.strategies) or strategy_names(params)
+    strategies = _csv(args.strategies) or params.strategy.names()
     for name in strategies:
-        check_strategy_name(name, params)
+        if name not in params.strategy.names():
+            raise ConfigError(f"unknown strategy.name {name!r}; choose one of {', '.join(params.strategy.names())}")
     for i, data in enumerate(args.data):
         require_dataset(data, params, methods=_csv(args.methods) if i == 0 else None)
     seeds = [_seed(s) for s in _csv(args.seeds)] if args.seeds else None
     from flows.compare import (
         compare,  # after the checks: importing the stack takes seconds
     )
-    with workspace_lock(Workspace.here().root, params["flow"]["lock_wait_s"], f"dfcl compare {' '.join(args.data)}"):
+    with workspace_lock(Workspace.here().root, params.flow.lock_wait_s, f"dfcl compare {' '.join(args.data)}"):
         report = compare(args.data, params, strategies=strategies, methods=_csv(args.methods), seeds=seeds,
                          json_out=args.json, artifacts_dir=args.plots)
     print(compare_table(report))
@@ -132,7 +128,7 @@ def _seed(text: str) -> int:
 
 
 def cmd_decide(args, params, approve: bool):
-    from dfcl.ops import answer_paused_run
+    from dfcl.ops.approvals import answer_paused_run
 
     approver = args.by or os.environ.get("USER", "ops")
     run = answer_paused_run(args.flow_run, approve, approver, args.reason or "")
@@ -148,10 +144,18 @@ def cmd_serve(args, params):
     return 0
 
 
-def cmd_rollback(args, params):
-    from dfcl.ops import rollback_champion
+def cmd_deploy(args, params):
+    from flows.deploy import deploy_to_pool
 
-    name = params["mlflow"]["registered_model"]
+    names = deploy_to_pool(params, args.pool)
+    print(f"deployed {' and '.join(names)} on work pool {args.pool!r}; start a worker: prefect worker start --pool {args.pool}")
+    return 0
+
+
+def cmd_rollback(args, params):
+    from dfcl.ops.registry import rollback_champion
+
+    name = params.mlflow.registered_model
     current, previous = rollback_champion(name, args.by or os.environ.get("USER", "ops"), args.reason)
     print(f"{name}: champion rolled back from version {current} to version {previous}")
     return 0
@@ -160,9 +164,9 @@ def cmd_rollback(args, params):
 def cmd_history(args, params):
     import pandas as pd
 
-    from dfcl.ops import alias_history, inconsistencies
+    from dfcl.ops.registry import alias_history, inconsistencies
 
-    name = params["mlflow"]["registered_model"]
+    name = params.mlflow.registered_model
     aliases, events = alias_history(name)
     print(f"{name}: " + ", ".join(f"{a} = version {v}" for a, v in sorted(aliases.items())))
     if events:
@@ -174,41 +178,54 @@ def cmd_history(args, params):
 
 
 def cmd_repair(args, params):
-    from dfcl.ops import repair
+    from dfcl.ops.registry import repair
 
-    name = params["mlflow"]["registered_model"]
+    name = params.mlflow.registered_model
     done = repair(name, args.by or os.environ.get("USER", "ops"))
     print(f"{name}: " + ("; ".join(done) if done else "history, aliases and tags agree; nothing to repair"))
     return 0
 
 
 def cmd_evaluate(args, params):
-    from dfcl.detector import load_detector
-    from dfcl.evaluate import evaluate, table
+    from dfcl.serving.detector import load_detector
+    from dfcl.serving.evaluate import evaluate, table
 
     require_folder(args.data)
-    detector = load_detector(args.model or f"models:/{params['mlflow']['registered_model']}@champion",
-                             params, Workspace.here().root, args.trust_pickle)
+    ws = Workspace.here()
+    detector = load_detector(args.model or f"models:/{params.mlflow.registered_model}@champion",
+                             params, ws.root, args.trust_pickle)
     roc = Path(args.roc) if args.roc else (Path(args.json).with_suffix(".roc.png") if args.json else None)
-    report = evaluate(detector, args.data, params, roc_png=roc)
+    with tempfile.TemporaryDirectory() as tmp:
+        # MLflow gets the plots even where no file was asked for: drawn in a temporary folder then.
+        drawn = roc or (Path(tmp) / f"{Path(args.data).resolve().name}.roc.png" if args.log_mlflow else None)
+        report = evaluate(detector, args.data, params, roc_png=drawn)
+        plots = [drawn, report.get("reliability_plot")] if drawn else []
+        if args.log_mlflow:
+            from dfcl.ops.tracking import log_evaluation
+            from dfcl.workspace import use_mlflow_experiment
+
+            url = log_evaluation(report, detector.info, use_mlflow_experiment(ws, params.mlflow.experiment),
+                                 [Path(p) for p in plots if p])
     print(f"decision threshold {detector.shown_threshold:.3f} (P(fake) at or above it = fake"
           + (", calibrated)" if detector.trust is not None else "; this model is not calibrated)"))
     print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
-    plots = [p for p in (roc, report.get("reliability_plot")) if p]
-    if args.json or plots:
-        print("wrote " + " and ".join(map(str, ([args.json] if args.json else []) + plots)))
+    written = ([args.json] if args.json else []) + ([p for p in plots if p] if roc else [])
+    if written:
+        print("wrote " + " and ".join(map(str, written)))
+    if args.log_mlflow:
+        print(f"logged to MLflow: {url}")
     return 0
 
 
 def cmd_detect(args, params):
     import pandas as pd
 
-    from dfcl.detect import detect_with_model
-    from dfcl.verdicts import csv_rows, table
+    from dfcl.serving.detect import detect_with_model
+    from dfcl.serving.verdicts import csv_rows, table
 
-    rows = detect_with_model(args.model or f"models:/{params['mlflow']['registered_model']}@champion", args.paths,
+    rows = detect_with_model(args.model or f"models:/{params.mlflow.registered_model}@champion", args.paths,
                              params, Workspace.here().root, args.crop, Path(args.explain) if args.explain else None,
                              args.trust_pickle)
     card = rows[0]["model"]
@@ -227,7 +244,7 @@ def cmd_detect(args, params):
 
 
 def cmd_api(args, params):
-    from dfcl.api import serve
+    from dfcl.serving.api import serve
 
     serve(params, args.host, args.port, insecure=args.insecure)
     return 0
@@ -242,6 +259,30 @@ def cmd_models(args, params):
     return 0
 
 
+def version() -> str:
+    """`deepfake-cl 0.1.0 (/path/to/dfcl)`: the installed distribution's version (its metadata) and
+    the dfcl package this process imported, so a stray copy on the path shows."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        number = installed("deepfake-cl")
+    except PackageNotFoundError:
+        number = "(not installed)"
+    return f"deepfake-cl {number} ({Path(__file__).resolve().parent})"
+
+
+class PrintVersion(argparse.Action):
+    """`--version`, printed as it is (argparse's own version action wraps a long path)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     verbose = dict(action="store_true", help="tracebacks on the console too (they always go to the workspace's .dfcl/logs/dfcl.log)")
     trust_pickle = dict(action="store_true", help="also load a model stored as a pickle (a version registered before "
@@ -253,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", default=argparse.SUPPRESS, **verbose)
     parser = argparse.ArgumentParser(prog="dfcl", description=__doc__)
     parser.add_argument("-v", "--verbose", **verbose)
+    parser.add_argument("--version", action=PrintVersion, help="the installed deepfake-cl's version and where its dfcl package is")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("demo", parents=[common], help="generate the synthetic sequence and run the whole pipeline on it")
@@ -301,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", parents=[common],
                    help="serve the retraining deployments: cron schedule + trigger on new data/incoming/ datasets")
 
+    p = sub.add_parser("deploy", parents=[common],
+                       help="register the retraining deployments on a Prefect server's process work pool, for workers")
+    p.add_argument("--pool", default="dfcl", help="the work pool (type process; made if missing; default: dfcl)")
+
     p = sub.add_parser("rollback", parents=[common], help="move `champion` back to the version before the current one")
     p.add_argument("--by", help="who decides (default: $USER)")
     p.add_argument("--reason", required=True, help="why (kept as MLflow tags)")
@@ -317,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a labelled folder in any layout `dfcl ingest` knows")
     p.add_argument("--json", help="write the report here (and the ROC plot beside it, .roc.png)")
     p.add_argument("--roc", help="where to draw the ROC plot (PNG)")
+    p.add_argument("--log-mlflow", action="store_true",
+                   help="also log the figures, the report and the plots as an MLflow run (a registered version's: "
+                        "a child of the run that trained it, its metrics linked to the version)")
     p.add_argument("--trust-pickle", **trust_pickle)
 
     p = sub.add_parser("detect", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -346,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract_faces, "retrain": cmd_retrain, "compare": cmd_compare,
             "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
-            "serve": cmd_serve, "rollback": cmd_rollback, "history": cmd_history,
+            "serve": cmd_serve, "deploy": cmd_deploy, "rollback": cmd_rollback, "history": cmd_history,
             "repair": cmd_repair,            "evaluate": cmd_evaluate, "detect": cmd_detect, "api": cmd_api, "models": cmd_models}
 
 
@@ -372,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_migrate(args, ws)
         params = load_params(ws.params_file, args.set)
         if args.command in ("demo", "retrain", "compare"):
-            check_names(params)
+            check_names(params.model)
         return COMMANDS[args.command](args, params)
     except (ConfigError, LayoutError, OpsError, PinnedDataError) as e:
         # Mistakes in what the user asked for: one clear line, no traceback.

@@ -3,7 +3,7 @@ the code knows only the current formats.
 
 - params.yaml: keys that moved (config.RENAMED) are renamed in place.
 - data/learner: a learner saved as a pickled Avalanche strategy (strategy.ckpt) becomes the
-  current plain-data state (dfcl.learner_state). The pickle is read here and nowhere else, with
+  current plain-data state (dfcl.learning.learner_state). The pickle is read here and nowhere else, with
   the old module names of its classes mapped to today's and its datasets never opened. Weights,
   optimizer, clock, GEM / EWC / LwF / CWR* memories carry over as they were; a replay buffer is
   drawn again from the learned experiences at its size (the old one names its faces by
@@ -21,16 +21,30 @@ from pathlib import Path
 import torch
 import yaml
 
-from dfcl.config import RENAMED
-from dfcl.ops import fsync_tree, write_atomic
+from dfcl.config import REMOVED, RENAMED, Params
+from dfcl.files import fsync_tree, write_atomic
 
 # Old (module, class) -> today's, for the names the old checkpoints hold.
-OLD_NAMES = {("dfcl.metrics", "ExperienceAUC"): ("dfcl.scoring", "ExperienceAUC"),
-             ("dfcl.plugins", "CosineEpochs"): ("dfcl.plugins", "LRSchedule"),
-             ("dfcl.learner", "CosineEpochs"): ("dfcl.plugins", "LRSchedule"),
-             ("dfcl.learner", "ExperienceSpec"): ("dfcl.experience", "ExperienceSpec")}
-MOVED_MODULES = {"dfcl.progress": "dfcl.plugins", "dfcl.results": "dfcl.metrics", "dfcl.report": "dfcl.tables",
-                 "dfcl.registry": "dfcl.mlflow_registry"}
+OLD_NAMES = {("dfcl.metrics", "ExperienceAUC"): ("dfcl.measure.scoring", "ExperienceAUC"),
+             ("dfcl.plugins", "CosineEpochs"): ("dfcl.learning.plugins", "LRSchedule"),
+             ("dfcl.learner", "CosineEpochs"): ("dfcl.learning.plugins", "LRSchedule"),
+             ("dfcl.learner", "ExperienceSpec"): ("dfcl.data.arrays", "ExperienceSpec")}
+# Modules that moved: renamed ones, then the flat dfcl/ of before issue 37 (one package per role).
+MOVED_MODULES = {"dfcl.progress": "dfcl.learning.plugins", "dfcl.results": "dfcl.measure.metrics",
+                 "dfcl.report": "dfcl.measure.tables", "dfcl.registry": "dfcl.ops.registry",
+                 "dfcl.mlflow_registry": "dfcl.ops.registry", "dfcl.experience": "dfcl.data.arrays",
+                 **{f"dfcl.{m}": f"dfcl.data.{m}" for m in ("layouts", "images", "faces", "landmarks", "extraction",
+                                                            "demo_data", "arrays", "augment", "sbi", "masks", "leaks")},
+                 "dfcl.data": "dfcl.data.datasets",
+                 **{f"dfcl.{m}": f"dfcl.learning.{m}" for m in ("learner", "learner_state", "learner_versions",
+                                                                "pinning", "strategies", "plugins", "memory")},
+                 **{f"dfcl.continual.{m}": f"dfcl.learning.continual.{m}" for m in ("dfil", "features", "selection")},
+                 **{f"dfcl.{m}": f"dfcl.measure.{m}" for m in ("scoring", "metrics", "bootstrap", "gate", "trust",
+                                                               "tables", "plots")},
+                 **{f"dfcl.{m}": f"dfcl.ops.{m}" for m in ("tracking", "dvc", "versions", "runners", "triggers")},
+                 "dfcl.ops": "dfcl.ops.guards",
+                 **{f"dfcl.{m}": f"dfcl.serving.{m}" for m in ("detector", "detect", "verdicts", "explain", "evaluate",
+                                                               "api", "api_guards")}}
 DATASETS = {("dfcl.data", "FaceArrayDataset"), ("dfcl.sbi", "SelfBlendedFakes")}
 
 
@@ -49,7 +63,7 @@ def _unpickler(base):
             if (module, name) in OLD_NAMES:
                 module, name = OLD_NAMES[(module, name)]
             elif module == "dfcl.learner" and name != "Learner":  # plugins dfcl.learner once re-exported
-                module = "dfcl.plugins"
+                module = "dfcl.learning.plugins"
             module = MOVED_MODULES.get(module, module)
             return super().find_class(module, name)
     return Renamed
@@ -66,7 +80,7 @@ def read_old_checkpoint(path: Path, device: torch.device):
 
 
 def migrate_params(path: Path) -> list[str]:
-    """Rename moved keys in a workspace's params.yaml; the renames made."""
+    """Rename moved keys in a workspace's params.yaml and delete removed ones; what was done."""
     if not path.is_file():
         return []
     params, done = yaml.safe_load(path.read_text()) or {}, []
@@ -78,17 +92,22 @@ def migrate_params(path: Path) -> list[str]:
                 node = node.setdefault(part, {})
             node[new.rsplit(".", 1)[1]] = params[section].pop(leaf)
             done.append(f"{old} -> {new}")
+    for gone in REMOVED:
+        section, leaf = gone.split(".")
+        if leaf in (params.get(section) or {}):
+            del params[section][leaf]
+            done.append(f"{gone} removed (now in {REMOVED[gone]})")
     if done:
         path.write_text(yaml.safe_dump(params, sort_keys=False))
     return done
 
 
-def migrate_learner(folder: Path, params: dict, root: Path) -> str:
+def migrate_learner(folder: Path, params: Params, root: Path) -> str:
     """Convert the learner in `folder` to the current state format; what was done, in a line."""
-    from dfcl import learner_state, pinning
-    from dfcl.experience import ExperienceSpec
-    from dfcl.learner import Learner
-    from dfcl.strategies import pick_device
+    from dfcl.data.arrays import ExperienceSpec
+    from dfcl.learning import learner_state, pinning
+    from dfcl.learning.learner import Learner
+    from dfcl.learning.strategies import pick_device
 
     learner = Learner(folder, params, root)
     state = learner._state()
@@ -107,7 +126,7 @@ def migrate_learner(folder: Path, params: dict, root: Path) -> str:
     store = folder / Learner.EXPERIENCES
     experiences = [e if e.faces else pinning.pin(e, root, store) for e in experiences]  # learned before pinning
     history["experiences"] = [asdict(e) for e in experiences]
-    device = pick_device(params["train"]["device"])
+    device = pick_device(params.train.device)
     old, new = read_old_checkpoint(state / learner_state.OLD_CHECKPOINT, device), learner.strategy
     new.model.load_state_dict(old.model.state_dict())
     for key in learner_state.CLOCK:
@@ -120,7 +139,7 @@ def migrate_learner(folder: Path, params: dict, root: Path) -> str:
     fresh.mkdir()
     learner_state.save_state(new, fresh)
     (fresh / Learner.HISTORY).write_text(json.dumps(history, indent=1))
-    from dfcl.trust import TRUST_FILE
+    from dfcl.measure.trust import TRUST_FILE
     if (state / TRUST_FILE).is_file():
         shutil.copy2(state / TRUST_FILE, fresh / TRUST_FILE)
     fsync_tree(fresh)
@@ -132,7 +151,7 @@ def migrate_learner(folder: Path, params: dict, root: Path) -> str:
 
 def _carry_memories(old, new) -> None:
     """GEM, EWC, LwF and CWR* memories from the old plugins into this run's (same classes)."""
-    from dfcl.learner_state import SAVERS, _load_into
+    from dfcl.learning.learner_state import SAVERS, _load_into
 
     for plugin in new.plugins:
         kind = next((k for k in SAVERS if isinstance(plugin, k)), None)
@@ -150,7 +169,7 @@ def _redraw_buffer(learner, experiences) -> int:
         return 0
     bench = learner.benchmark(experiences)
     with torch.random.fork_rng():
-        torch.manual_seed(learner.params["train"]["seed"])
+        torch.manual_seed(learner.params.train.seed)
         for exp in bench.train_stream:
             learner.strategy.clock.train_exp_counter = exp.current_experience
             learner.strategy.experience = exp

@@ -5,7 +5,8 @@ raw and processed datasets, the learner's state), mlflow.db + mlruns/ and .prefe
 Every service default can be replaced by the usual environment variable:
   PREFECT_API_URL       a Prefect server instead of the temporary local API
   MLFLOW_TRACKING_URI   an MLflow server instead of sqlite:///mlflow.db
-  dvc.remote_url        (params.yaml) any DVC remote instead of the local folder
+  dvc.remote_url        (params.yaml) a new workspace's DVC remote instead of the local folder;
+                        `dvc remote add -d` makes any other the default, which pushes go to
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from dfcl.config import DvcConfig
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class Workspace:
 
     @property
     def face_cache(self) -> Path:
-        """MTCNN detections per video content and detection settings (dfcl.extraction)."""
+        """MTCNN detections per video content and detection settings (dfcl.data.extraction)."""
         return self.root / "data" / "cache" / "faces"
 
     @property
@@ -68,7 +71,8 @@ def configure_environment(ws: Workspace) -> None:
     # The temporary API of a second process (e.g. `dfcl approve` beside a paused run) can be
     # slow to start on a busy 2-core machine; 20 s is Prefect's default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ws.root / 'mlflow.db'}")
+    if not os.environ.get("MLFLOW_TRACKING_URI"):  # set but empty is unset too: MLflow would pick its own default
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{ws.root / 'mlflow.db'}"
     # `dfcl serve` looks for runs to start (a triggered one, the next in line) every 2 s instead
     # of Prefect's 10 s: one small request to the API each time.
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
@@ -108,15 +112,15 @@ def ensure_dvc_repo(ws: Workspace, remote_name: str, remote_url: str) -> None:
     repo.close()
 
 
-def ensure_workspace(ws: Workspace, params: dict, files=("params.yaml",)) -> None:
+def ensure_workspace(ws: Workspace, dvc: DvcConfig, files=("params.yaml",)) -> None:
     """A new workspace gets git, DVC and copies of the packaged `files` (params.yaml...) it lacks."""
-    from dfcl.config import PACKAGED_PARAMS
+    from dfcl.config import PACKAGED
 
     for name in files:
         target = ws.root / name
         if not target.exists():
-            target.write_text((PACKAGED_PARAMS.parent / name).read_text())
-    ensure_dvc_repo(ws, params["dvc"]["remote_name"], params["dvc"]["remote_url"])
+            target.write_text((PACKAGED / name).read_text())
+    ensure_dvc_repo(ws, dvc.remote_name, dvc.remote_url)
 
 
 def use_mlflow_experiment(ws: Workspace, name: str) -> str:

@@ -10,11 +10,16 @@ import mlflow
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from dfcl.config import apply_overrides
-from dfcl.layouts import dataset_name
-from dfcl.runners import sweep_task_runner, training_data
-from dfcl.strategies import STRATEGIES
-from dfcl.tracking import close_abandoned_runs, log_dataset_versions, log_sweep
+from dfcl.config import Params, apply_overrides, flatten
+from dfcl.data.layouts import dataset_name
+from dfcl.learning.strategies import STRATEGIES
+from dfcl.ops.runners import sweep_task_runner, training_data
+from dfcl.ops.tracking import (
+    close_abandoned_runs,
+    link_to_prefect,
+    log_dataset_versions,
+    log_sweep,
+)
 from dfcl.workspace import Workspace, ensure_workspace, use_mlflow_experiment
 from flows.ingest import ingest_dataset
 from tasks.summarize_sweep import summarize_sweep
@@ -22,19 +27,22 @@ from tasks.train_strategy import train_strategy
 
 
 @flow(name="compare-strategies", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def compare_strategies(data: str | list[str], params: dict, strategies: list[str] | None = None,
+def compare_strategies(data: str | list[str], params: Params, strategies: list[str] | None = None,
                        methods: list[str] | None = None, seeds: list[int] | None = None,
                        json_out: str | None = None, artifacts_dir: str | None = None) -> dict:
     """Every strategy (default: all) at every seed (default: compare.seeds) over the methods of
     `data` (one folder or several, in order; `methods` picks and orders those of the first).
     With `artifacts_dir`, heatmaps and forgetting curves per strategy are written there too."""
     ws = Workspace.here()
-    ensure_workspace(ws, params)
-    cp = params["compare"]
-    strategies, seeds = strategies or list(STRATEGIES), seeds or cp["seeds"]
+    ensure_workspace(ws, params.dvc)
+    cp = params.compare
+    strategies, seeds = strategies or list(STRATEGIES), seeds or cp.seeds
     folders = [data] if isinstance(data, str) else list(data)
-    experiment_id = use_mlflow_experiment(ws, params["mlflow"]["compare_experiment"])
+    experiment_id = use_mlflow_experiment(ws, params.mlflow.compare_experiment)
     with mlflow.start_run(run_name="compare " + ", ".join(dataset_name(d, None) for d in folders)) as sweep:
+        link_to_prefect()
+        # How the sweep ran; its seeds are a param of their own (log_sweep), --seeds may replace compare.seeds.
+        mlflow.log_params(flatten(params.compare.model_dump(exclude={"seeds"}), "compare."))
         specs = []
         for i, folder in enumerate(folders):
             ingested = ingest_dataset(folder, params, methods=methods if i == 0 else None)
@@ -43,7 +51,7 @@ def compare_strategies(data: str | list[str], params: dict, strategies: list[str
         where = training_data(cp, params, ws.root)
         run = {"tracking_uri": mlflow.get_tracking_uri(), "experiment_id": experiment_id,
                "parent_run_id": sweep.info.run_id}
-        train = train_strategy.with_options(retries=cp["retries"])
+        train = train_strategy.with_options(retries=cp.retries)
         futures = {(name, seed): train.submit(
             specs, apply_overrides(params, [f"strategy.name={name}", f"train.seed={seed}"]),
             str(ws.root / "data" / "compare" / f"{name}-seed{seed}"), where, run)
@@ -59,6 +67,6 @@ def compare_strategies(data: str | list[str], params: dict, strategies: list[str
     return report
 
 
-def compare(data: str | list[str], params: dict, **kwargs) -> dict:
+def compare(data: str | list[str], params: Params, **kwargs) -> dict:
     """compare_strategies on the task runner `compare.runner` asks for."""
-    return compare_strategies.with_options(task_runner=sweep_task_runner(params["compare"]))(data, params, **kwargs)
+    return compare_strategies.with_options(task_runner=sweep_task_runner(params.compare))(data, params, **kwargs)

@@ -1,14 +1,15 @@
 """Scheduled and triggered retraining: each new dataset in data/incoming/ (a new folder, or a
 new DVC version of one), once complete, gets a run of the deployment `retrain-detector/triggered`,
 which runs one at a time; a dataset version already trained or already queued gets none, one
-whose run failed another after a backoff, up to a limit (dfcl.triggers)."""
+whose run failed another after a backoff, up to a limit (dfcl.ops.triggers)."""
 from __future__ import annotations
 
 from prefect import flow, get_client, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from dfcl.triggers import Ledger, due_datasets
+from dfcl.config import Params
+from dfcl.ops.triggers import Ledger, due_datasets
 from dfcl.workspace import Workspace
 
 DEPLOYMENT = "retrain-detector/triggered"
@@ -32,24 +33,24 @@ def run_state(entry: dict) -> str:
     return "failed" if state.is_failed() or state.is_crashed() else "alive"
 
 
-def queue_new_datasets(params: dict, log=print) -> list[str]:
+def queue_new_datasets(params: Params, log=print) -> list[str]:
     ws = Workspace.here()
     ledger = Ledger(ws.root / "data" / "triggers.json")
     queued = []
-    for due in due_datasets(ws.incoming, ledger, params["data"]["real_names"], params["flow"]["serve"], run_state,
+    for due in due_datasets(ws.incoming, ledger, params.data.real_names, params.flow.serve, run_state,
                             log=log):
         run = run_deployment(DEPLOYMENT, timeout=0, as_subflow=False,
                              parameters={"data": str(due.folder), "params": params,
-                                         "lock_wait_s": params["flow"]["serve"]["queue_wait_s"]})
+                                         "lock_wait_s": params.flow.serve.queue_wait_s})
         ledger.mark(due.folder, "queued", due.fingerprint, flow_run=str(run.id), attempts=due.attempt)
         log(f"new dataset {due.folder}: queued retraining run {run.name} ({run.id})"
-            + (f", attempt {due.attempt} of {params['flow']['serve']['max_attempts']}" if due.attempt > 1 else ""))
+            + (f", attempt {due.attempt} of {params.flow.serve.max_attempts}" if due.attempt > 1 else ""))
         queued.append(str(due.folder))
     return queued
 
 
 @flow(name="retrain-incoming", log_prints=True)
-def retrain_incoming(params: dict) -> list[str]:
+def retrain_incoming(params: Params) -> list[str]:
     """The scheduled job: queue a retraining run for every new dataset in data/incoming/."""
     queued = queue_new_datasets(params)
     if not queued:

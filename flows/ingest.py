@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger
 
-from dfcl.arrays import face_arrays
-from dfcl.experience import ExperienceSpec
-from dfcl.layouts import dataset_name
+from dfcl.config import Params
+from dfcl.data.arrays import ExperienceSpec, face_arrays
+from dfcl.data.layouts import dataset_name
 from dfcl.workspace import Workspace, ensure_workspace
 from tasks.copy_raw_dataset import copy_raw_dataset
 from tasks.discover_dataset import discover_dataset
@@ -30,10 +30,10 @@ class Ingested:
 
 
 @flow(name="ingest-dataset", log_prints=True)
-def ingest_dataset(data: str | list[str], params: dict, method: str | None = None,
+def ingest_dataset(data: str | list[str], params: Params, method: str | None = None,
                    methods: list[str] | None = None) -> Ingested:
     ws = Workspace.here()
-    ensure_workspace(ws, params)
+    ensure_workspace(ws, params.dvc)
     name = dataset_name(data, method)
     sources = discover_dataset(data, params, name, methods, method)
     raw_dir = copy_raw_dataset(ws, data, name, sources.all_paths(), sources.written, sources.roots)

@@ -17,6 +17,7 @@ from prefect.client.schemas.objects import (
 from prefect.runner import Runner
 from prefect.schedules import Cron
 
+from dfcl.config import Params
 from dfcl.workspace import Workspace, ensure_workspace
 from flows.incoming import queue_new_datasets, retrain_incoming
 from flows.retrain import retrain_detector
@@ -55,30 +56,30 @@ class StoppableRunner(Runner):
         return self.stopped_by or "runner exited"
 
 
-def watch_incoming(params: dict, stop: threading.Event) -> None:
+def watch_incoming(params: Params, stop: threading.Event) -> None:
     """The trigger: a new dataset starts a run without waiting for the cron."""
-    while not stop.wait(params["flow"]["serve"]["poll_s"]):
+    while not stop.wait(params.flow.serve.poll_s):
         try:
             queue_new_datasets(params)
         except Exception as e:  # e.g. the deployments are not registered yet; try again next poll
             log.warning("watching data/incoming/: %s", e)
 
 
-def serve_retraining(params: dict, say=print) -> str:
+def serve_retraining(params: Params, say=print) -> str:
     """Serve `retrain-detector/triggered` (one run at a time, the others wait in line) and
     `retrain-incoming/scheduled` (cron), and watch data/incoming/ every `flow.serve.poll_s`
     seconds, until SIGTERM or SIGINT; returns the signal's name once stopped."""
     ws = Workspace.here()
-    ensure_workspace(ws, params)
+    ensure_workspace(ws, params.dvc)
     ws.incoming.mkdir(parents=True, exist_ok=True)
     os.environ["DFCL_WORKSPACE"] = str(ws.root)  # the served runs are subprocesses
-    sp = params["flow"]["serve"]
+    sp = params.flow.serve
     runner = StoppableRunner()
     runner.add_deployment(retrain_detector.to_deployment(
         "triggered", description="retrain on one dataset; one run at a time, the others wait in line",
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)))
     runner.add_deployment(retrain_incoming.to_deployment(
-        "scheduled", schedules=[Cron(sp["cron"], timezone=sp["timezone"])], parameters={"params": params},
+        "scheduled", schedules=[Cron(sp.cron, timezone=sp.timezone)], parameters={"params": params},
         description="queue a retraining run for every new dataset in data/incoming/"))
     stop = threading.Event()
     watcher = threading.Thread(target=watch_incoming, args=(params, stop), name="watch-incoming")
@@ -90,12 +91,12 @@ def serve_retraining(params: dict, say=print) -> str:
         if watcher.is_alive():
             watcher.join()
 
-    if sp["poll_s"]:
+    if sp.poll_s:
         watcher.start()
     try:
         return asyncio.run(runner.serve(started=lambda: say(
-            f"serving retrain-detector/triggered and retrain-incoming/scheduled (cron {sp['cron']!r} {sp['timezone']})"
-            + (f"; watching {ws.incoming} every {sp['poll_s']} s" if sp["poll_s"] else "")
+            f"serving retrain-detector/triggered and retrain-incoming/scheduled (cron {sp.cron!r} {sp.timezone})"
+            + (f"; watching {ws.incoming} every {sp.poll_s} s" if sp.poll_s else "")
             + "; stop with Ctrl-C or SIGTERM"), stopping=stop_watching))
     finally:
         stop_watching()

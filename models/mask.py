@@ -4,10 +4,10 @@ A model built with `create_model(name, mask_head=True)` has a submodule `mask_he
 decoder on the feature map the registry declares for Grad-CAM (`cam_layer`, the last one whose
 layout still matches the face). The model's forward is unchanged (logits (B, 2) only), so every
 Avalanche strategy trains it as any other model; the mask comes from a forward hook on that
-layer (`MaskTap`), during training (dfcl.plugins.MaskLoss) and for evidence (`predict_mask`).
+layer (`MaskTap`), during training (dfcl.learning.plugins.MaskLoss) and for evidence (`predict_mask`).
 
 Mask values: probabilities that a pixel is forged. Target masks in training and evaluation are
-float (1, S, S) in [0, 1], with UNKNOWN (-1) where no mask is known (dfcl.masks).
+float (1, S, S) in [0, 1], with UNKNOWN (-1) where no mask is known (dfcl.data.masks).
 """
 from __future__ import annotations
 
@@ -51,18 +51,6 @@ def feature_channels(layer: nn.Module) -> int:
 def add_mask_head(model: nn.Module, layer: str) -> nn.Module:
     """`model` with a `mask_head` on the output of its submodule `layer` (a dotted path)."""
     model.mask_head = MaskHead(feature_channels(model.get_submodule(layer)))
-    return model
-
-
-def load_weights_file(model: nn.Module, path: str) -> nn.Module:
-    """A user's own state dict (`model.weights`) into `model`, strictly, except that a file of
-    the same detector without a mask head may leave `mask_head` out: the head then starts from
-    scratch, as on pretrained weights."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("mask_head.")]
-    if missing or unexpected:
-        raise RuntimeError(f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model
 
 

@@ -2,7 +2,7 @@
 
 Input: uint8 RGB face crops (N, H, W, 3) at the model's input size (its `image_size`
 metadata); output: calibrated P(fake) per crop (Platt scaling fit on validation faces, the
-`trust` artifact: dfcl/trust.py). The model's cut on that scale and its "uncertain" band travel
+`trust` artifact: dfcl/measure/trust.py). The model's cut on that scale and its "uncertain" band travel
 in the metadata (`trust.threshold`, `trust.band`); `threshold` is the same cut on the raw scale.
 It lives in `models/` because that folder ships with every logged model (code_paths): a
 serving machine needs only torch, timm, safetensors and mlflow, not deepfake-cl.
@@ -76,7 +76,7 @@ def load_weights(path: str | Path) -> torch.nn.Module:
 
 
 def platt(p: np.ndarray, a: float, b: float) -> np.ndarray:
-    """Platt scaling of P(fake): sigmoid(a * logit(p) + b) (dfcl.trust.Calibration; here so that
+    """Platt scaling of P(fake): sigmoid(a * logit(p) + b) (dfcl.measure.trust.Calibration; here so that
     serving needs no deepfake-cl)."""
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
     return (1 / (1 + np.exp(-(a * np.log(p / (1 - p)) + b)))).astype(np.float32)

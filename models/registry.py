@@ -17,21 +17,28 @@ import inspect
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 # name -> {tag: loader(model)}: the pretrained weights a model can start from (e.g. "imagenet").
 _PRETRAINED: dict[str, dict[str, Callable[[nn.Module], None]]] = {}
 _CAM_LAYERS: dict[str, str] = {}  # name -> dotted path of the module Grad-CAM hooks
+# name -> checkpoint_filter(state, model): a family's way of reading a user's weights file into the
+# detector's names (as timm's build_model_with_cfg takes a checkpoint_filter_fn per family).
+_FILTERS: dict[str, Callable[[dict, nn.Module], dict]] = {}
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *,
-                   pretrained: dict[str, Callable[[nn.Module], None]] | None = None, cam_layer: str = "features"):
+                   pretrained: dict[str, Callable[[nn.Module], None]] | None = None, cam_layer: str = "features",
+                   checkpoint_filter: Callable[[dict, nn.Module], dict] | None = None):
     """`@register_model`, or `@register_model(pretrained={"imagenet": loader}, cam_layer="backbone.bn2")`."""
     def add(builder):
         _MODELS[builder.__name__] = builder
         _PRETRAINED[builder.__name__] = dict(pretrained or {})
         _CAM_LAYERS[builder.__name__] = cam_layer
+        if checkpoint_filter:
+            _FILTERS[builder.__name__] = checkpoint_filter
         return builder
 
     return add(fn) if fn is not None else add
@@ -67,7 +74,8 @@ def cam_layer(model: nn.Module, name: str | None = None) -> nn.Module:
 def create_model(name: str, *, num_classes: int = 2, pretrained: str = "none", weights: str | None = None,
                  **kwargs) -> nn.Module:
     """Build a registered model. `pretrained` names packaged weights (`dfcl models` lists them);
-    `weights` is the user's own local file (each family loads it its own way)."""
+    `weights` is the user's own local file, loaded here after the packaged weights (through the
+    family's `checkpoint_filter` where it registered one)."""
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     if weights and not Path(weights).is_file():
@@ -79,10 +87,26 @@ def create_model(name: str, *, num_classes: int = 2, pretrained: str = "none", w
     if kwargs.get("mask_head") and name not in mask_head_models():
         raise ValueError(f"model {name!r} has no mask head (model.mask_head); models with one: "
                          f"{', '.join(mask_head_models())}")
-    model = _MODELS[name](num_classes=num_classes, weights=weights, **kwargs)
+    model = _MODELS[name](num_classes=num_classes, **kwargs)
     if pretrained != "none":
         _PRETRAINED[name][pretrained](model)
+    if weights:
+        load_weights_file(model, weights, _FILTERS.get(name))
     # What rebuilds this network around a saved state dict (models/pyfunc.py): not the weights it
     # started from, which the state dict replaces.
     model.created_as = {"name": name, "arguments": {"num_classes": num_classes, **kwargs}}
+    return model
+
+
+def load_weights_file(model: nn.Module, path: str, checkpoint_filter=None) -> nn.Module:
+    """A user's own state dict (`model.weights`) into `model`, strictly, except that a file of
+    the same detector without a mask head may leave `mask_head` out: the head then starts from
+    scratch, as on pretrained weights. Tensors only (`weights_only`): never unpickled."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint_filter:
+        state = checkpoint_filter(state, model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("mask_head.")]
+    if missing or unexpected:
+        raise RuntimeError(f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model

@@ -1,7 +1,7 @@
 """A small, fast CNN for CPU runs: conv blocks with batch norm, global pooling, linear head."""
 from torch import nn
 
-from models.mask import add_mask_head, load_weights_file
+from models.mask import add_mask_head
 from models.normalize import SIMPLE_MEAN, SIMPLE_STD, normalize
 from models.registry import register_model
 
@@ -42,11 +42,8 @@ class SmallCNN(nn.Module):
 
 
 @register_model(cam_layer=CAM_LAYER)
-def small_cnn(num_classes: int = 2, width: int = 32, dropout: float = 0.2, mask_head: bool = False, weights=None,
-              **_) -> nn.Module:
+def small_cnn(num_classes: int = 2, width: int = 32, dropout: float = 0.2, mask_head: bool = False, **_) -> nn.Module:
     model = SmallCNN(num_classes=num_classes, width=width, depth=4, dropout=dropout)
     if mask_head:
         add_mask_head(model, CAM_LAYER)
-    if weights:
-        load_weights_file(model, weights)
     return model

@@ -5,8 +5,8 @@ import mlflow
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from dfcl import pinning
-from dfcl.experience import ExperienceSpec
+from dfcl.data.arrays import ExperienceSpec
+from dfcl.learning import pinning
 
 
 @task(cache_policy=NO_CACHE)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from dfcl.layouts import LayoutError, outside
+from dfcl.data.layouts import LayoutError, outside
 from dfcl.workspace import Workspace
 
 
@@ -14,10 +14,10 @@ def copy_raw_dataset(ws: Workspace, source: str | list[str], name: str, files: l
                      written: dict[str, str] | None = None, roots: dict[str, str] | None = None) -> Path:
     """Bring the dataset's files (videos, images, masks, split lists) into data/raw/<name>, the
     DVC-tracked copy, with the files the layout wrote for it (`written`: a self-blended
-    experience's split list). `roots`: several datasets in one (dfcl.layouts.real_faces_of), each
+    experience's split list). `roots`: several datasets in one (dfcl.data.layouts.real_faces_of), each
     file's first folder names the dataset it comes from. Files already there unchanged are not
     copied again; nothing stored before is deleted. `files` were confined to the dataset by
-    discovery (dfcl.layouts.confine); each is checked again here, as the folder may have changed
+    discovery (dfcl.data.layouts.confine); each is checked again here, as the folder may have changed
     since (a stranger's), and nothing is written through a link or outside data/raw/<name>."""
     target = ws.raw / name
     if not roots and Path(source).resolve() == target.resolve():

@@ -3,8 +3,8 @@ import math
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from dfcl.experience import ExperienceSpec
-from dfcl.learner import Learner
+from dfcl.data.arrays import ExperienceSpec
+from dfcl.learning.learner import Learner
 
 
 @task(cache_policy=NO_CACHE)
@@ -14,7 +14,7 @@ def learn_experience(learner: Learner, spec: ExperienceSpec, upcoming: list[Expe
     point resumes from here)."""
     logger = get_run_logger()
     logger.info("experience %d: learning %s with %s", len(learner.history.experiences), spec.key,
-                learner.params["strategy"]["name"])
+                learner.params.strategy.name)
     results = learner.learn(spec, upcoming=upcoming)
     learner.save()
     before = results["auc_before"].get(spec.key, math.nan)

@@ -6,14 +6,14 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from dfcl.experience import ExperienceSpec
-from dfcl.tables import decision_plot, decision_table
+from dfcl.data.arrays import ExperienceSpec
+from dfcl.measure.tables import decision_plot, decision_table
 
 
 @task(cache_policy=NO_CACHE)
 def publish_decision(version: str, challenger: dict, verdict: dict, experiences: list[ExperienceSpec]) -> str:
     """The gate's verdict where ops look before they decide: the run's `gate` tag, the decision
-    table (dfcl.tables.decision_table) as the Prefect artifact `promotion-decision` and in the
+    table (dfcl.measure.tables.decision_table) as the Prefect artifact `promotion-decision` and in the
     MLflow run with its plot. Returns the table."""
     mlflow.set_tag("gate", "passed" if verdict["passed"] else "failed: " + "; ".join(verdict["reasons"]))
     table = decision_table(version, challenger, verdict, experiences)

@@ -5,9 +5,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from dfcl.experience import ExperienceSpec
-from dfcl.plots import forgetting_curves, matrix_frame, strategy_plots
-from dfcl.tables import compare_table, over_seeds
+from dfcl.data.arrays import ExperienceSpec
+from dfcl.measure.plots import forgetting_curves, matrix_frame, strategy_plots
+from dfcl.measure.tables import compare_table, over_seeds
 
 
 @task(cache_policy=NO_CACHE)

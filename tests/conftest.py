@@ -4,6 +4,7 @@ import atexit
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -129,7 +130,7 @@ SMALL = ["gate.min_auc=0.0", "augment.sharpen_p=0", "augment.resample_p=0", "aug
          "strategy.dfil.mem_size=40", "strategy.gem.patterns_per_exp=16"]
 
 
-def small_params(*overrides: str) -> dict:
+def small_params(*overrides: str):
     from dfcl.config import load_params
 
     return load_params(REPO / "params.yaml", SMALL + list(overrides))
@@ -138,7 +139,7 @@ def small_params(*overrides: str) -> dict:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     """The synthetic sequence, small: three methods, 24 faces per class and split."""
-    from dfcl.demo_data import generate
+    from dfcl.data.demo_data import generate
 
     out = tmp_path_factory.mktemp("demo")
     generate(out, ["BlendSwap", "GANUpsample", "MouthWarp"], train_per_class=24, test_per_class=12, size=32, seed=0)
@@ -149,7 +150,7 @@ def demo_data(tmp_path_factory) -> Path:
 def prefect_api_url() -> str:
     """The session's temporary Prefect API (the one the tests' own flows use), for `dfcl`
     processes: each would otherwise start a temporary API of its own, ~15 s of CPU."""
-    from dfcl.runners import prefect_api_url
+    from dfcl.ops.runners import prefect_api_url
 
     return prefect_api_url()
 
@@ -157,8 +158,6 @@ def prefect_api_url() -> str:
 def run_dfcl(args: list[str], cwd: Path, api: str | None = None, **kwargs):
     """`dfcl ...` in a subprocess with the workspace's own MLflow db, and its own Prefect home
     and temporary API, or the Prefect API at `api`."""
-    import subprocess
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     if api:
         env["PREFECT_API_URL"] = api
@@ -174,6 +173,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen, sig: int) -> None:
+    """Stop a process started in a session of its own (start_new_session) and all it started:
+    `sig`, then SIGKILL after 30 s."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from dfcl.api import create_app
+from dfcl.serving.api import create_app
 from tests.conftest import SMALL, free_port, run_dfcl, small_params
 from tests.test_pipeline import approve_when_paused, finish
 from tests.test_web import chromium_driver
@@ -83,11 +83,74 @@ def test_api_answers_like_the_cli_and_every_bad_upload_gets_its_reason(champion,
         assert r.status_code == 200 and len(r.json()["frames"]) == 16
 
 
+def test_the_openapi_contract_validates_and_a_client_built_from_it_reads_a_verdict(champion, media, monkeypatch):
+    """/openapi.json is a valid OpenAPI document, and a client that knows only it (tests.openapi_client)
+    calls every route as it says: the photo as the multipart field it declares, the bearer token
+    its security scheme asks for; every answer, errors included, is what the schema says."""
+    from openapi_spec_validator import validate
+
+    from tests.openapi_client import SchemaClient
+
+    monkeypatch.setenv("DFCL_API_TOKEN", "contract-token")
+    with TestClient(create_app(small_params("api.reload_s=60")), base_url="http://127.0.0.1") as http:
+        spec = http.get("/openapi.json").json()
+        validate(spec)
+        client = SchemaClient(http, spec, token="contract-token")
+        scheme = spec["components"]["securitySchemes"]["bearer"]
+        assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+        answers = {}
+        for path, method, operation in client.operations():
+            assert "200" in operation["responses"] and operation["responses"]["200"]["content"]["application/json"][
+                "schema"] != {}, (path, "an answer without a schema")
+            files = {name: media["photo"] for name in client.file_fields(path, method)}
+            if path.startswith("/v1/"):  # the token is required: the schema says so, and the server holds to it
+                assert operation["security"] == [{"bearer": []}], path
+                refused = client.call(path, method, files=files, authorize=False)
+                assert refused.status_code == 401 and "access token" in client.read(path, method, refused)["error"]
+            query = {"explain": True} if any(p["name"] == "explain" for p in operation.get("parameters", [])) else {}
+            r = client.call(path, method, params=query, files=files)
+            assert r.status_code == 200, (path, r.text)
+            answers[path] = client.read(path, method, r)
+        assert set(answers) == {"/health", "/v1/model", "/v1/detect"}
+
+        # The verdict, read as the schema declares it.
+        declared = client.resolve(spec["paths"]["/v1/detect"]["post"]["responses"]["200"]["content"]["application/json"]["schema"])
+        verdict = answers["/v1/detect"]
+        assert set(declared["required"]) <= set(verdict) and "multipart/form-data" in spec["paths"]["/v1/detect"]["post"]["requestBody"]["content"]
+        assert verdict["file"] == media["photo"].name and verdict["kind"] == "photo"
+        assert verdict["verdict"] in client.resolve(declared["properties"]["verdict"])["enum"]
+        assert 0 <= verdict["p_fake"] <= 1 and len(verdict["faces"][0]["box"]) == 4
+        assert verdict["model"]["version"] == answers["/v1/model"]["version"] == answers["/health"]["version"] == "1"
+        assert verdict["evidence"][0]["image"].startswith("data:image/png;base64,")
+        r = client.call("/v1/detect", "post", files={"file": media["video"]})
+        video = client.read("/v1/detect", "post", r)
+        assert r.status_code == 200 and video["kind"] == "video" and len(video["frames"]) == 16 and video["video"]["fps"] > 0  # its timeline too
+
+        # Every refusal in the one shape its status declares.
+        r = client.call("/v1/detect", "post", files={"file": media["unsupported"]})
+        assert r.status_code == 415 and "is not accepted" in client.read("/v1/detect", "post", r)["error"]
+        r = client.call("/v1/detect", "post", files={"file": media["noface"]})
+        assert r.status_code == 422 and client.read("/v1/detect", "post", r)["verdict"] == "error"
+        r = http.post("/v1/detect", data={"not_file": "x"}, headers={"Authorization": "Bearer contract-token"})
+        assert r.status_code == 422 and "field 'file'" in client.read("/v1/detect", "post", r)["error"]
+        r = http.get("/v1/detect", headers={"Authorization": "Bearer contract-token"})
+        assert r.status_code == 405 and r.headers["allow"] == "POST" and set(r.json()) == {"error"}
+        assert http.get("/no/such/route").json() == {"error": "Not Found"}
+
+        # Swagger UI, from the files the server ships: nothing from another origin.
+        docs = http.get("/docs")
+        assert docs.status_code == 200 and "http" not in docs.text and "<script>" not in docs.text
+        for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css", "/static/docs.js"):
+            assert http.get(asset).status_code == 200, asset
+
+
 def test_no_champion_is_a_503_with_the_reason(workspace):
     with TestClient(create_app(small_params("api.reload_s=60")), base_url="http://127.0.0.1") as client:
         r = client.get("/health")
         assert r.status_code == 503 and "has the alias 'champion'" in r.json()["error"]
-        assert client.get("/v1/model").status_code == 503
+        assert r.headers["retry-after"] == "60"  # api.reload_s: when the alias is looked at again
+        for r in (client.get("/v1/model"), client.post("/v1/detect", files={"file": ("a.jpg", b"x")})):
+            assert r.status_code == 503 and r.headers["retry-after"] == "60" and "has the alias" in r.json()["error"]
 
 
 def test_hot_swap_follows_approval_and_rollback_and_requests_in_flight_keep_their_model(champion, demo_data, media,
@@ -229,8 +292,8 @@ def test_mlflow_models_serve_answers_p_fake_for_uint8_crops(champion, media, tmp
     """The registered model through MLflow's own server: uint8 crops in, the P(fake) dfcl computes out."""
     import cv2
 
-    from dfcl.detector import load_detector
-    from dfcl.scoring import fake_probabilities
+    from dfcl.measure.scoring import fake_probabilities
+    from dfcl.serving.detector import load_detector
 
     detector = load_detector(f"models:/{REGISTERED}@champion", small_params(), champion)
     crops = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(media[k])), cv2.COLOR_BGR2RGB), (32, 32),

@@ -1,12 +1,15 @@
-"""dfcl.augment (forensic augmentation of uint8 faces) and its use in FaceArrayDataset."""
+"""dfcl.data.augment (forensic augmentation of uint8 faces) and its use in FaceArrayDataset."""
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from dfcl.augment import DEFAULTS, Augmenter
-from dfcl.data import FaceArrayDataset
+from dfcl.config import packaged_params
+from dfcl.data.augment import Augmenter
+from dfcl.data.datasets import FaceArrayDataset
+
+DEFAULTS = packaged_params().augment.model_dump()
 
 OPS = ["flip", "crop", "color", "jpeg", "blur", "noise", "cutout"]
 

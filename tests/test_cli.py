@@ -1,6 +1,7 @@
 """What users see when something goes wrong: one clear line (exit code 2 for a mistake in what
 they asked for, 1 for anything else), the traceback in the workspace's log file."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,7 @@ def test_a_learner_that_cannot_be_loaded_is_one_line(overrides, message, workspa
 
 
 def test_a_public_bind_without_a_token_is_refused_unless_insecure(workspace, capsys, monkeypatch):
-    from dfcl.api_guards import open_bind
+    from dfcl.serving.api_guards import open_bind
 
     monkeypatch.delenv("DFCL_API_TOKEN", raising=False)
     assert main(["api", "--host", "0.0.0.0", "--port", "9"]) == 2  # refused before anything listens or loads
@@ -133,3 +134,16 @@ def test_a_public_bind_without_a_token_is_refused_unless_insecure(workspace, cap
     for host in ("0.0.0.0", "", "::", "192.168.1.10"):
         assert open_bind(host, None, False), host
     assert open_bind("0.0.0.0", "s3cret", False) is None and open_bind("0.0.0.0", None, True) is None
+
+
+def test_an_empty_tracking_variable_is_the_workspace_default_not_mlflows(tmp_path, monkeypatch):
+    """`MLFLOW_TRACKING_URI=` (set, empty) would let MLflow pick its own store in the current folder:
+    runs started elsewhere would miss the workspace's registry."""
+    from dfcl.workspace import Workspace, configure_environment
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    configure_environment(Workspace(tmp_path))
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    configure_environment(Workspace(tmp_path))
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000", "a server the user named wins"

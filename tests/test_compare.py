@@ -53,6 +53,11 @@ def test_compare_trains_each_strategy_on_the_same_sequence(workspace, two_method
     parent = next(r for r in runs if r.info.run_name == "compare two-methods")
     children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
     assert children == ["compare naive seed 0", "compare replay seed 0"]
+    # Each training logs every section it reads, and names the sweep's flow run, as the sweep does.
+    child = next(r for r in runs if r.info.run_name == "compare replay seed 0")
+    assert child.data.params["augment.jpeg_quality_min"] == "60" and child.data.params["strategy.name"] == "replay"
+    assert parent.data.params["compare.runner"] == "local" and "compare.seeds" not in parent.data.params
+    assert child.data.tags["prefect.flow_run_id"] == parent.data.tags["prefect.flow_run_id"]
     assert parent.data.metrics["replay/avg_auc"] == pytest.approx(report["strategies"]["replay"]["avg_auc"])
     assert parent.data.metrics["replay/auc_forward_transfer"] == pytest.approx(
         report["strategies"]["replay"]["auc_forward_transfer"])

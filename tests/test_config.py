@@ -37,9 +37,9 @@ def test_an_override_of_the_wrong_type_is_one_line(bad, message):
         load_params(None, [bad])
 
 
-def test_an_int_where_a_float_is_expected_is_a_float_and_null_defaults_take_anything():
+def test_an_int_where_a_float_is_expected_is_a_float_and_nullable_keys_take_a_value():
     p = load_params(None, ["train.lr=1", "model.weights=/w.pth"])
-    assert p["train"]["lr"] == 1.0 and isinstance(p["train"]["lr"], float) and p["model"]["weights"] == "/w.pth"
+    assert p.train.lr == 1.0 and isinstance(p.train.lr, float) and p.model.weights == "/w.pth"
 
 
 @pytest.mark.parametrize("old, new", sorted(RENAMED.items()))
@@ -50,15 +50,14 @@ def test_an_old_flat_strategy_key_names_its_new_place(old, new):
 
 
 def test_every_strategy_has_its_settings_section_and_nothing_else():
-    from dfcl.strategies import STRATEGIES
+    from dfcl.learning.strategies import STRATEGIES
 
-    sections = {k for k, v in load_params(None)["strategy"].items() if isinstance(v, dict)}
-    assert sections == set(STRATEGIES)
+    assert set(load_params(None).strategy.names()) == set(STRATEGIES)
 
 
-def _value_at(params: dict, key: str):
+def _value_at(params, key: str):
     for part in key.split("."):
-        params = params[part]
+        params = getattr(params, part)
     return params
 
 
@@ -98,7 +97,7 @@ def test_the_workspace_params_file_gets_the_checks_of_an_override(tmp_path, text
 def test_an_empty_override_is_not_null_and_values_keep_their_range(override, message):
     with pytest.raises(ConfigError, match=message):
         load_params(None, [override])
-    assert load_params(None, ["model.weights=", "api.max_concurrent=1"])["model"]["weights"] is None, \
+    assert load_params(None, ["model.weights=", "api.max_concurrent=1"]).model.weights is None, \
         "a key whose default is null may be emptied"
 
 
@@ -116,3 +115,15 @@ def test_checking_params_loads_neither_torch_nor_avalanche():
 def test_an_unknown_strategy_name_is_refused_with_the_known_ones():
     with pytest.raises(ConfigError, match="unknown strategy.name 'magic'; choose one of naive, .*dfil"):
         load_params(None, ["strategy.name=magic"])
+
+
+def test_params_are_typed_sections_and_a_set_value_is_checked_too():
+    from pydantic import ValidationError
+
+    p = load_params(None)
+    assert isinstance(p.gate.confidence, float) and p.strategy.settings("replay") == {"mem_size": p.strategy.replay.mem_size}
+    with pytest.raises(ValidationError):
+        p.train.epochs = "three"
+    assert p.replaced(faces={"margin": 1.1}).faces.margin == 1.1 and p.faces.margin != 1.1
+    with pytest.raises(ConfigError, match="faces.margin=0.0 is out of range: it must be above 0"):
+        p.replaced(faces={"margin": 0.0})

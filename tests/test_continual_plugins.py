@@ -1,4 +1,4 @@
-"""dfcl.continual on toy data: the replay selections (SUR-LID, DFIL), DFIL's contrastive
+"""dfcl.learning.continual on toy data: the replay selections (SUR-LID, DFIL), DFIL's contrastive
 distillation plugin, and Avalanche's DER/DER++ as the generic baseline. Random tensors and a tiny
 CNN: fast on a CPU."""
 import copy
@@ -16,15 +16,15 @@ from avalanche.training import DER, Naive
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from dfcl.continual import (
+from dfcl.learning.continual import (
     CentralHardSelection,
     ContrastiveDistillation,
     SparseUniformSelection,
     make_replay_plugin,
 )
-from dfcl.continual.dfil import logit_distillation
-from dfcl.continual.features import HeadTap, frozen_copy
-from dfcl.continual.selection import distance_bins
+from dfcl.learning.continual.dfil import logit_distillation
+from dfcl.learning.continual.features import HeadTap, frozen_copy
+from dfcl.learning.continual.selection import distance_bins
 
 
 class TinyCNN(nn.Module):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dfcl.cli import main
-from dfcl.detect import aggregate
+from dfcl.serving.detect import aggregate
 
 
 def test_detect_scores_photos_crops_and_videos_and_reports_broken_files(champion, media, tmp_path, capsys):
@@ -99,8 +99,8 @@ class Tiny(torch.nn.Module):
 def test_heatmaps_show_where_the_evidence_for_fake_is():
     """The heatmap lights up where the image has content (top-left corner) and nowhere else;
     for a model whose activations speak for "real", there is no evidence for fake anywhere."""
-    from dfcl.detector import Detector
-    from dfcl.explain import heatmaps
+    from dfcl.serving.detector import Detector
+    from dfcl.serving.explain import heatmaps
 
     crops = np.zeros((2, 32, 32, 3), np.uint8)
     crops[:, :8, :8] = 255
@@ -118,7 +118,10 @@ def test_detect_without_a_champion_says_so_in_one_line(workspace, media, capsys)
 
 
 def test_video_aggregation_rules():
-    d = {"confident_fake": 0.8, "confident_fake_share": 0.4, "confident_real": 0.2, "confident_real_share": 0.9}
+    from dfcl.config import packaged_params
+
+    d = packaged_params().detect.model_copy(update={"confident_fake": 0.8, "confident_fake_share": 0.4,
+                                                    "confident_real": 0.2, "confident_real_share": 0.9})
     p = np.array([0.9] * 5 + [0.1] * 5)  # half the frames confidently fake: the forgery shows in part of it
     assert aggregate(p, "mean", d) == pytest.approx(0.5)
     assert aggregate(p, "confident", d) == pytest.approx(0.9)
@@ -142,9 +145,9 @@ def test_a_face_whose_box_leaves_the_picture_gets_no_answer_and_the_photo_says_w
     """The issue's photo: a second "face" in the top-left corner, its box running off the picture,
     scored P(fake) 1.00 on a crop of padding. Its crop stays inside the picture (faces.crop_square)
     and its answer is withheld; the photo follows from its faces."""
-    from dfcl.detect import FaceScorer, cut_off, photo_verdict
-    from dfcl.detector import Detector
-    from dfcl.trust import CUT_OFF, Trust
+    from dfcl.measure.trust import CUT_OFF, Trust
+    from dfcl.serving.detect import FaceScorer, cut_off, photo_verdict
+    from dfcl.serving.detector import Detector
     from models import create_model
     from tests.conftest import small_params
 
@@ -173,9 +176,9 @@ def test_a_face_whose_box_leaves_the_picture_gets_no_answer_and_the_photo_says_w
 
 
 def test_reasons_say_where_the_promise_was_measured():
-    from dfcl.detector import Detector
-    from dfcl.trust import Trust
-    from dfcl.verdicts import model_card, reason_for
+    from dfcl.measure.trust import Trust
+    from dfcl.serving.detector import Detector
+    from dfcl.serving.verdicts import model_card, reason_for
 
     trust = Trust(band=(0.1, 0.8), learned=["self-blended", "ffpp/Deepfakes"],
                   report={"test_coverage": 0.5, "unseen": {"dfdc/dfdc": {"test_coverage": 0.3}}})

@@ -150,7 +150,7 @@ def test_the_checks_can_fail(tmp_path):
     # A made-up command and a dead link must be caught, or the tests above prove nothing.
     assert commands_in("Run `dfcl no-such-command --fast` or\n```\ndfcl demo\n```") == {("no-such-command",), ("demo",)}
     assert run_help(["no-such-command"])[0] != 0
-    assert commands_in("`dfcl -v retrain`, `dfcl: error`, `python -m dfcl.demo_data`, `$DFCL_WORKSPACE`") == set()
+    assert commands_in("`dfcl -v retrain`, `dfcl: error`, `python -m dfcl.data.demo_data`, `$DFCL_WORKSPACE`") == set()
     page = tmp_path / "page.md"
     page.write_text("# Top\n[ok](#top) [gone](missing.md) [bad anchor](page.md#nowhere) `[code](x.md)` [web](https://x)\n")
     assert broken_links(page) == [f"missing.md (no {tmp_path / 'missing.md'})", "page.md#nowhere (no heading #nowhere in page.md)"]

@@ -10,10 +10,19 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from dfcl.detector import Detector, UntrustedModel, load_detector, load_mlflow_detector
-from dfcl.evaluate import evaluate, scores
-from dfcl.learner import Learner
-from dfcl.scoring import balanced_accuracy, calibrate_threshold, fake_probabilities
+from dfcl.learning.learner import Learner
+from dfcl.measure.scoring import (
+    balanced_accuracy,
+    calibrate_threshold,
+    fake_probabilities,
+)
+from dfcl.serving.detector import (
+    Detector,
+    UntrustedModel,
+    load_detector,
+    load_mlflow_detector,
+)
+from dfcl.serving.evaluate import evaluate, scores
 from models.pyfunc import WEIGHTS_FORMAT, save_weights
 from models.registry import _MODELS, register_model
 from tests.conftest import REPO, small_params
@@ -114,7 +123,7 @@ def masked_model():
 def test_a_registered_detector_is_weights_only_and_rebuilt_from_the_registry(workspace, masked_model, tmp_path):
     import mlflow
 
-    from dfcl.tracking import log_detector
+    from dfcl.ops.tracking import log_detector
     from models import create_model
 
     model = create_model(masked_model, width=6, mask_head=True).eval()
@@ -141,8 +150,8 @@ def test_the_pyfunc_serves_without_deepfake_cl_on_the_path(workspace, tmp_path, 
 
     import mlflow
 
-    from dfcl.tracking import log_detector
-    from dfcl.trust import Calibration, Trust
+    from dfcl.measure.trust import Calibration, Trust
+    from dfcl.ops.tracking import log_detector
     from models import create_model
 
     model = create_model("small_cnn", width=4).eval()
@@ -172,7 +181,7 @@ def test_the_pyfunc_serves_without_deepfake_cl_on_the_path(workspace, tmp_path, 
 def test_a_version_registered_as_a_pickle_loads_only_when_trusted(workspace):
     import mlflow
 
-    from dfcl.api import ModelHolder
+    from dfcl.serving.api import ModelHolder
 
     with mlflow.start_run():  # how versions were registered before weights-only registration
         info = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", serialization_format="pickle",

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfcl.extraction import extract_dataset
-from dfcl.faces import crop_square, frame_indices, square_of
+from dfcl.data.extraction import extract_dataset
+from dfcl.data.faces import crop_square, frame_indices, square_of
 from tests.conftest import shared_data, small_params
 
 K = 4
@@ -82,7 +82,7 @@ def test_every_kept_crop_holds_a_face(ffpp):
     out = tmp / "out"
     m = manifests(out)
     kept = m[m.face >= 0]
-    assert kept.source.nunique() == 7 and (kept.score >= params["faces"]["min_score"]).all()
+    assert kept.source.nunique() == 7 and (kept.score >= params.faces.min_score).all()
     mtcnn = MTCNN(keep_all=True, min_face_size=20)
     for method in METHODS:
         for split in ("train", "test"):
@@ -116,7 +116,7 @@ def test_unchanged_videos_are_not_detected_again(ffpp):
         a = pd.read_csv(tmp / "again" / method / "manifest.csv")
         assert a.equals(pd.read_csv(tmp / "out" / method / "manifest.csv"))
     # a wider crop needs the frames again, not the detector
-    wider = extract_dataset(shared_data("ffpp-videos"), tmp / "wider", {**params, "faces": {**params["faces"], "margin": 1.6}},
+    wider = extract_dataset(shared_data("ffpp-videos"), tmp / "wider", params.replaced(faces={"margin": 1.6}),
                             "ffpp-videos", cache_dir=tmp / "cache")
     assert wider["videos_detected"] == 0
     assert (np.load(tmp / "wider" / "FaceSwap" / "train-x.npy") != np.load(tmp / "out" / "FaceSwap" / "train-x.npy")).any()

@@ -8,9 +8,9 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 
-from dfcl.learner import Learner
-from dfcl.scoring import video_auc
-from dfcl.strategies import make_model, make_optimizer
+from dfcl.learning.learner import Learner
+from dfcl.learning.strategies import make_model, make_optimizer
+from dfcl.measure.scoring import video_auc
 from tests.conftest import small_params
 from tests.test_learner import specs_for
 
@@ -48,8 +48,8 @@ def test_backbone_learns_slower_than_the_head_after_a_linear_warm_up(specs, tmp_
 
 
 def test_optimizer_groups_cover_every_parameter_once():
-    model = make_model(small_params(*LITE0)["model"])
-    groups = make_optimizer(model, small_params("train.backbone_lr_scale=0.3")["train"]).param_groups
+    model = make_model(small_params(*LITE0).model)
+    groups = make_optimizer(model, small_params("train.backbone_lr_scale=0.3").train).param_groups
     assert [g["lr_scale"] for g in groups] == [0.3, 1.0]
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())

@@ -7,11 +7,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dfcl.arrays import beside
 from dfcl.config import load_params
-from dfcl.extraction import NO_68, extract_dataset
-from dfcl.faces import FaceSettings, crop_square, face_of_image, framing_of, square_of
-from dfcl.landmarks import LandmarkPredictor, kind, plausible, stored, to_crop
+from dfcl.data.arrays import beside
+from dfcl.data.extraction import NO_68, extract_dataset
+from dfcl.data.faces import (
+    FaceSettings,
+    crop_square,
+    face_of_image,
+    framing_of,
+    square_of,
+)
+from dfcl.data.landmarks import LandmarkPredictor, kind, plausible, stored, to_crop
 from tests.conftest import REPO, shared_data
 
 
@@ -97,23 +103,27 @@ def test_images_are_re_framed_to_the_geometry_detection_uses(tmp_path):
     assert np.abs(tight - small).mean() > 1.5 * np.abs(tight - wide).mean()
 
 
-def test_detection_cuts_faces_at_the_model_s_recorded_margin():
-    from dfcl.detect import FaceScorer
-    from dfcl.detector import Detector
+def test_detection_and_evaluation_cut_faces_as_the_model_recorded():
+    from dfcl.serving.detect import FaceScorer
+    from dfcl.serving.detector import Detector
 
     params = real_params()
     model = torch.nn.Linear(1, 1)
-    recorded = FaceScorer(Detector(model, 96, 0.5, {"framing": {"margin": 1.1, "images": "whole"}}), params)
-    assert recorded.settings.margin == 1.1 and recorded.framing["images"] == "whole"
+    recorded = Detector(model, 96, 0.5, {"framing": {"margin": 1.1, "images": "whole"}})
+    scorer = FaceScorer(recorded, params)
+    assert (scorer.settings.margin, scorer.settings.size, scorer.settings.detect_in_images) == (1.1, 96, False)
+    # evaluation reads the same geometry (Detector.params_as_trained), so the two cannot differ
+    assert FaceSettings.from_params(recorded.params_as_trained(params)) == scorer.settings
     unknown = FaceScorer(Detector(model, 96, 0.5, {}), params)  # registered before framing was recorded
-    assert unknown.framing == framing_of(params) == {"margin": params["faces"]["margin"], "images": "reframed"}
+    assert framing_of(params.faces) == {"margin": params.faces.margin, "images": "reframed"}
+    assert (unknown.settings.margin, unknown.settings.detect_in_images) == (params.faces.margin, True)
 
 
 def test_reframed_faces_have_one_scale_across_sets():
     """ffpp-crops cut into the face, StyleGAN's fakes show the whole head: as the images are, the
     face (its jaw width, from dlib's landmarks in MTCNN's box) spans shares of the image about
     1.7x apart; re-framed, it takes the same share of the crop in both."""
-    from dfcl.faces import FaceDetector
+    from dfcl.data.faces import FaceDetector
 
     s = FaceSettings.from_params(real_params())
     finder, predictor = FaceDetector(s), LandmarkPredictor()
@@ -137,7 +147,7 @@ def test_reframed_faces_have_one_scale_across_sets():
 
 
 def test_sbi_blends_inside_the_hull_of_the_68_landmarks():
-    from dfcl.sbi import HULLS, _landmark_mask, self_blend
+    from dfcl.data.sbi import HULLS, _landmark_mask, self_blend
 
     size = 128
     image = cv2.resize(ffpp_image(), (size, size), interpolation=cv2.INTER_AREA)

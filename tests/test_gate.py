@@ -14,11 +14,11 @@ from mlflow import MlflowClient
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from scipy.stats import norm
 
-from dfcl import bootstrap, gate
-from dfcl.learner import Learner
-from dfcl.mlflow_registry import alias_version
-from dfcl.tables import decision_plot, decision_table
-from dfcl.tracking import log_detector
+from dfcl.learning.learner import Learner
+from dfcl.measure import bootstrap, gate
+from dfcl.measure.tables import decision_plot, decision_table
+from dfcl.ops.registry import alias_version
+from dfcl.ops.tracking import log_detector
 from tasks.promotion_gate import promotion_gate
 from tests.conftest import _use_workspace, small_params
 from tests.test_learner import specs_for
@@ -67,14 +67,14 @@ def test_the_gate_rejects_what_is_worse_with_confidence_unscored_or_forgotten():
 
     comparison = {"methods": {"A": row(-0.3, -0.1), "B": row(0.01, 0.05), "C": row(-0.1, 0.1)},
                   "average": {"auc": {"difference": -0.1, "low": -0.15, "high": -0.05}}}
-    verdict = gate.decide(comparison, {"D": "no faces"}, 0.5, params)
+    verdict = gate.decide(comparison, {"D": "no faces"}, 0.5, params.gate, params.sbi.method)
     assert [comparison["methods"][k]["verdict"] for k in "ABC"] == ["worse", "better", "cannot tell"]
     assert comparison["average"]["verdict"] == "cannot tell", "within the allowed average drop"
     assert verdict["reasons"] == ["D: no faces",
                                   "A: auc 0.800 vs the champion's 0.900, worse by 0.200 (95% interval -0.300 to -0.100)",
                                   "forgetting 0.500 (auc) exceeds the bound 0.15"]
     assert not verdict["passed"] and verdict["champion"] is comparison
-    assert gate.decide(None, {}, math.nan, params)["passed"], "no champion, every split scored, nothing forgotten yet"
+    assert gate.decide(None, {}, math.nan, params.gate, params.sbi.method)["passed"], "no champion, every split scored, nothing forgotten yet"
 
 
 # -- the gate, on real trained models --------------------------------------------------------
@@ -141,7 +141,7 @@ def test_slightly_worse_within_noise_cannot_tell(champion):
     # the case: 0.97 vs 1.00 cannot be told apart on these few faces, but the default
     # margin on the point estimate keeps it from ops (and from --auto-approve)
     verdict = promotion_gate(learner, learner.params)
-    assert d["difference"] < -learner.params["gate"]["max_point_drop"]
+    assert d["difference"] < -learner.params.gate.max_point_drop
     assert verdict["champion"]["methods"]["BlendSwap"]["verdict"] == "too far below" and not verdict["passed"]
 
 
@@ -290,17 +290,17 @@ def test_cannot_tell_far_below_the_champion_is_rejected_not_put_to_ops():
     params = small_params("gate.max_point_drop=0.02")
     row = {"auc": {"new": 0.974, "old": 1.0, "difference": -0.026, "low": -0.08, "high": 0.001}}
     comparison = {"methods": {"A": row}, "average": {"auc": {"difference": -0.026, "low": -0.08, "high": 0.001}}}
-    verdict = gate.decide(comparison, {}, math.nan, params)
+    verdict = gate.decide(comparison, {}, math.nan, params.gate, params.sbi.method)
     assert comparison["methods"]["A"]["verdict"] == "too far below" and not verdict["passed"]
     assert verdict["reasons"][0] == ("A: auc 0.974 vs the champion's 1.000: below by 0.026, more than "
                                      "gate.max_point_drop 0.02 (the interval alone cannot tell)")
-    assert gate.decide(comparison, {}, math.nan, small_params("gate.max_point_drop=0.03"))["passed"]
+    assert gate.decide(comparison, {}, math.nan, small_params("gate.max_point_drop=0.03").gate, "self-blended")["passed"]
 
 
 def test_a_first_champion_must_reach_the_minimum_auc():
     params = small_params("gate.min_auc=0.7")
-    assert gate.decide(None, {}, math.nan, params, {"A": 0.9})["passed"]
-    verdict = gate.decide(None, {}, math.nan, params, {"A": 0.9, "B": 0.62})
+    assert gate.decide(None, {}, math.nan, params.gate, params.sbi.method, {"A": 0.9})["passed"]
+    verdict = gate.decide(None, {}, math.nan, params.gate, params.sbi.method, {"A": 0.9, "B": 0.62})
     assert verdict["reasons"] == ["B: AUC 0.620 is below gate.min_auc 0.7 (a first champion's floor)"]
 
 

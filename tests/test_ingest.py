@@ -7,7 +7,7 @@ import mlflow
 import yaml
 from dvc.repo import Repo
 
-from dfcl.dvc import stage_name
+from dfcl.ops.dvc import stage_name
 from flows.ingest import ingest_dataset
 from flows.retrain import retrain_detector
 from tests.conftest import shared_data, small_params
@@ -55,7 +55,7 @@ def test_ingest_ffpp_videos_then_retrain_on_the_folder(workspace):
     assert stats["videos_detected"] == 0 and stats["videos_from_cache"] == 7
 
     # retrain on the FF++ folder: ingests (nothing new to extract) and learns each method
-    params = {**params, "faces": {**params["faces"], "margin": 1.6}}
+    params = params.replaced(faces={"margin": 1.6})
     outcome = retrain_detector(str(root), params, auto_approve=True)
     # One fake video per method: the learned methods' test splits hold originals only, so the gate
     # cannot score them and refuses (never promotes what it could not check), even auto-approved.

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from dfcl.layouts import LayoutError, assign_splits, cap_per_class, recognise
+from dfcl.data.layouts import LayoutError, assign_splits, cap_per_class, recognise
 from tests.conftest import shared_data
 
 
@@ -178,7 +178,7 @@ def test_symlinks_are_followed_only_inside_the_dataset(tmp_path):
 
 
 def test_a_dataset_name_is_one_folder_name(tmp_path):
-    from dfcl.layouts import dataset_name
+    from dfcl.data.layouts import dataset_name
 
     assert dataset_name(tmp_path / "x" / "images") == "x"
     for bad in ("../escape", "a/b", ".."):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from dfcl.config import ConfigError
-from dfcl.experience import ExperienceSpec
-from dfcl.extraction import extract_dataset
-from dfcl.learner import Learner
-from dfcl.scoring import per_experience
+from dfcl.data.arrays import ExperienceSpec
+from dfcl.data.extraction import extract_dataset
+from dfcl.learning.learner import Learner
+from dfcl.measure.scoring import per_experience
 from tests.conftest import small_params
 
 
@@ -94,7 +94,7 @@ def memories(strategy) -> dict[str, torch.Tensor]:
         ReplayPlugin,
     )
 
-    from dfcl.continual.dfil import ContrastiveDistillation
+    from dfcl.learning.continual.dfil import ContrastiveDistillation
 
     out = {}
     if hasattr(strategy, "storage_policy"):  # DER: its buffer, with the logits each face had
@@ -121,7 +121,7 @@ def memories(strategy) -> dict[str, torch.Tensor]:
 def test_a_continued_learner_takes_this_runs_plugin_settings(specs, tmp_path):
     """The strategy is rebuilt from this run's params: a smaller replay memory and class weighting
     switched off apply to the next experience, and the buffer keeps its faces from before."""
-    from dfcl.plugins import ClassBalancedLoss
+    from dfcl.learning.plugins import ClassBalancedLoss
 
     root, (first, second) = specs
     learner = Learner(tmp_path / "learner", small_params("strategy.name=replay"), root)
@@ -178,7 +178,7 @@ def lower(matrix):
 def sequences(three, tmp_path_factory):
     """The same three-method sequence trained twice from the same seed: with the methods still to
     come evaluated after each experience (the default), and without."""
-    from dfcl.learner import train_sequence
+    from dfcl.learning.learner import train_sequence
 
     root, specs = three
     folder = tmp_path_factory.mktemp("sequences")
@@ -252,11 +252,11 @@ def test_forgetting_counts_from_right_after_learning_not_from_before(three, tmp_
     """Avalanche's StreamForgetting (accuracy) takes a method's value right after training on it:
     the evaluation before it was learned (the upper triangle) must not become that value."""
     root, specs = three
-    from dfcl.strategies import make_optimizer
+    from dfcl.learning.strategies import make_optimizer
 
     learner = Learner(tmp_path / "learner", small_params("strategy.name=naive"), root)
     learner.strategy.model = RandomProjection()
-    learner.strategy.optimizer = make_optimizer(learner.strategy.model, learner.params["train"])
+    learner.strategy.optimizer = make_optimizer(learner.strategy.model, learner.params.train)
     learner.strategy.plugins.append(ReseedAfterEachExperience())
     results = [learner.learn(spec, upcoming=specs[i + 1:]) for i, spec in enumerate(specs)]
     acc = learner.history.accuracy_matrix
@@ -299,7 +299,11 @@ def test_a_column_that_changed_method_is_dropped(three, tmp_path):
 
 
 def test_the_next_run_continues_from_the_champions_learner_not_a_rejected_one(tmp_path):
-    from dfcl.learner_versions import archive, continue_from_champion, current_version
+    from dfcl.learning.learner_versions import (
+        archive,
+        continue_from_champion,
+        current_version,
+    )
 
     folder, params = tmp_path / "learner", small_params()
 

@@ -1,10 +1,10 @@
-"""The forgery-mask head: targets (dfcl.masks), datasets and augmentation that carry them, the
+"""The forgery-mask head: targets (dfcl.data.masks), datasets and augmentation that carry them, the
 MaskLoss plugin under every strategy, mask quality figures and the mask as evidence."""
 import numpy as np
 import pytest
 import torch
 
-from dfcl.masks import UNKNOWN, mask_loss, mask_quality, target_mask
+from dfcl.data.masks import UNKNOWN, mask_loss, mask_quality, target_mask
 from tests.conftest import small_params
 
 SIZE = 32
@@ -14,7 +14,7 @@ def write_method(root, name, n=32, seed=0, stored_masks=True):
     """A method's arrays as extraction writes them: random reals, and fakes brightened inside a
     random rectangle whose mask is stored in `<split>-mask.npy` (every fourth fake's row left
     empty: a fake without a mask video)."""
-    from dfcl.experience import ExperienceSpec
+    from dfcl.data.arrays import ExperienceSpec
 
     rng = np.random.default_rng(seed)
     folder = root / name
@@ -77,7 +77,7 @@ def test_pixel_auc_and_iou():
 
 
 def test_augmentation_moves_the_mask_with_the_face_and_draws_the_same():
-    from dfcl.augment import Augmenter
+    from dfcl.data.augment import Augmenter
 
     face = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3)).astype(np.uint8)
     mask = np.zeros((SIZE, SIZE), np.float32)
@@ -97,8 +97,8 @@ def test_augmentation_moves_the_mask_with_the_face_and_draws_the_same():
 
 
 def test_datasets_give_masks_for_every_item(methods, tmp_path):
-    from dfcl.data import FaceArrayDataset
-    from dfcl.sbi import SelfBlendedFakes
+    from dfcl.data.datasets import FaceArrayDataset
+    from dfcl.data.sbi import SelfBlendedFakes
 
     root, (spec, _) = methods
     faces = FaceArrayDataset(root / spec.test_x, root / spec.test_y, masks=True)
@@ -131,7 +131,7 @@ def test_a_model_learns_where_the_forgery_is():
     import tempfile
     from pathlib import Path
 
-    from dfcl.data import FaceArrayDataset
+    from dfcl.data.datasets import FaceArrayDataset
     from models import create_model
     from models.mask import MaskTap, predict_mask
 
@@ -163,8 +163,8 @@ def test_every_strategy_trains_the_mask_head_and_saves(methods, tmp_path, strate
     GEM's memories, EWC's importances, LwF's teacher, Cumulative's union, CWR*'s head): the
     mask loss reaches the head in the first experience, the second trains with the memories
     of the first, and the learner saves and loads with no hook left on the model."""
-    from dfcl.learner import Learner
-    from dfcl.plugins import MaskLoss
+    from dfcl.learning.learner import Learner
+    from dfcl.learning.plugins import MaskLoss
 
     root, (first, second) = methods
     params = small_params(f"strategy.name={strategy}", "model.mask_head=true")
@@ -191,15 +191,15 @@ def test_mask_head_settings_are_checked():
     with pytest.raises(ConfigError, match="mask_loss_weight > 0"):
         small_params("model.mask_head=true", "train.mask_loss_weight=0")
     with pytest.raises(ConfigError, match="resnet18 has no mask head; models with one: .*small_cnn"):
-        check_names(small_params("model.mask_head=true", "model.name=resnet18"))
+        check_names(small_params("model.mask_head=true", "model.name=resnet18").model)
 
 
 def test_the_mask_is_evidence_beside_the_heatmap_only_for_a_model_with_a_head(tmp_path):
     import cv2
 
-    from dfcl.detect import Result
-    from dfcl.detector import Detector
-    from dfcl.explain import write_evidence
+    from dfcl.serving.detect import Result
+    from dfcl.serving.detector import Detector
+    from dfcl.serving.explain import write_evidence
     from models import create_model
 
     crops = np.random.default_rng(0).integers(0, 255, (2, SIZE, SIZE, 3)).astype(np.uint8)
@@ -216,9 +216,9 @@ def test_the_mask_is_evidence_beside_the_heatmap_only_for_a_model_with_a_head(tm
 def test_the_api_row_carries_the_mask_beside_the_heatmap(tmp_path):
     import cv2
 
-    from dfcl.api import run_detection
-    from dfcl.detect import FaceScorer
-    from dfcl.detector import Detector
+    from dfcl.serving.api import run_detection
+    from dfcl.serving.detect import FaceScorer
+    from dfcl.serving.detector import Detector
     from models import create_model
 
     params = small_params()

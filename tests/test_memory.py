@@ -1,5 +1,5 @@
 """train.heap_allocations: a training step's large tensors reuse glibc's heap instead of having
-the kernel fault in fresh pages every step (dfcl/memory.py)."""
+the kernel fault in fresh pages every step (dfcl/learning/memory.py)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +8,9 @@ import pytest
 
 PROBE = """
 import resource, sys, torch
-from dfcl.memory import apply_heap_allocations
-assert apply_heap_allocations({"heap_allocations": sys.argv[1] == "heap"}) == (sys.argv[1] == "heap")
+from types import SimpleNamespace
+from dfcl.learning.memory import apply_heap_allocations
+assert apply_heap_allocations(SimpleNamespace(heap_allocations=sys.argv[1] == "heap")) == (sys.argv[1] == "heap")
 torch.set_num_threads(1)
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
                           torch.nn.Conv2d(32, 96, 3, padding=1), torch.nn.BatchNorm2d(96), torch.nn.ReLU(),

@@ -1,12 +1,12 @@
-"""The metric schema (dfcl.metrics): one definition that the learner's history, the results,
+"""The metric schema (dfcl.measure.metrics): one definition that the learner's history, the results,
 MLflow, the tags, the tables and the plots all follow."""
 import dataclasses
 import math
 from types import SimpleNamespace
 
-from dfcl.experience import ExperienceSpec
-from dfcl.learner import History
-from dfcl.metrics import (
+from dfcl.data.arrays import ExperienceSpec
+from dfcl.learning.learner import History
+from dfcl.measure.metrics import (
     MATRICES,
     SUMMARIES,
     matrix_metric,
@@ -14,8 +14,8 @@ from dfcl.metrics import (
     summarize,
     summary_values,
 )
-from dfcl.tables import FIGURES, compare_table
-from dfcl.tracking import evaluation_metrics
+from dfcl.measure.tables import FIGURES, compare_table
+from dfcl.ops.tracking import evaluation_metrics
 
 NAN = math.nan
 

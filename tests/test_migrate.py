@@ -9,7 +9,7 @@ import torch
 from avalanche.checkpointing import save_checkpoint
 
 from dfcl.config import ConfigError, load_params
-from dfcl.learner import Learner
+from dfcl.learning.learner import Learner
 from dfcl.migrate import _unpickler, migrate_learner, migrate_params
 from tests.conftest import small_params
 from tests.test_learner import memories, specs_for
@@ -23,19 +23,32 @@ def test_old_params_keys_are_refused_then_renamed_keeping_their_values(tmp_path)
     assert sorted(migrate_params(params)) == ["strategy.ewc_decay -> strategy.ewc.decay_factor",
                                               "strategy.replay_mem_size -> strategy.replay.mem_size"]
     p = load_params(params)
-    assert p["strategy"]["replay"] == {"mem_size": 77} and p["strategy"]["ewc"]["decay_factor"] == 0.5
-    assert p["strategy"]["name"] == "gem" and migrate_params(params) == []  # once only
+    assert p.strategy.replay.mem_size == 77 and p.strategy.ewc.decay_factor == 0.5
+    assert p.strategy.name == "gem" and migrate_params(params) == []  # once only
+
+
+def test_removed_keys_of_an_old_workspace_are_ignored_then_deleted(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("detect:\n  crop: always\n  image_types: [.jpg]\n  video_types: [.mp4]\n")
+    assert load_params(params).detect.crop == "always"  # still loads
+    assert [line.split(" ")[0] for line in migrate_params(params)] == ["detect.image_types", "detect.video_types"]
+    assert "image_types" not in params.read_text() and load_params(params).detect.crop == "always"
 
 
 def test_old_checkpoints_class_names_resolve_to_todays():
     import io
 
-    from dfcl import plugins, scoring
+    from dfcl.learning import plugins
+    from dfcl.measure import scoring
 
     for module, name, now in [("dfcl.learner", "CosineEpochs", plugins.LRSchedule),
                               ("dfcl.learner", "ClassBalancedLoss", plugins.ClassBalancedLoss),
                               ("dfcl.progress", "EpochProgress", plugins.EpochProgress),
-                              ("dfcl.metrics", "ExperienceAUC", scoring.ExperienceAUC)]:
+                              ("dfcl.metrics", "ExperienceAUC", scoring.ExperienceAUC),
+                              # the flat dfcl/ of before the packages (issue 37)
+                              ("dfcl.scoring", "ExperienceAUC", scoring.ExperienceAUC),
+                              ("dfcl.plugins", "PairedBatches", plugins.PairedBatches),
+                              ("dfcl.plugins", "CosineEpochs", plugins.LRSchedule)]:
         assert _unpickler(pickle.Unpickler)(io.BytesIO(f"c{module}\n{name}\n.".encode())).load() is now
 
 

@@ -4,6 +4,18 @@ import torch
 from models import create_model, list_models
 
 
+def imagenet_classifier(variant: int):
+    """The whole ImageNet network with its 1000-class classifier, loaded from the package file
+    (every tensor, strictly): what the reference implementation is compared with."""
+    import timm
+
+    from models.efficientnet_lite import checkpoint_filter_fn, weights_file
+
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    state = torch.load(weights_file(variant), map_location="cpu", weights_only=True)
+    model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
+    return model
+
 def test_registry_lists_the_cpu_cnn_and_timm_backbones():
     expected = {"small_cnn", "small_cnn_fft", "efficientnet_b0", "efficientnet_b4", "xception", "resnet50", "densenet121",
                 "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
@@ -77,7 +89,7 @@ def test_every_tensor_of_the_imagenet_file_is_mapped_with_its_shape(variant):
 def test_mapped_network_gives_the_reference_implementations_imagenet_logits(variant, size):
     from efficientnet_lite_pytorch import EfficientNet
 
-    from models.efficientnet_lite import imagenet_classifier, weights_file
+    from models.efficientnet_lite import weights_file
 
     ours = imagenet_classifier(variant).eval()
     reference = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=str(weights_file(variant))).eval()
@@ -87,7 +99,6 @@ def test_mapped_network_gives_the_reference_implementations_imagenet_logits(vari
 
 
 def test_pretrained_detector_starts_from_imagenet_features_and_normalises_its_input():
-    from models.efficientnet_lite import imagenet_classifier
     from models.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 
     detector = create_model("efficientnet_lite0", pretrained="imagenet").eval()

@@ -12,17 +12,17 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from dfcl.learner import Learner
-from dfcl.ops import (
+from dfcl.learning.learner import Learner
+from dfcl.ops.guards import (
     Busy,
     OpsError,
     ServiceUnavailable,
-    alias_events,
     check_services,
+    one_retraining,
     retrain_lock,
-    rollback_champion,
 )
-from dfcl.triggers import Ledger, dataset_folders, due_datasets, fingerprint
+from dfcl.ops.registry import alias_events, rollback_champion
+from dfcl.ops.triggers import Ledger, dataset_folders, due_datasets, fingerprint
 from flows.retrain import retrain_detector
 from tests.conftest import small_params
 
@@ -32,7 +32,7 @@ REGISTERED = "deepfake-detector"
 def test_one_retraining_at_a_time_and_a_killed_holder_frees_the_lock(tmp_path):
     lock = tmp_path / "retrain.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from dfcl.ops import retrain_lock\n"
+        "import sys, time; from pathlib import Path; from dfcl.ops.guards import retrain_lock\n"
         f"with retrain_lock(Path({str(lock)!r}), 0, 'run A'):\n"
         "    print('locked', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -50,6 +50,25 @@ def test_one_retraining_at_a_time_and_a_killed_holder_frees_the_lock(tmp_path):
         assert "run B" in lock.read_text()
 
 
+def test_on_a_prefect_server_one_retraining_at_a_time_is_its_concurrency_limit(tmp_path, prefect_api_url):
+    """With a Prefect server (workers on several hosts share no flock) the slot of its global
+    concurrency limit `dfcl-retrain` is what a run holds; no flock is taken then."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_api_url}):
+        with one_retraining(tmp_path, 0, "run A"):
+            with get_client(sync_client=True) as client:
+                limit = client.read_global_concurrency_limit_by_name("dfcl-retrain")
+            assert (limit.limit, limit.active_slots) == (1, 1)
+            with pytest.raises(Busy, match="concurrency limit dfcl-retrain"):
+                with one_retraining(tmp_path, 0, "run B"):
+                    pass
+            assert not (tmp_path / "data" / "retrain.lock").exists()
+        with one_retraining(tmp_path, 0, "run B"):  # freed when run A's block ended
+            pass
+
+
 def test_unreachable_mlflow_or_dvc_remote_stops_the_run_before_anything_moves(workspace, demo_data, monkeypatch):
     params = small_params("dvc.remote_url=/proc/no-such-remote")
     with pytest.raises(ServiceUnavailable, match="DVC remote 'local' is unreachable.*dvc remote modify"):
@@ -61,7 +80,7 @@ def test_unreachable_mlflow_or_dvc_remote_stops_the_run_before_anything_moves(wo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on port 9
     mlflow.set_tracking_uri("http://127.0.0.1:9")
     with pytest.raises(ServiceUnavailable, match="MLflow tracking at http://127.0.0.1:9 is unreachable"):
-        check_services(small_params("dvc.push=false"), workspace.root)
+        check_services(small_params("dvc.push=false").dvc, workspace.root)
 
 
 def register_dummy(n: int) -> list[str]:
@@ -102,11 +121,11 @@ def test_rollback_walks_back_through_champions_and_history_keeps_who_when_why(wo
 def test_a_promotion_and_a_rollback_at_once_get_events_of_their_own(workspace, monkeypatch):
     import threading
 
-    from dfcl import ops
+    from dfcl.ops import registry
 
     v1, v2, v3 = register_dummy(3)
-    ops.promote(REGISTERED, v1, "alice", "first", None)
-    ops.promote(REGISTERED, v2, "bob", "second", v1)
+    registry.promote(REGISTERED, v1, "alice", "first", None)
+    registry.promote(REGISTERED, v2, "bob", "second", v1)
     # Widen the window between reading the history and writing the next event, as a slow
     # registry does: unlocked, both would write the same number and one event would be lost.
     read = MlflowClient.get_registered_model
@@ -125,7 +144,7 @@ def test_a_promotion_and_a_rollback_at_once_get_events_of_their_own(workspace, m
         except Exception as e:  # reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(ops.promote, REGISTERED, v3, "carol", "third", v2)),
+    threads = [threading.Thread(target=run, args=(registry.promote, REGISTERED, v3, "carol", "third", v2)),
                threading.Thread(target=run, args=(rollback_champion, REGISTERED, "dave", "false alarms"))]
     for t in threads:
         t.start()
@@ -137,52 +156,52 @@ def test_a_promotion_and_a_rollback_at_once_get_events_of_their_own(workspace, m
     # first: the rollback undoes it (4 events). Rollback first: the promotion was decided against
     # v2, which is no longer champion, so it is refused as stale and nothing moves (3 events).
     assert [e["n"] for e in events] == list(range(1, len(events) + 1)), events
-    assert ops.champion_stack(events)[-1] == str(MlflowClient().get_model_version_by_alias(REGISTERED, "champion").version)
-    assert (len(events), [type(e) for e in errors]) in ((4, []), (3, [ops.StaleDecision])), (events, errors)
+    assert registry.champion_stack(events)[-1] == str(MlflowClient().get_model_version_by_alias(REGISTERED, "champion").version)
+    assert (len(events), [type(e) for e in errors]) in ((4, []), (3, [registry.StaleDecision])), (events, errors)
 
 
 def test_approval_over_a_champion_the_gate_never_saw_moves_nothing(workspace):
-    from dfcl import ops
+    from dfcl.ops import registry
     from flows.retrain import ApprovalDecision, move_aliases
 
     v1, v2, v3 = register_dummy(3)
-    ops.promote(REGISTERED, v1, "alice", "first", None)
-    ops.promote(REGISTERED, v2, "bob", "second", v1)
-    verdict = {"passed": True, "champion": {"version": v2}}  # the gate scored v3 against v2 ...
+    registry.promote(REGISTERED, v1, "alice", "first", None)
+    registry.promote(REGISTERED, v2, "bob", "second", v1)
+    # the gate scored v3 against v2 ...
     rollback_champion(REGISTERED, "dave", "false alarms")  # ... and ops rolled back while it waited
     with mlflow.start_run() as run:
-        outcome = move_aliases(REGISTERED, v3, ApprovalDecision(approve=True, approver="erin"), verdict)
+        outcome = move_aliases(REGISTERED, v3, ApprovalDecision(approve=True, approver="erin"), True, v2)
     assert outcome == "stale decision, re-run the gate"
     assert MlflowClient().get_model_version_by_alias(REGISTERED, "champion").version == int(v1)
     assert [e["action"] for e in alias_events(REGISTERED)] == ["promote", "promote", "rollback"]
     assert "promoted_by" not in MlflowClient().get_model_version(REGISTERED, v3).tags
     assert MlflowClient().get_run(run.info.run_id).data.tags["outcome"] == outcome
-    with pytest.raises(ops.StaleDecision, match="compared version 3 with no champion, but champion is now version 1"):
-        ops.promote(REGISTERED, v3, "erin", "first ever?", None)
+    with pytest.raises(registry.StaleDecision, match="compared version 3 with no champion, but champion is now version 1"):
+        registry.promote(REGISTERED, v3, "erin", "first ever?", None)
 
 
 def test_a_registry_error_never_overwrites_an_event(workspace, monkeypatch):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
-    from dfcl import ops
+    from dfcl.ops import registry
 
     v1, v2 = register_dummy(2)
-    ops.promote(REGISTERED, v1, "alice", "first", None)
+    registry.promote(REGISTERED, v1, "alice", "first", None)
     monkeypatch.setattr(MlflowClient, "get_registered_model",
                         lambda self, name: (_ for _ in ()).throw(MlflowException("timed out", error_code=INTERNAL_ERROR)))
     with pytest.raises(MlflowException, match="timed out"):
-        ops.record_rejection(REGISTERED, v2, "bob", "no")
+        registry.record_rejection(REGISTERED, v2, "bob", "no")
     monkeypatch.undo()
     assert [(e["n"], e["action"], e["by"]) for e in alias_events(REGISTERED)] == [(1, "promote", "alice")]
 
 
 def test_rollback_refuses_when_the_alias_was_moved_outside_dfcl(workspace):
-    from dfcl import ops
+    from dfcl.ops import registry
 
     v1, v2, v3 = register_dummy(3)
-    ops.promote(REGISTERED, v1, "alice", "first", None)
-    ops.promote(REGISTERED, v2, "bob", "second", v1)
+    registry.promote(REGISTERED, v1, "alice", "first", None)
+    registry.promote(REGISTERED, v2, "bob", "second", v1)
     MlflowClient().set_registered_model_alias(REGISTERED, "champion", v3)  # by hand, in the MLflow UI
     with pytest.raises(OpsError, match=f"champion points at version {v3}, but its history's last champion is version {v2}"):
         rollback_champion(REGISTERED, "dave", "false alarms")
@@ -190,7 +209,7 @@ def test_rollback_refuses_when_the_alias_was_moved_outside_dfcl(workspace):
     assert len(alias_events(REGISTERED)) == 2
 
 
-SERVE = {"quiet_s": 600, "max_attempts": 3, "retry_backoff_s": 100}
+SERVE = small_params().flow.serve.model_copy(update={"quiet_s": 600, "max_attempts": 3, "retry_backoff_s": 100})
 
 
 class Clock:
@@ -228,7 +247,7 @@ def test_trigger_sees_new_folders_and_new_versions_but_not_trained_ones(tmp_path
 LEDGER_WRITER = """
 import sys
 from pathlib import Path
-from dfcl.triggers import Ledger
+from dfcl.ops.triggers import Ledger
 ledger, who, n = Ledger(Path(sys.argv[1])), sys.argv[2], int(sys.argv[3])
 for i in range(n):
     ledger.mark(Path(f"/incoming/{who}-{i}"), "queued", f"fp-{i}", flow_run=who)
@@ -270,7 +289,7 @@ def test_a_dataset_is_taken_only_once_complete(tmp_path, demo_data):
     assert names(due_datasets(incoming, ledger, ["real"], SERVE, clock=clock)) == ["BlendSwap"]
 
     shutil.copytree(demo_data / "MouthWarp", incoming / "MouthWarp")
-    marker_only = {**SERVE, "quiet_s": 0}
+    marker_only = SERVE.model_copy(update={"quiet_s": 0})
     clock.t += 10_000
     assert "MouthWarp" not in names(due_datasets(incoming, ledger, ["real"], marker_only, clock=clock))
     before = ledger.entries[str((incoming / "MouthWarp").resolve())]["fingerprint"]
@@ -347,7 +366,7 @@ def shuffled_copy(src, dst, seed=0):
 @pytest.fixture(scope="module")
 def learnable_data(tmp_path_factory):
     """Enough synthetic faces (96 per class) for the small CNN to learn a method well."""
-    from dfcl.demo_data import generate
+    from dfcl.data.demo_data import generate
 
     out = tmp_path_factory.mktemp("learnable")
     generate(out, ["BlendSwap", "GANUpsample"], train_per_class=96, test_per_class=24, size=32, seed=1)
@@ -428,36 +447,36 @@ def test_a_half_written_state_is_ignored(workspace, demo_data, tmp_path):
 
 
 def test_a_move_killed_between_alias_event_and_tags_is_reported_and_repaired(workspace, capsys):
-    from dfcl import ops
     from dfcl.cli import main
+    from dfcl.ops import registry
 
     v1, v2, v3 = register_dummy(3)
-    ops.promote(REGISTERED, v1, "alice", "first", None)
+    registry.promote(REGISTERED, v1, "alice", "first", None)
     client = MlflowClient()
     client.set_registered_model_alias(REGISTERED, "champion", v2)  # a promotion killed after the alias moved
-    assert ops.inconsistencies(REGISTERED)[0].startswith(f"champion points at version {v2}, but the history's last "
+    assert registry.inconsistencies(REGISTERED)[0].startswith(f"champion points at version {v2}, but the history's last "
                                                          f"champion is version {v1}")
     assert main(["history"]) == 0 and "inconsistent: champion points at" in capsys.readouterr().out
     assert main(["repair", "--by", "erin"]) == 0
     out = capsys.readouterr().out
     assert f"recorded the promote to version {v2} (from version {v1}); tagged version {v2} with promoted_by" in out
-    assert ops.inconsistencies(REGISTERED) == [] and ops.repair(REGISTERED, "erin") == []
-    # killed after the alias and the event, before the tags (promote_champion tags after ops.promote)
-    ops.promote(REGISTERED, v3, "bob", "third", v2)
-    assert ops.inconsistencies(REGISTERED) == [f"event 3 (promote by bob) has no promoted_by tag on version {v3}: "
+    assert registry.inconsistencies(REGISTERED) == [] and registry.repair(REGISTERED, "erin") == []
+    # killed after the alias and the event, before the tags (promote_champion tags after registry.promote)
+    registry.promote(REGISTERED, v3, "bob", "third", v2)
+    assert registry.inconsistencies(REGISTERED) == [f"event 3 (promote by bob) has no promoted_by tag on version {v3}: "
                                                "interrupted before its tags; `dfcl repair` writes them"]
-    assert ops.repair(REGISTERED, "erin") == [f"tagged version {v3} with promoted_by, promoted_at, promotion_reason "
+    assert registry.repair(REGISTERED, "erin") == [f"tagged version {v3} with promoted_by, promoted_at, promotion_reason "
                                               "from event 3"]
     assert client.get_model_version(REGISTERED, v3).tags["promoted_by"] == "bob"
     # a rollback killed after the alias moved back: repaired as the rollback it was
     client.set_registered_model_alias(REGISTERED, "champion", v2)
-    assert ops.repair(REGISTERED, "erin")[0] == f"recorded the rollback to version {v2} (from version {v3})"
+    assert registry.repair(REGISTERED, "erin")[0] == f"recorded the rollback to version {v2} (from version {v3})"
     assert rollback_champion(REGISTERED, "dave", "now it works") == (v2, v1)
 
 
 def test_ingest_and_compare_take_the_workspace_lock(workspace, demo_data, capsys):
     from dfcl.cli import main
-    from dfcl.ops import workspace_lock
+    from dfcl.ops.guards import workspace_lock
 
     with workspace_lock(workspace.root, 0, "a retraining run"):
         assert main(["ingest", str(demo_data / "BlendSwap")]) == 2

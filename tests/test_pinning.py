@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dfcl.learner import Learner
-from dfcl.pinning import PinnedDataError
+from dfcl.learning.learner import Learner
+from dfcl.learning.pinning import PinnedDataError
 from flows.retrain import retrain_detector
 from tests.conftest import shared_data, small_params
 

@@ -2,6 +2,7 @@
 MLflow (sqlite), with `dfcl` run as users run it, in subprocesses."""
 import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -88,9 +89,10 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     assert (ws / "data" / "raw" / "ffpp-crops.dvc").is_file()
     log = subprocess.run(["git", "log", "--format=%s"], cwd=ws, capture_output=True, text=True).stdout
     assert "dfcl: raw dataset ffpp-crops" in log and "dfcl: faces of ffpp-crops" in log
-    dirty = subprocess.run(["git", "status", "--porcelain", "data", "dvc.yaml", "dvc.lock"], cwd=ws,
+    assert "dfcl: metrics of model version 1" in log  # the figures beside the data versions they came from
+    dirty = subprocess.run(["git", "status", "--porcelain", "data", "dvc.yaml", "dvc.lock", "metrics", "plots"], cwd=ws,
                            capture_output=True, text=True).stdout
-    assert ".dvc" not in dirty and "dvc." not in dirty, dirty
+    assert ".dvc" not in dirty and "dvc." not in dirty and "metrics" not in dirty and "plots" not in dirty, dirty
     with Repo(str(ws)) as repo:
         assert repo.status() == {}, "dvc status is not clean"
         assert repo.status(cloud=True) == {}, "the DVC remote lacks data"
@@ -105,6 +107,13 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     run = runs[0]
     assert run.data.params["data.ffpp-crops.version"] == version
     assert run.data.params["strategy.name"] == "replay"
+    assert run.data.params["faces.detect_in_images"] == "False" and run.data.params["gate.min_auc"] == "0.0"
+    # The MLflow run and the flow run point at each other; the console's link opens the run in the
+    # MLflow UI's "Model training" view.
+    flow_run_id = run.data.tags["prefect.flow_run_id"]
+    assert run.data.tags["prefect.flow_run_url"] == f"{prefect_api_url.removesuffix('/api')}/flow-runs/flow-run/{flow_run_id}"
+    assert (f"MLflow run: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+            "?workflowType=machine_learning") in out
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "acc/ffpp-crops/Deepfakes")]
     assert steps == [0, 1]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "auc/ffpp-crops/FaceSwap")] == [1]
@@ -155,6 +164,12 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     assert [m.step for m in history] == [2]
     assert [m.step for m in client.get_metric_history(newest.info.run_id, "auc/stylegan-faces")] == [2]
     assert str(client.get_model_version_by_alias("deepfake-detector", "champion").version) == "2"
+    # Not committed this time (dvc.git_commit off): DVC compares the workspace's figures with version 1's.
+    diff = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], cwd=ws, capture_output=True,
+                          text=True, check=True)
+    avg_auc = json.loads(diff.stdout)["metrics/retrain.json"]["avg_auc"]
+    assert avg_auc["old"] == pytest.approx(run.data.metrics["avg_auc"])
+    assert avg_auc["new"] == pytest.approx(newest.data.metrics["avg_auc"])
     decision = mlflow.artifacts.load_text(f"runs:/{newest.info.run_id}/promotion_decision.md")
     assert "Challenger v2 vs champion v1" in decision and "| stylegan-faces |" in decision
 

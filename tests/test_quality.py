@@ -8,9 +8,9 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 
-from dfcl.layouts import assign_splits
-from dfcl.learner import Learner
-from dfcl.plugins import BestValidationEpoch, ClassBalancedLoss
+from dfcl.data.layouts import assign_splits
+from dfcl.learning.learner import Learner
+from dfcl.learning.plugins import BestValidationEpoch, ClassBalancedLoss
 from tests.conftest import small_params
 from tests.test_learner import specs_for
 

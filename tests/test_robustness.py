@@ -2,6 +2,7 @@
 requests (issue 28, "The page and the API"). On a small untrained CNN served directly (no
 registry, no training): none of this depends on what the model learned."""
 import logging
+import select
 import socket
 import struct
 import subprocess
@@ -18,10 +19,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from dfcl.api import ModelHolder, create_app, run_detection, uvicorn_config
-from dfcl.detect import FaceScorer, detect_files
-from dfcl.detector import Detector
-from dfcl.images import count_frames, open_video, read_image
+from dfcl.data.images import count_frames, open_video, read_image
+from dfcl.serving.api import ModelHolder, create_app, run_detection, uvicorn_config
+from dfcl.serving.detect import FaceScorer, detect_files
+from dfcl.serving.detector import Detector
 from tests.conftest import REPO, free_port, small_params
 
 CARD = {"uri": "models:/deepfake-detector/1", "name": "deepfake-detector", "version": "1", "alias": "champion",
@@ -190,14 +191,40 @@ def test_tiny_and_banner_images_get_a_reason_not_a_500(files, tmp_path):
     for key in ("tiny", "banner", "face"):
         (folder / files[key].name).write_bytes(files[key].read_bytes())
     scorer = stub_scorer(params)
-    real_detect = scorer.detect
-    scorer.detect = lambda path, crop=None: (_ for _ in ()).throw(RuntimeError("decoder crashed")) \
-        if path.name == "face.jpg" else real_detect(path, crop)
+    real_prepare = scorer.prepare
+    scorer.prepare = lambda path, crop=None: (_ for _ in ()).throw(RuntimeError("decoder crashed")) \
+        if path.name == "face.jpg" else real_prepare(path, crop)
     rows = {Path(r["file"]).name: r for r in detect_files(scorer, [str(folder)], progress=False)}
     assert len(rows) == 3 and all(r["verdict"] == "error" for r in rows.values())
     assert rows["face.jpg"]["error"].startswith("RuntimeError: decoder crashed")
     # MTCNN itself is never handed an image it cannot search (ingest calls it directly).
     assert scorer.finder.detect_all([np.zeros((38, 640, 3), np.uint8)]) == [[]]
+
+
+def test_a_folder_is_classified_in_batches_across_files_in_input_order(files, tmp_path):
+    """`dfcl detect FOLDER`: the faces of several files go through the model together
+    (detect.batch_size), each file keeps its own row, in order, with the answer it gets alone; an
+    unreadable file in the middle gets its own error row."""
+    params = small_params("detect.batch_size=4", "detect.workers=2")
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    names = [f"{i:02d}.png" for i in range(7)]
+    for name in names:
+        cv2.imwrite(str(folder / name), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    (folder / "03-broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    scorer = stub_scorer(params)
+    alone = {name: scorer.detect(folder / name, "always") for name in names}
+    batches, real_score = [], scorer.score
+    scorer.score = lambda crops: batches.append(len(crops)) or real_score(crops)
+    rows = detect_files(scorer, [str(folder)], crop="always", progress=False)
+    assert [Path(r["file"]).name for r in rows] == sorted(names + ["03-broken.jpg"])
+    by_name = {Path(r["file"]).name: r for r in rows}
+    assert by_name["03-broken.jpg"]["verdict"] == "error" and by_name["03-broken.jpg"]["error"]
+    for name in names:
+        assert by_name[name]["verdict"] == alone[name].verdict
+        assert by_name[name]["p_fake"] == pytest.approx(round(alone[name].p_fake, 4), abs=2e-4)
+    assert batches == [4, 3], "seven faces in batches of four, across files"
 
 
 def test_content_comes_from_the_bytes_and_ffmpeg_reads_local_files_only(files, tmp_path):
@@ -208,9 +235,9 @@ def test_content_comes_from_the_bytes_and_ffmpeg_reads_local_files_only(files, t
             r = post(client, files[key])
             assert r.status_code == 415 and "cannot open video: its first bytes are none of" in r.json()["error"], r.text
         assert post(client, files["png_as_jpg"], crop="true").status_code == 200  # an image is an image
-    # Even where cv2 was imported first, importing dfcl.images keeps FFmpeg to local files and
+    # Even where cv2 was imported first, importing dfcl.data.images keeps FFmpeg to local files and
     # the containers we read: a concat script would otherwise open the files it names.
-    script = ("import cv2, sys\nimport dfcl.images\n"
+    script = ("import cv2, sys\nimport dfcl.data.images\n"
               "ok = lambda p: cv2.VideoCapture(p, cv2.CAP_FFMPEG).isOpened()\n"
               f"print(ok({str(files['playlist'])!r}), ok({str(files['video'])!r}))\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -237,6 +264,7 @@ def test_a_detection_past_its_deadline_answers_503_and_frees_its_slot(files):
         first.join(90)
         assert not first.is_alive(), "no answer while the detection was stuck"
         assert answers["r"].status_code == 503 and "api.detect_timeout_s" in answers["r"].json()["error"]
+        assert answers["r"].headers["retry-after"] == "120"  # api.queue_timeout_s: a slot is free by then
         release.set()  # the thread goes on, meets its deadline at the next step and frees the slot
         r = post(client, files["face"], crop="true")
         assert r.status_code == 200, r.text
@@ -271,7 +299,7 @@ def test_grad_cam_never_sees_another_requests_scoring(files):
 
 
 def test_uploads_are_read_only_once_a_slot_is_taken(files, monkeypatch):
-    import dfcl.api as api
+    import dfcl.serving.api as api
 
     params = small_params("api.max_concurrent=1", "api.queue_timeout_s=1")
     scorer = stub_scorer(params)
@@ -287,7 +315,7 @@ def test_uploads_are_read_only_once_a_slot_is_taken(files, monkeypatch):
         first.start()
         assert started.wait(120)
         busy = post(client, files["face"], crop="true")
-        assert busy.status_code == 503 and "busy" in busy.json()["error"]
+        assert busy.status_code == 503 and "busy" in busy.json()["error"] and busy.headers["retry-after"] == "1"
         assert len(saved) == 1  # the waiting request's upload was never parsed nor saved
         release.set()
         first.join(120)
@@ -376,21 +404,93 @@ def test_public_deployment_token_hosts_headers_and_no_cdn(monkeypatch, files):
         assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
         assert page.headers["x-content-type-options"] == "nosniff"
         assert r.headers["x-content-type-options"] == "nosniff"  # errors too
-        assert client.get("/docs").status_code == 404 and "/v1/detect" in client.get("/openapi.json").json()["paths"]
-    # Every script the page runs is a file of its own (the CSP allows no inline script), none from elsewhere.
-    html = (REPO / "dfcl" / "web" / "index.html").read_text()
+        docs = client.get("/docs")  # Swagger UI, open like the page, from the server's own files
+        assert docs.status_code == 200 and "script-src 'self'" in docs.headers["content-security-policy"]
+        assert "/v1/detect" in client.get("/openapi.json").json()["paths"]
+    # Every script the page and /docs run is a file of its own (the CSP allows no inline script), none from elsewhere.
+    html = (REPO / "dfcl" / "serving" / "web" / "index.html").read_text()
     assert html.count("<script") == html.count('<script src="/static/') == 1 and "http" not in html.replace("http-equiv", "")
+    assert docs.text.count("<script") == docs.text.count('<script src="/') == 2 and "http" not in docs.text
     with TestClient(create_app(params, FixedHolder(params, stub_scorer(params))), base_url="http://evil.example") as c:
-        assert c.get("/").status_code == 400  # a Host not in api.allowed_hosts
+        refused = c.get("/")
+        assert refused.status_code == 400 and "api.allowed_hosts" in refused.json()["error"]  # a Host not allowed
     monkeypatch.delenv("DFCL_API_TOKEN")
     with client_for(params) as client:
         assert client.get("/v1/model").status_code == 200  # no token set: none asked
 
 
+def test_every_error_has_the_one_shape_its_schema_declares(files, monkeypatch):
+    """FastAPI's own 404, 405 and 422, the guards' 400, 401 and 413 and the app's 415 and 503: all
+    `{"error": "..."}`, each valid against the schema /openapi.json declares for its status."""
+    from tests.openapi_client import SchemaClient
+
+    monkeypatch.setenv("DFCL_API_TOKEN", "shape-token")
+    params = small_params("api.max_upload_mb=1", "api.max_concurrent=1", "api.queue_timeout_s=1")
+    good = {"Authorization": "Bearer shape-token"}
+    scorer = stub_scorer(params)
+    with client_for(params, scorer) as http:
+        spec = http.get("/openapi.json").json()
+        client = SchemaClient(http, spec, token="shape-token")
+        detect = [  # status, answer
+            (401, http.post("/v1/detect", files={"file": ("face.jpg", b"x")})),
+            (413, http.post("/v1/detect", files={"file": ("big.jpg", bytes(2 * 2**20))}, headers=good)),
+            (415, client.call("/v1/detect", "post", files={"file": files["heic"]})),
+            (422, http.post("/v1/detect", headers=good)),
+            (422, client.call("/v1/detect", "post", params={"crop": "maybe"}, files={"file": files["face"]})),
+        ]
+        for status, r in detect:
+            assert r.status_code == status, (status, r.text)
+            assert isinstance(client.read("/v1/detect", "post", r)["error"], str)
+        assert "field 'file'" in detect[3][1].json()["error"] and "crop" in detect[4][1].json()["error"]
+        for r, status in ((http.get("/no/such/page"), 404), (http.get("/static/nothing.js"), 404),
+                          (http.put("/health"), 405), (http.get("/v1/detect", headers=good), 405)):
+            assert r.status_code == status and set(r.json()) == {"error"} and r.json()["error"], r.text
+        assert http.put("/health").headers["allow"] == "GET"
+        # The one detection slot taken: 503 with Retry-After, as the schema says.
+        started, release = threading.Event(), threading.Event()
+        real_score = scorer.score
+        scorer.score = lambda crops: (started.set(), release.wait(120), real_score(crops))[2]
+        first = threading.Thread(target=lambda: client.call("/v1/detect", "post", {"crop": True}, {"file": files["face"]}))
+        first.start()
+        assert started.wait(120)
+        busy = client.call("/v1/detect", "post", {"crop": True}, {"file": files["face"]})
+        release.set()
+        first.join(120)
+        assert busy.status_code == 503 and "busy" in client.read("/v1/detect", "post", busy)["error"]
+        assert busy.headers["retry-after"] == "1"
+
+
+def test_an_upload_over_the_cap_is_refused_while_it_streams(files):
+    """The declared upload (FastAPI's UploadFile) does not read the body before the cap: a chunked
+    upload without a Content-Length gets 413 long before it has all been sent."""
+    params = small_params("api.max_upload_mb=1")
+    total, sent = 64 * 2**20, 0  # the kernel buffers some MB before the server reads (7 MB seen on loopback)
+    with live_api(params) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        boundary = "dfclcap"
+        s = socket.create_connection((host, int(port)), timeout=30)
+        part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
+                "Content-Type: image/jpeg\r\n\r\n").encode()
+        s.sendall((f"POST /v1/detect?crop=true HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                   f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+                  + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        chunk = b"%x\r\n" % 2**16 + bytes(2**16) + b"\r\n"
+        try:
+            while sent < total and not select.select([s], [], [], 0)[0]:
+                s.sendall(chunk)
+                sent += 2**16
+        except OSError:  # the server closed the connection after its answer
+            pass
+        answer = read_answer(s)
+        s.close()
+    assert answer.startswith("HTTP/1.1 413") and '"error"' in answer and "over the limit of 1" in answer, answer[:300]
+    assert sent < total / 2, f"{sent} bytes went in before the answer"
+
+
 def test_one_video_guard_codec_length_and_decoded_size(tmp_path):
     """Ingest and the API read videos through the same guard (images.check_video, read_frames)."""
     from benchmarks.hostile_data import jpeg, mjpeg_avi, other_codec_avi
-    from dfcl.images import read_frames
+    from dfcl.data.images import read_frames
 
     fine = mjpeg_avi(tmp_path / "fine.avi", [jpeg(64, 48, i) for i in range(3)])
     frames, n, problem = read_frames(fine, 2, max_seconds=60)
@@ -409,8 +509,8 @@ def test_one_video_guard_codec_length_and_decoded_size(tmp_path):
 
 def test_ingest_skips_a_video_over_its_length_with_a_reason(tmp_path, workspace):
     from benchmarks.hostile_data import jpeg, mjpeg_avi
-    from dfcl.extraction import faces_of_videos
-    from dfcl.faces import FaceSettings
+    from dfcl.data.extraction import faces_of_videos
+    from dfcl.data.faces import FaceSettings
 
     mjpeg_avi(tmp_path / "long.avi", [jpeg(64, 48)] * 3, total_frames=6 * 3600 * 25)
     s = FaceSettings.from_params(small_params())

@@ -1,4 +1,4 @@
-"""Self-blended pseudo-fakes (dfcl.sbi) on synthetic face-like crops."""
+"""Self-blended pseudo-fakes (dfcl.data.sbi) on synthetic face-like crops."""
 import pickle
 
 import cv2
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfcl.sbi import SelfBlendedFakes, self_blend
+from dfcl.data.sbi import SelfBlendedFakes, self_blend
 
 S = 64
 # 5 MTCNN-style points (eyes, nose, mouth corners) of the synthetic face below
@@ -154,7 +154,7 @@ def _face_points(size: int = 160) -> np.ndarray:
 
 
 def test_blend_regions_lie_inside_the_crop_and_their_variants_differ():
-    from dfcl.sbi import EDGE, HULLS, _landmark_mask, inside_crop
+    from dfcl.data.sbi import EDGE, HULLS, _landmark_mask, inside_crop
 
     size, points = 160, _face_points()
     assert points.shape == (68, 2) and (points[:17] > size).any(), "the chin runs off the crop"
@@ -172,7 +172,7 @@ def test_blend_regions_lie_inside_the_crop_and_their_variants_differ():
 
 
 def test_black_padding_of_old_crops_is_never_blended():
-    from dfcl.sbi import photo_region
+    from dfcl.data.sbi import photo_region
 
     face = make_face(4)
     face[:, :6] = 0
@@ -185,9 +185,9 @@ def test_black_padding_of_old_crops_is_never_blended():
 
 
 def test_self_blended_pairs_put_a_real_and_its_blend_side_by_side_under_one_augmentation(tmp_path):
-    from dfcl.augment import Augmenter
-    from dfcl.plugins import PairSampler
-    from dfcl.sbi import SelfBlendedPairs
+    from dfcl.data.augment import Augmenter
+    from dfcl.data.sbi import SelfBlendedPairs
+    from dfcl.learning.plugins import PairSampler
 
     images, x, y = _write_faces(tmp_path, [0] * 5)
     augment = {"enabled": True, "flip_p": 0.5, "crop_p": 1.0, "color_p": 1.0, "jpeg_p": 0.0, "blur_p": 0.0,

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfcl.layouts import LayoutError, recognise
+from dfcl.data.layouts import LayoutError, recognise
 from tests.conftest import small_params
 
 
 def test_any_dataset_s_real_files_make_one_self_blended_experience(demo_data, tmp_path):
     params = small_params()
-    name = params["sbi"]["method"]
+    name = params.sbi.method
     found = recognise(demo_data / "BlendSwap", ["real"], name, real_only=True)
     reals = sorted(p.relative_to(demo_data / "BlendSwap").as_posix() for p in (demo_data / "BlendSwap").rglob("real/*"))
     assert found.methods == [name] and set(found.files.label) == {0}
@@ -33,13 +33,12 @@ def test_any_dataset_s_real_files_make_one_self_blended_experience(demo_data, tm
 
 
 def test_self_blended_experience_has_fixed_sbi_test_fakes_and_learns_fresh_ones(demo_data, tmp_path):
-    from dfcl.arrays import beside, face_arrays
-    from dfcl.experience import ExperienceSpec
-    from dfcl.extraction import extract_dataset
-    from dfcl.learner import train_sequence
+    from dfcl.data.arrays import ExperienceSpec, beside, face_arrays
+    from dfcl.data.extraction import extract_dataset
+    from dfcl.learning.learner import train_sequence
 
     params = small_params("data.test_fraction=0.3", "data.val_fraction=0.2")
-    name = params["sbi"]["method"]
+    name = params.sbi.method
     out = tmp_path / "faces"
     extract_dataset(demo_data / "BlendSwap", out, params, name, cache_dir=tmp_path / "cache")
     info = json.loads((out / "experiences.json").read_text())["experiences"][name]
@@ -68,7 +67,7 @@ def test_retrain_on_real_faces_alone_promotes_a_first_detector(workspace, demo_d
     from flows.retrain import retrain_detector
 
     params = small_params()
-    name = params["sbi"]["method"]
+    name = params.sbi.method
     outcome = retrain_detector(str(demo_data / "BlendSwap"), params, method=name, auto_approve=True)
     assert outcome["outcome"] == "promoted"
     assert outcome["results"]["methods"] == [name]
@@ -85,7 +84,7 @@ def test_with_sbi_first_a_new_workspace_learns_the_self_blended_experience_befor
 
     params = small_params("sbi.first=true", "gate.max_drop_self_blended=1", "gate.max_drop_per_method=1",
                           "gate.max_drop_average=1", "gate.max_forgetting=1", f"sbi.real_sets=[{demo_data / 'MouthWarp'}]")
-    name = params["sbi"]["method"]
+    name = params.sbi.method
     first = retrain_detector(str(demo_data / "BlendSwap"), params, auto_approve=True)
     assert first["results"]["methods"] == [name, "BlendSwap"], first["results"]["methods"]
     assert (workspace.root / "data" / "processed" / name).is_dir() and (workspace.root / "data" / "raw" / name).is_dir()
@@ -108,14 +107,14 @@ def test_a_self_blended_experience_keeps_the_splits_its_files_have_in_the_whole_
     """The leak: the raw copy of a self-blended experience holds real files only, which no layout
     recognises; re-split by file, test reals of the dataset's methods trained. Its split list
     travels with the copy now, and a plain folder's train/ and test/ are its splits."""
-    from dfcl.layouts import REAL_SPLITS, assign_splits, split_rule
+    from dfcl.data.layouts import REAL_SPLITS, assign_splits, split_rule
 
     params = small_params()
-    name = params["sbi"]["method"]
+    name = params.sbi.method
     source = demo_data / "BlendSwap"
     whole = recognise(source, ["real"], "BlendSwap").files
-    as_in_whole = dict(zip(whole.path, assign_splits(whole, *split_rule(params["data"]))))  # what BlendSwap's experience gets
-    found = recognise(source, ["real"], name, real_only=True, splits=split_rule(params["data"]))
+    as_in_whole = dict(zip(whole.path, assign_splits(whole, *split_rule(params.data))))  # what BlendSwap's experience gets
+    found = recognise(source, ["real"], name, real_only=True, splits=split_rule(params.data))
     assert dict(zip(found.files.path, found.files.split)) == {p: as_in_whole[p] for p in found.files.path}
     assert {"train", "val", "test"} <= set(found.files.split)
     # the raw copy: the real files and the split list the layout wrote, nothing else
@@ -137,7 +136,7 @@ def test_a_self_blended_experience_keeps_the_splits_its_files_have_in_the_whole_
 
 def test_several_datasets_real_faces_make_one_self_blended_experience(demo_data):
     params = small_params()
-    name = params["sbi"]["method"]
+    name = params.sbi.method
     folders = [demo_data / "BlendSwap", demo_data / "MouthWarp"]
     found = recognise(folders, ["real"], name, real_only=True)
     assert found.methods == [name] and set(found.files.label) == {0}
@@ -154,10 +153,10 @@ def test_several_datasets_real_faces_make_one_self_blended_experience(demo_data)
 
 
 def test_retraining_refuses_test_faces_that_train(tmp_path):
-    """dfcl.leaks compares face CONTENT: a test face copied into another experience's training
+    """dfcl.data.leaks compares face CONTENT: a test face copied into another experience's training
     split is found whatever its file is called."""
-    from dfcl.experience import ExperienceSpec
-    from dfcl.leaks import DataLeakError, check_no_leak, find_leaks
+    from dfcl.data.arrays import ExperienceSpec
+    from dfcl.data.leaks import DataLeakError, check_no_leak, find_leaks
 
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)

@@ -2,8 +2,8 @@
 import shutil
 import subprocess
 
-from dfcl.dvc import overrides_for_stage
-from dfcl.layouts import recognise
+from dfcl.data.layouts import recognise
+from dfcl.ops.dvc import overrides_for_stage
 from dfcl.workspace import ensure_dvc_repo, ensure_workspace
 from tasks.copy_raw_dataset import copy_raw_dataset
 from tasks.version_with_dvc import version_with_dvc
@@ -46,7 +46,7 @@ def test_copy_and_version_are_idempotent_and_lose_nothing(workspace, demo_data):
 
 def test_stage_command_carries_the_params_that_differ_from_params_yaml(workspace):
     params = small_params("faces.frames_per_video=3", "data.real_names=[real, pristine]")
-    ensure_workspace(workspace, params)
+    ensure_workspace(workspace, params.dvc)
     got = overrides_for_stage(params, workspace)
     assert "faces.frames_per_video=3" in got and "data.image_size=32" in got
     assert 'data.real_names=["real", "pristine"]' in got
@@ -56,7 +56,7 @@ def test_stage_command_carries_the_params_that_differ_from_params_yaml(workspace
 def test_copy_refuses_a_file_that_became_a_link_out_of_the_dataset(workspace, tmp_path):
     import pytest
 
-    from dfcl.layouts import LayoutError
+    from dfcl.data.layouts import LayoutError
 
     source = tmp_path / "ds"
     (source / "fake").mkdir(parents=True)
@@ -70,3 +70,19 @@ def test_copy_refuses_a_file_that_became_a_link_out_of_the_dataset(workspace, tm
     assert not (workspace.raw / "ds" / "fake" / "x.avi").exists()
     with pytest.raises(LayoutError, match="parent folder"):
         copy_raw_dataset(workspace, str(source), "ds", ["../secret.txt"])
+
+
+def test_the_extraction_stage_is_made_in_the_workspace_whatever_the_current_folder(workspace, demo_data, tmp_path_factory,
+                                                                                  monkeypatch):
+    """`DFCL_WORKSPACE=... dfcl retrain` from another folder: DVC resolves a stage's paths against
+    the current folder, so the stage must still land in the workspace's dvc.yaml."""
+    from dfcl.ops.dvc import reproduce_extraction
+
+    params = small_params()
+    ensure_workspace(workspace, params.dvc)
+    shutil.copytree(demo_data / "BlendSwap", workspace.root / "data" / "raw" / "blend")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    ran, version = reproduce_extraction(workspace, "blend", params)
+    assert ran and version and "extract_faces_blend" in (workspace.root / "dvc.yaml").read_text()
+    assert not (elsewhere / "dvc.yaml").exists() and (workspace.root / "data" / "processed" / "blend").is_dir()

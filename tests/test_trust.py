@@ -1,10 +1,11 @@
-"""dfcl.trust on score and feature distributions whose answers are known."""
+"""dfcl.measure.trust on score and feature distributions whose answers are known."""
 import math
 
 import numpy as np
 import pytest
 
-from dfcl.trust import (
+from dfcl.config import packaged_params
+from dfcl.measure.trust import (
     Calibration,
     Trust,
     answer,
@@ -107,8 +108,8 @@ def test_a_trust_file_that_is_not_one_is_refused(tmp_path):
 
 def test_the_learner_fits_trust_after_each_experience_and_it_travels(demo_data, tmp_path):
     from dfcl.config import ConfigError
-    from dfcl.detector import load_detector
-    from dfcl.learner import Learner
+    from dfcl.learning.learner import Learner
+    from dfcl.serving.detector import load_detector
     from tests.conftest import small_params
     from tests.test_learner import specs_for
 
@@ -143,10 +144,10 @@ def test_novelty_flags_faces_of_a_set_never_learned_more_than_the_learned_method
     the novelty score was chosen on its features (benchmarks/results/trust_cpu.md)."""
     from sklearn.metrics import roc_auc_score
 
-    from dfcl.experience import ExperienceSpec
-    from dfcl.extraction import extract_dataset
-    from dfcl.learner import Learner
-    from dfcl.trust import scores_and_features
+    from dfcl.data.arrays import ExperienceSpec
+    from dfcl.data.extraction import extract_dataset
+    from dfcl.learning.learner import Learner
+    from dfcl.measure.trust import scores_and_features
     from tests.conftest import shared_data, small_params
 
     framing = ["data.image_size=128", "faces.detect_in_images=true"]
@@ -175,7 +176,7 @@ def test_novelty_flags_faces_of_a_set_never_learned_more_than_the_learned_method
 
 def scored(name, rng, centres_and_labels, n, p_of):
     """A set of faces with features around `centres` and P(fake) from `p_of(label)`."""
-    from dfcl.trust import Scored
+    from dfcl.measure.trust import Scored
 
     f = np.concatenate([rng.normal(BASE + c, 1.0, (n, 32)) for c, _ in centres_and_labels])
     y = np.repeat([lab for _, lab in centres_and_labels], n)
@@ -187,8 +188,9 @@ def confident(label, rng):
     return float(np.clip(rng.normal(0.85 if label else 0.15, 0.15), 0.001, 0.999))
 
 
-SETTINGS = {"precision": 0.95, "novelty_quantile": 0.95, "novelty_k": 10, "novelty_reference": 1000,
-            "components": 32, "fit_faces": 400, "keep": 0.8, "flip": False}
+SETTINGS = packaged_params().trust.model_copy(update={
+    "precision": 0.95, "novelty_quantile": 0.95, "novelty_k": 10, "novelty_reference": 1000,
+    "components": 32, "fit_faces": 400, "keep": 0.8, "flip": False})
 REAL, FAKE, ELSEWHERE = np.zeros(32), np.r_[5, np.zeros(31)], np.r_[0, 0, 7, -4, np.zeros(28)]
 
 
@@ -196,7 +198,7 @@ def test_an_answer_whose_face_is_unlike_the_learned_faces_of_its_class_is_withhe
     """The rule is fit on validation faces alone: it keeps `trust.keep` of the band's answers there
     and withholds answers on a kind of real face it never saw, which the model calls fake with
     confidence (the sharp portrait of the issue)."""
-    from dfcl.trust import fit_scored
+    from dfcl.measure.trust import fit_scored
 
     rng = np.random.default_rng(1)
     train = scored("A", rng, [(REAL, 0), (FAKE, 1)], 300, confident)
@@ -247,7 +249,7 @@ def test_a_trust_file_from_before_the_abstention_loads_without_cuts(tmp_path):
 def test_flip_averaging_scores_the_mean_of_a_face_and_its_mirror():
     import torch
 
-    from dfcl.trust import scores_and_features
+    from dfcl.measure.trust import scores_and_features
     from models import create_model
 
     torch.manual_seed(0)

@@ -60,7 +60,7 @@ def test_page_shows_every_refusal_as_an_error_and_asks_for_the_token(files, monk
         with live_api(params, scorer) as (url, _):
             driver.get(url + "/")
             wait.until(lambda d: "version 1" in d.find_element(By.ID, "model").text)
-            assert driver.find_element(By.ID, "file").get_attribute("accept").split(",") == params["api"]["allowed_types"]
+            assert driver.find_element(By.ID, "file").get_attribute("accept").split(",") == params.api.allowed_types
             upload(files["heic"])  # a type the server refuses (the picker no longer offers it; a drop can)
             error_shown("Could not check photo.heic: type '.heic' is not accepted")
             assert "(HTTP 415)" in driver.find_element(By.ID, "error").text
@@ -114,7 +114,7 @@ def test_page_says_how_sure_a_verdict_is_and_shows_the_model_card(files, tmp_pat
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from dfcl.trust import Calibration, Trust, fit_feature_space
+    from dfcl.measure.trust import Calibration, Trust, fit_feature_space
 
     params = small_params()
     scorer = stub_scorer(params)
@@ -200,5 +200,51 @@ def test_page_says_how_sure_a_verdict_is_and_shows_the_model_card(files, tmp_pat
             assert resembles.startswith("Resembles demo/") and "of the 16 frames answered fake resemble it most" in resembles
         violations = [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
         assert not violations, violations
+    finally:
+        driver.quit()
+
+
+def test_swagger_ui_at_docs_works_offline_and_uploads_a_photo_with_the_token(files, monkeypatch):  # noqa: F811
+    """/docs: Swagger UI from the files the server ships, under the page's CSP; its Authorize
+    (the bearer scheme) and "Try it out" on POST /v1/detect (the declared multipart upload) give
+    a verdict, and nothing is fetched from anywhere but the server."""
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    monkeypatch.setenv("DFCL_API_TOKEN", "docs-token")
+    driver = chromium_driver()
+    wait = WebDriverWait(driver, 180)
+    try:
+        with live_api(small_params()) as (url, _):
+            driver.get(url + "/docs")
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+            paths = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")]
+            assert paths == ["/health", "/v1/model", "/v1/detect"]
+            driver.find_element(By.CSS_SELECTOR, ".btn.authorize").click()
+            driver.find_element(By.ID, "auth-bearer-value").send_keys("docs-token")
+            driver.find_element(By.CSS_SELECTOR, ".auth-btn-wrapper .authorize").click()
+            driver.find_element(By.CSS_SELECTOR, ".auth-btn-wrapper .btn-done").click()
+            op = driver.find_element(By.ID, "operations-default-detect")
+            op.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+            wait.until(lambda d: op.find_elements(By.CSS_SELECTOR, ".try-out__btn"))
+            op.find_element(By.CSS_SELECTOR, ".try-out__btn").click()
+            wait.until(lambda d: op.find_elements(By.CSS_SELECTOR, "input[type=file]"))
+            Select(op.find_element(By.CSS_SELECTOR, "tr[data-param-name='crop'] select")).select_by_visible_text("true")
+            op.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(files["face"]))
+            op.find_element(By.CSS_SELECTOR, ".execute").click()
+            wait.until(lambda d: op.find_elements(By.CSS_SELECTOR, ".live-responses-table .response-col_status"))
+            status = op.find_elements(By.CSS_SELECTOR, ".live-responses-table .response-col_status")[-1].text
+            body = op.find_element(By.CSS_SELECTOR, ".live-responses-table .response-col_description pre").text
+            assert status == "200", body[:500]
+            verdict = json.loads(body)
+            assert verdict["verdict"] in ("fake", "real", "uncertain") and verdict["kind"] == "face crop"
+            fetched = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+            assert f"{url}/v1/detect?explain=false&crop=true" in fetched
+            assert all(u.startswith(url + "/") for u in fetched), fetched
+        problems = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"
+                    or "Content Security Policy" in e["message"]]
+        assert not problems, problems
     finally:
         driver.quit()

@@ -1,0 +1,58 @@
+"""Face arrays on disk: the one place their file layout is spelled, the video each face came
+from, and `ExperienceSpec`, one forgery method's faces as the learner sees them. No torch here:
+face extraction runs without it, and the flows, the gate and the tables pass specs around
+without loading torch or Avalanche."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+def face_arrays(folder: str | Path, splits=SPLITS, masks: bool = False) -> dict[str, Path]:
+    """One method's faces on disk: {"train_x": <folder>/train-x.npy (N, S, S, 3) uint8,
+    "train_y": train-y.npy (N,) labels, ...}, with "<split>_mask" (N, S, S) when `masks`."""
+    kinds = ("x", "y", "mask") if masks else ("x", "y")
+    return {f"{s}_{k}": Path(folder) / f"{s}-{k}.npy" for s in splits for k in kinds}
+
+
+def beside(images: str | Path, kind: str) -> Path:
+    """The array of `kind` that goes with `<split>-x.npy`: "y" labels, "mask" (N, S, S) uint8 blend
+    or forgery masks, "landmarks" (N, 68, 2) float32 crop pixels (dfcl.data.landmarks.stored rows)."""
+    images = Path(images)
+    return images.with_name(images.name.rsplit("-", 1)[0] + f"-{kind}.npy")
+
+
+def face_videos(images: str | Path) -> np.ndarray | None:
+    """The source video (file) of every face of `<method>/<split>-x.npy`, in array order, from
+    the manifest beside it; None when there is no manifest (faces not from dfcl.data.extraction)."""
+    images = Path(images)
+    manifest = images.parent / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    split = images.name.split("-")[0]
+    rows = pd.read_csv(manifest, usecols=["split", "index", "source"], keep_default_na=False)
+    rows = rows[(rows["split"] == split) & (rows["index"] >= 0)].sort_values("index")
+    return rows["source"].to_numpy(str)
+
+
+@dataclass
+class ExperienceSpec:
+    """One learned (or to-be-learned) method: where its decoded train/test faces live."""
+    key: str          # "<dataset>/<method>"
+    dataset: str
+    method: str
+    version: str      # DVC hash of the processed dataset it came from
+    train_x: str
+    train_y: str
+    test_x: str
+    test_y: str
+    val_x: str = ""   # validation faces (threshold, early stopping); "" for data extracted without
+    val_y: str = ""
+    digest: str = ""  # once learned: SHA-256 of its pinned arrays (dfcl.learning.pinning), and their sizes
+    faces: dict = field(default_factory=dict)
+    learned_at: str = ""  # once learned: when (UTC, ISO 8601), for the model card

@@ -1,0 +1,494 @@
+"""How far a verdict can be trusted: calibrated P(fake), an "uncertain" band, and whether a face
+is like anything the model learned (and which learned method a fake resembles).
+
+All of it is fit after each experience on faces the model has not trained on in that pass, by
+`fit_trust`, and travels with the model as one safetensors file (tensors plus a JSON header:
+nothing is ever unpickled):
+
+- calibration: Platt scaling of the logit of P(fake), fit on the validation faces of every
+  method so far (sklearn's logistic regression on one feature). It is monotone, so AUC and every
+  decision at the model's threshold are unchanged; a calibrated 0.8 means fake about 80% of the
+  time on those faces (whose class mix, about two fakes per real in FF++, it also learns).
+- band: on calibrated validation scores, the lowest cut whose "fake" answers reach
+  `trust.precision` and the highest whose "real" answers do; between them a face is
+  "uncertain". Hand-written: no library chooses a two-sided abstention band.
+- feature space: the penultimate features (the input of the model's `head`, the registry's
+  contract). Novelty is the mean cosine distance of a face's features to their `trust.novelty_k`
+  nearest among up to `trust.novelty_reference` training faces of the learned classes (kept as
+  float16), flagged above the `trust.novelty_quantile` of validation faces. Attribution is the
+  nearest class mean (real, each learned method's fakes) after PCA and whitening by one
+  Ledoit-Wolf-shrunk within-class covariance (Mahalanobis, Lee et al. 2018; sklearn).
+  Why two distances, measured on the FF++ champion (benchmarks/results/trust_cpu.md): the
+  Mahalanobis score told learned test faces from DFDC, FLUX and StyleGAN faces at AUROC
+  0.32-0.57 (unseen faces land near the class means once whitened), k-NN cosine at 0.83-0.89
+  (0.85 with 1,000 reference faces); the class means named the FF++ method of a fake 0.64 of
+  the time, a k-NN vote 0.52.
+- abstention on the unfamiliar: the same k-NN distance to the real and to the fake reference faces
+  apart; an answer is withheld when the face is farther from the learned faces of its answer than
+  a cut fit on validation faces (`fit_abstention`: a class-wise, Mondrian conformal quantile at the
+  strictest level that keeps `trust.keep` of the band's answers there). Written here in a few lines of
+  numpy rather than with crepes or MAPIE (which compute such class-wise conformal p-values): the
+  features and the k-NN score are this module's, and a quantile per class is all the rule needs.
+
+Over 300 lines: calibration, band, novelty, abstention and attribution are fit together, saved
+in one file and applied together to each face; apart they would each need the others' features and file.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_calibration_error
+
+from dfcl.config import TrustConfig
+
+TRUST_FORMAT = "dfcl-trust-1"
+TRUST_FILE = "trust.safetensors"
+EPS = 1e-6
+
+
+def logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def ece(y, p, bins: int = 15) -> float:
+    """Expected calibration error (torchmetrics, equal-width bins); NaN without faces."""
+    if len(y) == 0:
+        return math.nan
+    return float(binary_calibration_error(torch.as_tensor(np.asarray(p), dtype=torch.float32),
+                                          torch.as_tensor(np.asarray(y)).long(), n_bins=bins))
+
+
+@dataclass
+class Calibration:
+    """P(fake) -> sigmoid(a * logit(P) + b). The identity (a=1, b=0) for an uncalibrated model."""
+    a: float = 1.0
+    b: float = 0.0
+
+    def __call__(self, p) -> np.ndarray:
+        from models.pyfunc import (
+            platt,  # the serving copy of the formula: one definition
+        )
+
+        return platt(p, self.a, self.b)
+
+
+def fit_calibration(y, p) -> Calibration:
+    """Platt scaling on validation faces; the identity when they hold one class only, or when the
+    fit would turn the scores around (a <= 0: a model no better than chance there)."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y)
+    if len(y) < 2 or y.min() == y.max():
+        return Calibration()
+    fit = LogisticRegression(C=1e4).fit(logit(p)[:, None], y)
+    a, b = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    return Calibration(a, b) if a > 0 else Calibration()
+
+
+def choose_band(y, p, precision: float, threshold: float) -> tuple[float, float]:
+    """(lo, hi) on calibrated P(fake): "fake" at or above hi, "real" below lo, "uncertain" between.
+    hi is the lowest cut at or above `threshold` whose fake answers are right at least `precision`
+    of the time on these faces, lo the highest at or below it for real answers. A side that never
+    reaches it gets no answers (hi above 1, lo 0): the model then says "uncertain" there."""
+    y, p = np.asarray(y), np.asarray(p, dtype=np.float64)
+    hi, lo = 1.0 + EPS, 0.0
+    for t in np.unique(p[p >= threshold]):  # ascending: the first that reaches it answers the most
+        called = p >= t
+        if y[called].mean() >= precision:
+            hi = float(t)
+            break
+    for t in np.unique(p[p <= threshold])[::-1]:  # descending
+        called = p < t
+        if called.any() and (1 - y[called]).mean() >= precision:
+            lo = float(t)
+            break
+    return lo, hi
+
+
+def answer(p: float, band: tuple[float, float]) -> str:
+    lo, hi = band
+    return "fake" if p >= hi else "real" if p < lo else "uncertain"
+
+
+def withhold(row: dict, why: str) -> dict:
+    """A face's answer turned "uncertain" for a reason its own evidence gives (`why`, in words)."""
+    if row["verdict"] != "uncertain":
+        row["withheld"] = row["verdict"]
+    row["verdict"] = "uncertain"
+    row["why"] = f"{row['why']}; {why}" if row.get("why") else why
+    return row
+
+
+def coverage(y, verdicts) -> dict:
+    """A selective classifier's figures: the share of faces answered (not uncertain), the accuracy
+    of those answers, and the share of the real faces answered "fake" (NaN where undefined)."""
+    y, v = np.asarray(y), np.asarray(verdicts)
+    fake, real = v == "fake", v == "real"
+    answered = fake | real
+    right = (fake & (y == 1)) | (real & (y == 0))
+    reals = y == 0
+    return {"coverage": float(answered.mean()) if len(y) else math.nan,
+            "answered_accuracy": float(right.sum() / answered.sum()) if answered.any() else math.nan,
+            "real_called_fake": float(fake[reals].mean()) if reals.any() else math.nan}
+
+
+def risk_coverage(y, p, order) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage, accuracy of the answered) when faces are answered in the order of `order`
+    (ascending: the first answered first), each answered by p >= 0.5: the selective classifier's
+    curve (Geifman & El-Yaniv 2017) for one confidence score."""
+    y, p = np.asarray(y), np.asarray(p)
+    idx = np.argsort(np.asarray(order), kind="stable")
+    right = ((p[idx] >= 0.5) == (y[idx] == 1)).astype(float)
+    n = np.arange(1, len(y) + 1)
+    return n / len(y), np.cumsum(right) / n
+
+
+@dataclass
+class FeatureSpace:
+    """PCA of penultimate features, whitened by the within-class covariance, with class means
+    (attribution), and a reference sample of unit-length training features (novelty)."""
+    mean: np.ndarray          # (D,) feature mean
+    projection: np.ndarray    # (D, k): PCA then whitening; distances in this space are Mahalanobis
+    centres: np.ndarray       # (C, k) class means, projected
+    classes: list[str]        # "real", then each learned method (its fakes)
+    reference: np.ndarray     # (R, D) unit vectors of training faces of every class (float16 on disk)
+    k: int = 10               # neighbours the novelty score averages over
+    reference_fake: np.ndarray | None = None  # (R,) bool: which reference faces are fakes (None: files before it)
+
+    def novelty(self, features: np.ndarray) -> np.ndarray:
+        """Mean cosine distance to the k nearest reference faces: 0 = like a learned face."""
+        return self._knn(self._similarity(features))
+
+    def familiarity(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(novelty, (N, 2) the same distance to the real and to the fake reference faces alone);
+        the second None for a file without reference labels. One product serves both."""
+        sim = self._similarity(features)
+        if self.reference_fake is None or self.reference_fake.all() or not self.reference_fake.any():
+            return self._knn(sim), None
+        return self._knn(sim), np.stack([self._knn(sim[:, ~self.reference_fake]),
+                                         self._knn(sim[:, self.reference_fake])], 1)
+
+    def _similarity(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features, np.float32)
+        return (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), EPS)) @ self.reference.T
+
+    def _knn(self, sim: np.ndarray) -> np.ndarray:
+        k = min(self.k, sim.shape[1])
+        return 1 - np.partition(sim, sim.shape[1] - k, axis=1)[:, -k:].mean(1)
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        return (np.asarray(features, np.float64) - self.mean) @ self.projection
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """(N, C) Mahalanobis distances to each class mean."""
+        z = self.project(features)
+        return np.sqrt(((z[:, None, :] - self.centres[None]) ** 2).sum(-1))
+
+
+def fit_feature_space(features: np.ndarray, labels: np.ndarray, classes: list[str], components: int,
+                      reference: int = 1000, k: int = 10, seed: int = 0) -> FeatureSpace:
+    from sklearn.covariance import LedoitWolf
+    from sklearn.decomposition import PCA
+
+    features = np.asarray(features, np.float64)
+    dims = int(min(components, features.shape[1], len(features) - 1))
+    pca = PCA(n_components=dims, random_state=0).fit(features)
+    z = pca.transform(features)
+    present = sorted(set(labels.tolist()))
+    centres = np.stack([z[labels == c].mean(0) for c in present])
+    within = z - centres[np.searchsorted(present, labels)]
+    cov = LedoitWolf().fit(within).covariance_
+    values, vectors = np.linalg.eigh(cov)
+    whiten = vectors / np.sqrt(np.maximum(values, EPS))
+    projection = pca.components_.T @ whiten
+    kept = _sample(len(features), reference, seed)
+    ref = features[kept]
+    # float32 in memory (one product per answer), rounded to the float16 the file keeps
+    ref = (ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), EPS)).astype(np.float16).astype(np.float32)
+    return FeatureSpace(pca.mean_, projection, centres @ whiten, [classes[c] for c in present], ref, k,
+                        np.asarray(labels)[kept] > 0)
+
+
+UNLIKE = {"fake": "unlike the forgeries it learned", "real": "unlike the real faces it learned"}
+CUT_OFF = "face cut off at the edge of the picture"
+
+
+@dataclass
+class Trust:
+    """Everything a verdict's confidence rests on; `fit_trust` makes it, `save`/`load` keep it."""
+    calibration: Calibration = field(default_factory=Calibration)
+    threshold: float = 0.5            # the model's decision cut, on calibrated P(fake)
+    band: tuple[float, float] = (0.5, 0.5)
+    precision: float = 0.95
+    novelty_threshold: float = math.inf   # novelty scores above it: unlike anything learned
+    space: FeatureSpace | None = None
+    report: dict = field(default_factory=dict)   # what was measured when it was fit (validation and test)
+    # A "real" / "fake" answer is withheld ("uncertain") when the face is farther than this from the
+    # learned faces of that class (FeatureSpace.familiarity; fit by `fit_abstention`).
+    unfamiliar: tuple[float, float] = (math.inf, math.inf)
+    learned: list[str] = field(default_factory=list)  # the experiences whose validation faces it was fit on
+    flip: bool = False                # each face is scored as the mean of it and its mirror image
+
+    @property
+    def calibrated(self) -> bool:
+        return (self.calibration.a, self.calibration.b) != (1.0, 0.0)
+
+    def judge(self, p_raw: np.ndarray, features: np.ndarray | None) -> list[dict]:
+        """Per face: calibrated P(fake), the three-way verdict, novelty and the nearest learned
+        method; an answer whose face is unlike the learned faces of its class becomes "uncertain",
+        `withheld` saying which answer and `why` in words."""
+        p = self.calibration(p_raw)
+        out = [{"p_fake": float(q), "verdict": answer(float(q), self.band)} for q in p]
+        if self.space is not None and features is not None and len(out):
+            d = self.space.distances(features)
+            fakes = [i for i, c in enumerate(self.space.classes) if c != "real"]
+            novelty, by_class = self.space.familiarity(features)
+            for i, (row, dist, score) in enumerate(zip(out, d, novelty)):
+                score = float(score)
+                row["novelty"] = round(score, 4)
+                row["novel"] = bool(score > self.novelty_threshold)
+                if by_class is not None and row["verdict"] != "uncertain":
+                    c = int(row["verdict"] == "fake")
+                    if by_class[i, c] > self.unfamiliar[c]:
+                        withhold(row, UNLIKE[row["verdict"]])
+                if fakes:
+                    near = np.exp(-0.5 * (dist[fakes] ** 2 - dist[fakes].min() ** 2))
+                    near /= near.sum()
+                    best = int(np.argmax(near))
+                    row["resembles"] = {"method": self.space.classes[fakes[best]], "similarity": round(float(near[best]), 3)}
+        return out
+
+    def population(self) -> str:
+        """Where the promises were measured, in words."""
+        n = len(self.learned) if self.learned else len(self.space.classes) - 1 if self.space else 0
+        return f"on validation faces of the {n} method{'s' if n != 1 else ''} it learned" if n \
+            else "on validation faces of what it learned"
+
+    def summary(self) -> dict:
+        """The scalars, for MLflow metadata, model cards and answers."""
+        return {"calibration": asdict(self.calibration), "threshold": round(self.threshold, 4),
+                "band": [round(self.band[0], 4), min(round(self.band[1], 4), 1.0)], "precision": self.precision,
+                "novelty_threshold": None if math.isinf(self.novelty_threshold) else round(self.novelty_threshold, 3),
+                "unfamiliar": [None if math.isinf(c) else round(c, 4) for c in self.unfamiliar],
+                "learned": self.learned, "flip": self.flip,
+                "classes": self.space.classes if self.space else [], **self.report}
+
+    def save(self, path: Path) -> Path:
+        from safetensors.numpy import save_file
+
+        tensors = {}
+        if self.space is not None:
+            tensors = {k: np.ascontiguousarray(getattr(self.space, k), np.float32) for k in ("mean", "projection", "centres")}
+            tensors["reference"] = np.ascontiguousarray(self.space.reference, np.float16)
+            if self.space.reference_fake is not None:
+                tensors["reference_fake"] = self.space.reference_fake.astype(np.uint8)
+        header = {"calibration": asdict(self.calibration), "threshold": self.threshold, "band": list(self.band),
+                  "precision": self.precision, "novelty_threshold": None if math.isinf(self.novelty_threshold)
+                  else self.novelty_threshold, "classes": self.space.classes if self.space else [],
+                  "k": self.space.k if self.space else 0, "report": self.report,
+                  "unfamiliar": [None if math.isinf(c) else c for c in self.unfamiliar], "learned": self.learned,
+                  "flip": self.flip}
+        # safetensors refuses an empty file: one placeholder tensor when there is no feature space
+        save_file(tensors or {"none": np.zeros(1, np.float32)}, str(path),
+                  metadata={"format": TRUST_FORMAT, "json": json.dumps(header)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Trust":
+        """A trust file, checked as untrusted input (it may come from a registry): its header must
+        be the format's JSON with numbers where numbers go, and the tensors' shapes must agree."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "np") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != TRUST_FORMAT:
+                    raise ValueError(f"{path} is not a trust file (format {meta.get('format')!r})")
+                h = json.loads(meta["json"])
+                space = None
+                if "centres" in f.keys():
+                    space = FeatureSpace(*(f.get_tensor(k).astype(np.float64) for k in ("mean", "projection", "centres")),
+                                         classes=[str(c) for c in h["classes"]],
+                                         reference=f.get_tensor("reference").astype(np.float32), k=int(h["k"]),
+                                         reference_fake=f.get_tensor("reference_fake").astype(bool)
+                                         if "reference_fake" in f.keys() else None)
+            nt = h["novelty_threshold"]
+            # files written before abstention on the unfamiliar: no cut (inf), no learned list, no flip
+            cuts = [math.inf if c is None else float(c) for c in h.get("unfamiliar", [None, None])]
+            trust = cls(Calibration(float(h["calibration"]["a"]), float(h["calibration"]["b"])), float(h["threshold"]),
+                        (float(h["band"][0]), float(h["band"][1])), float(h["precision"]),
+                        math.inf if nt is None else float(nt), space, dict(h.get("report", {})),
+                        (cuts[0], cuts[1]), [str(m) for m in h.get("learned", [])], bool(h.get("flip", False)))
+        except (SafetensorError, KeyError, TypeError, IndexError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a valid trust file ({type(e).__name__}: {e})") from None
+        if space is not None:
+            d, k = space.projection.shape
+            if (space.mean.shape != (d,) or space.centres.shape != (len(space.classes), k)
+                    or space.reference.ndim != 2 or space.reference.shape[1] != d or space.k < 1
+                    or (space.reference_fake is not None and space.reference_fake.shape != (len(space.reference),))):
+                raise ValueError(f"{path}: the feature space's shapes disagree")
+        return trust
+
+
+@torch.no_grad()
+def scores_and_features(model: torch.nn.Module, faces, device="cpu", batch_size: int = 256,
+                        flip: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw P(fake) and penultimate features (the input of `model.head`) of uint8 faces (N, H, W, 3);
+    features None for a model without a `head` (a user's module outside the registry's contract).
+    `flip`: each the mean over the face and its mirror image (test-time flip averaging)."""
+    from dfcl.measure.scoring import fake_probabilities
+
+    if flip:
+        p, f = scores_and_features(model, faces, device, batch_size)
+        p2, f2 = scores_and_features(model, np.ascontiguousarray(np.asarray(faces)[:, :, ::-1]), device, batch_size)
+        return (p + p2) / 2, None if f is None else (f + f2) / 2
+    head = getattr(model, "head", None)
+    if not isinstance(head, torch.nn.Module):
+        return fake_probabilities(model, faces, device, batch_size).numpy(), None
+    caught = []
+    hook = head.register_forward_hook(lambda m, args, out: caught.append(args[0].detach().float().cpu()))
+    try:
+        p = fake_probabilities(model, faces, device, batch_size).numpy()
+    finally:
+        hook.remove()
+    features = torch.cat(caught).flatten(1).numpy() if caught else np.zeros((0, 0), np.float32)
+    return p, features
+
+
+def _sample(n: int, k: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).permutation(n)[:k]) if k and n > k else np.arange(n)
+
+
+@dataclass
+class Scored:
+    """One set's faces as the model sees them: labels, raw P(fake), features (None: no `head`)."""
+    name: str
+    y: np.ndarray
+    p: np.ndarray
+    features: np.ndarray | None
+
+
+def fit_abstention(y, verdicts, by_class: np.ndarray, keep: float, loosest: float) -> tuple[tuple[float, float], float]:
+    """Cuts (real, fake) on the distance of a face to the learned faces of the class it is answered
+    (FeatureSpace.familiarity), and the level they sit at. Each cut is that quantile of the
+    distances of its own class's validation faces (a Mondrian conformal cut: a new face of a
+    learned method is withheld with probability about 1 - level); the level is the lowest that
+    still keeps `keep` of the band's answers on the validation faces, so the model withholds every
+    answer that loss allows it to, and at most `loosest`. The rule is the selective classifier's:
+    fix what it may cost on what was learned, abstain most on what is unlike it."""
+    y, v = np.asarray(y), np.asarray(verdicts)
+    answered, c = v != "uncertain", (v == "fake").astype(int)
+    d = by_class[np.arange(len(y)), c]
+
+    def cuts_at(level):
+        return tuple(float(np.quantile(by_class[y == k, k], level)) if (y == k).any() else math.inf for k in (0, 1))
+
+    for level in np.round(np.arange(0.01, loosest, 0.01), 2):
+        cuts = cuts_at(level)
+        if (answered & (d <= np.asarray(cuts)[c])).sum() >= keep * answered.sum():
+            return cuts, float(level)
+    return cuts_at(loosest), float(loosest)
+
+
+def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]],
+                      settings: TrustConfig, device="cpu", seed: int = 0, score=None) -> tuple[np.ndarray | None, np.ndarray | None, list, list]:
+    """What `fit_scored` fits on: features of up to `fit_faces` training faces per method and class
+    (and their class: 0 real, i + 1 the fakes of experience i), and the validation and test
+    faces scored (Scored). `score(model, faces, device)` -> (P(fake), features): by default
+    scores_and_features with `trust.flip` (a benchmark passes its own, to score each face once)."""
+    def load(paths):
+        return np.load(paths[0], mmap_mode="r"), np.load(paths[1])
+
+    def default(m, x, d):
+        return scores_and_features(m, x, d, flip=settings.flip)
+
+    score = score or default
+    fit_f, fit_l, val, test = [], [], [], []
+    for i, (method, splits) in enumerate(experiences):
+        if "train" in splits:
+            x, y = load(splits["train"])
+            for c in (0, 1):
+                idx = np.flatnonzero(y == c)[_sample(int((y == c).sum()), settings.fit_faces, seed + i)]
+                if len(idx):
+                    _, f = score(model, x[idx], device)
+                    if f is None:
+                        break
+                    fit_f.append(f)
+                    fit_l.append(np.full(len(idx), i + 1 if c else 0))
+        for split, into in (("val", val), ("test", test)):
+            if split in splits:
+                x, y = load(splits[split])
+                into.append(Scored(method, y, *score(model, x, device)))
+    if not fit_f:
+        return None, None, val, test
+    return np.concatenate(fit_f), np.concatenate(fit_l), val, test
+
+
+def fit_scored(fit_f, fit_l, methods: list[str], val: list[Scored], test: list[Scored], threshold_raw: float,
+               settings: TrustConfig, seed: int = 0, unseen: list[Scored] = ()) -> Trust:
+    """Trust from scored faces (score_experiences): the feature space from the training faces,
+    calibration, band, novelty threshold and the cuts on the unfamiliar from the validation faces,
+    and the same figures measured on the test faces and on `unseen` (sets never trained on)."""
+    space = None
+    if fit_f is not None and len(fit_f) >= 3:  # PCA and a covariance need a few faces
+        space = fit_feature_space(fit_f, fit_l, ["real", *methods], settings.components,
+                                  settings.novelty_reference, settings.novelty_k, seed)
+    trust = Trust(precision=settings.precision, space=space, learned=list(methods), flip=settings.flip)
+    if not val:
+        return trust
+    vy, vp = np.concatenate([v.y for v in val]), np.concatenate([v.p for v in val])
+    trust.calibration = fit_calibration(vy, vp)
+    trust.threshold = float(trust.calibration(np.array([threshold_raw]))[0])
+    trust.band = choose_band(vy, trust.calibration(vp), settings.precision, trust.threshold)
+    if space is not None:  # features exist for every face then (the same model)
+        novelty, by_class = space.familiarity(np.concatenate([v.features for v in val]))
+        trust.novelty_threshold = float(np.quantile(novelty, settings.novelty_quantile))
+        if by_class is not None:
+            verdicts = [r["verdict"] for r in trust.judge(vp, None)]
+            trust.unfamiliar, level = fit_abstention(vy, verdicts, by_class, settings.keep,
+                                                     settings.novelty_quantile)
+            trust.report["unfamiliar_level"] = level
+    trust.report |= measured(trust, val, "val") | measured(trust, test, "test")
+    if unseen:
+        trust.report["unseen"] = {s.name: measured(trust, [s], "test") for s in unseen}
+    return trust
+
+
+def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]], threshold_raw: float,
+              settings: TrustConfig, device="cpu", seed: int = 0, unseen: list[tuple[str, tuple[Path, Path]]] = ()) -> Trust:
+    """Trust for `model` after learning `experiences` [(method, {"train"|"val"|"test": (images, labels)})],
+    measured also on `unseen` [(name, (images, labels))], faces of sets it never trained on."""
+    fit_f, fit_l, val, test = score_experiences(model, experiences, settings, device, seed)
+    scored = [Scored(name, np.load(y), *scores_and_features(model, np.load(x, mmap_mode="r"), device,
+                                                            flip=settings.flip)) for name, (x, y) in unseen]
+    return fit_scored(fit_f, fit_l, [m for m, _ in experiences], val, test, threshold_raw, settings, seed, scored)
+
+
+def measured(trust: Trust, sets: list[Scored], split: str) -> dict:
+    """ECE before and after calibration, the selective classifier's figures (coverage, accuracy of
+    the answered, reals answered fake), and attribution accuracy of the fakes (top-1 nearest
+    learned method) on `sets`."""
+    if not sets:
+        return {}
+    y, p = np.concatenate([s.y for s in sets]), np.concatenate([s.p for s in sets])
+    q = trust.calibration(p)
+    out = {f"{split}_ece_raw": ece(y, p), f"{split}_ece": ece(y, q)}
+    if all(s.features is not None for s in sets):
+        verdicts = [r["verdict"] for r in trust.judge(p, np.concatenate([s.features for s in sets]))]
+    else:
+        verdicts = [answer(v, trust.band) for v in q]
+    out |= {f"{split}_{k}": v for k, v in coverage(y, verdicts).items()}
+    if trust.space is not None and len(trust.space.classes) > 2:  # attribution: two learned methods at least
+        judged = [(s.name, trust.judge(np.full(int((s.y == 1).sum()), 0.5), s.features[s.y == 1]))
+                  for s in sets if s.name in trust.space.classes]
+        total = sum(len(j) for _, j in judged)
+        if total:
+            out[f"{split}_attribution_accuracy"] = sum(r["resembles"]["method"] == m for m, j in judged for r in j) / total
+    # NaN (nothing answered, no faces) becomes None: JSON, MLflow metadata and the API have no NaN.
+    return {k: (None if math.isnan(v) else round(v, 4)) if isinstance(v, float) else v for k, v in out.items()}
