@@ -29,6 +29,7 @@ from benchmarks.common import machine, save_results  # noqa: E402
 
 WORK = Path(__file__).parent / ".work" / "trust"
 KEEP_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+VIEWS_SWEEP = (0.0, 0.05, 0.1, 0.2)
 
 
 def ways(mirrored: bool):
@@ -36,10 +37,10 @@ def ways(mirrored: bool):
     from dfcl.measure.trust import scores_and_features
 
     def score(model, x, device="cpu"):
-        p, f = scores_and_features(model, x, device)
+        p, f, _ = scores_and_features(model, x, device)
         if not mirrored:
             return p[:, None], f[:, None]
-        p2, f2 = scores_and_features(model, np.ascontiguousarray(np.asarray(x)[:, :, ::-1]), device)
+        p2, f2, _ = scores_and_features(model, np.ascontiguousarray(np.asarray(x)[:, :, ::-1]), device)
         return np.stack([p, p2], 1), np.stack([f, f2], 1)
     return score
 
@@ -47,6 +48,15 @@ def ways(mirrored: bool):
 def oriented(a, flip: bool):
     """One orientation of the arrays `ways` scores: the face as it is, or the mean with its mirror."""
     return None if a is None else a.mean(1) if flip else a[:, 0]
+
+
+def variant(sets, flip: bool):
+    """The sets as the product scores them with `trust.flip` on or off: with flip, the mean of the
+    two views and how far they disagree (the views rule), as scores_and_features gives them."""
+    from dfcl.measure.trust import Scored, views_spread
+
+    return [Scored(s.name, s.y, oriented(s.p, flip), oriented(s.features, flip),
+                   views_spread(s.p[:, 0], s.p[:, 1]) if flip else None) for s in sets]
 
 
 def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrored: bool):
@@ -98,9 +108,9 @@ def measure(trust, s, learned=None) -> dict:
     the AUROC of telling this set's real faces, and its fakes, from those by each score."""
     from sklearn.metrics import roc_auc_score
 
-    from dfcl.measure.trust import answer, coverage, ece
+    from dfcl.measure.trust import VIEWS, answer, coverage, ece
 
-    judged = trust.judge(s.p, s.features)
+    judged = trust.judge(s.p, s.features, s.spread)
     q = np.array([j["p_fake"] for j in judged])
     verdicts = [j["verdict"] for j in judged]
     withheld = np.array([bool(j.get("why")) for j in judged])
@@ -109,6 +119,7 @@ def measure(trust, s, learned=None) -> dict:
            "ece_raw": ece(s.y, s.p), "ece": ece(s.y, q),
            **{f"band_{k}": v for k, v in coverage(s.y, [answer(v, trust.band) for v in q]).items()},
            **coverage(s.y, verdicts), "withheld_unfamiliar": float(withheld.mean()),
+           "withheld_views": float(np.mean([VIEWS in j.get("why", "") for j in judged])),
            "novel_share": float(np.mean([j["novel"] for j in judged]))}
     mine = unfamiliarity(trust, s)
     for c, name in ((0, "real"), (1, "fake")):
@@ -130,7 +141,7 @@ def curves(trust, s) -> dict:
     faces the abstention withholds as unfamiliar answered last."""
     from dfcl.measure.trust import risk_coverage
 
-    judged = trust.judge(s.p, s.features)
+    judged = trust.judge(s.p, s.features, s.spread)
     q = np.array([j["p_fake"] for j in judged])
     sure = np.maximum(q, 1 - q)
     withheld = np.array([bool(j.get("why")) for j in judged])
@@ -167,38 +178,35 @@ def main(argv=None) -> int:
     score_s = time.perf_counter() - start
     print(f"scored in {score_s:.0f} s", flush=True)
 
-    def variant(sets, flip):
-        return [Scored(s.name, s.y, oriented(s.p, flip), oriented(s.features, flip)) for s in sets]
-
     report = {"learner": str(args.learner), "overrides": args.overrides, "methods_learned": methods,
-              "settings": params.trust, "variants": {}, "sweep": {}, "machine": machine(),
+              "settings": params.trust.model_dump(), "variants": {}, "sweep": {}, "machine": machine(),
               "command": "python benchmarks/trust.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "score_seconds": round(score_s, 1)}
     plotted = {}
-    report["sweep"]["plain"] = {}
+    report["sweep"] = {"plain": {}, "flip": {}}
     for flip in (False, True) if args.flip else (False,):
         settings = params.trust.model_copy(update={"flip": flip})
         v_val, v_test, v_unseen = variant(val, flip), variant(test, flip), variant(unseen, flip)
         trust = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, v_test, learner.history.threshold,
                            settings, params.train.seed)
         pooled = Scored("learned (all test faces)", np.concatenate([s.y for s in v_test]),
-                        np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]))
+                        np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]),
+                        np.concatenate([s.spread for s in v_test]) if flip else None)
         name = "flip" if flip else "plain"
         learned = unfamiliarity(trust, pooled)
         report["variants"][name] = {"trust": trust.summary(),
                                     "learned": {s.name: measure(trust, s) for s in [pooled, *v_test]},
                                     "unseen": {s.name: measure(trust, s, learned) for s in v_unseen}}
         plotted[name] = {s.name: curves(trust, s) for s in [pooled, *v_unseen]}
-        # the rule's one knob: how much of the learned validation faces it keeps answering
-        if flip:
-            continue
-        for keep in KEEP_SWEEP:
+        # each rule's one knob: how much of the learned validation answers it may withhold
+        knob, values = ("views_cost", VIEWS_SWEEP) if flip else ("keep", KEEP_SWEEP)
+        for value in values:
             t = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, [], learner.history.threshold,
-                           {**settings, "keep": keep}, params.train.seed)
+                           settings.model_copy(update={knob: value}), params.train.seed)
             t = replace(t, report={})
-            report["sweep"]["plain"][str(keep)] = {s.name: {k: measure(t, s)[k] for k in
-                                                           ("coverage", "answered_accuracy", "real_called_fake")}
-                                                  for s in [pooled, *v_unseen]}
+            report["sweep"][name][str(value)] = {s.name: {k: measure(t, s)[k] for k in
+                                                         ("coverage", "answered_accuracy", "real_called_fake")}
+                                                for s in [pooled, *v_unseen]}
     plot(plotted, report, args.out / f"trust_{args.tag}.png")
     save_results(args.out, f"trust_{args.tag}", report, markdown(report))
     return 0
@@ -249,15 +257,16 @@ def markdown(r: dict) -> str:
                   f"Band: real below {t['band'][0]:.3f}, fake at or above {t['band'][1]:.3f}; cuts on the unfamiliar "
                   f"(real, fake) {t['unfamiliar']} at level {t.get('unfamiliar_level')}.", "",
                   "| set | faces (fake) | AUC | ECE raw | ECE | band: answered | band: accuracy | band: reals called fake "
-                  "| answered | accuracy answered | reals called fake | withheld reals | withheld fakes |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| answered | accuracy answered | reals called fake | withheld reals | withheld fakes | withheld: views disagree |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for group in ("learned", "unseen"):
             for k, m in v[group].items():
                 lines.append(f"| {k}{' (never trained on)' if group == 'unseen' else ''} | {m['faces']} ({m['fake']}) | "
                              f"{f(m['auc'])} | {f(m['ece_raw'])} | {f(m['ece'])} | {f(m['band_coverage'])} | "
                              f"{f(m['band_answered_accuracy'])} | {f(m['band_real_called_fake'])} | **{f(m['coverage'])}** | "
                              f"**{f(m['answered_accuracy'])}** | **{f(m['real_called_fake'])}** | "
-                             f"{f(m.get('withheld_reals'))} | {f(m.get('withheld_fakes'))} |")
+                             f"{f(m.get('withheld_reals'))} | {f(m.get('withheld_fakes'))} | "
+                             f"{f(m.get('withheld_views')) if name == 'flip' else '-'} |")
         lines += ["", "Novelty on the sets never trained on, their real and their fake faces apart: AUROC of telling "
                   "them from the learned methods' test faces, by the k-NN novelty to every learned face (the `novel` "
                   "flag) and by the distance to the learned faces of the class each is answered (the rule):", "",
@@ -267,13 +276,21 @@ def markdown(r: dict) -> str:
             lines.append(f"| {k} | {f(m.get('novelty_auroc_reals'))} | {f(m.get('novelty_auroc_fakes'))} | "
                          f"{f(m.get('class_distance_auroc_reals'))} | {f(m.get('class_distance_auroc_fakes'))} |")
         lines.append("")
-    lines += ["## The rule's knob: `trust.keep` (share of the band's answers on learned validation faces kept)", "",
-              "answered / accuracy of the answered / reals answered fake, per set (no flip):", "",
-              "| trust.keep | " + " | ".join(r["sweep"]["plain"][str(KEEP_SWEEP[0])]) + " |",
-              "| --- |" + " --- |" * len(r["sweep"]["plain"][str(KEEP_SWEEP[0])])]
-    for keep, sets in r["sweep"]["plain"].items():
-        lines.append(f"| {keep} | " + " | ".join(f"{f(m['coverage'])} / {f(m['answered_accuracy'])} / "
-                                                   f"{f(m['real_called_fake'])}" for m in sets.values()) + " |")
+    for name, knob, what in (("plain", "trust.keep", "share of the band's answers on learned validation faces kept "
+                              "by the rule on the unfamiliar; no flip"),
+                             ("flip", "trust.views_cost", "share of the band's answers on learned validation faces "
+                              "the views rule may withhold; with flip, `trust.keep` as set")):
+        sweep = r["sweep"].get(name)
+        if not sweep:
+            continue
+        first = next(iter(sweep.values()))
+        lines += [f"## The rule's knob: `{knob}` ({what})", "",
+                  "answered / accuracy of the answered / reals answered fake, per set:", "",
+                  f"| {knob} | " + " | ".join(first) + " |", "| --- |" + " --- |" * len(first)]
+        for value, sets in sweep.items():
+            lines.append(f"| {value} | " + " | ".join(f"{f(m['coverage'])} / {f(m['answered_accuracy'])} / "
+                                                       f"{f(m['real_called_fake'])}" for m in sets.values()) + " |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

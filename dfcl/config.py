@@ -278,6 +278,7 @@ class TrustConfig(Section):
     video_disagreement: float = Field(gt=0, lt=1)
     keep: float = Field(ge=0, le=1)
     flip: bool
+    views_cost: float = Field(ge=0, lt=1)
     unseen_sets: list[str]
 
 

@@ -163,7 +163,7 @@ def test_novelty_flags_faces_of_a_set_never_learned_more_than_the_learned_method
     model, trust = learner.strategy.model, learner.trust
 
     def judged(x):
-        p, f = scores_and_features(model, x)
+        p, f, _ = scores_and_features(model, x)
         return trust.judge(p, f)
 
     learned = judged(np.load(tmp_path / spec.test_x))
@@ -226,6 +226,40 @@ def test_an_answer_whose_face_is_unlike_the_learned_faces_of_its_class_is_withhe
         [j["verdict"] for j in trust.judge(test.p, test.features)]
 
 
+def test_an_answer_whose_face_and_mirror_image_disagree_is_withheld_at_the_cost_fit(tmp_path):
+    """With flip, the cut on the views' spread is fit on validation faces alone: it withholds about
+    `trust.views_cost` of the band's answers there, and answers whose two views read differently
+    (as on faces unlike the learned ones) are withheld with the reason in words."""
+    from dfcl.measure.trust import VIEWS, Scored, fit_scored
+
+    rng = np.random.default_rng(2)
+    settings = SETTINGS.model_copy(update={"flip": True, "views_cost": 0.1})
+
+    def with_views(s, gap):
+        return Scored(s.name, s.y, s.p, s.features, np.abs(rng.normal(0, gap, len(s.y))))
+
+    train = scored("A", rng, [(REAL, 0), (FAKE, 1)], 300, confident)
+    val = with_views(scored("A", rng, [(REAL, 0), (FAKE, 1)], 300, confident), 0.3)
+    test = with_views(scored("A", rng, [(REAL, 0), (FAKE, 1)], 300, confident), 0.3)
+    trust = fit_scored(train.features, train.y, ["A"], [val], [test], 0.5, settings)
+    assert 0 < trust.views < math.inf
+    band = np.array([answer(float(q), trust.band) != "uncertain" for q in trust.calibration(val.p)])
+    withheld = np.array([j.get("why") == VIEWS for j in trust.judge(val.p, None, val.spread)])
+    assert withheld[band].mean() == pytest.approx(0.1, abs=0.02) and not withheld[~band].any()
+
+    gaps = np.full(len(test.y), 5.0)  # every face's mirror image read very differently
+    judged = trust.judge(test.p, test.features, gaps)
+    assert all(j["verdict"] == "uncertain" for j in judged)
+    assert sum(j.get("why", "").endswith(VIEWS) for j in judged) == sum(bool(j.get("withheld")) for j in judged) > 0
+    # scored one way (no spread), or fit without flip: the rule does not apply
+    assert [j["verdict"] for j in trust.judge(test.p, test.features)] != [j["verdict"] for j in judged]
+    assert fit_scored(train.features, train.y, ["A"], [val], [], 0.5, SETTINGS.model_copy(
+        update={"views_cost": 0.0})).views == math.inf
+
+    again = Trust.load(trust.save(tmp_path / "trust.safetensors"))
+    assert again.views == pytest.approx(trust.views) and again.flip is True
+
+
 def test_a_trust_file_from_before_the_abstention_loads_without_cuts(tmp_path):
     """Files written before: no reference labels, no cuts; they answer as they did."""
     import json
@@ -242,6 +276,7 @@ def test_a_trust_file_from_before_the_abstention_loads_without_cuts(tmp_path):
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata={"format": "dfcl-trust-1", "json": json.dumps(header)})
     old = Trust.load(tmp_path / "old.safetensors")
     assert old.unfamiliar == (math.inf, math.inf) and old.space.reference_fake is None and not old.flip
+    assert old.views == math.inf
     assert old.judge(np.array([0.9]), f[:1])[0]["verdict"] == "fake"
     assert old.population() == "on validation faces of the 1 method it learned"
 
@@ -255,8 +290,39 @@ def test_flip_averaging_scores_the_mean_of_a_face_and_its_mirror():
     torch.manual_seed(0)
     model = create_model("small_cnn", image_size=32).eval()
     x = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
-    p, f = scores_and_features(model, x)
-    pm, fm = scores_and_features(model, np.ascontiguousarray(x[:, :, ::-1]))
-    pf, ff = scores_and_features(model, x, flip=True)
+    p, f, none = scores_and_features(model, x)
+    pm, fm, _ = scores_and_features(model, np.ascontiguousarray(x[:, :, ::-1]))
+    pf, ff, spread = scores_and_features(model, x, flip=True)
     assert not np.allclose(p, pm)  # a network that is not mirror-symmetric: the two views differ
     assert pf == pytest.approx((p + pm) / 2, abs=1e-6) and ff == pytest.approx((f + fm) / 2, abs=1e-5)
+    assert none is None and spread == pytest.approx(np.abs(np.log(p / (1 - p)) - np.log(pm / (1 - pm))), abs=1e-4)
+
+
+def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(demo_data, tmp_path, monkeypatch):
+    """benchmarks/trust.py end to end on the synthetic sequence (so it cannot rot): each rule's
+    knob swept, the views rule reported with flip only, the plot beside the numbers."""
+    import json
+
+    from benchmarks import trust as bench
+    from dfcl.learning.learner import Learner
+    from tests.conftest import SMALL, small_params
+    from tests.test_learner import specs_for
+
+    params = small_params("train.epochs=1")
+    first, second, unseen = specs_for(demo_data, tmp_path, ["BlendSwap", "GANUpsample", "MouthWarp"])
+    learner = Learner(tmp_path / "learner", params, tmp_path)
+    for spec in (first, second):
+        learner.learn(spec)
+    learner.save()
+    monkeypatch.setattr(bench, "WORK", tmp_path / "cache")
+    overrides = [a for o in [*SMALL, "train.epochs=1"] for a in ("-S", o)]
+    assert bench.main(["--learner", str(tmp_path / "learner"), "--root", str(tmp_path), *overrides, "--tag", "smoke",
+                       "--unseen", f"MouthWarp={tmp_path / 'MouthWarp' / 'MouthWarp'}:test", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "trust_smoke.json").read_text())
+    assert set(report["sweep"]["plain"]) == {str(k) for k in bench.KEEP_SWEEP}
+    assert set(report["sweep"]["flip"]) == {str(k) for k in bench.VIEWS_SWEEP}
+    flip, plain = report["variants"]["flip"], report["variants"]["plain"]
+    assert plain["trust"]["views"] is None and flip["trust"]["views"] is not None
+    assert 0 <= flip["unseen"]["MouthWarp"]["withheld_views"] <= 1 and plain["unseen"]["MouthWarp"]["withheld_views"] == 0
+    assert (tmp_path / "trust_smoke.png").stat().st_size > 0
+    assert "`trust.views_cost`" in (tmp_path / "trust_smoke.md").read_text()

@@ -217,6 +217,7 @@ def fit_feature_space(features: np.ndarray, labels: np.ndarray, classes: list[st
 
 UNLIKE = {"fake": "unlike the forgeries it learned", "real": "unlike the real faces it learned"}
 CUT_OFF = "face cut off at the edge of the picture"
+VIEWS = "the face and its mirror image are answered differently"
 
 
 @dataclass
@@ -234,17 +235,25 @@ class Trust:
     unfamiliar: tuple[float, float] = (math.inf, math.inf)
     learned: list[str] = field(default_factory=list)  # the experiences whose validation faces it was fit on
     flip: bool = False                # each face is scored as the mean of it and its mirror image
+    # With `flip`, an answer is withheld when the face's two views disagree by more than this, in
+    # logits (|logit P(face) - logit P(mirror)|; fit by `fit_views`).
+    views: float = math.inf
 
     @property
     def calibrated(self) -> bool:
         return (self.calibration.a, self.calibration.b) != (1.0, 0.0)
 
-    def judge(self, p_raw: np.ndarray, features: np.ndarray | None) -> list[dict]:
+    def judge(self, p_raw: np.ndarray, features: np.ndarray | None, spread: np.ndarray | None = None) -> list[dict]:
         """Per face: calibrated P(fake), the three-way verdict, novelty and the nearest learned
-        method; an answer whose face is unlike the learned faces of its class becomes "uncertain",
-        `withheld` saying which answer and `why` in words."""
+        method; an answer whose face is unlike the learned faces of its class, or whose views
+        disagree (`spread`, from scores_and_features with flip), becomes "uncertain", `withheld`
+        saying which answer and `why` in words."""
         p = self.calibration(p_raw)
         out = [{"p_fake": float(q), "verdict": answer(float(q), self.band)} for q in p]
+        if spread is not None:
+            for row, gap in zip(out, spread):
+                if row["verdict"] != "uncertain" and gap > self.views:
+                    withhold(row, VIEWS)
         if self.space is not None and features is not None and len(out):
             d = self.space.distances(features)
             fakes = [i for i, c in enumerate(self.space.classes) if c != "real"]
@@ -277,6 +286,7 @@ class Trust:
                 "novelty_threshold": None if math.isinf(self.novelty_threshold) else round(self.novelty_threshold, 3),
                 "unfamiliar": [None if math.isinf(c) else round(c, 4) for c in self.unfamiliar],
                 "learned": self.learned, "flip": self.flip,
+                "views": None if math.isinf(self.views) else round(self.views, 4),
                 "classes": self.space.classes if self.space else [], **self.report}
 
     def save(self, path: Path) -> Path:
@@ -293,7 +303,7 @@ class Trust:
                   else self.novelty_threshold, "classes": self.space.classes if self.space else [],
                   "k": self.space.k if self.space else 0, "report": self.report,
                   "unfamiliar": [None if math.isinf(c) else c for c in self.unfamiliar], "learned": self.learned,
-                  "flip": self.flip}
+                  "flip": self.flip, "views": None if math.isinf(self.views) else self.views}
         # safetensors refuses an empty file: one placeholder tensor when there is no feature space
         save_file(tensors or {"none": np.zeros(1, np.float32)}, str(path),
                   metadata={"format": TRUST_FORMAT, "json": json.dumps(header)})
@@ -319,12 +329,14 @@ class Trust:
                                          reference_fake=f.get_tensor("reference_fake").astype(bool)
                                          if "reference_fake" in f.keys() else None)
             nt = h["novelty_threshold"]
-            # files written before abstention on the unfamiliar: no cut (inf), no learned list, no flip
+            # files written before abstention on the unfamiliar (or on views): no cut (inf), no learned list, no flip
             cuts = [math.inf if c is None else float(c) for c in h.get("unfamiliar", [None, None])]
+            views = h.get("views")
             trust = cls(Calibration(float(h["calibration"]["a"]), float(h["calibration"]["b"])), float(h["threshold"]),
                         (float(h["band"][0]), float(h["band"][1])), float(h["precision"]),
                         math.inf if nt is None else float(nt), space, dict(h.get("report", {})),
-                        (cuts[0], cuts[1]), [str(m) for m in h.get("learned", [])], bool(h.get("flip", False)))
+                        (cuts[0], cuts[1]), [str(m) for m in h.get("learned", [])], bool(h.get("flip", False)),
+                        math.inf if views is None else float(views))
         except (SafetensorError, KeyError, TypeError, IndexError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is not a valid trust file ({type(e).__name__}: {e})") from None
         if space is not None:
@@ -336,21 +348,27 @@ class Trust:
         return trust
 
 
+def views_spread(p, p_mirror) -> np.ndarray:
+    """How far a face's two views disagree: |logit P(face) - logit P(mirror)|."""
+    return np.abs(logit(p) - logit(p_mirror))
+
+
 @torch.no_grad()
 def scores_and_features(model: torch.nn.Module, faces, device="cpu", batch_size: int = 256,
-                        flip: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Raw P(fake) and penultimate features (the input of `model.head`) of uint8 faces (N, H, W, 3);
-    features None for a model without a `head` (a user's module outside the registry's contract).
-    `flip`: each the mean over the face and its mirror image (test-time flip averaging)."""
+                        flip: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Raw P(fake), penultimate features (the input of `model.head`) and the views' spread of
+    uint8 faces (N, H, W, 3). Features None for a model without a `head` (a user's module outside
+    the registry's contract). `flip`: each the mean over the face and its mirror image (test-time
+    flip averaging), and how far the two disagree (views_spread; None without flip)."""
     from dfcl.measure.scoring import fake_probabilities
 
     if flip:
-        p, f = scores_and_features(model, faces, device, batch_size)
-        p2, f2 = scores_and_features(model, np.ascontiguousarray(np.asarray(faces)[:, :, ::-1]), device, batch_size)
-        return (p + p2) / 2, None if f is None else (f + f2) / 2
+        p, f, _ = scores_and_features(model, faces, device, batch_size)
+        p2, f2, _ = scores_and_features(model, np.ascontiguousarray(np.asarray(faces)[:, :, ::-1]), device, batch_size)
+        return (p + p2) / 2, None if f is None else (f + f2) / 2, views_spread(p, p2)
     head = getattr(model, "head", None)
     if not isinstance(head, torch.nn.Module):
-        return fake_probabilities(model, faces, device, batch_size).numpy(), None
+        return fake_probabilities(model, faces, device, batch_size).numpy(), None, None
     caught = []
     hook = head.register_forward_hook(lambda m, args, out: caught.append(args[0].detach().float().cpu()))
     try:
@@ -358,7 +376,7 @@ def scores_and_features(model: torch.nn.Module, faces, device="cpu", batch_size:
     finally:
         hook.remove()
     features = torch.cat(caught).flatten(1).numpy() if caught else np.zeros((0, 0), np.float32)
-    return p, features
+    return p, features, None
 
 
 def _sample(n: int, k: int, seed: int) -> np.ndarray:
@@ -367,11 +385,13 @@ def _sample(n: int, k: int, seed: int) -> np.ndarray:
 
 @dataclass
 class Scored:
-    """One set's faces as the model sees them: labels, raw P(fake), features (None: no `head`)."""
+    """One set's faces as the model sees them: labels, raw P(fake), features (None: no `head`),
+    the views' spread (None: scored one way)."""
     name: str
     y: np.ndarray
     p: np.ndarray
     features: np.ndarray | None
+    spread: np.ndarray | None = None
 
 
 def fit_abstention(y, verdicts, by_class: np.ndarray, keep: float, loosest: float) -> tuple[tuple[float, float], float]:
@@ -396,6 +416,16 @@ def fit_abstention(y, verdicts, by_class: np.ndarray, keep: float, loosest: floa
     return cuts_at(loosest), float(loosest)
 
 
+def fit_views(spread_answered: np.ndarray, cost: float) -> float:
+    """The cut on the views' spread (in logits) above which an answer is withheld: the (1 - cost)
+    quantile of the spreads of the band's answers on learned validation faces, so that the rule
+    withholds about `cost` of those answers and, on faces the two views read differently more
+    often (unfamiliar ones, measured in benchmarks/trust.py), more. No cost, or nothing answered: no cut."""
+    if cost <= 0 or not len(spread_answered):
+        return math.inf
+    return float(np.quantile(spread_answered, 1 - cost))
+
+
 def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]],
                       settings: TrustConfig, device="cpu", seed: int = 0, score=None) -> tuple[np.ndarray | None, np.ndarray | None, list, list]:
     """What `fit_scored` fits on: features of up to `fit_faces` training faces per method and class
@@ -416,7 +446,7 @@ def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[
             for c in (0, 1):
                 idx = np.flatnonzero(y == c)[_sample(int((y == c).sum()), settings.fit_faces, seed + i)]
                 if len(idx):
-                    _, f = score(model, x[idx], device)
+                    f = score(model, x[idx], device)[1]
                     if f is None:
                         break
                     fit_f.append(f)
@@ -446,6 +476,9 @@ def fit_scored(fit_f, fit_l, methods: list[str], val: list[Scored], test: list[S
     trust.calibration = fit_calibration(vy, vp)
     trust.threshold = float(trust.calibration(np.array([threshold_raw]))[0])
     trust.band = choose_band(vy, trust.calibration(vp), settings.precision, trust.threshold)
+    if all(v.spread is not None for v in val):
+        answered = np.array([answer(q, trust.band) != "uncertain" for q in trust.calibration(vp)], bool)
+        trust.views = fit_views(np.concatenate([v.spread for v in val])[answered], settings.views_cost)
     if space is not None:  # features exist for every face then (the same model)
         novelty, by_class = space.familiarity(np.concatenate([v.features for v in val]))
         trust.novelty_threshold = float(np.quantile(novelty, settings.novelty_quantile))
@@ -479,10 +512,9 @@ def measured(trust: Trust, sets: list[Scored], split: str) -> dict:
     y, p = np.concatenate([s.y for s in sets]), np.concatenate([s.p for s in sets])
     q = trust.calibration(p)
     out = {f"{split}_ece_raw": ece(y, p), f"{split}_ece": ece(y, q)}
-    if all(s.features is not None for s in sets):
-        verdicts = [r["verdict"] for r in trust.judge(p, np.concatenate([s.features for s in sets]))]
-    else:
-        verdicts = [answer(v, trust.band) for v in q]
+    spread = np.concatenate([s.spread for s in sets]) if all(s.spread is not None for s in sets) else None
+    features = np.concatenate([s.features for s in sets]) if all(s.features is not None for s in sets) else None
+    verdicts = [r["verdict"] for r in trust.judge(p, features, spread)]
     out |= {f"{split}_{k}": v for k, v in coverage(y, verdicts).items()}
     if trust.space is not None and len(trust.space.classes) > 2:  # attribution: two learned methods at least
         judged = [(s.name, trust.judge(np.full(int((s.y == 1).sum()), 0.5), s.features[s.y == 1]))

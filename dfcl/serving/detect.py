@@ -168,10 +168,10 @@ class FaceScorer:
         """Per crop: calibrated P(fake), verdict, and novelty and attribution where the model has them."""
         trust = self.detector.trust
         if trust is not None:
-            p, features = scores_and_features(self.detector.model, crops, flip=trust.flip)
+            p, features, spread = scores_and_features(self.detector.model, crops, flip=trust.flip)
         else:
-            p, features = fake_probabilities(self.detector.model, crops).numpy(), None
-        return self.detector.judge(p, features)
+            p, features, spread = fake_probabilities(self.detector.model, crops).numpy(), None, None
+        return self.detector.judge(p, features, spread)
 
     def concluded(self, result: Result, judged: dict) -> Result:
         """`result` with the verdict, reason, novelty and attribution of the face (or video) `judged`."""

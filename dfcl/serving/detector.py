@@ -27,11 +27,13 @@ class Detector:
     # them (a user's file, a version registered before them): raw P(fake), two answers.
     trust: Trust | None = None
 
-    def judge(self, p_raw: np.ndarray, features: np.ndarray | None = None) -> list[dict]:
-        """Per face: P(fake) on the scale shown (calibrated when it can be), verdict, novelty."""
+    def judge(self, p_raw: np.ndarray, features: np.ndarray | None = None,
+              spread: np.ndarray | None = None) -> list[dict]:
+        """Per face: P(fake) on the scale shown (calibrated when it can be), verdict, novelty;
+        `spread`: how far each face's views disagree (dfcl.measure.trust.scores_and_features)."""
         if self.trust is None:
             return [{"p_fake": float(q), "verdict": "fake" if q >= self.threshold else "real"} for q in p_raw]
-        return self.trust.judge(p_raw, features)
+        return self.trust.judge(p_raw, features, spread)
 
     def judge_calibrated(self, p: float) -> str:
         """The answer for a P(fake) already on the shown scale (a video's aggregate)."""

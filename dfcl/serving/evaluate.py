@@ -69,8 +69,9 @@ def evaluate(detector: Detector, data: str, params: Params, roc_png: Path | None
             x = np.concatenate([np.load(arrays[f"{s}_x"], mmap_mode="r") for s in SPLITS])
             y = np.concatenate([np.load(arrays[f"{s}_y"]) for s in SPLITS])
             v = np.concatenate([face_videos(arrays[f"{s}_x"]) for s in SPLITS])
-            raw, features = scores_and_features(detector.model, x, flip=detector.trust is not None and detector.trust.flip)
-            judged = detector.judge(raw, features)
+            raw, features, spread = scores_and_features(detector.model, x,
+                                                        flip=detector.trust is not None and detector.trust.flip)
+            judged = detector.judge(raw, features, spread)
             p = np.array([j["p_fake"] for j in judged], dtype=np.float32)
             per_method[folder.name] = scores(y, p, threshold, v) | trust_scores(detector, y, raw, judged)
             ys.append(y)
