@@ -279,6 +279,7 @@ class TrustConfig(Section):
     keep: float = Field(ge=0, le=1)
     flip: bool
     views_cost: float = Field(ge=0, lt=1)
+    small_face_drop: float = Field(ge=0, le=1)
     unseen_sets: list[str]
 
 

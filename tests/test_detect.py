@@ -175,6 +175,32 @@ def test_a_face_whose_box_leaves_the_picture_gets_no_answer_and_the_photo_says_w
     assert scorer.video_verdict([withheld] + [{"p_fake": 0.1, "verdict": "real"}] * 3)["verdict"] == "real"
 
 
+def test_a_face_smaller_than_the_fitted_floor_gets_no_answer_and_says_its_size(tmp_path):
+    """trust.min_side: a face cut from fewer picture pixels across than the model's answers were
+    measured to hold down to is withheld, with its size in words; a larger one is answered."""
+    from dfcl.measure.trust import Trust
+    from dfcl.serving.detect import FaceScorer
+    from dfcl.serving.detector import Detector
+    from models import create_model
+    from tests.conftest import small_params
+
+    image = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "photo.png"), image)
+    torch.manual_seed(0)
+    detector = Detector(create_model("small_cnn").eval(), 32, 0.5, {"uri": "test"}, Trust(band=(1.01, 1.01), min_side=60))
+    params = small_params()
+    small_box, large_box = [20, 20, 50, 50], [150, 150, 350, 350]   # 30 and 200 px across
+    scorer = FaceScorer(detector, params, finder=BoxesFinder([small_box, large_box]))
+    small, large = scorer.detect(tmp_path / "photo.png", crop="never").faces
+    side = round(30 * params.faces.margin)
+    assert small["verdict"] == "uncertain" and small["withheld"] == "real"
+    assert small["why"] == f"face too small: {side} px across in the picture, below the 60 px down to which its " \
+                           "answers were measured to hold"
+    assert large["verdict"] == "real" and "why" not in large
+    # a whole image taken as the face (crop=always) counts the picture's side
+    assert scorer.detect(tmp_path / "photo.png", crop="always").faces[0]["verdict"] == "real"
+
+
 def test_reasons_say_where_the_promise_was_measured():
     from dfcl.measure.trust import Trust
     from dfcl.serving.detector import Detector

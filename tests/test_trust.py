@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from dfcl.config import packaged_params
 from dfcl.measure.trust import (
@@ -326,3 +327,36 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
     assert 0 <= flip["unseen"]["MouthWarp"]["withheld_views"] <= 1 and plain["unseen"]["MouthWarp"]["withheld_views"] == 0
     assert (tmp_path / "trust_smoke.png").stat().st_size > 0
     assert "`trust.views_cost`" in (tmp_path / "trust_smoke.md").read_text()
+
+
+class FineGrain(torch.nn.Module):
+    """A detector that reads fine-grained noise alone (fake: a face with pixel noise): what a
+    small face, upsampled, no longer carries."""
+
+    def forward(self, x):
+        blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+        grain = (x - blurred).abs().mean((1, 2, 3))
+        return torch.stack([torch.zeros_like(grain), 2000 * (grain - 0.008)], 1)
+
+
+def test_the_face_size_floor_is_where_answered_accuracy_falls_on_validation_faces(tmp_path):
+    """fit_min_side scores validation faces as if cut from ever fewer pixels: the floor is the
+    smallest size whose answered accuracy stays within `drop` of full size, and it travels."""
+    from dfcl.measure.trust import fit_min_side, shrunk
+
+    rng = np.random.default_rng(0)
+    smooth = np.linspace(60, 200, 64)[None, :, None] + np.linspace(0, 40, 64)[:, None, None]
+    x = np.repeat(smooth[None], 200, 0) + rng.normal(0, 3, (200, 1, 1, 3))
+    y = np.r_[np.zeros(100), np.ones(100)].astype(int)
+    x[y == 1] += rng.normal(0, 25, (100, 16, 16, 3)).repeat(4, 1).repeat(4, 2)  # grain in 4-px blocks
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    trust = Trust(band=(0.5, 0.5))
+    floor, by_side = fit_min_side(trust, FineGrain().eval(), x, y, drop=0.05)
+    assert by_side["64"] == 1.0 and min(v for v in by_side.values() if v is not None) < 0.95
+    # the blocks survive down to 38 px across (measured: every fake's grain above the cut), not 26
+    assert floor == 38 and by_side["38"] == 1.0 and by_side["26"] < 0.95 and "19" not in by_side
+    assert shrunk(x[:2], 16).shape == (2, 64, 64, 3)
+
+    trust.min_side = floor
+    assert Trust.load(trust.save(tmp_path / "t.safetensors")).min_side == floor
+    assert Trust(band=(0.5, 0.5)).summary()["min_side"] == 0

@@ -218,6 +218,13 @@ def fit_feature_space(features: np.ndarray, labels: np.ndarray, classes: list[st
 UNLIKE = {"fake": "unlike the forgeries it learned", "real": "unlike the real faces it learned"}
 CUT_OFF = "face cut off at the edge of the picture"
 VIEWS = "the face and its mirror image are answered differently"
+# Face sizes tried by `fit_min_side`, as shares of the model's input side (32 to 128 px at 160).
+SIDE_SHARES = (0.2, 0.3, 0.4, 0.6, 0.8)
+
+
+def too_small(side: int, floor: int) -> str:
+    return (f"face too small: {side} px across in the picture, below the {floor} px down to which its answers were "
+            "measured to hold")
 
 
 @dataclass
@@ -238,6 +245,8 @@ class Trust:
     # With `flip`, an answer is withheld when the face's two views disagree by more than this, in
     # logits (|logit P(face) - logit P(mirror)|; fit by `fit_views`).
     views: float = math.inf
+    # Faces cut from fewer source pixels across than this are not answered (fit by `fit_min_side`).
+    min_side: int = 0
 
     @property
     def calibrated(self) -> bool:
@@ -286,7 +295,7 @@ class Trust:
                 "novelty_threshold": None if math.isinf(self.novelty_threshold) else round(self.novelty_threshold, 3),
                 "unfamiliar": [None if math.isinf(c) else round(c, 4) for c in self.unfamiliar],
                 "learned": self.learned, "flip": self.flip,
-                "views": None if math.isinf(self.views) else round(self.views, 4),
+                "views": None if math.isinf(self.views) else round(self.views, 4), "min_side": self.min_side,
                 "classes": self.space.classes if self.space else [], **self.report}
 
     def save(self, path: Path) -> Path:
@@ -303,7 +312,8 @@ class Trust:
                   else self.novelty_threshold, "classes": self.space.classes if self.space else [],
                   "k": self.space.k if self.space else 0, "report": self.report,
                   "unfamiliar": [None if math.isinf(c) else c for c in self.unfamiliar], "learned": self.learned,
-                  "flip": self.flip, "views": None if math.isinf(self.views) else self.views}
+                  "flip": self.flip, "views": None if math.isinf(self.views) else self.views,
+                  "min_side": self.min_side}
         # safetensors refuses an empty file: one placeholder tensor when there is no feature space
         save_file(tensors or {"none": np.zeros(1, np.float32)}, str(path),
                   metadata={"format": TRUST_FORMAT, "json": json.dumps(header)})
@@ -336,7 +346,7 @@ class Trust:
                         (float(h["band"][0]), float(h["band"][1])), float(h["precision"]),
                         math.inf if nt is None else float(nt), space, dict(h.get("report", {})),
                         (cuts[0], cuts[1]), [str(m) for m in h.get("learned", [])], bool(h.get("flip", False)),
-                        math.inf if views is None else float(views))
+                        math.inf if views is None else float(views), int(h.get("min_side", 0)))
         except (SafetensorError, KeyError, TypeError, IndexError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is not a valid trust file ({type(e).__name__}: {e})") from None
         if space is not None:
@@ -493,6 +503,39 @@ def fit_scored(fit_f, fit_l, methods: list[str], val: list[Scored], test: list[S
     return trust
 
 
+def shrunk(faces: np.ndarray, side: int) -> np.ndarray:
+    """Faces as if cut from `side` source pixels across: shrunk to it, then resized back to the
+    model's input as dfcl.data.faces.crop_square resizes a small crop (bilinear)."""
+    import cv2
+
+    size = faces.shape[1]
+    return np.stack([cv2.resize(cv2.resize(np.ascontiguousarray(f), (side, side), interpolation=cv2.INTER_AREA),
+                                (size, size), interpolation=cv2.INTER_LINEAR) for f in faces])
+
+
+def fit_min_side(trust: Trust, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, drop: float,
+                 device="cpu") -> tuple[int, dict]:
+    """The smallest face size (source pixels across) down to which the answers still hold: the
+    validation faces `x` are scored as if cut from each size of SIDE_SHARES, largest first, and
+    answered as the product answers them (band, abstention); the floor is the last size whose
+    answered accuracy stays within `drop` of the full-size faces'. Below it a face is withheld.
+    Returns (floor, {size: answered accuracy}); floor 0 where nothing is answered at full size."""
+    def accuracy(faces):
+        p, f, spread = scores_and_features(model, faces, device, flip=trust.flip)
+        return coverage(y, [j["verdict"] for j in trust.judge(p, f, spread)])["answered_accuracy"]
+
+    full = accuracy(x)
+    measured_at, floor = {x.shape[1]: full}, x.shape[1]
+    if math.isnan(full):
+        return 0, {str(x.shape[1]): None}
+    for side in sorted({max(8, round(x.shape[1] * s)) for s in SIDE_SHARES}, reverse=True):
+        measured_at[side] = acc = accuracy(shrunk(x, side))
+        if math.isnan(acc) or acc < full - drop:
+            break
+        floor = side
+    return floor, {str(k): None if math.isnan(v) else round(v, 4) for k, v in measured_at.items()}
+
+
 def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]], threshold_raw: float,
               settings: TrustConfig, device="cpu", seed: int = 0, unseen: list[tuple[str, tuple[Path, Path]]] = ()) -> Trust:
     """Trust for `model` after learning `experiences` [(method, {"train"|"val"|"test": (images, labels)})],
@@ -500,7 +543,15 @@ def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tup
     fit_f, fit_l, val, test = score_experiences(model, experiences, settings, device, seed)
     scored = [Scored(name, np.load(y), *scores_and_features(model, np.load(x, mmap_mode="r"), device,
                                                             flip=settings.flip)) for name, (x, y) in unseen]
-    return fit_scored(fit_f, fit_l, [m for m, _ in experiences], val, test, threshold_raw, settings, seed, scored)
+    trust = fit_scored(fit_f, fit_l, [m for m, _ in experiences], val, test, threshold_raw, settings, seed, scored)
+    faces = [(np.load(s["val"][0], mmap_mode="r"), np.load(s["val"][1])) for _, s in experiences if "val" in s]
+    if settings.small_face_drop < 1 and faces:
+        x, y = np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces])
+        # half a fit_faces sample of all methods' validation faces, scored ~6 times: ~1 min of CPU for Lite0
+        keep = _sample(len(y), max(settings.fit_faces // 2, 1), seed)
+        trust.min_side, trust.report["answered_accuracy_by_side"] = fit_min_side(
+            trust, model, np.asarray(x[keep]), y[keep], settings.small_face_drop, device)
+    return trust
 
 
 def measured(trust: Trust, sets: list[Scored], split: str) -> dict:

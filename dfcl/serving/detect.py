@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from dfcl.config import ConfigError, DetectConfig, Params
-from dfcl.data.faces import FaceDetector, FaceSettings, crop_square
+from dfcl.data.faces import FaceDetector, FaceSettings, crop_square, square_of
 from dfcl.data.images import (
     SUFFIX_KIND,
     check_video,
@@ -45,7 +45,7 @@ from dfcl.data.images import (
     read_image,
 )
 from dfcl.measure.scoring import fake_probabilities
-from dfcl.measure.trust import CUT_OFF, scores_and_features, withhold
+from dfcl.measure.trust import CUT_OFF, scores_and_features, too_small, withhold
 from dfcl.serving.detector import Detector, load_detector
 from dfcl.serving.verdicts import (
     NOVEL_NOTE,
@@ -173,6 +173,13 @@ class FaceScorer:
             p, features, spread = fake_probabilities(self.detector.model, crops).numpy(), None, None
         return self.detector.judge(p, features, spread)
 
+    def withhold_small(self, judged: dict, side: int) -> None:
+        """Withhold the answer on a face cut from fewer source pixels across than the model's
+        answers were measured to hold down to (trust.min_side, fit with the model)."""
+        floor = self.detector.trust.min_side if self.detector.trust is not None else 0
+        if side < floor:
+            withhold(judged, too_small(side, floor))
+
     def concluded(self, result: Result, judged: dict) -> Result:
         """`result` with the verdict, reason, novelty and attribution of the face (or video) `judged`."""
         result.verdict, result.p_fake = judged["verdict"], judged["p_fake"]
@@ -244,10 +251,10 @@ class FaceScorer:
 
         def finish(judged: list[dict], seconds: float) -> Result:
             timings["classify"] = seconds
-            if kind == "photo":
-                for j, b in zip(judged, boxes):
-                    if cut_off(b, h, w):
-                        withhold(j, CUT_OFF)
+            for j, b in zip(judged, boxes):
+                if kind == "photo" and cut_off(b, h, w):
+                    withhold(j, CUT_OFF)
+                self.withhold_small(j, square_of(b, s.margin, (h, w))[2] if kind == "photo" else min(h, w))
             faces = [{"box": [round(float(v), 1) for v in b], "score": None if sc is None else round(sc, 4),
                       **face_evidence(j)} for b, sc, j in zip(boxes, scores, judged)]
             return self.concluded(Result(str(path), kind, "", faces=faces, crops=crops, timings=timings),
@@ -299,20 +306,22 @@ class FaceScorer:
                 row["reason"] = "no face" if det is None else f"face score {det[2]:.3f} below faces.min_score"
             else:
                 row.update(box=[round(float(v), 1) for v in det[0]], score=round(det[2], 4))
-                kept.append((len(timeline), crop_square(frames[i], det[0], s.margin, s.size), cut_off(det[0], h, w)))
+                kept.append((len(timeline), crop_square(frames[i], det[0], s.margin, s.size), cut_off(det[0], h, w),
+                             square_of(det[0], s.margin, (h, w))[2]))
             timeline.append(row)
         if not kept:
             return Result(str(path), "video", "error", error="no face in any sampled frame", frames=timeline,
                           video=info, timings=timings)
-        crops = np.stack([c for _, c, _ in kept])
+        crops = np.stack([c for _, c, _, _ in kept])
 
         def finish(judged: list[dict], seconds: float) -> Result:
             timings["classify"] = seconds
-            for (_, _, edge), j in zip(kept, judged):
+            for (_, _, edge, side), j in zip(kept, judged):
                 if edge:
                     withhold(j, CUT_OFF)
+                self.withhold_small(j, side)
             faces = []
-            for (k, _, _), j in zip(kept, judged):
+            for (k, _, _, _), j in zip(kept, judged):
                 timeline[k]["p_fake"] = round(j["p_fake"], 4)
                 timeline[k]["verdict"] = j["verdict"]
                 faces.append({"frame": timeline[k]["frame"], "time_s": timeline[k]["time_s"], "box": timeline[k]["box"],
