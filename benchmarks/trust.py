@@ -193,6 +193,8 @@ def main(argv=None) -> int:
                         np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]),
                         np.concatenate([s.spread for s in v_test]) if flip else None)
         name = "flip" if flip else "plain"
+        if not flip:
+            plain_trust = trust  # what the product fits (flip off by default): the face-size scan's
         learned = unfamiliarity(trust, pooled)
         report["variants"][name] = {"trust": trust.summary(),
                                     "learned": {s.name: measure(trust, s) for s in [pooled, *v_test]},
@@ -207,9 +209,28 @@ def main(argv=None) -> int:
             report["sweep"][name][str(value)] = {s.name: {k: measure(t, s)[k] for k in
                                                          ("coverage", "answered_accuracy", "real_called_fake")}
                                                 for s in [pooled, *v_unseen]}
+    report["face_size"] = face_size(learner, params, plain_trust)
     plot(plotted, report, args.out / f"trust_{args.tag}.png")
     save_results(args.out, f"trust_{args.tag}", report, markdown(report))
     return 0
+
+
+def face_size(learner, params, trust) -> dict:
+    """The face-size floor as the learner fits it (validation faces, no flip), and the answered
+    accuracy per size on the learned methods' test faces too: does the floor hold on faces it
+    was not fit on?"""
+    from dfcl.measure.trust import _sample, fit_min_side
+
+    model = learner.strategy.model.to("cpu").eval()
+    out = {}
+    for split in ("val", "test"):
+        faces = [(np.load(s[split][0], mmap_mode="r"), np.load(s[split][1]))
+                 for _, s in learner.trust_splits(learner.history.experiences) if split in s]
+        x, y = np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces])
+        keep = _sample(len(y), max(params.trust.fit_faces // 2, 1), params.train.seed)
+        floor, by_side = fit_min_side(trust, model, np.asarray(x[keep]), y[keep], params.trust.small_face_drop)
+        out[split] = {"faces": int(len(keep)), "floor": floor, "answered_accuracy_by_side": by_side}
+    return out
 
 
 def plot(plotted: dict, report: dict, path: Path) -> None:
@@ -275,6 +296,18 @@ def markdown(r: dict) -> str:
         for k, m in v["unseen"].items():
             lines.append(f"| {k} | {f(m.get('novelty_auroc_reals'))} | {f(m.get('novelty_auroc_fakes'))} | "
                          f"{f(m.get('class_distance_auroc_reals'))} | {f(m.get('class_distance_auroc_fakes'))} |")
+        lines.append("")
+    fs = r.get("face_size")
+    if fs:
+        sides = list(fs["val"]["answered_accuracy_by_side"])
+        lines += ["## Face size: answered accuracy of faces cut from fewer pixels (no flip)", "",
+                  f"Floor fit on validation faces (`trust.small_face_drop` {r['settings']['small_face_drop']}): "
+                  f"**{fs['val']['floor']} px**; below it a face is withheld. The same scan on test faces would put it "
+                  f"at {fs['test']['floor']} px.", "",
+                  "| faces | " + " | ".join(f"{s} px" for s in sides) + " |", "| --- |" + " --- |" * len(sides)]
+        for split in ("val", "test"):
+            by = fs[split]["answered_accuracy_by_side"]
+            lines.append(f"| learned {split} ({fs[split]['faces']}) | " + " | ".join(f(by.get(s)) for s in sides) + " |")
         lines.append("")
     for name, knob, what in (("plain", "trust.keep", "share of the band's answers on learned validation faces kept "
                               "by the rule on the unfamiliar; no flip"),

@@ -327,6 +327,9 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
     assert 0 <= flip["unseen"]["MouthWarp"]["withheld_views"] <= 1 and plain["unseen"]["MouthWarp"]["withheld_views"] == 0
     assert (tmp_path / "trust_smoke.png").stat().st_size > 0
     assert "`trust.views_cost`" in (tmp_path / "trust_smoke.md").read_text()
+    sizes = report["face_size"]
+    assert sizes["val"]["floor"] in {int(k) for k in sizes["val"]["answered_accuracy_by_side"]} | {0}
+    assert "## Face size" in (tmp_path / "trust_smoke.md").read_text()
 
 
 class FineGrain(torch.nn.Module):
