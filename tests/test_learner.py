@@ -156,6 +156,95 @@ def test_a_resumed_learner_trains_with_this_runs_loop_settings(specs, tmp_path):
     assert (again.strategy.train_epochs, again.strategy.train_mb_size) == (3, 8)
 
 
+class Killed(Exception):
+    pass
+
+
+def epoch_log(learner) -> list:
+    """(epoch index, learning rate) at the first step of every epoch a learner trains."""
+    from avalanche.core import SupervisedPlugin
+
+    seen = []
+
+    class Log(SupervisedPlugin):
+        def after_training_iteration(self, strategy, **_):
+            if strategy.clock.train_epoch_iterations == 0:  # the clock counts this step after every plugin
+                seen.append((strategy.clock.train_exp_epochs, round(strategy.optimizer.param_groups[0]["lr"], 8)))
+
+    learner.strategy.plugins.insert(0, Log())
+    return seen
+
+
+def test_an_experience_a_run_was_killed_in_continues_from_its_last_finished_epoch(specs, tmp_path):
+    """Killed after two of three epochs: the next run (a new process: the learner loaded from its
+    folder) starts from the checkpoint of epoch 2, runs the third epoch alone, at the learning
+    rate the uninterrupted run had there; the checkpoint goes once the experience is saved."""
+    from avalanche.core import SupervisedPlugin
+    from safetensors.torch import load_file
+
+    from dfcl.learning.plugins.epoch_checkpoint import MODEL
+
+    root, (first, second) = specs
+    params = small_params("train.epochs=3", "train.schedule=cosine")
+    whole = Learner(tmp_path / "whole", params, root)
+    whole.learn(first)
+    whole.save()
+    lrs = epoch_log(whole)
+    whole.learn(second)
+    assert [e for e, _ in lrs] == [0, 1, 2]
+
+    learner = Learner(tmp_path / "learner", params, root)
+    learner.learn(first)
+    learner.save()
+
+    class KillAfterSecondEpoch(SupervisedPlugin):
+        def after_training_epoch(self, strategy, **_):
+            if strategy.clock.train_exp_epochs == 1:
+                raise Killed
+
+    # after the checkpoint's own hook, before the clock's (Avalanche's last plugin)
+    learner.strategy.plugins.insert(len(learner.strategy.plugins) - 1, KillAfterSecondEpoch())
+    with pytest.raises(Killed):
+        learner.learn(second)
+    checkpoint = tmp_path / "learner" / Learner.EPOCH_CHECKPOINT
+    saved = load_file(checkpoint / MODEL)
+
+    again = Learner.load(tmp_path / "learner", params, root)
+    resumed = epoch_log(again)
+    start = {}
+
+    class Weights(SupervisedPlugin):
+        def before_training_epoch(self, strategy, **_):
+            start.setdefault("weights", {k: v.clone() for k, v in strategy.model.state_dict().items()})
+
+    again.strategy.plugins.append(Weights())
+    again.learn(second)
+    assert [e for e, _ in resumed] == [2] and resumed[0][1] == pytest.approx(lrs[2][1])
+    assert all(torch.equal(start["weights"][k], v) for k, v in saved.items())
+    assert again.strategy.clock.train_exp_counter == 2 and checkpoint.is_dir()
+    again.save()
+    assert not checkpoint.exists()
+
+    # killed after its last epoch, before the save (while evaluating): no epoch is trained again
+    done = Learner.load(tmp_path / "whole", params, root)  # `second` was learned, never saved
+    assert (tmp_path / "whole" / Learner.EPOCH_CHECKPOINT).is_dir()
+    nothing = epoch_log(done)
+    done.learn(second)
+    assert nothing == [] and done.strategy.clock.train_exp_counter == 2
+
+    # a checkpoint of other settings is not used: killed again, then run with 2 epochs, it starts afresh
+    third = Learner(tmp_path / "third", params, root)
+    third.learn(first)
+    third.save()
+    third.strategy.plugins.insert(len(third.strategy.plugins) - 1, KillAfterSecondEpoch())
+    with pytest.raises(Killed):
+        third.learn(second)
+    shorter = Learner.load(tmp_path / "third", small_params("train.epochs=2", "train.schedule=cosine"), root)
+    fresh = epoch_log(shorter)
+    shorter.learn(second)
+    assert [e for e, _ in fresh] == [0, 1]
+
+
 def test_learning_the_same_method_twice_is_refused(specs, tmp_path):
     root, (first, _) = specs
     learner = Learner(tmp_path / "learner", small_params(), root)

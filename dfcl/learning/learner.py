@@ -31,7 +31,7 @@ from dfcl.data.datasets import FaceArrayDataset
 from dfcl.data.sbi import SelfBlendedFakes, SelfBlendedPairs
 from dfcl.files import fsync_tree, write_atomic
 from dfcl.learning import learner_state, pinning
-from dfcl.learning.plugins import BestValidationEpoch, PairedBatches
+from dfcl.learning.plugins import BestValidationEpoch, EpochCheckpoint, PairedBatches
 from dfcl.learning.strategies import build_strategy, pick_device
 from dfcl.measure.metrics import (
     MATRICES,
@@ -78,6 +78,7 @@ class Learner:
     HISTORY = "history.json"
     CURRENT = "CURRENT"   # names the state folder in use; replaced atomically after a save
     EXPERIENCES = "experiences"  # the learned methods' pinned faces (dfcl.learning.pinning)
+    EPOCH_CHECKPOINT = "epoch-checkpoint"  # the experience being learned, after its last finished epoch
 
     def __init__(self, folder: Path, params: Params, root: Path):
         self.folder, self.params, self.root = Path(folder), params, Path(root)
@@ -143,6 +144,7 @@ class Learner:
             self.trust.save(state / TRUST_FILE)
         fsync_tree(state)  # on disk before CURRENT names it: after a power cut, never a name of empty files
         write_atomic(self.folder / self.CURRENT, state.name + "\n")
+        self._plugin(EpochCheckpoint).discard()  # its experience is in the state now
         for old in self.folder.glob("state-*"):  # earlier states, and any a crash left half-written
             if old != state:
                 shutil.rmtree(old, ignore_errors=True)
@@ -220,6 +222,8 @@ class Learner:
             stopper.faces = self._validation_faces(experiences)
         pairs = self._pairs.get(spec.train_x)
         self._plugin(PairedBatches).pairs = pairs
+        checkpoint = self._plugin(EpochCheckpoint)
+        checkpoint.folder, checkpoint.key = self.folder / self.EPOCH_CHECKPOINT, spec.key
         # A self-blended experience may take more epochs (sbi.epochs) than a forgery method's.
         epochs = self.params.sbi.epochs if pairs is not None and self.params.sbi.epochs else None
         default_epochs, self.strategy.train_epochs = self.strategy.train_epochs, epochs or self.strategy.train_epochs

@@ -22,6 +22,7 @@ from dfcl.learning.plugins import (
     ChannelsLast,
     ClassBalancedLoss,
     CudaSpeedups,
+    EpochCheckpoint,
     EpochProgress,
     FrozenBatchNormStats,
     LRSchedule,
@@ -99,6 +100,7 @@ def training_plugins(tp: TrainConfig, device: torch.device, mp: ModelConfig) -> 
         plugins.append(FrozenBatchNormStats(from_second=tp.batchnorm == "freeze_after_first"))
     if tp.early_stopping_patience > 0:
         plugins.append(BestValidationEpoch(tp.early_stopping_patience))
+    plugins.append(EpochCheckpoint())  # after early stopping: it keeps that plugin's best epoch too
     plugins.append(ChannelsLast())
     if device.type == "cuda":
         plugins.append(CudaSpeedups())

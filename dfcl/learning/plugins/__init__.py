@@ -2,6 +2,7 @@
 own plugins/ layout): the strategy is a stock Avalanche template, these add what it lacks."""
 from dfcl.learning.plugins.best_epoch import BestValidationEpoch
 from dfcl.learning.plugins.class_balance import ClassBalancedLoss
+from dfcl.learning.plugins.epoch_checkpoint import EpochCheckpoint
 from dfcl.learning.plugins.frozen_bn import FrozenBatchNormStats
 from dfcl.learning.plugins.lr_schedule import LRSchedule
 from dfcl.learning.plugins.mask_loss import MaskLoss
@@ -9,4 +10,4 @@ from dfcl.learning.plugins.paired_batches import PairedBatches, PairSampler
 from dfcl.learning.plugins.progress import EpochProgress
 from dfcl.learning.plugins.speedups import ChannelsLast, CudaSpeedups
 
-__all__ = ["EpochProgress", "ChannelsLast", "CudaSpeedups", "ClassBalancedLoss", "LRSchedule", "FrozenBatchNormStats", "BestValidationEpoch", "PairedBatches", "PairSampler", "MaskLoss"]
+__all__ = ["EpochProgress", "ChannelsLast", "CudaSpeedups", "ClassBalancedLoss", "LRSchedule", "FrozenBatchNormStats", "BestValidationEpoch", "EpochCheckpoint", "PairedBatches", "PairSampler", "MaskLoss"]
