@@ -56,7 +56,7 @@ def sample_keys(experience: int, n: int) -> list[int]:
 # -- save ------------------------------------------------------------------------------
 def save_state(strategy, folder: Path) -> None:
     """Weights, optimizer and memories of `strategy` into `folder` (which exists)."""
-    save_file(_plain(strategy.model.state_dict()), folder / MODEL)
+    save_file(plain_tensors(strategy.model.state_dict()), folder / MODEL)
     torch.save(strategy.optimizer.state_dict(), folder / OPTIMIZER)
     tensors, meta = {}, {"format": FORMAT, "clock": {k: getattr(strategy.clock, k) for k in CLOCK}, "memories": {}}
     for name, holder in _holders(strategy):
@@ -66,11 +66,11 @@ def save_state(strategy, folder: Path) -> None:
         t, m = saver(holder)
         tensors |= {f"{name}/{k}": v for k, v in t.items()}
         meta["memories"][name] = m
-    save_file(_plain(tensors), folder / MEMORY)
+    save_file(plain_tensors(tensors), folder / MEMORY)
     (folder / MEMORY_META).write_text(json.dumps(meta, indent=1))
 
 
-def _plain(tensors: dict) -> dict:
+def plain_tensors(tensors: dict) -> dict:
     """safetensors wants contiguous tensors that share no memory."""
     return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
 

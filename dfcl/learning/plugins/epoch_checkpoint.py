@@ -12,13 +12,10 @@ from avalanche.core import SupervisedPlugin
 from safetensors.torch import load_file, save_file
 
 from dfcl.files import fsync_tree, write_atomic
+from dfcl.learning.learner_state import MODEL, OPTIMIZER, plain_tensors
 from dfcl.learning.plugins.best_epoch import BestValidationEpoch
 
-MODEL, BEST, OPTIMIZER, META = "model.safetensors", "best.safetensors", "optimizer.pt", "epoch.json"
-
-
-def _plain(tensors: dict) -> dict:
-    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+BEST, META = "best.safetensors", "epoch.json"
 
 
 class EpochCheckpoint(SupervisedPlugin):
@@ -88,11 +85,11 @@ class EpochCheckpoint(SupervisedPlugin):
         new = self._new
         shutil.rmtree(new, ignore_errors=True)
         new.mkdir(parents=True)
-        save_file(_plain(strategy.model.state_dict()), new / MODEL)
+        save_file(plain_tensors(strategy.model.state_dict()), new / MODEL)
         torch.save(strategy.optimizer.state_dict(), new / OPTIMIZER)
         best = {"best_auc": None, "best_epoch": 0}
         if stopper is not None and stopper._best is not None:
-            save_file(_plain(stopper._best), new / BEST)
+            save_file(plain_tensors(stopper._best), new / BEST)
             best = {"best_auc": stopper._best_auc, "best_epoch": stopper._best_epoch}
         fsync_tree(new)
         # the clock counts this epoch after every other plugin (it is the last): hence + 1
