@@ -145,6 +145,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {r['change']} | {r['learned_mean_auc']:.3f} | {r['auc_forgetting']:.3f} | "
                      f"{r['forward_mean_auc']:.3f} | {r['forward_auc']['NeuralTextures']:.3f} | {u['dfdc']:.3f} | "
                      f"{u['flux']:.3f} | {u['stylegan']:.3f} | {r['train_seconds']:.0f} |")
+    lines += seed_summary(report)
     alone = {n: r for n, r in report["rows"].items() if r.get("sbi_alone")}
     if alone:
         lines += ["", "The self-blended experience alone (real faces only, before any forgery data): AUC on every set, "
@@ -168,6 +169,37 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {n} | {m} | {r['auc']:.3f} | " + (f"{r['video_auc']:.3f}" if r.get("video_auc") is not None else "-") + " |")
     lines += ["", f"Plot: `generalization_{report['tag']}.png` (AUC on each set after each experience)."]
     return "\n".join(lines) + "\n"
+
+
+SUMMARISED = {"learned mean AUC": ("learned_mean_auc",), "AUC forgetting": ("auc_forgetting",),
+              "forward transfer": ("forward_mean_auc",), "DFDC": ("unseen_auc", "dfdc"),
+              "FLUX": ("unseen_auc", "flux"), "StyleGAN": ("unseen_auc", "stylegan")}
+
+
+def seed_summary(report: dict) -> list[str]:
+    """Mean ± standard deviation over the seeds of each row (`row`, `row_seed1`, ...), where a
+    row ran with more than one seed."""
+    import re
+
+    groups: dict[str, list[dict]] = {}
+    for name, r in report["rows"].items():
+        if "error" not in r:
+            groups.setdefault(re.sub(r"_seed\d+$", "", name), []).append(r)
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    if not groups:
+        return []
+
+    def value(r, path):
+        for k in path:
+            r = r[k]
+        return r
+
+    lines = ["", "Over seeds (`-S train.seed=N`, rows `_seedN`): mean ± standard deviation:", "",
+             "| row | seeds | " + " | ".join(SUMMARISED) + " |", "| --- | --- |" + " --- |" * len(SUMMARISED)]
+    for name, rows in groups.items():
+        cells = [np.array([value(r, path) for r in rows], float) for path in SUMMARISED.values()]
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(f"{c.mean():.3f} ± {c.std(ddof=1):.3f}" for c in cells) + " |")
+    return lines
 
 
 def video_level(name: str, params: dict, data: Path, work: Path) -> dict:
