@@ -224,6 +224,7 @@ class Learner:
         self._plugin(PairedBatches).pairs = pairs
         checkpoint = self._plugin(EpochCheckpoint)
         checkpoint.folder, checkpoint.key = self.folder / self.EPOCH_CHECKPOINT, spec.key
+        checkpoint.base = self._state().name if self._state() else ""
         # A self-blended experience may take more epochs (sbi.epochs) than a forgery method's.
         epochs = self.params.sbi.epochs if pairs is not None and self.params.sbi.epochs else None
         default_epochs, self.strategy.train_epochs = self.strategy.train_epochs, epochs or self.strategy.train_epochs

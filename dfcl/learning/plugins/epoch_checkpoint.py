@@ -22,7 +22,7 @@ class EpochCheckpoint(SupervisedPlugin):
     """After every training epoch: the model, the optimizer, the epochs done and the best epoch
     so far (BestValidationEpoch's) go to `folder`, a new folder renamed over the old one, so a
     kill leaves the previous epoch's whole. When the learner starts an experience whose
-    checkpoint is there (the same experience, after as many experiences, the same epochs), the
+    checkpoint is there (the same experience, from the same saved state, the same epochs), the
     state comes back after the optimizer is made, and the clock is set to the epochs done: the
     learning-rate schedule and early stopping go on where they were; the epochs left are run.
     Avalanche checkpoints between experiences only (by pickling the whole strategy), and its
@@ -34,11 +34,12 @@ class EpochCheckpoint(SupervisedPlugin):
         super().__init__()
         self.folder: Path | None = None   # set by the learner for each experience
         self.key = ""
+        self.base = ""                    # the saved state the experience started from (its folder's name)
         self.resumed_at = 0               # epochs done before this run (0: started afresh)
         self._pending = 0
 
     def _identity(self, strategy) -> dict:
-        return {"key": self.key, "after_experiences": strategy.clock.train_exp_counter,
+        return {"key": self.key, "base": self.base, "after_experiences": strategy.clock.train_exp_counter,
                 "train_epochs": strategy.train_epochs}
 
     def _saved(self) -> Path | None:
