@@ -294,6 +294,14 @@ def self_blend(face: np.ndarray, rng: np.random.Generator, landmarks: np.ndarray
 
 # --- datasets -----------------------------------------------------------------------------
 
+def open_faces(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A face folder's images (memory-mapped), labels and 68 landmarks (None for faces ingested
+    before landmarks were kept)."""
+    points = beside(images_path, "landmarks")
+    return (np.load(images_path, mmap_mode="r"), np.load(labels_path),
+            np.load(points) if points.is_file() else None)
+
+
 class SelfBlendedFakes(PicklesAsSettings, Dataset):
     """SBI fakes (label 1) made on the fly from the REAL rows (label 0) of a face-array file.
 
@@ -312,11 +320,8 @@ class SelfBlendedFakes(PicklesAsSettings, Dataset):
         self._open()
 
     def _open(self):
-        self.images = np.load(self.images_path, mmap_mode="r")
-        labels = np.load(self.labels_path)
+        self.images, labels, self.landmarks = open_faces(self.images_path, self.labels_path)
         self.real_rows = np.flatnonzero(labels == 0)
-        points = beside(self.images_path, "landmarks")  # faces ingested before landmarks have none
-        self.landmarks = np.load(points) if points.is_file() else None
         n = round(self.per_real * len(self.real_rows)) if len(self.real_rows) else 0
         self.targets = [1] * n
         self._augmenter = Augmenter(self.augment) if self.augment else None
@@ -356,12 +361,9 @@ class SelfBlendedPairs(PicklesAsSettings, Dataset):
         self._open()
 
     def _open(self):
-        self.images = np.load(self.images_path, mmap_mode="r")
-        labels = np.load(self.labels_path)
+        self.images, labels, self.landmarks = open_faces(self.images_path, self.labels_path)
         if (labels != 0).any():
             raise ValueError(f"{self.images_path}: a self-blended experience trains on real faces only")
-        points = beside(self.images_path, "landmarks")
-        self.landmarks = np.load(points) if points.is_file() else None
         self.targets = [0, 1] * len(labels)
         self._augmenter = Augmenter(self.augment) if self.augment else None
 

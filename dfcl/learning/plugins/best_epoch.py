@@ -37,6 +37,13 @@ class BestValidationEpoch(SupervisedPlugin):
         elif epoch - self._best_epoch >= self.patience:
             strategy.stop_training()
 
+    def state(self) -> tuple[dict | None, dict]:
+        """The best epoch so far (its weights, and its AUC and index): what a checkpoint keeps."""
+        return self._best, {"best_auc": self._best_auc, "best_epoch": self._best_epoch}
+
+    def restore(self, weights: dict | None, meta: dict) -> None:
+        self._best, self._best_auc, self._best_epoch = weights, meta["best_auc"], meta["best_epoch"]
+
     def after_training_exp(self, strategy, **_):
         if self._best is not None:
             strategy.model.load_state_dict(self._best)

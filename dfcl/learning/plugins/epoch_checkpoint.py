@@ -18,6 +18,10 @@ from dfcl.learning.plugins.best_epoch import BestValidationEpoch
 BEST, META = "best.safetensors", "epoch.json"
 
 
+def _stopper(strategy) -> BestValidationEpoch | None:
+    return next((p for p in strategy.plugins if isinstance(p, BestValidationEpoch)), None)
+
+
 class EpochCheckpoint(SupervisedPlugin):
     """After every training epoch: the model, the optimizer, the epochs done and the best epoch
     so far (BestValidationEpoch's) go to `folder`, a new folder renamed over the old one, so a
@@ -65,10 +69,9 @@ class EpochCheckpoint(SupervisedPlugin):
         device = str(strategy.device)
         strategy.model.load_state_dict(load_file(folder / MODEL, device=device))
         strategy.optimizer.load_state_dict(torch.load(folder / OPTIMIZER, map_location=device, weights_only=True))
-        stopper = next((p for p in strategy.plugins if isinstance(p, BestValidationEpoch)), None)
-        if stopper is not None and (folder / BEST).is_file():
-            stopper._best = load_file(folder / BEST, device=device)
-            stopper._best_auc, stopper._best_epoch = saved["best_auc"], saved["best_epoch"]
+        stopper = _stopper(strategy)
+        if stopper is not None:
+            stopper.restore(load_file(folder / BEST, device=device) if (folder / BEST).is_file() else None, saved)
         self.resumed_at = self._pending = int(saved["epochs_done"])
         print(f"{self.key}: continuing from epoch {self.resumed_at + 1} of {strategy.train_epochs} "
               "(the checkpoint of a run that stopped)", flush=True)
@@ -82,16 +85,15 @@ class EpochCheckpoint(SupervisedPlugin):
     def after_training_epoch(self, strategy, **_):
         if self.folder is None:
             return
-        stopper = next((p for p in strategy.plugins if isinstance(p, BestValidationEpoch)), None)
+        stopper = _stopper(strategy)
         new = self._new
         shutil.rmtree(new, ignore_errors=True)
         new.mkdir(parents=True)
         save_file(plain_tensors(strategy.model.state_dict()), new / MODEL)
         torch.save(strategy.optimizer.state_dict(), new / OPTIMIZER)
-        best = {"best_auc": None, "best_epoch": 0}
-        if stopper is not None and stopper._best is not None:
-            save_file(plain_tensors(stopper._best), new / BEST)
-            best = {"best_auc": stopper._best_auc, "best_epoch": stopper._best_epoch}
+        weights, best = stopper.state() if stopper is not None else (None, {"best_auc": None, "best_epoch": 0})
+        if weights is not None:
+            save_file(plain_tensors(weights), new / BEST)
         fsync_tree(new)
         # the clock counts this epoch after every other plugin (it is the last): hence + 1
         write_atomic(new / META, json.dumps({**self._identity(strategy), **best,
