@@ -225,6 +225,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(ge=0)
     schedule: Literal['constant', 'cosine']
     batchnorm: Literal['train', 'freeze_after_first', 'frozen']
+    frozen_stages: int = Field(ge=0)
     early_stopping_patience: int = Field(ge=0)
     class_balance: bool
     mask_loss_weight: float

@@ -76,6 +76,28 @@ def test_batchnorm_statistics_follow_train_batchnorm(specs, tmp_path, mode, chan
     assert weights and all(p.requires_grad for p in weights), "the affine weights still learn"
 
 
+def test_frozen_stages_keep_the_stem_and_first_stages_as_pretrained(specs, tmp_path):
+    root, (first, _) = specs
+    learner = Learner(tmp_path / "l", small_params(*LITE0, "train.frozen_stages=2"), root)
+    model = learner.strategy.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    learner.learn(first)
+    after = model.state_dict()
+    frozen = ("backbone.conv_stem.", "backbone.bn1.", "backbone.blocks.0.")  # the stem and the first stage
+    changed = {k for k in before if k.startswith("backbone.") and not torch.equal(before[k], after[k])}
+    assert not {k for k in changed if k.startswith(frozen)}, "weights and batch-norm statistics kept"
+    assert any(k.startswith("backbone.blocks.1.") for k in changed) and not torch.equal(before["head.weight"],
+                                                                                        after["head.weight"])
+    assert all(p.requires_grad for p in model.parameters()), "gradients again after training"
+
+
+def test_frozen_stages_need_a_timm_backbone(specs, tmp_path):
+    root, (first, _) = specs
+    learner = Learner(tmp_path / "l", small_params("train.frozen_stages=1"), root)  # small_cnn
+    with pytest.raises(ValueError, match="frozen_stages=1 needs a timm backbone"):
+        learner.learn(first)
+
+
 def test_video_auc_scores_each_video_by_the_mean_of_its_faces():
     # Two real and two fake videos, three faces each: single faces overlap, video means do not.
     y = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])

@@ -25,6 +25,7 @@ from dfcl.learning.plugins import (
     EpochCheckpoint,
     EpochProgress,
     FrozenBatchNormStats,
+    FrozenStages,
     LRSchedule,
     MaskLoss,
     PairedBatches,
@@ -98,6 +99,8 @@ def training_plugins(tp: TrainConfig, device: torch.device, mp: ModelConfig) -> 
         plugins.append(LRSchedule(tp.lr, cosine=tp.schedule == "cosine", warmup_epochs=tp.warmup_epochs))
     if tp.batchnorm != "train":
         plugins.append(FrozenBatchNormStats(from_second=tp.batchnorm == "freeze_after_first"))
+    if tp.frozen_stages > 0:
+        plugins.append(FrozenStages(tp.frozen_stages))
     if tp.early_stopping_patience > 0:
         plugins.append(BestValidationEpoch(tp.early_stopping_patience))
     plugins.append(EpochCheckpoint())  # after early stopping: it keeps that plugin's best epoch too
