@@ -69,20 +69,20 @@ def bare_loop(params: dict, spec, root: Path) -> float:
     from dfcl.learning.strategies import make_model, make_optimizer, pick_device
 
     tp = params.train
-    torch.manual_seed(tp["seed"])
+    torch.manual_seed(tp.seed)
     apply_heap_allocations(tp)  # as the pipeline does (dfcl.learning.strategies.build_strategy)
-    device = pick_device(tp["device"])
+    device = pick_device(tp.device)
     model = make_model(params.model).to(device, memory_format=torch.channels_last)
     cuda = device.type == "cuda"
     opt = make_optimizer(model, tp)
     data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=params.augment)
-    workers = tp["num_workers"]
-    loader = DataLoader(data, batch_size=tp["batch_size"], shuffle=True, num_workers=workers,
+    workers = tp.num_workers
+    loader = DataLoader(data, batch_size=tp.batch_size, shuffle=True, num_workers=workers,
                         pin_memory=cuda, persistent_workers=workers > 0)
     loss_fn, seen = torch.nn.CrossEntropyLoss(), 0
     model.train()
     start = time.perf_counter()
-    for _ in range(tp["epochs"]):
+    for _ in range(tp.epochs):
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)

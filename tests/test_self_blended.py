@@ -178,3 +178,15 @@ def test_retraining_refuses_test_faces_that_train(tmp_path):
     assert leaks == ["1 of the 1 test faces of c are training faces of a", "2 of the 3 test faces of b are training faces of c"]
     with pytest.raises(DataLeakError, match="test faces would train"):
         check_no_leak([a, b, c], Path("/"))
+
+
+def test_a_quick_runs_self_blended_experience_takes_its_reals_as_the_quick_run_split_them(workspace, demo_data):
+    """A quick run (data.max_per_class) copies only the files it uses and splits those: the
+    self-blended experience takes its reals from that copy. From the original folder's splits, a
+    validation face of BlendSwap trained in it, and the leak check stopped the run."""
+    from flows.retrain import retrain_detector
+
+    params = small_params("sbi.first=true", "gate.max_drop_self_blended=1", "gate.max_drop_per_method=1",
+                          "gate.max_drop_average=1", "gate.max_forgetting=1", "data.max_per_class=6")
+    outcome = retrain_detector(str(demo_data / "BlendSwap"), params, auto_approve=True)
+    assert outcome["results"]["methods"] == [params.sbi.method, "BlendSwap"]

@@ -204,7 +204,9 @@ class Learner:
     def learn(self, spec: ExperienceSpec, upcoming: list[ExperienceSpec] = ()) -> dict:
         """Train on one new experience, then evaluate on every experience seen so far and, with
         train.eval_upcoming, on `upcoming`: methods known but not learned yet, in the order they
-        will be learned (their cells are the upper triangle of the matrices: forward transfer)."""
+        will be learned (their cells are the upper triangle of the matrices: forward transfer).
+        The results hold `speed`: seconds and images of this training, and the seconds after it
+        (calibration, trust, evaluation)."""
         if spec.key in self.learned:
             raise ValueError(f"{spec.key} is already learned")
         # From now on the learner reads this method's faces only from its pinned copy.
@@ -228,16 +230,24 @@ class Learner:
         # A self-blended experience may take more epochs (sbi.epochs) than a forgery method's.
         epochs = self.params.sbi.epochs if pairs is not None and self.params.sbi.epochs else None
         default_epochs, self.strategy.train_epochs = self.strategy.train_epochs, epochs or self.strategy.train_epochs
+        start = time.perf_counter()
         try:
             self.strategy.train(bench.train_stream[index], num_workers=self.params.train.num_workers,
                                 persistent_workers=self.params.train.num_workers > 0 and pairs is None)
         finally:
             self.strategy.train_epochs = default_epochs
+        trained = time.perf_counter() - start
+        # The epochs this call ran: a resumed experience runs only those left, early stopping may end sooner.
+        images = len(bench.train_stream[index].dataset) * (self.strategy.clock.train_exp_epochs - checkpoint.resumed_at)
         spec.learned_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.history.experiences.append(spec)
         self.history.threshold = self.calibrate(experiences)
         self.trust = self.fit_trust(experiences)
-        return self._evaluate(bench, ahead)
+        results = self._evaluate(bench, ahead)
+        results["speed"] = {"train_seconds": trained, "train_images": float(images),
+                            "train_images_per_s": images / trained if trained else math.nan,
+                            "eval_seconds": time.perf_counter() - start - trained}
+        return results
 
     def fit_trust(self, experiences: list[ExperienceSpec]) -> Trust:
         """Calibration, the uncertain band and the feature space of everything learned (dfcl.measure.trust)."""

@@ -141,7 +141,8 @@ def evaluation_metrics(results: dict) -> dict[str, float]:
     """One evaluation's results as MLflow metrics: each per-method metric (dfcl.measure.metrics.MATRICES)
     as <prefix>/<method>, `auc_before/<method>` (a method's AUC just before it was learned), the
     summaries measured so far, and how sure its answers are (dfcl.measure.trust: calibration error
-    before/after, coverage of the band, attribution accuracy) as trust/<figure>."""
+    before/after, coverage of the band, attribution accuracy) as trust/<figure>, and how long the
+    training and the evaluation took (Learner.learn) as speed/<figure>."""
     metrics = {f"{m.prefix}/{k}": v for m in MATRICES for k, v in results.get(m.name, {}).items()}
     metrics |= {f"auc_before/{k}": v for k, v in results.get("auc_before", {}).items()}
     metrics |= summary_values(results)
@@ -149,6 +150,7 @@ def evaluation_metrics(results: dict) -> dict[str, float]:
     metrics |= {f"trust/{k}": v for k, v in trust.items() if isinstance(v, float) and not math.isnan(v)}
     if "band" in trust:
         metrics |= {"trust/band_lo": trust["band"][0], "trust/band_hi": trust["band"][1]}
+    metrics |= {f"speed/{k}": v for k, v in results.get("speed", {}).items() if not math.isnan(v)}
     return metrics
 
 
