@@ -91,8 +91,15 @@ def register_champion(params: dict) -> None:
     MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
 
 
+STAGES = ("decode", "faces", "classify", "trust")  # trust: calibration, novelty, attribution, abstention
+
+
+def share_text(shares: dict) -> str:
+    return " / ".join(f"{shares.get(k, 0.0):.0%}" for k in STAGES)
+
+
 def shares(timings: list[dict]) -> dict:
-    total = {k: sum(t.get(k, 0.0) for t in timings) for k in ("decode", "faces", "classify")}
+    total = {k: sum(t.get(k, 0.0) for t in timings) for k in STAGES}
     whole = sum(total.values()) or 1.0
     return {k: round(v / whole, 3) for k, v in total.items()}
 
@@ -238,17 +245,17 @@ def markdown(report: dict, command: str, tag: str) -> str:
              f"Machine: {report['machine']}. Date: {report['date']}. Detector: {report['model']}.", "",
              "Command:", "", f"    {command}", "",
              "`dfcl detect` (the library it calls; model loading once per command, excluded):", "",
-             "| input | result | time shares (decode / faces / classify) |", "| --- | --- | --- |",
+             "| input | result | time shares (decode / faces / classify / trust) |", "| --- | --- | --- |",
              f"| {c['files']} DFDC face crops (`--crop`, a folder: batches of {c['batch_size']} across files, "
              f"{c['workers']} reading threads) | **{c['crops_per_s']} crops/s**, {c['ratio_to_bare_batched']}x the bare "
              f"model's batched {c['bare_batched_per_s']}/s (one file at a time: {c['one_file_at_a_time_per_s']}/s, "
              f"{c['one_file_at_a_time_ratio']}x; bare batch-1 {c['bare_one_per_s']}/s) | "
-             f"{c['shares']['decode']:.0%} / {c['shares']['faces']:.0%} / {c['shares']['classify']:.0%} (one at a time) |",
+             f"{share_text(c['shares'])} (one at a time) |",
              f"| {v['seconds_long']} s {v['size']} video, {v['frames_sampled']} frames | **{v['seconds']} s** "
-             f"({v['video_s_per_s']} video-s/s) | {v['shares']['decode']:.0%} / {v['shares']['faces']:.0%} / {v['shares']['classify']:.0%} |",
+             f"({v['video_s_per_s']} video-s/s) | {share_text(v['shares'])} |",
              f"| 720p photo, {p['faces']} face(s) | **{p['seconds']} s**, {p.get('ratio_to_bare', '-')}x bare "
              f"(MTCNN {p.get('mtcnn_s', '-')} s + the bare model's batch-1 pass) | "
-             f"{p['shares']['decode']:.0%} / {p['shares']['faces']:.0%} / {p['shares']['classify']:.0%} |", "",
+             f"{share_text(p['shares'])} |", "",
              "API (`dfcl api` on 127.0.0.1; each client sends its requests one after the other):", "",
              "| input | clients | requests | p50 s | p95 s | throughput /s | errors |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["api"]:

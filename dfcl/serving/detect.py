@@ -76,7 +76,7 @@ class Result:
     video: dict | None = None                          # frames, fps, seconds, width, height
     seconds: float = 0.0
     crops: np.ndarray | None = None
-    timings: dict = field(default_factory=dict)        # decode / faces / classify seconds
+    timings: dict = field(default_factory=dict)        # decode / faces / classify / trust seconds
     status: int | None = None  # an error's HTTP status in the API: 413 too large, 415 not its type, else 422
 
     def to_dict(self, detector: Detector, aggregate: str | None = None) -> dict:
@@ -102,9 +102,10 @@ class Result:
 class Pending:
     """A file read and its faces cut, its crops waiting to be classified: `finish(judged, seconds)`
     makes its Result from their judgements (FaceScorer.score's, in the crops' order) and the
-    seconds classifying them took."""
+    seconds classifying them took ({"classify": the model's pass, "trust": calibration, novelty
+    and attribution})."""
     crops: np.ndarray
-    finish: Callable[[list[dict], float], Result]
+    finish: Callable[[list[dict], dict[str, float]], Result]
 
 
 def expand(paths: list[str]) -> list[Path]:
@@ -164,14 +165,17 @@ class FaceScorer:
                 self._explainer = replace(self.detector, model=copy.deepcopy(self.detector.model))
             return self._explainer
 
-    def score(self, crops: np.ndarray) -> list[dict]:
-        """Per crop: calibrated P(fake), verdict, and novelty and attribution where the model has them."""
-        trust = self.detector.trust
+    def score(self, crops: np.ndarray) -> tuple[list[dict], dict[str, float]]:
+        """Per crop: calibrated P(fake), verdict, and novelty and attribution where the model has
+        them; and the seconds of the model's pass (`classify`) and of the rest (`trust`)."""
+        trust, t = self.detector.trust, time.perf_counter()
         if trust is not None:
             p, features, spread = scores_and_features(self.detector.model, crops, flip=trust.flip)
         else:
             p, features, spread = fake_probabilities(self.detector.model, crops).numpy(), None, None
-        return self.detector.judge(p, features, spread)
+        classified = time.perf_counter()
+        judged = self.detector.judge(p, features, spread)
+        return judged, {"classify": classified - t, "trust": time.perf_counter() - classified}
 
     def withhold_small(self, judged: dict, side: int) -> None:
         """Withhold the answer on a face cut from fewer source pixels across than the model's
@@ -199,9 +203,7 @@ class FaceScorer:
         prepared = self.prepare(path, crop, max_seconds, deadline)
         if isinstance(prepared, Pending):
             in_time(deadline)
-            t = time.perf_counter()
-            judged = self.score(prepared.crops)
-            prepared = prepared.finish(judged, time.perf_counter() - t)
+            prepared = prepared.finish(*self.score(prepared.crops))
         prepared.seconds = time.perf_counter() - start
         return prepared
 
@@ -249,8 +251,8 @@ class FaceScorer:
             crops = np.stack([crop_square(image, f[0], s.margin, s.size) for f in found])
             boxes, scores, kind = [f[0] for f in found], [f[2] for f in found], "photo"
 
-        def finish(judged: list[dict], seconds: float) -> Result:
-            timings["classify"] = seconds
+        def finish(judged: list[dict], seconds: dict[str, float]) -> Result:
+            timings.update(seconds)
             for j, b in zip(judged, boxes):
                 if kind == "photo" and cut_off(b, h, w):
                     withhold(j, CUT_OFF)
@@ -314,8 +316,8 @@ class FaceScorer:
                           video=info, timings=timings)
         crops = np.stack([c for _, c, _, _ in kept])
 
-        def finish(judged: list[dict], seconds: float) -> Result:
-            timings["classify"] = seconds
+        def finish(judged: list[dict], seconds: dict[str, float]) -> Result:
+            timings.update(seconds)
             for (_, _, edge, side), j in zip(kept, judged):
                 if edge:
                     withhold(j, CUT_OFF)
@@ -407,20 +409,20 @@ def detect_files(scorer: FaceScorer, paths: list[str], crop: str | None = None, 
         bar.update()
 
     def classify_waiting() -> None:
-        t = time.perf_counter()
         try:
-            judged = scorer.score(np.concatenate([p.crops for _, p, _ in waiting]))
+            judged, spent = scorer.score(np.concatenate([p.crops for _, p, _ in waiting]))
         except Exception as e:  # the whole batch failed: each of its files says so
             for i, p, _ in waiting:
                 settle(i, _failed(files[i], e))
             waiting.clear()
             return
-        per_face, k = (time.perf_counter() - t) / len(judged), 0
+        k = 0
         for i, p, seconds in waiting:
             n = len(p.crops)
+            share = {stage: s * n / len(judged) for stage, s in spent.items()}  # the batch's time, by faces
             try:
-                result = p.finish(judged[k:k + n], per_face * n)
-                result.seconds = seconds + per_face * n
+                result = p.finish(judged[k:k + n], share)
+                result.seconds = seconds + sum(share.values())
             except Exception as e:
                 result = _failed(files[i], e)
             k += n
