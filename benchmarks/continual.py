@@ -60,8 +60,9 @@ class StepTimer(SupervisedPlugin):
         self.steps += 1
 
 
-def bare_loop(params: dict, spec, root: Path) -> float:
-    """images/s of a plain PyTorch training loop: same model, optimizer, batch, data, epochs."""
+def bare_loop(params: dict, spec, root: Path, augment: bool = True) -> float:
+    """images/s of a plain PyTorch training loop: same model, optimizer, batch, data, epochs
+    (without `augment`: the faces as stored, what the data path costs)."""
     from torch.utils.data import DataLoader
 
     from dfcl.data.datasets import FaceArrayDataset
@@ -75,7 +76,7 @@ def bare_loop(params: dict, spec, root: Path) -> float:
     model = make_model(params.model).to(device, memory_format=torch.channels_last)
     cuda = device.type == "cuda"
     opt = make_optimizer(model, tp)
-    data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=params.augment)
+    data = FaceArrayDataset(root / spec.train_x, root / spec.train_y, augment=params.augment if augment else None)
     workers = tp.num_workers
     loader = DataLoader(data, batch_size=tp.batch_size, shuffle=True, num_workers=workers,
                         pin_memory=cuda, persistent_workers=workers > 0)

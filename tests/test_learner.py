@@ -194,7 +194,8 @@ def test_an_experience_a_run_was_killed_in_continues_from_its_last_finished_epoc
     faces = len(np.load(root / second.train_y))
     speed = whole.learn(second)["speed"]
     assert [e for e, _ in lrs] == [0, 1, 2]
-    assert speed["train_images"] == 3 * faces and speed["train_seconds"] > 0 and speed["eval_seconds"] > 0
+    assert speed["new_images"] == 3 * faces and speed["train_images"] > speed["new_images"]  # and Replay's memory
+    assert speed["train_seconds"] > 0 and speed["eval_seconds"] > 0
 
     learner = Learner(tmp_path / "learner", params, root)
     learner.learn(first)
@@ -221,7 +222,7 @@ def test_an_experience_a_run_was_killed_in_continues_from_its_last_finished_epoc
             start.setdefault("weights", {k: v.clone() for k, v in strategy.model.state_dict().items()})
 
     again.strategy.plugins.append(Weights())
-    assert again.learn(second)["speed"]["train_images"] == faces  # the one epoch left
+    assert again.learn(second)["speed"]["new_images"] == faces  # the one epoch left
     assert [e for e, _ in resumed] == [2] and resumed[0][1] == pytest.approx(lrs[2][1])
     assert all(torch.equal(start["weights"][k], v) for k, v in saved.items())
     assert again.strategy.clock.train_exp_counter == 2 and checkpoint.is_dir()
@@ -232,7 +233,8 @@ def test_an_experience_a_run_was_killed_in_continues_from_its_last_finished_epoc
     done = Learner.load(tmp_path / "whole", params, root)  # `second` was learned, never saved
     assert (tmp_path / "whole" / Learner.EPOCH_CHECKPOINT).is_dir()
     nothing = epoch_log(done)
-    assert done.learn(second)["speed"]["train_images"] == 0
+    speed = done.learn(second)["speed"]
+    assert speed["train_images"] == speed["new_images"] == 0
     assert nothing == [] and done.strategy.clock.train_exp_counter == 2
 
     # a checkpoint of other settings is not used: killed again, then run with 2 epochs, it starts afresh

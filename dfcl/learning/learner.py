@@ -31,7 +31,12 @@ from dfcl.data.datasets import FaceArrayDataset
 from dfcl.data.sbi import SelfBlendedFakes, SelfBlendedPairs
 from dfcl.files import fsync_tree, write_atomic
 from dfcl.learning import learner_state, pinning
-from dfcl.learning.plugins import BestValidationEpoch, EpochCheckpoint, PairedBatches
+from dfcl.learning.plugins import (
+    BestValidationEpoch,
+    EpochCheckpoint,
+    EpochProgress,
+    PairedBatches,
+)
 from dfcl.learning.strategies import build_strategy, pick_device
 from dfcl.measure.metrics import (
     MATRICES,
@@ -205,8 +210,9 @@ class Learner:
         """Train on one new experience, then evaluate on every experience seen so far and, with
         train.eval_upcoming, on `upcoming`: methods known but not learned yet, in the order they
         will be learned (their cells are the upper triangle of the matrices: forward transfer).
-        The results hold `speed`: seconds and images of this training, and the seconds after it
-        (calibration, trust, evaluation)."""
+        The results hold `speed`: this training's seconds and images (all it trained on, and the
+        new experience's faces times the epochs run), and the seconds after it (calibration, trust,
+        evaluation)."""
         if spec.key in self.learned:
             raise ValueError(f"{spec.key} is already learned")
         # From now on the learner reads this method's faces only from its pinned copy.
@@ -238,13 +244,14 @@ class Learner:
             self.strategy.train_epochs = default_epochs
         trained = time.perf_counter() - start
         # The epochs this call ran: a resumed experience runs only those left, early stopping may end sooner.
-        images = len(bench.train_stream[index].dataset) * (self.strategy.clock.train_exp_epochs - checkpoint.resumed_at)
+        new_images = len(bench.train_stream[index].dataset) * (self.strategy.clock.train_exp_epochs - checkpoint.resumed_at)
+        images = self._plugin(EpochProgress).images  # with the replayed ones
         spec.learned_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.history.experiences.append(spec)
         self.history.threshold = self.calibrate(experiences)
         self.trust = self.fit_trust(experiences)
         results = self._evaluate(bench, ahead)
-        results["speed"] = {"train_seconds": trained, "train_images": float(images),
+        results["speed"] = {"train_seconds": trained, "train_images": float(images), "new_images": float(new_images),
                             "train_images_per_s": images / trained if trained else math.nan,
                             "eval_seconds": time.perf_counter() - start - trained}
         return results

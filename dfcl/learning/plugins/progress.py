@@ -61,24 +61,28 @@ class RunProgress:
 class EpochProgress(SupervisedPlugin):
     """A tqdm bar over each training epoch with the running loss (Avalanche's InteractiveLogger
     also prints every metric), and the experience's progress over all its epochs in Prefect
-    (RunProgress)."""
+    (RunProgress). `images`: how many images the experience's steps trained on, replayed ones
+    included (the learner reports its speed by it)."""
 
     def __init__(self):
         super().__init__()
         self.bar = None
         self.run = RunProgress()
+        self.images = 0
 
     def _where(self, strategy) -> str:
         return (f"experience {strategy.experience.current_experience} "
                 f"epoch {strategy.clock.train_exp_epochs + 1}/{strategy.train_epochs}")
 
     def before_training_exp(self, strategy, **_):
+        self.images = 0
         self.run.start(f"training experience {strategy.experience.current_experience}")
 
     def before_training_epoch(self, strategy, **_):
         self.bar = tqdm(total=len(strategy.dataloader), leave=False, unit="batch", desc=self._where(strategy))
 
     def after_training_iteration(self, strategy, **_):
+        self.images += len(strategy.mb_y)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{strategy.loss.item():.3f}", refresh=False)
         done = strategy.clock.train_exp_epochs + self.bar.n / max(self.bar.total, 1)
