@@ -38,6 +38,8 @@ from common import (  # noqa: E402
 from continual import bare_loop, pipeline_loop  # noqa: E402
 
 FROZEN = (1, 3)
+# What follows each experience's training (Learner.learn's speed/*): the threshold, the trust fit, the evaluation.
+EVAL_PARTS = ("calibrate_seconds", "trust_seconds", "evaluate_seconds")
 
 
 def step_speed(params, data: Path, work: Path) -> dict:
@@ -78,13 +80,14 @@ def retraining(data: Path, overrides: list[str], bare_images_per_s: float) -> di
         run, = client.search_runs([experiment.experiment_id], "metrics.`speed/train_seconds` >= 0", max_results=1)
         parts = {k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, f"speed/{k}"),
                                               key=lambda m: m.step)]
-                 for k in ("train_seconds", "train_images", "new_images", "eval_seconds")}
+                 for k in ("train_seconds", "train_images", "new_images", "eval_seconds", *EVAL_PARTS)}
     train, evaluation, images = (sum(parts[k]) for k in ("train_seconds", "eval_seconds", "train_images"))
     # Every image a step trained on, Replay's memory samples included: the bare loop's time for them.
     bare = images / bare_images_per_s
     return {"wall_seconds": round(wall, 1), "train_seconds": round(train, 1), "eval_seconds": round(evaluation, 1),
             "rest_seconds": round(wall - train - evaluation, 1), "train_images": int(images),
             "new_images": int(sum(parts["new_images"])),
+            "eval_parts_seconds": {k: round(sum(parts[k]), 1) for k in EVAL_PARTS},
             "bare_seconds": round(bare, 1), "wall_over_bare": round(wall / bare, 2),
             "train_over_bare": round(train / bare, 2), "train_and_eval_over_bare": round((train + evaluation) / bare, 2),
             "per_experience": {k: [round(v, 1) for v in vs] for k, vs in parts.items()}}
@@ -106,6 +109,7 @@ def report_text(report: dict) -> str:
               f"Replay's memory) at the step's bare images/s | {retrain['bare_seconds']} | 1 |",
               f"| the learner's training (5 experiences) | {retrain['train_seconds']} | {retrain['train_over_bare']} |",
               f"| evaluation, calibration, trust after each experience | {retrain['eval_seconds']} | |",
+              *[f"| - {k.removesuffix('_seconds')} | {v} | |" for k, v in retrain.get("eval_parts_seconds", {}).items() if v],
               f"| training + evaluation | {retrain['train_seconds'] + retrain['eval_seconds']:.1f} | "
               f"{retrain['train_and_eval_over_bare']} |",
               f"| the rest: ingest, face extraction, DVC, registration, gate | {retrain['rest_seconds']} | |",

@@ -211,8 +211,9 @@ class Learner:
         train.eval_upcoming, on `upcoming`: methods known but not learned yet, in the order they
         will be learned (their cells are the upper triangle of the matrices: forward transfer).
         The results hold `speed`: this training's seconds and images (all it trained on, and the
-        new experience's faces times the epochs run), and the seconds after it (calibration, trust,
-        evaluation)."""
+        new experience's faces times the epochs run), and the seconds after it (`eval_seconds`:
+        the threshold's calibration, the trust fit and its measurement, the evaluation, each also
+        apart)."""
         if spec.key in self.learned:
             raise ValueError(f"{spec.key} is already learned")
         # From now on the learner reads this method's faces only from its pinned copy.
@@ -248,12 +249,18 @@ class Learner:
         images = self._plugin(EpochProgress).images  # with the replayed ones
         spec.learned_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.history.experiences.append(spec)
+        marks = [time.perf_counter()]
         self.history.threshold = self.calibrate(experiences)
+        marks.append(time.perf_counter())
         self.trust = self.fit_trust(experiences)
+        marks.append(time.perf_counter())
         results = self._evaluate(bench, ahead)
+        marks.append(time.perf_counter())
+        calibrate_s, trust_s, evaluate_s = (b - a for a, b in zip(marks, marks[1:]))
         results["speed"] = {"train_seconds": trained, "train_images": float(images), "new_images": float(new_images),
                             "train_images_per_s": images / trained if trained else math.nan,
-                            "eval_seconds": time.perf_counter() - start - trained}
+                            "eval_seconds": marks[-1] - start - trained, "calibrate_seconds": calibrate_s,
+                            "trust_seconds": trust_s, "evaluate_seconds": evaluate_s}
         return results
 
     def fit_trust(self, experiences: list[ExperienceSpec]) -> Trust:
