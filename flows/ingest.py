@@ -24,6 +24,7 @@ class Ingested:
     layout: str
     raw_version: str
     version: str
+    raw_dir: str                                             # its DVC-tracked copy, data/raw/<name>
     specs: list[ExperienceSpec]                              # learnable methods, in learning order
     left_out: dict[str, str] = field(default_factory=dict)   # method -> why it cannot be learned
     stats: dict = field(default_factory=dict)
@@ -51,4 +52,4 @@ def ingest_dataset(data: str | list[str], params: Params, method: str | None = N
                                     **{k: str(v) for k, v in face_arrays(folder).items()}))
     if left_out:
         get_run_logger().warning("%s: left out (cannot be learned): %s", name, left_out)
-    return Ingested(name, summary["layout"], raw_version, version, specs, left_out, summary["stats"])
+    return Ingested(name, summary["layout"], raw_version, version, str(raw_dir), specs, left_out, summary["stats"])

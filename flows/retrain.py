@@ -138,7 +138,7 @@ def self_blended_first(data: str | list[str], params: Params, learner: Learner, 
     # This dataset's reals from its raw copy, split as its methods were: a quick run
     # (data.max_per_class) copies only the files it uses and splits those, so the original folder's
     # splits would put some of its methods' validation faces into this experience's training.
-    own = [str(Workspace.here().raw / ingested.name)] if isinstance(data, str) else list(data)
+    own = [ingested.raw_dir] if isinstance(data, str) else list(data)
     folders = own + list(params.sbi.real_sets)
     blended = ingest_dataset(folders[0] if len(folders) == 1 else folders, params, method=sbi)
     # Their real class is learned now: a set whose reals trained here is no longer unseen.

@@ -258,7 +258,6 @@ class Learner:
         marks.append(time.perf_counter())
         calibrate_s, trust_s, evaluate_s = (b - a for a, b in zip(marks, marks[1:]))
         results["speed"] = {"train_seconds": trained, "train_images": float(images), "new_images": float(new_images),
-                            "train_images_per_s": images / trained if trained else math.nan,
                             "eval_seconds": marks[-1] - start - trained, "calibrate_seconds": calibrate_s,
                             "trust_seconds": trust_s, "evaluate_seconds": evaluate_s}
         return results
