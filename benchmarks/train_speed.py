@@ -108,7 +108,7 @@ def report_text(report: dict) -> str:
               f"| bare loop, {retrain['train_images']} images ({retrain['new_images']} of the new experiences, the rest "
               f"Replay's memory) at the step's bare images/s | {retrain['bare_seconds']} | 1 |",
               f"| the learner's training (5 experiences) | {retrain['train_seconds']} | {retrain['train_over_bare']} |",
-              f"| evaluation, calibration, trust after each experience | {retrain['eval_seconds']} | |",
+              f"| evaluation and calibration after each experience, trust after the last | {retrain['eval_seconds']} | |",
               *[f"| - {k.removesuffix('_seconds')} | {v} | |" for k, v in retrain.get("eval_parts_seconds", {}).items() if v],
               f"| training + evaluation | {retrain['train_seconds'] + retrain['eval_seconds']:.1f} | "
               f"{retrain['train_and_eval_over_bare']} |",

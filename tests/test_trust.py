@@ -107,7 +107,7 @@ def test_a_trust_file_that_is_not_one_is_refused(tmp_path):
     assert math.isinf(Trust().novelty_threshold) and Trust().judge(np.array([0.7]), None)[0]["verdict"] == "fake"
 
 
-def test_the_learner_fits_trust_after_each_experience_and_it_travels(demo_data, tmp_path):
+def test_the_learner_fits_trust_for_the_model_a_run_ends_with_from_the_scores_it_took_and_it_travels(demo_data, tmp_path):
     from dfcl.config import ConfigError
     from dfcl.learning.learner import Learner
     from dfcl.serving.detector import load_detector
@@ -117,9 +117,15 @@ def test_the_learner_fits_trust_after_each_experience_and_it_travels(demo_data, 
     params = small_params("train.epochs=2")
     first, second = specs_for(demo_data, tmp_path, ["BlendSwap", "GANUpsample"])
     learner = Learner(tmp_path / "learner", params, tmp_path)
-    learner.learn(first)
-    assert learner.trust.space.classes == ["real", "BlendSwap"]
+    # More to learn in this run: no trust yet (it would be fit for weights about to change).
+    results = learner.learn(first, upcoming=[second])
+    assert learner.trust is None and "trust" not in results
+    assert learner.last_results() and "trust" not in learner.last_results()
     results = learner.learn(second)
+    # Fit from the validation and test scores the threshold and the evaluation took: the same
+    # trust, to the last figure, as scoring every face again.
+    assert learner.trust.summary() == learner.fit_trust(learner.history.experiences).summary()
+    assert learner.trust.report == learner.fit_trust(learner.history.experiences).report
     trust = results["trust"]
     assert trust["classes"] == ["real", "BlendSwap", "GANUpsample"]
     assert {"val_ece", "val_ece_raw", "test_ece", "test_coverage", "test_attribution_accuracy"} <= set(trust)

@@ -50,9 +50,8 @@ from dfcl.measure.scoring import (
     ExperienceAUC,
     calibrate_threshold,
     per_experience,
-    validation_scores,
 )
-from dfcl.measure.trust import TRUST_FILE, Trust, fit_trust
+from dfcl.measure.trust import TRUST_FILE, Scored, Trust, fit_trust, scores_and_features
 
 
 @dataclass
@@ -89,7 +88,7 @@ class Learner:
         self.folder, self.params, self.root = Path(folder), params, Path(root)
         self.strategy = build_strategy(params)
         self.history = History(identity=identity_of(params))
-        self.trust: Trust | None = None  # calibration, band, feature space (dfcl.measure.trust): refit after each experience
+        self.trust: Trust | None = None  # calibration, band, feature space (dfcl.measure.trust): fit for the model a run ends with
         self._pairs: dict[str, SelfBlendedPairs] = {}  # training faces path -> a self-blended experience's pairs
 
     # -- persistence ---------------------------------------------------------------
@@ -201,15 +200,28 @@ class Learner:
 
     def calibrate(self, experiences: list[ExperienceSpec]) -> float:
         """Choose the decision threshold on the validation faces of every experience so far."""
-        faces = self._validation_faces(experiences)
-        if not faces:
+        return self._calibrated(self._validation_scored(experiences))
+
+    @staticmethod
+    def _calibrated(scored: list[Scored]) -> float:
+        if not scored:
             return 0.5
-        return calibrate_threshold(*validation_scores(self.strategy.model, faces, self.strategy.device))
+        return calibrate_threshold(torch.from_numpy(np.concatenate([s.y for s in scored])),
+                                   torch.from_numpy(np.concatenate([s.p for s in scored])))
+
+    def _validation_scored(self, experiences: list[ExperienceSpec]) -> list[Scored]:
+        """The validation faces of every experience so far, scored once for the threshold and the trust fit."""
+        return [Scored(e.key, np.load(self.root / e.val_y),
+                       *scores_and_features(self.strategy.model, np.load(self.root / e.val_x, mmap_mode="r"),
+                                            self.strategy.device))
+                for e in experiences if e.val_x and (self.root / e.val_x).is_file()]
 
     def learn(self, spec: ExperienceSpec, upcoming: list[ExperienceSpec] = ()) -> dict:
         """Train on one new experience, then evaluate on every experience seen so far and, with
         train.eval_upcoming, on `upcoming`: methods known but not learned yet, in the order they
         will be learned (their cells are the upper triangle of the matrices: forward transfer).
+        With nothing `upcoming` (the run's last experience) the trust is fit as well; before that
+        the learner holds none (`trust` None).
         The results hold `speed`: this training's seconds and images (all it trained on, and the
         new experience's faces times the epochs run), and the seconds after it (`eval_seconds`:
         the threshold's calibration, the trust fit and its measurement, the evaluation, each also
@@ -249,25 +261,38 @@ class Learner:
         images = self._plugin(EpochProgress).images  # with the replayed ones
         spec.learned_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.history.experiences.append(spec)
+        self.trust = None  # the weights it was fit for are gone
         marks = [time.perf_counter()]
-        self.history.threshold = self.calibrate(experiences)
-        marks.append(time.perf_counter())
-        self.trust = self.fit_trust(experiences)
+        val = self._validation_scored(experiences)
+        self.history.threshold = self._calibrated(val)
         marks.append(time.perf_counter())
         results = self._evaluate(bench, ahead)
         marks.append(time.perf_counter())
-        calibrate_s, trust_s, evaluate_s = (b - a for a, b in zip(marks, marks[1:]))
+        # Trust is fit for the model a retraining ends with (the one registered and served): an
+        # experience with more to learn after it in this run leaves none, since a trust fit for
+        # weights that change next would be stale. From the scores the threshold and the evaluation
+        # just took, as long as they are what the trust fit would compute (no flip averaging).
+        if not upcoming:
+            shared = {}
+            if not self.params.trust.flip:
+                kept = self._scores_metric().kept
+                shared = {"val": val, "test": [Scored(e.key, *kept[i]) for i, e in enumerate(experiences)]}
+            self.trust = self.fit_trust(experiences, scored=shared)
+            results |= self.trust_results()
+        marks.append(time.perf_counter())
+        calibrate_s, evaluate_s, trust_s = (b - a for a, b in zip(marks, marks[1:]))
         results["speed"] = {"train_seconds": trained, "train_images": float(images), "new_images": float(new_images),
                             "eval_seconds": marks[-1] - start - trained, "calibrate_seconds": calibrate_s,
                             "trust_seconds": trust_s, "evaluate_seconds": evaluate_s}
         return results
 
-    def fit_trust(self, experiences: list[ExperienceSpec]) -> Trust:
-        """Calibration, the uncertain band and the feature space of everything learned (dfcl.measure.trust)."""
+    def fit_trust(self, experiences: list[ExperienceSpec], scored: dict[str, list[Scored]] | None = None) -> Trust:
+        """Calibration, the uncertain band and the feature space of everything learned (dfcl.measure.trust);
+        `scored`: splits already scored (dfcl.measure.trust.score_experiences)."""
         with self._rng_kept():
             return fit_trust(self.strategy.model, self.trust_splits(experiences), self.history.threshold,
                              self.params.trust, self.strategy.device, self.params.train.seed,
-                             self.unseen_sets(experiences))
+                             self.unseen_sets(experiences), scored=scored)
 
     def trust_splits(self, experiences: list[ExperienceSpec]) -> list[tuple[str, dict[str, tuple[Path, Path]]]]:
         """[(key, {"train"|"val"|"test": (images, labels)})]: what dfcl.measure.trust fits and measures on."""
@@ -373,7 +398,7 @@ class Learner:
         `bench`), and append the row to the matrices."""
         n, m = len(self.history.experiences), len(self.history.experiences) + len(ahead)
         scores = self._scores_metric()
-        scores.threshold = self.history.threshold
+        scores.threshold, scores.kept = self.history.threshold, {}
         scores.videos = self.test_videos(self.history.experiences + list(ahead))
         metrics = self.strategy.eval(bench.test_stream[:n])
         cells = {m.cell: {k: v for k, v in per_experience(metrics, m.cell).items() if k < n} for m in MATRICES}

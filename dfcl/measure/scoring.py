@@ -80,16 +80,20 @@ def validation_scores(model: torch.nn.Module, faces: list[tuple[Path, Path]], de
 class ExperienceAUC(PluginMetric[float]):
     """AUC_Exp, BalAcc_Exp at `threshold` (the learner sets it after calibrating), and
     VideoAUC_Exp when `videos` (experience id -> video of each test face, in order) says
-    several faces come from one video."""
+    several faces come from one video. `kept` holds each evaluated experience's labels, P(fake)
+    and penultimate features (the input of `model.head`; None without one), so that the trust fit
+    reads the evaluation's scores instead of scoring the same test faces again."""
 
     def __init__(self, threshold: float = 0.5):
         super().__init__()
         self.threshold = threshold
         self.videos: dict[int, np.ndarray] = {}
+        self.kept: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self._hook = None
         self.reset()
 
     def reset(self) -> None:
-        self._scores, self._targets = [], []
+        self._scores, self._targets, self._features = [], [], []
 
     def result(self) -> float:
         if not self._targets:
@@ -101,6 +105,10 @@ class ExperienceAUC(PluginMetric[float]):
 
     def before_eval_exp(self, strategy) -> None:
         self.reset()
+        head = getattr(strategy.model, "head", None)
+        if isinstance(head, torch.nn.Module):
+            self._hook = head.register_forward_hook(
+                lambda m, args, out: self._features.append(args[0].detach().float().flatten(1).cpu()))
 
     def after_eval_iteration(self, strategy) -> None:
         self._scores.append(torch.softmax(strategy.mb_output.detach().float(), 1)[:, 1].cpu())
@@ -120,6 +128,12 @@ class ExperienceAUC(PluginMetric[float]):
     def after_eval_exp(self, strategy):
         step = strategy.clock.train_iterations
         exp = strategy.experience.current_experience
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._targets:
+            features = torch.cat(self._features).numpy() if self._features else None
+            self.kept[exp] = (torch.cat(self._targets).numpy(), torch.cat(self._scores).numpy(), features)
         return [MetricValue(self, get_metric_name(self, strategy, add_experience=True), self.result(), step),
                 MetricValue(self, get_metric_name("BalAcc_Exp", strategy, add_experience=True),
                             self.balanced_accuracy(), step),

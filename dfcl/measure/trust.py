@@ -1,8 +1,9 @@
 """How far a verdict can be trusted: calibrated P(fake), an "uncertain" band, and whether a face
 is like anything the model learned (and which learned method a fake resembles).
 
-All of it is fit after each experience on faces the model has not trained on in that pass, by
-`fit_trust`, and travels with the model as one safetensors file (tensors plus a JSON header:
+All of it is fit for the model a retraining ends with (after its last experience: the learner
+passes in the validation and test scores its threshold and evaluation already took), on faces the
+model has not trained on in that pass, by `fit_trust`, and travels with the model as one safetensors file (tensors plus a JSON header:
 nothing is ever unpickled):
 
 - calibration: Platt scaling of the logit of P(fake), fit on the validation faces of every
@@ -437,11 +438,15 @@ def fit_views(spread_answered: np.ndarray, cost: float) -> float:
 
 
 def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]],
-                      settings: TrustConfig, device="cpu", seed: int = 0, score=None) -> tuple[np.ndarray | None, np.ndarray | None, list, list]:
+                      settings: TrustConfig, device="cpu", seed: int = 0, score=None,
+                      scored: dict[str, list[Scored]] | None = None) -> tuple[np.ndarray | None, np.ndarray | None, list, list]:
     """What `fit_scored` fits on: features of up to `fit_faces` training faces per method and class
     (and their class: 0 real, i + 1 the fakes of experience i), and the validation and test
     faces scored (Scored). `score(model, faces, device)` -> (P(fake), features): by default
-    scores_and_features with `trust.flip` (a benchmark passes its own, to score each face once)."""
+    scores_and_features with `trust.flip` (a benchmark passes its own, to score each face once).
+    `scored`: {"val"|"test": [Scored, one per experience holding that split]} the caller has scored
+    already (the learner's calibration and evaluation): those splits are not scored again."""
+    scored = scored or {}
     def load(paths):
         return np.load(paths[0], mmap_mode="r"), np.load(paths[1])
 
@@ -462,9 +467,10 @@ def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[
                     fit_f.append(f)
                     fit_l.append(np.full(len(idx), i + 1 if c else 0))
         for split, into in (("val", val), ("test", test)):
-            if split in splits:
+            if split in splits and split not in scored:
                 x, y = load(splits[split])
                 into.append(Scored(method, y, *score(model, x, device)))
+    val, test = scored.get("val", val), scored.get("test", test)
     if not fit_f:
         return None, None, val, test
     return np.concatenate(fit_f), np.concatenate(fit_l), val, test
@@ -537,10 +543,12 @@ def fit_min_side(trust: Trust, model: torch.nn.Module, x: np.ndarray, y: np.ndar
 
 
 def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]], threshold_raw: float,
-              settings: TrustConfig, device="cpu", seed: int = 0, unseen: list[tuple[str, tuple[Path, Path]]] = ()) -> Trust:
+              settings: TrustConfig, device="cpu", seed: int = 0, unseen: list[tuple[str, tuple[Path, Path]]] = (),
+              scored: dict[str, list[Scored]] | None = None) -> Trust:
     """Trust for `model` after learning `experiences` [(method, {"train"|"val"|"test": (images, labels)})],
-    measured also on `unseen` [(name, (images, labels))], faces of sets it never trained on."""
-    fit_f, fit_l, val, test = score_experiences(model, experiences, settings, device, seed)
+    measured also on `unseen` [(name, (images, labels))], faces of sets it never trained on.
+    `scored`: splits already scored by the caller, as score_experiences takes them."""
+    fit_f, fit_l, val, test = score_experiences(model, experiences, settings, device, seed, scored=scored)
     scored = [Scored(name, np.load(y), *scores_and_features(model, np.load(x, mmap_mode="r"), device,
                                                             flip=settings.flip)) for name, (x, y) in unseen]
     trust = fit_scored(fit_f, fit_l, [m for m, _ in experiences], val, test, threshold_raw, settings, seed, scored)
