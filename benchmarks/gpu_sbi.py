@@ -1,4 +1,4 @@
-"""Paper-scale self-blended training, for the minutes a GPU is lent (the device tool, DEVELOPERS.md).
+"""Paper-scale self-blended training, for the minutes a GPU is lent (docs/training.md, "Long self-blended training").
 
 The lent machine has PyTorch, timm and OpenCV but none of this project's other dependencies, no
 data and no package weights, and what travels to it is at most 64 MiB with the repository. So the

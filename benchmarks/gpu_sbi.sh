@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper-scale self-blended training, for the minutes a GPU is lent (the device tool, DEVELOPERS.md):
+# Paper-scale self-blended training, for the minutes a GPU is lent (docs/training.md, "Long self-blended training"):
 # benchmarks/gpu_sbi.py's three steps. Here, before: `pack` the faces (about 50 MiB: with the
 # repository under the 64 MiB that travel) and download pydantic's wheels (the one dependency of
 # dfcl.data.sbi the device lacks) into .whl; on the device: this script; here, after: `score`.

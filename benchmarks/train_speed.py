@@ -42,7 +42,7 @@ FROZEN = (1, 3)
 EVAL_PARTS = ("calibrate_seconds", "trust_seconds", "evaluate_seconds")
 
 
-def step_speed(params, data: Path, work: Path) -> dict:
+def step_speed(params, data: Path, work: Path, frozen: tuple[int, ...] = FROZEN) -> dict:
     """images/s of the bare loop, the learner, and the learner with frozen stages, on Deepfakes."""
     import numpy as np
 
@@ -57,9 +57,9 @@ def step_speed(params, data: Path, work: Path) -> dict:
     bare = bare_loop(params, deepfakes, Path("/"))
     rows = {"bare loop": bare, "bare loop, faces not augmented": bare_loop(params, deepfakes, Path("/"), augment=False)}
     rows["learner"], _ = pipeline_loop(params, [deepfakes], Path("/"), work / "speed-learner")
-    for n in FROZEN:
-        frozen = apply_overrides(params, [f"train.frozen_stages={n}"])
-        rows[f"learner, frozen_stages={n}"], _ = pipeline_loop(frozen, [deepfakes], Path("/"), work / f"speed-frozen{n}")
+    for n in frozen:
+        settings = apply_overrides(params, [f"train.frozen_stages={n}"])
+        rows[f"learner, frozen_stages={n}"], _ = pipeline_loop(settings, [deepfakes], Path("/"), work / f"speed-frozen{n}")
     return {"images": len(np.load(paths["train_y"])) * params.train.epochs,
             "images_per_s": {k: round(v, 2) for k, v in rows.items()},
             "over_bare": {k: round(v / bare, 3) for k, v in rows.items()}}
@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--per-class", type=int, default=100, help="data.max_per_class of both parts")
     parser.add_argument("--tag", default="cpu")
+    parser.add_argument("--frozen", default=",".join(map(str, FROZEN)),
+                        help="train.frozen_stages values timed beside the learner ('' for none)")
     parser.add_argument("--work", default=str(REPO / "benchmarks" / ".work" / "train_speed"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
@@ -137,7 +139,8 @@ def main() -> None:
 
     report = {"tag": args.tag, "machine": machine(), "overrides": overrides, "dates": [time.strftime("%Y-%m-%d")],
               "commands": [f"python benchmarks/train_speed.py {' '.join(sys.argv[1:])}"]}
-    report["step"] = step_speed(load_params(REPO / "params.yaml", overrides), data, work)
+    frozen = tuple(int(n) for n in args.frozen.split(",") if n)
+    report["step"] = step_speed(load_params(REPO / "params.yaml", overrides), data, work, frozen)
     report["retraining"] = retraining(data, overrides, report["step"]["images_per_s"]["bare loop"])
     save_results(out, f"train_speed_{args.tag}", report, report_text(report))
 

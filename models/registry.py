@@ -101,8 +101,14 @@ def create_model(name: str, *, num_classes: int = 2, pretrained: str = "none", w
 def load_weights_file(model: nn.Module, path: str, checkpoint_filter=None) -> nn.Module:
     """A user's own state dict (`model.weights`) into `model`, strictly, except that a file of
     the same detector without a mask head may leave `mask_head` out: the head then starts from
-    scratch, as on pretrained weights. Tensors only (`weights_only`): never unpickled."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    scratch, as on pretrained weights. Tensors only (safetensors, or `weights_only`): never
+    unpickled. Half-precision files (benchmarks/gpu_sbi.py's) load into the model's float32."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if checkpoint_filter:
         state = checkpoint_filter(state, model)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -45,6 +45,18 @@ def test_local_weights_file_is_loaded(tmp_path):
         create_model("resnet18", weights=str(tmp_path / "missing.pth"))
 
 
+def test_a_half_precision_safetensors_weights_file_loads_into_the_float_model(tmp_path):
+    from safetensors.torch import save_file
+
+    trained = create_model("small_cnn", width=8)
+    save_file({k: v.half().contiguous() for k, v in trained.state_dict().items()}, str(tmp_path / "w.fp16.safetensors"))
+    model = create_model("small_cnn", width=8, weights=str(tmp_path / "w.fp16.safetensors"))
+    first = next(iter(trained.state_dict()))
+    assert model.state_dict()[first].dtype == torch.float32
+    assert torch.equal(model.state_dict()[first], trained.state_dict()[first].half().float())
+    assert not torch.equal(model.state_dict()[first], create_model("small_cnn", width=8).state_dict()[first])
+
+
 def test_spectrum_ignores_where_an_artefact_sits_and_sees_a_checkerboard():
     from models.frequency import log_spectrum
 
