@@ -161,6 +161,8 @@ def learn_new_methods(learner: Learner, new: list, params: Params) -> dict:
     # One context per dataset in MLflow: what this run trains on, and what it only evaluates on.
     log_dataset_inputs(new, context="training")
     log_dataset_inputs(learner.history.experiences, context="evaluation")
+    # What the model answers on the new methods before it learns them (their AUC before learning).
+    learner.evaluate_unlearned(new)
     results = learner.last_results()
     for i, spec in enumerate(tqdm(new, desc="new methods", unit="experience")):
         # The methods this run learns next are known now: each evaluation also tests them.

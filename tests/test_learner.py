@@ -393,6 +393,25 @@ def test_a_column_that_changed_method_is_dropped(three, tmp_path):
     assert r["auc_before"] == {} and math.isnan(r["auc_forward_transfer"])
 
 
+def test_a_method_arriving_after_a_run_is_measured_before_it_is_learned(three, tmp_path):
+    """A dataset that arrives later: the model as it stands is tested on its methods first, so the
+    first of them also gets its AUC before learning (what the detector answered in between)."""
+    root, (first, second, third) = three
+    learner = Learner(tmp_path / "learner", small_params(), root)
+    learner.learn(first)  # a run that knew nothing of the others
+    learned = [list(row) for row in learner.history.auc_matrix]
+    learner.evaluate_unlearned([first, second, third])
+    row = learner.history.auc_matrix[0]
+    assert row[:1] == learned[0] and len(row) == 3 and not any(math.isnan(v) for v in row)
+    assert learner.history.columns == [["BlendSwap", "test"], ["GANUpsample", "test"], ["MouthWarp", "test"]]
+    r = learner.learn(second, upcoming=[third])
+    assert r["auc_before"] == {"GANUpsample": row[1]}
+    # The same weights and the same faces: a learner that measured them while learning agrees.
+    other = Learner(tmp_path / "other", small_params(), root)
+    other.learn(first, upcoming=[second, third])
+    assert other.history.auc_matrix[0] == pytest.approx(row)
+
+
 def test_the_next_run_continues_from_the_champions_learner_not_a_rejected_one(tmp_path):
     from dfcl.learning.learner_versions import (
         archive,

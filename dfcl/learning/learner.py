@@ -414,6 +414,26 @@ class Learner:
             getattr(self.history, metric.history).append([cells[metric.cell].get(i, math.nan) for i in range(m)])
         return self.last_results()
 
+    def evaluate_unlearned(self, specs: list[ExperienceSpec]) -> None:
+        """The model as it stands, tested on methods it has not learned (a dataset that just
+        arrived), into the latest row of the matrices: each one's AUC before it is learned, which is
+        what the detector answered on it in between. Without it, the first method of a later
+        dataset had no such figure (its row was measured before the method was known)."""
+        ahead = [e for e in specs if e.key not in self.learned]
+        if not self.history.experiences or not ahead or not self.params.train.eval_upcoming:
+            return
+        n = len(self.history.experiences)
+        self._align_columns(self.history.experiences + ahead)
+        bench = self.benchmark(self.history.experiences + ahead)
+        scores = self._scores_metric()
+        scores.threshold, scores.videos = self.history.threshold, self.test_videos(self.history.experiences + ahead)
+        with self._rng_kept():
+            later = self.strategy.eval(bench.test_stream[n:])
+        scores.videos = {}
+        for metric in MATRICES:
+            row, cells = getattr(self.history, metric.history)[-1], per_experience(later, metric.cell)
+            row[n:] = [cells.get(k, math.nan) for k in range(n, n + len(ahead))]
+
     def metric_forgetting(self) -> dict:
         """Forgetting in AUC and balanced accuracy, beside Avalanche's accuracy forgetting."""
         h = self.history
