@@ -57,6 +57,8 @@ ROWS = {
                  "epoch kept; then the FF++ sequence", ["sbi.epochs=12", "train.early_stopping_patience=3"], True),
     "sbi_multi": ("the self-blended experience of real faces of several cameras (--sbi-reals), 3 epochs, the best "
                   "validation epoch kept; then the FF++ sequence", ["sbi.epochs=3", "train.early_stopping_patience=2"], True),
+    "sbi_pretrained": ("the FF++ sequence from a self-blended model trained apart (-S model.weights=<benchmarks/gpu_sbi.py's "
+                       "kept weights>), no self-blended experience in the sequence", [], False),
     "sbi_first_mask": ("the self-blended experience first, with the forgery-mask head (model.mask_head)",
                        ["model.mask_head=true"], True),
 }
