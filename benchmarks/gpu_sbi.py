@@ -384,6 +384,15 @@ def score(args) -> None:
         rows[path.name] = {k: auc_on(model, "cpu", paths, splits) for k, (paths, splits) in sets.items()}
         print(path.name, {k: round(v, 3) for k, v in rows[path.name].items()}, flush=True)
     Path(args.weights, "scored_here.json").write_text(json.dumps(rows, indent=1) + "\n")
+    keys = list(sets)
+    section = ["", "## Scored here, on the original arrays (the product's scoring)", "",
+               f"`python benchmarks/gpu_sbi.py score {' '.join(sys.argv[2:])}`", "",
+               "| weights | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    section += [f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |" for name, row in rows.items()]
+    for md in Path(args.weights).glob("gpu_sbi_*.md"):  # the device's report gets the section (once)
+        text = md.read_text()
+        text = text[:text.index(section[1])].rstrip("\n") + "\n" if section[1] in text else text
+        md.write_text(text + "\n".join(section) + "\n")
 
 
 def main() -> None:

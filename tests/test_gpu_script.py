@@ -35,4 +35,5 @@ def test_the_gpu_self_blended_script_packs_trains_and_scores_in_smoke_mode(tmp_p
     scored = json.loads((out / "scored_here.json").read_text())
     assert set(scored) == {f"{n}.{k}.fp16.safetensors" for n in ("ffpp", "ffpp_lfw") for k in ("kept", "last")}
     assert all(set(row) == SETS for row in scored.values())
+    assert "Scored here, on the original arrays" in (out / "gpu_sbi_smoke.md").read_text()
     assert (out / "gpu_sbi_smoke.png").stat().st_size > 1000
