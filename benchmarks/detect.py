@@ -106,7 +106,7 @@ def shares(timings: list[dict]) -> dict:
 
 def bare_forward(model, files: list[Path], size: int, batch: int) -> float:
     """Faces per second of the bare model on the same faces, already decoded and resized: the
-    forward pass alone (no_grad, channels_last, torch's threads as set), in batches of `batch`.
+    forward pass alone (no_grad, channels_last input, torch's threads as set), in batches of `batch`.
     What `dfcl detect` is measured against (issue 40): absolute figures move 2-3x between
     machines of one kind, a ratio measured in the same run does not."""
     import cv2
@@ -116,7 +116,7 @@ def bare_forward(model, files: list[Path], size: int, batch: int) -> float:
     faces = np.stack([cv2.resize(cv2.imread(str(f))[:, :, ::-1], (size, size), interpolation=cv2.INTER_AREA)
                       for f in files])
     x = torch.from_numpy(faces).permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
-    model = model.eval().to(memory_format=torch.channels_last)
+    model = model.eval()  # left in the layout the Detector holds it in: the bare pass must not fix what dfcl does not
     with torch.no_grad():
         model(x[:batch])  # warm-up
         start = time.perf_counter()

@@ -3,6 +3,9 @@ video frame as a photo, DFDC and StyleGAN face crops, and broken files, scored b
 registered by the real retraining flow."""
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -217,3 +220,36 @@ def test_reasons_say_where_the_promise_was_measured():
     card = model_card(detector)
     assert card["measured_on"] == "on validation faces of the 2 methods it learned"
     assert card["measured_unseen"] == {"dfdc/dfdc": {"test_coverage": 0.3}} and card["measured"] == {"test_coverage": 0.5}
+
+
+def test_a_detector_loaded_from_a_file_runs_in_the_layout_it_trained_in(tmp_path):
+    """Training and scoring feed channels_last batches; a model loaded from a file comes back in the
+    default layout unless the Detector converts it (its answers unchanged)."""
+    from dfcl.measure.scoring import fake_probabilities
+    from dfcl.serving.detector import load_detector
+    from models import create_model
+    from models.pyfunc import save_weights
+    from tests.conftest import small_params
+
+    model = create_model("small_cnn", width=8).eval()
+    path = save_weights(model, tmp_path / "detector.safetensors", {"name": "small_cnn", "arguments": {"width": 8}})
+    detector = load_detector(str(path), small_params(), tmp_path)
+    convs = [m.weight for m in detector.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not all(w.is_contiguous() for w in convs)
+    faces = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    assert torch.allclose(fake_probabilities(detector.model, faces), fake_probabilities(model, faces), atol=1e-5)
+
+
+@pytest.mark.parametrize("first", ["import dfcl; import numpy", "import numpy; import dfcl"])
+def test_openblas_gets_one_thread_beside_torch_unless_the_user_set_it(first):
+    """OpenBLAS's idle threads spin after each call and took the cores from the torch work that
+    followed (a photo 2x slower after one trust computation on 2 cores): one thread, whichever of
+    numpy and dfcl a script imports first; a user's OPENBLAS_NUM_THREADS wins."""
+    code = f"{first}; import threadpoolctl; print(sorted({{i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'}}))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert ours.strip() == "[1]"
+    theirs = subprocess.run([sys.executable, "-c", code], env=env | {"OPENBLAS_NUM_THREADS": "2"},
+                            capture_output=True, text=True, check=True).stdout
+    assert theirs.strip() == "[2]"

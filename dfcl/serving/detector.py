@@ -27,6 +27,12 @@ class Detector:
     # them (a user's file, a version registered before them): raw P(fake), two answers.
     trust: Trust | None = None
 
+    def __post_init__(self):
+        # The layout the model trained in and every caller feeds (dfcl.measure.scoring): a model
+        # loaded from a file comes back in the default layout, and mixing the two converts the
+        # activations at every convolution (measured: benchmarks/results/detect_batched_cpu.md).
+        self.model = self.model.to(memory_format=torch.channels_last)
+
     def judge(self, p_raw: np.ndarray, features: np.ndarray | None = None,
               spread: np.ndarray | None = None) -> list[dict]:
         """Per face: P(fake) on the scale shown (calibrated when it can be), verdict, novelty;
