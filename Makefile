@@ -49,4 +49,4 @@ lock:
 clean-demo:
 	rm -rf data/raw data/processed data/learner data/incoming data/compare data/remote data/cache mlflow.db mlruns/*/ .prefect metrics plots .dfcl
 	rm -f dvc.lock data/triggers.json data/*.lock
-	git checkout -- dvc.yaml  # the template: the demo's ingests added their stages to it
+	git checkout -- dvc.yaml  # the demo's ingests added their stages to it

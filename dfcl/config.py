@@ -18,9 +18,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # The packaged defaults, package data read with importlib.resources (so an installed wheel has
-# them): params.yaml, and dvc.yaml, the template of a new workspace's (the demo-data stage).
-# Both are symlinks to the repository's root files, the ones DVC and the developers edit; building
-# the wheel copies their content in. One file each, so nothing to keep in step.
+# them): params.yaml, a symlink to the repository's root file (the one DVC and the developers
+# edit; building the wheel copies its content in), and dvc.yaml, the template of a new
+# workspace's (the demo-data stage). The template is a file of its own: the checkout is a
+# workspace too, and every ingest there adds a stage to the root dvc.yaml, which a wheel built
+# from that checkout must not hand to the next new workspace.
 PACKAGED = resources.files("dfcl") / "defaults"
 PACKAGED_PARAMS = PACKAGED / "params.yaml"
 # Keys that moved: the flat strategy settings now sit under the strategy they belong to

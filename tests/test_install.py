@@ -46,6 +46,11 @@ def installed(tmp_path_factory) -> Path:
                             ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy(REPO / name, src / name)
+    # As `make demo` leaves a checkout: its ingests added stages to the root dvc.yaml, which must
+    # not reach a new workspace through the wheel.
+    stages = yaml.safe_load((src / "dvc.yaml").read_text())
+    stages["stages"]["extract_faces_FromTheCheckout"] = {"cmd": "true"}
+    (src / "dvc.yaml").write_text(yaml.safe_dump(stages))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     dist = tmp / "dist"
     # No build isolation: setuptools from this environment, nothing downloaded.
@@ -114,6 +119,14 @@ def test_dfcl_demo_runs_from_the_wheel_outside_the_repository(installed, tmp_pat
     # A registered detector ships the installed models/ package as its code.
     code = [p for p in (ws / "mlruns").rglob("pyfunc.py") if p.parent.name == "models" and p.parent.parent.name == "code"]
     assert code, "the registered model has no models/ code"
+
+
+def test_the_workspace_template_is_its_own_file_with_the_root_demo_stage():
+    template = REPO / "dfcl" / "defaults" / "dvc.yaml"
+    assert not template.is_symlink(), "a link would hand the checkout's ingest stages to new workspaces"
+    stages = yaml.safe_load(template.read_text())["stages"]
+    assert list(stages) == ["demo_data"]
+    assert stages["demo_data"] == yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["demo_data"]
 
 
 def test_facenet_pytorch_is_a_dependency_and_its_overrides_are_the_locked_versions():
