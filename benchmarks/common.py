@@ -117,7 +117,8 @@ def resumed_report(stem: Path, tag: str, entries: str) -> dict:
 
 
 def save_results(out: Path, stem: str, report: dict, text: str) -> None:
-    """<stem>.json and <stem>.md in out, and the markdown on screen."""
+    """<stem>.json and <stem>.md in out (made if missing), and the markdown on screen."""
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / f"{stem}.md").write_text(text)
     print(text)
