@@ -428,6 +428,10 @@ def test_the_next_run_continues_from_the_champions_learner_not_a_rejected_one(tm
 
     saved(0.3)
     archive(folder, "1", keep=5)  # the champion
+    # before it was promoted (a first version the gate rejected): continued, and the log says so
+    said = continue_from_champion(folder, None, from_challenger=False)
+    assert said.startswith("no champion yet: continuing from version 1's learner")
+    assert current_version(folder) == "1"
     saved(0.7)
     archive(folder, "2", keep=5, protect={"1"})  # the challenger ops rejected
     assert current_version(folder) == "2"

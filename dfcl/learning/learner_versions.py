@@ -78,8 +78,11 @@ def continue_from_champion(folder: Path, champion: str | None, from_challenger: 
     (rejected, or rolled back). Returns what it did, for the log; None when nothing changes."""
     folder = Path(folder)
     current = current_version(folder)
-    if current is None or champion is None or str(champion) == current:
+    if current is None or str(champion) == current:
         return None
+    if champion is None:  # no champion yet: the only learned state is this one, gated again when registered
+        return (f"no champion yet: continuing from version {current}'s learner (registered, not promoted); "
+                "`dfcl retrain --fresh` starts a new one")
     if from_challenger:
         return f"continuing from version {current}'s learner (--from-challenger), not the champion's ({champion})"
     kept = _archived(folder).get(str(champion))
