@@ -210,9 +210,8 @@ def main(argv=None) -> int:
                                                          ("coverage", "answered_accuracy", "real_called_fake")}
                                                 for s in [pooled, *v_unseen]}
     report["face_size"] = face_size(learner, params, plain_trust)
-    args.out.mkdir(parents=True, exist_ok=True)
+    save_results(args.out, f"trust_{args.tag}", report, markdown(report))  # makes args.out
     plot(plotted, report, args.out / f"trust_{args.tag}.png")
-    save_results(args.out, f"trust_{args.tag}", report, markdown(report))
     return 0
 
 
