@@ -5,7 +5,7 @@ import platform
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 
@@ -20,11 +20,14 @@ def machine() -> dict:
 
 
 @contextmanager
-def scratch_workspace(prefix: str, overrides: list[str]):
+def scratch_workspace(prefix: str, overrides: list[str], keep: Path | None = None):
     """A temporary workspace made the current one (cwd, DFCL_WORKSPACE, its MLflow and Prefect
-    settings): (its folder, params.yaml with `overrides`). Removed afterwards."""
+    settings): (its folder, params.yaml with `overrides`). Removed afterwards, unless `keep` names
+    a new folder to make it in (its registered model then stays to be scored)."""
     repo = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+    if keep is not None:
+        keep.mkdir(parents=True)  # an existing workspace would not be a first retraining
+    with (nullcontext(str(keep)) if keep is not None else tempfile.TemporaryDirectory(prefix=prefix)) as tmp:
         ws = Path(tmp)
         os.chdir(ws)
         os.environ["DFCL_WORKSPACE"] = str(ws)

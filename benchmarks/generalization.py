@@ -49,7 +49,7 @@ UNSEEN = {"dfdc": ("dfdc-crops", ("test",)), "flux": ("flux-faces", ("test",)), 
 # name -> (what it is, -S overrides on top of the command's, self-blended experience first?)
 ROWS = {
     "reframed": ("Lite0 160 px on re-framed faces (margin 0.7, MTCNN on every image), no SBI", [], False),
-    "sbi_first": ("a self-blended experience of FF++'s real training faces, then the FF++ sequence", [], True),
+    "sbi_first": ("a self-blended experience of FF++'s real training faces (sbi.epochs as params.yaml: 0 before 2026-12-05, 12 since), then the FF++ sequence", [], True),
     "sbi_every": ("SBI fakes (0.5 per real) added to every FF++ experience", ["sbi.enabled=true"], False),
     "sbi_first_every": ("both: the self-blended experience first, and SBI fakes in every experience",
                         ["sbi.enabled=true"], True),

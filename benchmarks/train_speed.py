@@ -65,11 +65,12 @@ def step_speed(params, data: Path, work: Path, frozen: tuple[int, ...] = FROZEN)
             "over_bare": {k: round(v / bare, 3) for k, v in rows.items()}}
 
 
-def retraining(data: Path, overrides: list[str], bare_images_per_s: float) -> dict:
-    """The default retraining's wall clock, its parts, and the bare loop's seconds for its images."""
+def retraining(data: Path, overrides: list[str], bare_images_per_s: float, keep: Path | None = None) -> dict:
+    """The default retraining's wall clock, its parts, and the bare loop's seconds for its images.
+    `keep`: a new folder for the workspace, kept (its champion can then be scored)."""
     import mlflow
 
-    with scratch_workspace("dfcl-train-speed-", overrides) as (ws, params):
+    with scratch_workspace("dfcl-train-speed-", overrides, keep) as (ws, params):
         command = [str(Path(sys.executable).parent / "dfcl"), "retrain", str(data / "ffpp-crops"), "--auto-approve"]
         command += [a for o in overrides for a in ("-S", o)]
         start = time.perf_counter()
@@ -130,6 +131,7 @@ def main() -> None:
                         help="train.frozen_stages values timed beside the learner ('' for none)")
     parser.add_argument("--work", default=str(REPO / "benchmarks" / ".work" / "train_speed"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--keep", type=Path, help="a new folder for the retraining's workspace, kept afterwards")
     args = parser.parse_args()
     data = Path(args.data).resolve()
     work, out = made_folders(args.work, args.out)
@@ -141,7 +143,8 @@ def main() -> None:
               "commands": [f"python benchmarks/train_speed.py {' '.join(sys.argv[1:])}"]}
     frozen = tuple(int(n) for n in args.frozen.split(",") if n)
     report["step"] = step_speed(load_params(REPO / "params.yaml", overrides), data, work, frozen)
-    report["retraining"] = retraining(data, overrides, report["step"]["images_per_s"]["bare loop"])
+    report["retraining"] = retraining(data, overrides, report["step"]["images_per_s"]["bare loop"],
+                                      args.keep.resolve() if args.keep else None)
     save_results(out, f"train_speed_{args.tag}", report, report_text(report))
 
 
