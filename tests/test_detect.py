@@ -172,6 +172,13 @@ def test_a_face_whose_box_leaves_the_picture_gets_no_answer_and_the_photo_says_w
                           {"p_fake": 0.9, "verdict": "fake"}])["verdict"] == "fake"
     assert photo_verdict([{"p_fake": 0.1, "verdict": "real"}, {"p_fake": 0.2, "verdict": "real"}])["p_fake"] == 0.2
 
+    # a model that learned tight crops (trust.min_inside fit on them) answers a face as cut as those
+    assert not cut_off([-20, -10, 60, 70], 200, 200, min_inside=0.6)  # 66% of its box inside
+    learned_crops = Detector(detector.model, 32, 0.5, {"uri": "test"}, Trust(band=(1.01, 1.01), min_inside=0.6))
+    scorer_crops = FaceScorer(learned_crops, small_params(), finder=BoxesFinder([[-20, -10, 60, 70], [-60, -60, 40, 40]]))
+    answered, cut = scorer_crops.detect(tmp_path / "photo.png", crop="never").faces
+    assert answered["verdict"] == "real" and cut["verdict"] == "uncertain" and cut["why"] == CUT_OFF
+
     withheld = {"p_fake": 0.1, "verdict": "uncertain", "withheld": "real", "why": CUT_OFF}
     video = scorer.video_verdict([withheld] * 3 + [{"p_fake": 0.1, "verdict": "real"}])
     assert video["verdict"] == "uncertain" and video["why"] == f"3 of 4 frames: {CUT_OFF}"

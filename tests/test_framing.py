@@ -9,6 +9,7 @@ import torch
 
 from dfcl.config import load_params
 from dfcl.data.arrays import beside
+from dfcl.data.arrays import face_inside
 from dfcl.data.extraction import NO_68, extract_dataset
 from dfcl.data.faces import (
     FaceSettings,
@@ -97,6 +98,9 @@ def test_images_are_re_framed_to_the_geometry_detection_uses(tmp_path):
     assert np.abs(tight - wide).mean() < 30, "the same crop, whatever the picture around the face"
     eyes = [np.linalg.norm(p[36:42].mean(0) - p[42:48].mean(0)) for p in (points[y == 0][0], points[y == 1][0])]
     assert 0.75 < eyes[0] / eyes[1] < 1.33, "the face at the same scale"
+    # the manifest says how much of each face's box is inside its picture (trust.min_inside is fit on it)
+    inside = face_inside(tmp_path / "out" / "x" / "train-x.npy")
+    assert inside[y == 1][0] == 1.0 and 0.3 < inside[y == 0][0] < 0.95, "the tight crop's box runs off the picture"
     # taken whole (the old way), the wide picture gives another face size altogether
     whole = FaceSettings.from_params(real_params("faces.detect_in_images=false"))
     small = face_of_image(canvas, None, whole, None, whole=True).crops[0].astype(np.float32)[20:76, 20:76]

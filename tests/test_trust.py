@@ -369,3 +369,30 @@ def test_the_face_size_floor_is_where_answered_accuracy_falls_on_validation_face
     trust.min_side = floor
     assert Trust.load(trust.save(tmp_path / "t.safetensors")).min_side == floor
     assert Trust(band=(0.5, 0.5)).summary()["min_side"] == 0
+
+
+def test_the_cut_off_floor_is_fit_on_how_far_the_learned_training_faces_leave_their_pictures(tmp_path):
+    """fit_min_inside: the edge_quantile of the manifests' `inside` over training faces (not
+    validation or test), floored so those faces stay answered; 1.0 (any box leaving the picture)
+    when no manifest tells; kept with the model."""
+    import pandas as pd
+
+    from dfcl.measure.trust import fit_min_inside
+
+    method = tmp_path / "m"
+    method.mkdir()
+    shares = np.linspace(0.3, 1.0, 101)
+    rows = [{"split": "train", "index": i, "inside": v} for i, v in enumerate(shares)]
+    rows += [{"split": "test", "index": i, "inside": 0.01} for i in range(50)]  # test faces never fit it
+    rows += [{"split": "train", "index": -1, "inside": ""}]  # a skipped file: no face
+    pd.DataFrame(rows).to_csv(method / "manifest.csv", index=False)
+    floor, fitted = fit_min_inside([method / "train-x.npy"], 0.1)
+    assert floor == 0.37 and fitted["inside_faces"] == 101 and fitted["inside_cut_off"] <= 0.1
+    assert fit_min_inside([method / "train-x.npy"], 0.0)[0] == 1.0
+    old = tmp_path / "old"
+    old.mkdir()
+    pd.DataFrame([{"split": "train", "index": 0}]).to_csv(old / "manifest.csv", index=False)
+    assert fit_min_inside([old / "train-x.npy", tmp_path / "none" / "train-x.npy"], 0.1)[0] == 1.0
+    trust = Trust(band=(0.5, 0.5), min_inside=floor)
+    assert Trust.load(trust.save(tmp_path / "t.safetensors")).min_inside == 0.37
+    assert Trust(band=(0.5, 0.5)).summary()["min_inside"] == 1.0

@@ -40,6 +40,22 @@ def face_videos(images: str | Path) -> np.ndarray | None:
     return rows["source"].to_numpy(str)
 
 
+def face_inside(images: str | Path) -> np.ndarray | None:
+    """The share of each face's box inside its picture (the manifest's `inside`), for the faces of
+    `<method>/<split>-x.npy`, in array order; None where the manifest does not tell (no manifest,
+    or faces extracted before it was recorded), NaN for a face whose picture size was not known."""
+    images = Path(images)
+    manifest = images.parent / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    rows = pd.read_csv(manifest, keep_default_na=False, na_values=[""])
+    if "inside" not in rows.columns:
+        return None
+    split = images.name.split("-")[0]
+    rows = rows[(rows["split"] == split) & (rows["index"] >= 0)].sort_values("index")
+    return rows["inside"].to_numpy(float)
+
+
 @dataclass
 class ExperienceSpec:
     """One learned (or to-be-learned) method: where its decoded train/test faces live."""

@@ -35,6 +35,7 @@ from dfcl.data.faces import (
     face_of_image,
     faces_in_image,
     faces_in_video,
+    inside_share,
     file_md5,
     load_detections,
     prefetched,
@@ -63,12 +64,13 @@ def _manifest(files: pd.DataFrame, results: dict[str, FileFaces], dup_of: dict[s
             per_file.append(dict(path=path, frame=int(r.frames[j]), n_frames=r.n_frames, face=j,
                                  x1=r.boxes[j, 0], y1=r.boxes[j, 1], x2=r.boxes[j, 2], y2=r.boxes[j, 3],
                                  score=r.scores[j], landmarks=json.dumps(np.round(r.landmarks[j].astype(float), 1).tolist()),
-                                 landmarks68="" if r.points is None else landmark_kind(r.points[j]), skipped=""))
+                                 landmarks68="" if r.points is None else landmark_kind(r.points[j]), skipped="",
+                                 inside=np.nan if r.shape is None else round(inside_share(r.boxes[j], *r.shape), 4)))
         per_file += [dict(path=path, frame=frame, n_frames=r.n_frames, face=-1, skipped=reason)
                      for frame, reason in r.skipped if reason]
     per_file += [dict(path=p, frame=-1, face=-1, skipped=f"duplicate of {first}") for p, first in dup_of.items()]
     table = pd.DataFrame(per_file, columns=["path", "frame", "n_frames", "face", "x1", "y1", "x2", "y2", "score",
-                                            "landmarks", "landmarks68", "skipped"])
+                                            "landmarks", "landmarks68", "skipped", "inside"])
     m = files.merge(table, on="path", how="left").rename(columns={"path": "source"})
     m["face"] = m["face"].fillna(-1).astype(int)
     m["frame"] = m["frame"].fillna(-1).astype(int)

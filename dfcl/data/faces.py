@@ -83,6 +83,7 @@ class FileFaces:
     masks: np.ndarray | None     # (N, S, S) uint8, when a mask video exists
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (frame or -1 for the file, reason)
     points: np.ndarray | None = None  # (N, 68, 2) crop pixels, dfcl.data.landmarks.stored rows; None: not predicted
+    shape: tuple[int, int] | None = None  # (h, w) of the frames or image the boxes are in; None: unknown
 
     @classmethod
     def empty(cls, size: int, reason: str, n_frames: int = 0, skipped=None) -> "FileFaces":
@@ -107,6 +108,16 @@ def save_detections(path: Path, found: dict[int, Detection | None]) -> None:
 def load_detections(path: Path) -> dict[int, Detection | None]:
     faces = json.loads(path.read_text())["faces"]
     return {int(i): None if d is None else (np.array(d[0]), np.array(d[1]), d[2]) for i, d in faces.items()}
+
+
+def inside_share(box, h: int, w: int) -> float:
+    """The share of the face box's area (MTCNN's, x1 y1 x2 y2) inside an h x w picture: 1 for a face
+    wholly in it; tight face crops (FF++'s, DFDC's) have boxes running off the picture."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+    if area <= 0:
+        return 0.0
+    return max(min(x2, w) - max(x1, 0.0), 0.0) * max(min(y2, h) - max(y1, 0.0), 0.0) / area
 
 
 def square_of(box, margin: float, shape: tuple[int, int] | None = None) -> tuple[int, int, int]:
@@ -225,7 +236,8 @@ def faces_in_video(frames: dict[int, np.ndarray], n: int, problem: str | None,
     points = np.stack([crop_points(frames[i], d[0], d[1], s, predictor) for i, d in keep]) if s.landmarks else None
     return FileFaces(n, np.array([i for i, _ in keep]), np.stack([d[0] for _, d in keep]).astype(np.float32),
                      np.stack([d[1] for _, d in keep]).astype(np.float32),
-                     np.array([d[2] for _, d in keep], np.float32), np.stack(crops), masks, skipped, points)
+                     np.array([d[2] for _, d in keep], np.float32), np.stack(crops), masks, skipped, points,
+                     frames[keep[0][0]].shape[:2])
 
 
 def faces_in_image(path: Path, s: FaceSettings, detector: FaceDetector | None,
@@ -247,13 +259,13 @@ def face_of_image(image: np.ndarray, det: Detection | None, s: FaceSettings, pre
         points = stored(None if fitted is None else fitted * np.float32([s.size / w, s.size / h]), None)
         return FileFaces(1, np.zeros(1, np.int64), np.array([[0, 0, w, h]], np.float32),
                          np.full((1, 10), np.nan, np.float32), np.full(1, np.nan, np.float32), crop[None], None,
-                         points=points[None] if s.landmarks else None)
+                         points=points[None] if s.landmarks else None, shape=(h, w))
     if det is None or det[2] < s.min_score:
         return FileFaces.empty(s.size, "no face found" if det is None else f"face score {det[2]:.3f} below faces.min_score")
     points = crop_points(image, det[0], det[1], s, predictor)[None] if s.landmarks else None
     return FileFaces(1, np.zeros(1, np.int64), det[0][None].astype(np.float32), det[1][None].astype(np.float32),
                      np.array([det[2]], np.float32), crop_square(image, det[0], s.margin, s.size)[None], None,
-                     points=points)
+                     points=points, shape=(h, w))
 
 
 def file_md5(path: Path) -> str:

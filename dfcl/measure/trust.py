@@ -248,6 +248,9 @@ class Trust:
     views: float = math.inf
     # Faces cut from fewer source pixels across than this are not answered (fit by `fit_min_side`).
     min_side: int = 0
+    # A face with less of its box inside the picture than this is "cut off" and not answered (fit by
+    # `fit_min_inside` on the learned training faces; 1: any box leaving the picture, files before it).
+    min_inside: float = 1.0
 
     @property
     def calibrated(self) -> bool:
@@ -297,7 +300,7 @@ class Trust:
                 "unfamiliar": [None if math.isinf(c) else round(c, 4) for c in self.unfamiliar],
                 "learned": self.learned, "flip": self.flip,
                 "views": None if math.isinf(self.views) else round(self.views, 4), "min_side": self.min_side,
-                "classes": self.space.classes if self.space else [], **self.report}
+                "min_inside": self.min_inside, "classes": self.space.classes if self.space else [], **self.report}
 
     def save(self, path: Path) -> Path:
         from safetensors.numpy import save_file
@@ -314,7 +317,7 @@ class Trust:
                   "k": self.space.k if self.space else 0, "report": self.report,
                   "unfamiliar": [None if math.isinf(c) else c for c in self.unfamiliar], "learned": self.learned,
                   "flip": self.flip, "views": None if math.isinf(self.views) else self.views,
-                  "min_side": self.min_side}
+                  "min_side": self.min_side, "min_inside": self.min_inside}
         # safetensors refuses an empty file: one placeholder tensor when there is no feature space
         save_file(tensors or {"none": np.zeros(1, np.float32)}, str(path),
                   metadata={"format": TRUST_FORMAT, "json": json.dumps(header)})
@@ -347,7 +350,8 @@ class Trust:
                         (float(h["band"][0]), float(h["band"][1])), float(h["precision"]),
                         math.inf if nt is None else float(nt), space, dict(h.get("report", {})),
                         (cuts[0], cuts[1]), [str(m) for m in h.get("learned", [])], bool(h.get("flip", False)),
-                        math.inf if views is None else float(views), int(h.get("min_side", 0)))
+                        math.inf if views is None else float(views), int(h.get("min_side", 0)),
+                        float(h.get("min_inside", 1.0)))
         except (SafetensorError, KeyError, TypeError, IndexError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is not a valid trust file ({type(e).__name__}: {e})") from None
         if space is not None:
@@ -542,6 +546,26 @@ def fit_min_side(trust: Trust, model: torch.nn.Module, x: np.ndarray, y: np.ndar
     return floor, {str(k): None if math.isnan(v) else round(v, 4) for k, v in measured_at.items()}
 
 
+def fit_min_inside(training_faces: list[Path], quantile: float) -> tuple[float, dict]:
+    """The least share of its box a face must have inside the picture to be answered: the
+    `quantile` of that share over the learned training faces (their manifests' `inside`). A model
+    trained on tight face crops (every FF++ crop's box runs off its picture; a quarter of the box
+    may be outside) answers such crops as it learned them; a face cut off more than those were is
+    not what its figures were measured on. 1.0 (any box leaving the picture is cut off) when the
+    manifests do not tell, or `quantile` is 0. Returns (floor, what it was fit on)."""
+    from dfcl.data.arrays import face_inside
+
+    found = [v for v in (face_inside(p) for p in training_faces) if v is not None]
+    shares = np.concatenate(found) if found else np.zeros(0)
+    shares = shares[np.isfinite(shares)]
+    if quantile <= 0 or not len(shares):
+        return 1.0, {"inside_faces": int(len(shares))}
+    # floored to 2 decimals so that the fitted faces themselves stay on the answered side
+    floor = min(math.floor(float(np.quantile(shares, quantile)) * 100) / 100, 1.0)
+    return floor, {"inside_faces": int(len(shares)), "inside_median": round(float(np.median(shares)), 4),
+                   "inside_cut_off": round(float((shares < floor).mean()), 4)}
+
+
 def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]], threshold_raw: float,
               settings: TrustConfig, device="cpu", seed: int = 0, unseen: list[tuple[str, tuple[Path, Path]]] = (),
               scored: dict[str, list[Scored]] | None = None) -> Trust:
@@ -559,6 +583,9 @@ def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tup
         keep = _sample(len(y), max(settings.fit_faces // 2, 1), seed)
         trust.min_side, trust.report["answered_accuracy_by_side"] = fit_min_side(
             trust, model, np.asarray(x[keep]), y[keep], settings.small_face_drop, device)
+    trust.min_inside, fitted = fit_min_inside([s["train"][0] for _, s in experiences if "train" in s],
+                                              settings.edge_quantile)
+    trust.report.update(fitted)
     return trust
 
 

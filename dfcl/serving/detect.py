@@ -36,7 +36,13 @@ import cv2
 import numpy as np
 
 from dfcl.config import ConfigError, DetectConfig, Params
-from dfcl.data.faces import FaceDetector, FaceSettings, crop_square, square_of
+from dfcl.data.faces import (
+    FaceDetector,
+    FaceSettings,
+    crop_square,
+    inside_share,
+    square_of,
+)
 from dfcl.data.images import (
     SUFFIX_KIND,
     check_video,
@@ -177,6 +183,10 @@ class FaceScorer:
         judged = self.detector.judge(p, features, spread)
         return judged, {"classify": classified - t, "trust": time.perf_counter() - classified}
 
+    def cut_off(self, box, h: int, w: int) -> bool:
+        """Is more of this face cut off by the picture's edge than of the faces the model learned?"""
+        return cut_off(box, h, w, self.detector.trust.min_inside if self.detector.trust is not None else 1.0)
+
     def withhold_small(self, judged: dict, side: int) -> None:
         """Withhold the answer on a face cut from fewer source pixels across than the model's
         answers were measured to hold down to (trust.min_side, fit with the model)."""
@@ -254,7 +264,7 @@ class FaceScorer:
         def finish(judged: list[dict], seconds: dict[str, float]) -> Result:
             timings.update(seconds)
             for j, b in zip(judged, boxes):
-                if kind == "photo" and cut_off(b, h, w):
+                if kind == "photo" and self.cut_off(b, h, w):
                     withhold(j, CUT_OFF)
                 self.withhold_small(j, square_of(b, s.margin, (h, w))[2] if kind == "photo" else min(h, w))
             faces = [{"box": [round(float(v), 1) for v in b], "score": None if sc is None else round(sc, 4),
@@ -308,7 +318,7 @@ class FaceScorer:
                 row["reason"] = "no face" if det is None else f"face score {det[2]:.3f} below faces.min_score"
             else:
                 row.update(box=[round(float(v), 1) for v in det[0]], score=round(det[2], 4))
-                kept.append((len(timeline), crop_square(frames[i], det[0], s.margin, s.size), cut_off(det[0], h, w),
+                kept.append((len(timeline), crop_square(frames[i], det[0], s.margin, s.size), self.cut_off(det[0], h, w),
                              square_of(det[0], s.margin, (h, w))[2]))
             timeline.append(row)
         if not kept:
@@ -366,11 +376,12 @@ class FaceScorer:
         return out
 
 
-def cut_off(box, h: int, w: int) -> bool:
-    """Does the face's box (MTCNN's, x1 y1 x2 y2) leave the picture? Then part of the face is not
-    in it (its crop is kept inside the picture, dfcl.data.faces.crop_square, but the face is cut)."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return x1 < 0 or y1 < 0 or x2 > w or y2 > h
+def cut_off(box, h: int, w: int, min_inside: float = 1.0) -> bool:
+    """Is less of the face's box (MTCNN's, x1 y1 x2 y2) inside the picture than `min_inside`
+    (trust.min_inside: fit on the faces the model learned; 1.0: any box leaving the picture)? Then
+    more of the face is cut off than in anything its figures were measured on (its crop is kept
+    inside the picture, dfcl.data.faces.crop_square, so no padding is ever scored)."""
+    return inside_share(box, h, w) < min_inside
 
 
 def photo_verdict(judged: list[dict]) -> dict:
