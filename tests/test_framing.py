@@ -8,8 +8,7 @@ import pandas as pd
 import torch
 
 from dfcl.config import load_params
-from dfcl.data.arrays import beside
-from dfcl.data.arrays import face_inside
+from dfcl.data.arrays import beside, face_inside
 from dfcl.data.extraction import NO_68, extract_dataset
 from dfcl.data.faces import (
     FaceSettings,
