@@ -27,33 +27,32 @@ def beside(images: str | Path, kind: str) -> Path:
     return images.with_name(images.name.rsplit("-", 1)[0] + f"-{kind}.npy")
 
 
-def face_videos(images: str | Path) -> np.ndarray | None:
-    """The source video (file) of every face of `<method>/<split>-x.npy`, in array order, from
-    the manifest beside it; None when there is no manifest (faces not from dfcl.data.extraction)."""
+def manifest_column(images: str | Path, column: str) -> pd.Series | None:
+    """One column of the manifest beside `<method>/<split>-x.npy`, for that split's faces in array
+    order, as text ("" where a row left it empty); None when there is no manifest (faces not from
+    dfcl.data.extraction) or it lacks the column (faces extracted before it was recorded)."""
     images = Path(images)
     manifest = images.parent / "manifest.csv"
     if not manifest.is_file():
         return None
+    rows = pd.read_csv(manifest, usecols=lambda c: c in ("split", "index", column), keep_default_na=False)
+    if column not in rows.columns:
+        return None
     split = images.name.split("-")[0]
-    rows = pd.read_csv(manifest, usecols=["split", "index", "source"], keep_default_na=False)
-    rows = rows[(rows["split"] == split) & (rows["index"] >= 0)].sort_values("index")
-    return rows["source"].to_numpy(str)
+    return rows[(rows["split"] == split) & (rows["index"] >= 0)].sort_values("index")[column]
+
+
+def face_videos(images: str | Path) -> np.ndarray | None:
+    """The source video (file) of every face of `<method>/<split>-x.npy`, in array order."""
+    sources = manifest_column(images, "source")
+    return None if sources is None else sources.to_numpy(str)
 
 
 def face_inside(images: str | Path) -> np.ndarray | None:
-    """The share of each face's box inside its picture (the manifest's `inside`), for the faces of
-    `<method>/<split>-x.npy`, in array order; None where the manifest does not tell (no manifest,
-    or faces extracted before it was recorded), NaN for a face whose picture size was not known."""
-    images = Path(images)
-    manifest = images.parent / "manifest.csv"
-    if not manifest.is_file():
-        return None
-    rows = pd.read_csv(manifest, keep_default_na=False, na_values=[""])
-    if "inside" not in rows.columns:
-        return None
-    split = images.name.split("-")[0]
-    rows = rows[(rows["split"] == split) & (rows["index"] >= 0)].sort_values("index")
-    return rows["inside"].to_numpy(float)
+    """The share of each face's box inside its picture (the manifest's `inside`), in array order;
+    NaN for a face whose picture size was not known."""
+    inside = manifest_column(images, "inside")
+    return None if inside is None else pd.to_numeric(inside, errors="coerce").to_numpy(float)
 
 
 @dataclass
