@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--tag", default="cpu")
     parser.add_argument("--workspace", default=str(REPO / "benchmarks" / ".work" / "generalization"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--root", default="/", help="the folder a learner folder's experience paths are relative to "
+                        "(its workspace, as trust.py's --root); models:/ references need none")
     args = parser.parse_args()
     from dfcl.config import load_params
     from dfcl.serving.detector import load_detector
@@ -73,7 +75,7 @@ def main() -> None:
     scored = faces(Path(args.data), work, params, args.unseen_cap)["scored"]
     for item in args.model:
         name, _, ref = item.partition("=")
-        model = load_detector(ref, params, Path("/")).model
+        model = load_detector(ref, params, Path(args.root)).model
         report["models"][name] = {"ref": ref, **{s: scores(model, paths, splits) for s, (paths, splits) in scored.items()}}
         print(f"{name}: " + ", ".join(f"{s} {v['auc']:.3f}/{v['auc_flip']:.3f}" for s, v in report["models"][name].items()
                                      if isinstance(v, dict)), flush=True)
