@@ -152,6 +152,25 @@ def test_several_datasets_real_faces_make_one_self_blended_experience(demo_data)
         recognise(folders, ["real"], "other")
 
 
+def test_a_capped_added_set_keeps_its_training_faces(demo_data, tmp_path):
+    """`sbi.max_per_set` draws within each split: drawn in the order the splits are dealt, a set of
+    one photo per person (each file its own group) gave the cap's every file to test, none to train."""
+    name = small_params().sbi.method
+    people = _folder_of({f"real/person_{i:03d}.jpg": p for i, p in
+                         enumerate(sorted((demo_data / "MouthWarp").rglob("*.jpg"))[:60])}, tmp_path / "people")
+    whole = recognise(people, ["real"], name, real_only=True, splits=(0.2, 0, 0.1)).files
+    capped = recognise([demo_data / "BlendSwap", people], ["real"], name, real_only=True, splits=(0.2, 0, 0.1),
+                       max_per_set=20).files
+    capped = capped[capped.path.str.startswith("people/")]
+    assert len(capped) == 20
+    shares = capped.split.value_counts(normalize=True)
+    for split, share in whole.split.value_counts(normalize=True).items():
+        assert abs(shares.get(split, 0) - share) < 0.1, (split, shares.to_dict())
+    assert set(capped.path.str.removeprefix("people/")) <= set(whole.path), "each file keeps its split"
+    assert (capped.merge(whole.assign(path="people/" + whole.path), on="path").pipe(
+        lambda m: (m.split_x == m.split_y).all()))
+
+
 def test_retraining_refuses_test_faces_that_train(tmp_path):
     """dfcl.data.leaks compares face CONTENT: a test face copied into another experience's training
     split is found whatever its file is called."""

@@ -79,7 +79,7 @@ class Sources:
         return sorted(p for p in paths if p)
 
 
-def stable_order(keys, seed: int) -> list[str]:
+def stable_order(keys, seed: int | str) -> list[str]:
     """A shuffle that depends only on the names and the seed, not on listing order."""
     return sorted(keys, key=lambda k: hashlib.sha1(f"{seed}:{k}".encode()).hexdigest())
 
@@ -471,8 +471,8 @@ def real_faces_of(roots: list[Path], ask: Request) -> Sources:
         found = real_faces_only(root, ask)
         files = found.files
         refused += [(dataset_name(root) + "/" + p, why) for p, why in found.refused]
-        if i and ask.max_per_set:  # a seeded choice of an added set's files, whatever their splits
-            files = files[files.path.isin(stable_order(files.path.tolist(), ask.splits[1])[:ask.max_per_set])]
+        if i and ask.max_per_set:
+            files = capped_per_split(files, ask.max_per_set, ask.splits[1])
         prefix = dataset_name(root)
         parts.append(files.assign(path=prefix + "/" + files.path, group=prefix + "/" + files.group))
     names = [dataset_name(r) for r in roots]
@@ -483,6 +483,23 @@ def real_faces_of(roots: list[Path], ask: Request) -> Sources:
                    [f"{ask.name}: real faces of {', '.join(names)}; its fakes are self-blended from them (dfcl.data.sbi)"],
                    refused=refused, written={REAL_SPLITS: rows[["path", "split", "group"]].to_csv(index=False)},
                    roots={n: str(Path(r).resolve()) for n, r in zip(names, roots)})
+
+
+def capped_per_split(files: pd.DataFrame, most: int, seed: int) -> pd.DataFrame:
+    """At most `most` of `files`, each split keeping its share: a seeded choice within each split.
+    (One seeded order over all files, as the splits are drawn, put a set's test files first: a set
+    whose groups are its files, e.g. one photo per person, then gave the cap's every file to test.)"""
+    if len(files) <= most:
+        return files
+    sizes = files.split.value_counts().sort_index()
+    quotas = sizes * most // len(files)
+    # The files left by rounding down go to the splits that lost most to it (largest remainder).
+    short = (sizes * most % len(files)).sort_values(ascending=False, kind="stable").index[:most - quotas.sum()]
+    quotas[short] += 1
+    keep = []
+    for split, part in files.groupby("split"):
+        keep += stable_order(part.path.tolist(), f"{seed}:cap")[:quotas[split]]
+    return files[files.path.isin(keep)]
 
 
 def recognise(root: str | Path | list, real_names, name: str, methods: list[str] | None = None,
