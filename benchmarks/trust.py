@@ -11,7 +11,10 @@ was trained with. FACES is a folder of extracted faces (<split>-x.npy, <split>-y
 the splits named (default test). Each face is scored once as it is and once mirrored; the trust
 state is then fit exactly as the learner fits it after an experience (dfcl.measure.trust.fit_scored, this
 checkout's `trust:` settings), on the learned experiences' training and validation faces only:
-no unseen face is used to fit anything. Scores are cached in benchmarks/.work/trust/ (--rescore).
+no unseen face is used to fit anything. A face whose box is cut off by its picture's edge more than the
+learned training faces' were (its manifest's `inside` below `trust.min_inside`, fit by the learner's
+rule, dfcl.measure.trust.fit_min_inside) is withheld as "cut off", as `dfcl detect` withholds it.
+Scores are cached in benchmarks/.work/trust/ (--rescore).
 """
 from __future__ import annotations
 
@@ -102,15 +105,29 @@ def unfamiliarity(trust, s) -> tuple[np.ndarray, np.ndarray]:
     return novelty, by_class[np.arange(len(c)), c] / np.asarray(trust.unfamiliar)[c]
 
 
-def measure(trust, s, learned=None) -> dict:
-    """One set's figures under `trust`: AUC, calibration, the band alone and the band with the
-    abstention on the unfamiliar, novelty; with `learned` (the learned test faces' unfamiliarity),
-    the AUROC of telling this set's real faces, and its fakes, from those by each score."""
-    from sklearn.metrics import roc_auc_score
-
-    from dfcl.measure.trust import VIEWS, answer, coverage, ece
+def judged_as_product(trust, s, inside: np.ndarray | None) -> list[dict]:
+    """Each face of `s` judged as `dfcl detect` judges it: the trust rules, then "cut off" where
+    less of its box is inside its picture than `trust.min_inside` (`inside`: the manifests' shares)."""
+    from dfcl.measure.trust import CUT_OFF, withhold
 
     judged = trust.judge(s.p, s.features, s.spread)
+    if inside is not None:
+        for j, share in zip(judged, inside):
+            if share < trust.min_inside:  # NaN (picture size unknown) is never cut off, as in detect
+                withhold(j, CUT_OFF)
+    return judged
+
+
+def measure(trust, s, inside=None, learned=None) -> dict:
+    """One set's figures under `trust`: AUC, calibration, the band alone and the band with the
+    abstention on the unfamiliar (and the cut-off rule), novelty; with `learned` (the learned test
+    faces' unfamiliarity), the AUROC of telling this set's real faces, and its fakes, from those by
+    each score."""
+    from sklearn.metrics import roc_auc_score
+
+    from dfcl.measure.trust import CUT_OFF, VIEWS, answer, coverage, ece
+
+    judged = judged_as_product(trust, s, inside)
     q = np.array([j["p_fake"] for j in judged])
     verdicts = [j["verdict"] for j in judged]
     withheld = np.array([bool(j.get("why")) for j in judged])
@@ -120,6 +137,7 @@ def measure(trust, s, learned=None) -> dict:
            **{f"band_{k}": v for k, v in coverage(s.y, [answer(v, trust.band) for v in q]).items()},
            **coverage(s.y, verdicts), "withheld_unfamiliar": float(withheld.mean()),
            "withheld_views": float(np.mean([VIEWS in j.get("why", "") for j in judged])),
+           "withheld_cut_off": float(np.mean([CUT_OFF in j.get("why", "") for j in judged])),
            "novel_share": float(np.mean([j["novel"] for j in judged]))}
     mine = unfamiliarity(trust, s)
     for c, name in ((0, "real"), (1, "fake")):
@@ -135,13 +153,13 @@ def measure(trust, s, learned=None) -> dict:
     return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
 
 
-def curves(trust, s) -> dict:
+def curves(trust, s, inside=None) -> dict:
     """Risk-coverage curves of one set: faces answered by calibrated P(fake) >= 0.5, the surest
     first (max(P, 1 - P), the softmax response of Geifman & El-Yaniv 2017), and the same with the
     faces the abstention withholds as unfamiliar answered last."""
     from dfcl.measure.trust import risk_coverage
 
-    judged = trust.judge(s.p, s.features, s.spread)
+    judged = judged_as_product(trust, s, inside)
     q = np.array([j["p_fake"] for j in judged])
     sure = np.maximum(q, 1 - q)
     withheld = np.array([bool(j.get("why")) for j in judged])
@@ -166,8 +184,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from dfcl.config import load_params
+    from dfcl.data.arrays import face_inside
     from dfcl.learning.learner import Learner
-    from dfcl.measure.trust import Scored, fit_scored
+    from dfcl.measure.trust import Scored, fit_min_inside, fit_scored
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", args.overrides)
     learner = Learner.load(args.learner.resolve(), params, args.root.resolve())
@@ -182,6 +201,18 @@ def main(argv=None) -> int:
               "settings": params.trust.model_dump(), "variants": {}, "sweep": {}, "machine": machine(),
               "command": "python benchmarks/trust.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "score_seconds": round(score_s, 1)}
+    # The cut-off rule, fit as the learner fits it, and each scored face's share of its box inside its picture.
+    splits = learner.trust_splits(learner.history.experiences)
+    min_inside, fitted = fit_min_inside([s["train"][0] for _, s in splits if "train" in s], params.trust.edge_quantile)
+    inside = {m: face_inside(s["test"][0]) for m, s in splits if "test" in s}
+    inside["learned (all test faces)"] = (None if any(v is None for v in inside.values())
+                                          else np.concatenate([inside[m] for m in methods if m in inside]))
+    for item in args.unseen:
+        name, rest = item.split("=", 1)
+        folder, _, chosen = rest.partition(":")
+        shares = [face_inside(Path(folder) / f"{split}-x.npy") for split in (chosen.split(",") if chosen else ["test"])]
+        inside[name] = None if any(v is None for v in shares) else np.concatenate(shares)
+    report["cut_off"] = {"min_inside": min_inside, **fitted}
     plotted = {}
     report["sweep"] = {"plain": {}, "flip": {}}
     for flip in (False, True) if args.flip else (False,):
@@ -189,6 +220,7 @@ def main(argv=None) -> int:
         v_val, v_test, v_unseen = variant(val, flip), variant(test, flip), variant(unseen, flip)
         trust = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, v_test, learner.history.threshold,
                            settings, params.train.seed)
+        trust.min_inside = min_inside
         pooled = Scored("learned (all test faces)", np.concatenate([s.y for s in v_test]),
                         np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]),
                         np.concatenate([s.spread for s in v_test]) if flip else None)
@@ -197,16 +229,16 @@ def main(argv=None) -> int:
             plain_trust = trust  # what the product fits (flip off by default): the face-size scan's
         learned = unfamiliarity(trust, pooled)
         report["variants"][name] = {"trust": trust.summary(),
-                                    "learned": {s.name: measure(trust, s) for s in [pooled, *v_test]},
-                                    "unseen": {s.name: measure(trust, s, learned) for s in v_unseen}}
-        plotted[name] = {s.name: curves(trust, s) for s in [pooled, *v_unseen]}
+                                    "learned": {s.name: measure(trust, s, inside.get(s.name)) for s in [pooled, *v_test]},
+                                    "unseen": {s.name: measure(trust, s, inside.get(s.name), learned) for s in v_unseen}}
+        plotted[name] = {s.name: curves(trust, s, inside.get(s.name)) for s in [pooled, *v_unseen]}
         # each rule's one knob: how much of the learned validation answers it may withhold
         knob, values = ("views_cost", VIEWS_SWEEP) if flip else ("keep", KEEP_SWEEP)
         for value in values:
             t = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, [], learner.history.threshold,
                            settings.model_copy(update={knob: value}), params.train.seed)
-            t = replace(t, report={})
-            report["sweep"][name][str(value)] = {s.name: {k: measure(t, s)[k] for k in
+            t = replace(t, report={}, min_inside=min_inside)
+            report["sweep"][name][str(value)] = {s.name: {k: measure(t, s, inside.get(s.name))[k] for k in
                                                          ("coverage", "answered_accuracy", "real_called_fake")}
                                                 for s in [pooled, *v_unseen]}
     report["face_size"] = face_size(learner, params, plain_trust)
@@ -272,14 +304,20 @@ def markdown(r: dict) -> str:
              "`answered`: with the abstention on the unfamiliar and everything else the product does.", "",
              "![risk-coverage](trust_" + r["command"].split("--tag ")[-1].split()[0] + ".png)"
              if "--tag " in r["command"] else "", ""]
+    cut = r.get("cut_off")
+    if cut:
+        lines += [f"Cut off: a face with less than {cut['min_inside']} of its box inside its picture is withheld "
+                  f"(`trust.edge_quantile` {r['settings']['edge_quantile']} of {cut.get('inside_faces')} learned training "
+                  f"faces' shares, median {cut.get('inside_median', '-')}).", ""]
     for name, v in r["variants"].items():
         t = v["trust"]
         lines += [f"## {'With test-time flip averaging' if name == 'flip' else 'Without flip averaging'}", "",
                   f"Band: real below {t['band'][0]:.3f}, fake at or above {t['band'][1]:.3f}; cuts on the unfamiliar "
                   f"(real, fake) {t['unfamiliar']} at level {t.get('unfamiliar_level')}.", "",
                   "| set | faces (fake) | AUC | ECE raw | ECE | band: answered | band: accuracy | band: reals called fake "
-                  "| answered | accuracy answered | reals called fake | withheld reals | withheld fakes | withheld: views disagree |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| answered | accuracy answered | reals called fake | withheld reals | withheld fakes | withheld: views disagree "
+                  "| withheld: cut off |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for group in ("learned", "unseen"):
             for k, m in v[group].items():
                 lines.append(f"| {k}{' (never trained on)' if group == 'unseen' else ''} | {m['faces']} ({m['fake']}) | "
@@ -287,7 +325,7 @@ def markdown(r: dict) -> str:
                              f"{f(m['band_answered_accuracy'])} | {f(m['band_real_called_fake'])} | **{f(m['coverage'])}** | "
                              f"**{f(m['answered_accuracy'])}** | **{f(m['real_called_fake'])}** | "
                              f"{f(m.get('withheld_reals'))} | {f(m.get('withheld_fakes'))} | "
-                             f"{f(m.get('withheld_views')) if name == 'flip' else '-'} |")
+                             f"{f(m.get('withheld_views')) if name == 'flip' else '-'} | {f(m.get('withheld_cut_off'))} |")
         lines += ["", "Novelty on the sets never trained on, their real and their fake faces apart: AUROC of telling "
                   "them from the learned methods' test faces, by the k-NN novelty to every learned face (the `novel` "
                   "flag) and by the distance to the learned faces of the class each is answered (the rule):", "",

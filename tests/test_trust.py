@@ -307,7 +307,8 @@ def test_flip_averaging_scores_the_mean_of_a_face_and_its_mirror():
 
 def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(demo_data, tmp_path, monkeypatch):
     """benchmarks/trust.py end to end on the synthetic sequence (so it cannot rot): each rule's
-    knob swept, the views rule reported with flip only, the plot beside the numbers."""
+    knob swept, the views rule reported with flip only, faces cut off by the picture's edge withheld as
+    the product withholds them, the plot beside the numbers."""
     import json
 
     from benchmarks import trust as bench
@@ -322,6 +323,14 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
         learner.learn(spec)
     learner.save()
     monkeypatch.setattr(bench, "WORK", tmp_path / "cache")
+    # Every unseen face cut off by its picture's edge, far more than any learned face: the product
+    # withholds all of them ("cut off"), so the benchmark must too.
+    import pandas as pd
+
+    manifest = tmp_path / "MouthWarp" / "MouthWarp" / "manifest.csv"
+    rows = pd.read_csv(manifest, keep_default_na=False)
+    rows["inside"] = 0.2
+    rows.to_csv(manifest, index=False)
     overrides = [a for o in [*SMALL, "train.epochs=1"] for a in ("-S", o)]
     assert bench.main(["--learner", str(tmp_path / "learner"), "--root", str(tmp_path), *overrides, "--tag", "smoke",
                        "--unseen", f"MouthWarp={tmp_path / 'MouthWarp' / 'MouthWarp'}:test", "--out", str(tmp_path)]) == 0
@@ -331,6 +340,10 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
     flip, plain = report["variants"]["flip"], report["variants"]["plain"]
     assert plain["trust"]["views"] is None and flip["trust"]["views"] is not None
     assert 0 <= flip["unseen"]["MouthWarp"]["withheld_views"] <= 1 and plain["unseen"]["MouthWarp"]["withheld_views"] == 0
+    assert report["cut_off"]["min_inside"] > 0.2
+    for v in (flip, plain):
+        assert v["unseen"]["MouthWarp"]["withheld_cut_off"] == 1 and v["unseen"]["MouthWarp"]["coverage"] == 0
+        assert v["learned"]["learned (all test faces)"]["withheld_cut_off"] < 0.05
     assert (tmp_path / "trust_smoke.png").stat().st_size > 0
     assert "`trust.views_cost`" in (tmp_path / "trust_smoke.md").read_text()
     sizes = report["face_size"]
