@@ -118,11 +118,23 @@ def judged_as_product(trust, s, inside: np.ndarray | None) -> list[dict]:
     return judged
 
 
-def measure(trust, s, inside=None, learned=None) -> dict:
-    """One set's figures under `trust`: AUC, calibration, the band alone and the band with the
-    abstention on the unfamiliar (and the cut-off rule), novelty; with `learned` (the learned test
-    faces' unfamiliarity), the AUROC of telling this set's real faces, and its fakes, from those by
-    each score."""
+def ece_floor(q: np.ndarray, draws: int = 100, seed: int = 0) -> float:
+    """The ECE a PERFECTLY calibrated model would show on these faces: the mean ECE of labels drawn
+    as Bernoulli(q) from the calibrated scores themselves. ECE on a few hundred faces is biased
+    upward by sampling alone (equal-width bins of a dozen faces each); a measured ECE is read
+    against this, not against zero."""
+    from dfcl.measure.trust import ece
+
+    rng = np.random.default_rng(seed)
+    return float(np.mean([ece((rng.random(len(q)) < q).astype(int), q) for _ in range(draws)]))
+
+
+def measure(trust, s, inside=None, learned=None, floor: bool = False) -> dict:
+    """One set's figures under `trust`: AUC, calibration (with `floor`, the ECE a perfectly
+    calibrated model would show here), the band alone and the band with the abstention on the
+    unfamiliar (and the cut-off rule), novelty; with `learned` (the learned test faces'
+    unfamiliarity), the AUROC of telling this set's real faces, and its fakes, from those by each
+    score."""
     from sklearn.metrics import roc_auc_score
 
     from dfcl.measure.trust import CUT_OFF, VIEWS, answer, coverage, ece
@@ -139,6 +151,8 @@ def measure(trust, s, inside=None, learned=None) -> dict:
            "withheld_views": float(np.mean([VIEWS in j.get("why", "") for j in judged])),
            "withheld_cut_off": float(np.mean([CUT_OFF in j.get("why", "") for j in judged])),
            "novel_share": float(np.mean([j["novel"] for j in judged]))}
+    if floor:
+        row["ece_floor"] = ece_floor(q)
     mine = unfamiliarity(trust, s)
     for c, name in ((0, "real"), (1, "fake")):
         if (s.y == c).any():
@@ -229,8 +243,9 @@ def main(argv=None) -> int:
             plain_trust = trust  # what the product fits (flip off by default): the face-size scan's
         learned = unfamiliarity(trust, pooled)
         report["variants"][name] = {"trust": trust.summary(),
-                                    "learned": {s.name: measure(trust, s, inside.get(s.name)) for s in [pooled, *v_test]},
-                                    "unseen": {s.name: measure(trust, s, inside.get(s.name), learned) for s in v_unseen}}
+                                    "learned": {s.name: measure(trust, s, inside.get(s.name), floor=True) for s in [pooled, *v_test]},
+                                    "unseen": {s.name: measure(trust, s, inside.get(s.name), learned, floor=True)
+                                               for s in v_unseen}}
         plotted[name] = {s.name: curves(trust, s, inside.get(s.name)) for s in [pooled, *v_unseen]}
         # each rule's one knob: how much of the learned validation answers it may withhold
         knob, values = ("views_cost", VIEWS_SWEEP) if flip else ("keep", KEEP_SWEEP)
@@ -314,14 +329,14 @@ def markdown(r: dict) -> str:
         lines += [f"## {'With test-time flip averaging' if name == 'flip' else 'Without flip averaging'}", "",
                   f"Band: real below {t['band'][0]:.3f}, fake at or above {t['band'][1]:.3f}; cuts on the unfamiliar "
                   f"(real, fake) {t['unfamiliar']} at level {t.get('unfamiliar_level')}.", "",
-                  "| set | faces (fake) | AUC | ECE raw | ECE | band: answered | band: accuracy | band: reals called fake "
+                  "| set | faces (fake) | AUC | ECE raw | ECE (perfect: floor) | band: answered | band: accuracy | band: reals called fake "
                   "| answered | accuracy answered | reals called fake | withheld reals | withheld fakes | withheld: views disagree "
                   "| withheld: cut off |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for group in ("learned", "unseen"):
             for k, m in v[group].items():
                 lines.append(f"| {k}{' (never trained on)' if group == 'unseen' else ''} | {m['faces']} ({m['fake']}) | "
-                             f"{f(m['auc'])} | {f(m['ece_raw'])} | {f(m['ece'])} | {f(m['band_coverage'])} | "
+                             f"{f(m['auc'])} | {f(m['ece_raw'])} | {f(m['ece'])} ({f(m.get('ece_floor'))}) | {f(m['band_coverage'])} | "
                              f"{f(m['band_answered_accuracy'])} | {f(m['band_real_called_fake'])} | **{f(m['coverage'])}** | "
                              f"**{f(m['answered_accuracy'])}** | **{f(m['real_called_fake'])}** | "
                              f"{f(m.get('withheld_reals'))} | {f(m.get('withheld_fakes'))} | "

@@ -344,6 +344,8 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
     for v in (flip, plain):
         assert v["unseen"]["MouthWarp"]["withheld_cut_off"] == 1 and v["unseen"]["MouthWarp"]["coverage"] == 0
         assert v["learned"]["learned (all test faces)"]["withheld_cut_off"] < 0.05
+        pooled = v["learned"]["learned (all test faces)"]
+        assert 0 < pooled["ece_floor"] < 0.5 and "ece_floor" not in report["sweep"]["plain"]["1.0"]["learned (all test faces)"]
     assert (tmp_path / "trust_smoke.png").stat().st_size > 0
     assert "`trust.views_cost`" in (tmp_path / "trust_smoke.md").read_text()
     sizes = report["face_size"]
@@ -409,3 +411,17 @@ def test_the_cut_off_floor_is_fit_on_how_far_the_learned_training_faces_leave_th
     trust = Trust(band=(0.5, 0.5), min_inside=floor)
     assert Trust.load(trust.save(tmp_path / "t.safetensors")).min_inside == 0.37
     assert Trust(band=(0.5, 0.5)).summary()["min_inside"] == 1.0
+
+
+def test_the_ece_floor_is_what_sampling_alone_gives_a_perfectly_calibrated_model():
+    """benchmarks/trust.ece_floor: ECE of labels drawn from the scores themselves. It shrinks as the
+    faces grow (sampling noise), and a model calibrated by construction lands near it."""
+    from benchmarks.trust import ece_floor
+    from dfcl.measure.trust import ece
+
+    rng = np.random.default_rng(1)
+    few, many = rng.uniform(0, 1, 150), rng.uniform(0, 1, 15000)
+    assert ece_floor(few) > 3 * ece_floor(many)
+    assert ece_floor(few) > 0.03  # 150 faces in 15 bins: never near zero, however good the model
+    y = (rng.random(len(few)) < few).astype(int)
+    assert ece(y, few) < 3 * ece_floor(few)
