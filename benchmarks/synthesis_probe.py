@@ -72,8 +72,8 @@ def reconstruct(model, faces: np.ndarray, batch: int = 64) -> np.ndarray:
 def train_autoencoder(faces: np.ndarray, minutes: float, seed: int) -> tuple[np.ndarray, list[dict]]:
     """(SNAPSHOTS, N, S, S, 3) reconstructions of `faces`, one set per third of the training time,
     and how close each set is to the faces (PSNR, sharpness ratio)."""
-    import cv2
     import torch
+    from shortcuts import log_sharpness
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -95,12 +95,10 @@ def train_autoencoder(faces: np.ndarray, minutes: float, seed: int) -> tuple[np.
         recon = reconstruct(model, faces)
         model.train()
         mse = ((recon.astype(np.float32) - faces) ** 2).mean()
-
-        def sharpness(x):
-            return np.median([cv2.Laplacian(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for f in x])
+        # median sharpness of the reconstructions over the faces' (the median of a log is the log of the median)
+        ratio = np.exp(np.median(log_sharpness(recon[:300])) - np.median(log_sharpness(faces[:300])))
         quality.append({"steps": step, "seconds": round(time.perf_counter() - start, 1),
-                        "psnr_db": round(float(10 * np.log10(255 ** 2 / mse)), 2),
-                        "sharpness_ratio": round(float(sharpness(recon[:300]) / sharpness(faces[:300])), 3)})
+                        "psnr_db": round(float(10 * np.log10(255 ** 2 / mse)), 2), "sharpness_ratio": round(float(ratio), 3)})
         print(f"autoencoder snapshot {k}: {quality[-1]}", flush=True)
         snapshots.append(recon)
     return np.stack(snapshots), quality
@@ -130,12 +128,6 @@ class ReconstructionPairs:
             face = self.recons[kind, k]
         face = self.augmenter(np.array(face), rng=np.random.default_rng([self.seed, k, self.epoch, 2]))
         return face_tensor(np.ascontiguousarray(face)), label
-
-
-def sharpness_of(x: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return np.log(np.array([cv2.Laplacian(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var() for f in x]) + 1e-6)
 
 
 def scores(model, sets: dict) -> dict:
@@ -290,6 +282,7 @@ def main() -> None:
 
     from common import extract_once, machine
     from gpu_sbi import _load, scored_sets
+    from shortcuts import log_sharpness
 
     from dfcl.config import apply_overrides, load_params
 
@@ -311,7 +304,7 @@ def main() -> None:
     for key, (face_paths, splits) in scored_sets(params, data, work, args.unseen_cap).items():
         parts = [_load(face_paths, s)[:2] for s in splits]
         sx = np.concatenate([p[0] for p in parts])
-        sets[key] = {"x": sx, "y": np.concatenate([p[1] for p in parts]), "sharpness": sharpness_of(sx)}
+        sets[key] = {"x": sx, "y": np.concatenate([p[1] for p in parts]), "sharpness": log_sharpness(sx)}
     print(f"{len(x)} real training faces; scored sets: " + ", ".join(f"{k} {len(s['y'])}" for k, s in sets.items()), flush=True)
     recons, quality = train_autoencoder(x, args.ae_minutes, args.seed)
     result = {"tag": args.tag, "machine": machine(), "date": time.strftime("%Y-%m-%d"),

@@ -62,8 +62,16 @@ def variant(sets, flip: bool):
                    views_spread(s.p[:, 0], s.p[:, 1]) if flip else None) for s in sets]
 
 
+def unseen_images(item: str) -> tuple[str, list[Path]]:
+    """`--unseen NAME=FACES[:split,...]` -> (NAME, the <split>-x.npy of each split named; test by default)."""
+    name, rest = item.split("=", 1)
+    folder, _, splits = rest.partition(":")
+    return name, [Path(folder) / f"{split}-x.npy" for split in (splits.split(",") if splits else ["test"])]
+
+
 def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrored: bool):
     """(fit features, fit labels, val, test, unseen) scored (each way), from the cache when there."""
+    from dfcl.data.arrays import beside
     from dfcl.measure.trust import Scored, score_experiences
 
     if cache.is_file() and not rescore:
@@ -76,12 +84,9 @@ def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrore
                                                 learner.params.trust, "cpu", learner.params.train.seed,
                                                 score=ways(mirrored))
     out = []
-    for item in unseen:
-        name, rest = item.split("=", 1)
-        folder, _, splits = rest.partition(":")
-        splits = splits.split(",") if splits else ["test"]
-        x = np.concatenate([np.load(Path(folder) / f"{s}-x.npy", mmap_mode="r") for s in splits])
-        y = np.concatenate([np.load(Path(folder) / f"{s}-y.npy") for s in splits])
+    for name, images in map(unseen_images, unseen):
+        x = np.concatenate([np.load(p, mmap_mode="r") for p in images])
+        y = np.concatenate([np.load(beside(p, "y")) for p in images])
         out.append(Scored(name, y, *ways(mirrored)(model, x)))
     arrays = {"fit_f": fit_f, "fit_l": fit_l}
     for k, sets in (("val", val), ("test", test), ("unseen", out)):
@@ -221,10 +226,8 @@ def main(argv=None) -> int:
     inside = {m: face_inside(s["test"][0]) for m, s in splits if "test" in s}
     inside["learned (all test faces)"] = (None if any(v is None for v in inside.values())
                                           else np.concatenate([inside[m] for m in methods if m in inside]))
-    for item in args.unseen:
-        name, rest = item.split("=", 1)
-        folder, _, chosen = rest.partition(":")
-        shares = [face_inside(Path(folder) / f"{split}-x.npy") for split in (chosen.split(",") if chosen else ["test"])]
+    for name, images in map(unseen_images, args.unseen):
+        shares = [face_inside(p) for p in images]
         inside[name] = None if any(v is None for v in shares) else np.concatenate(shares)
     report["cut_off"] = {"min_inside": min_inside, **fitted}
     plotted = {}
