@@ -4,7 +4,8 @@ of those answers, the share of real faces answered "fake", risk-coverage curves,
 and novelty separately on the unseen sets' real and fake faces; with and without test-time flip
 averaging.
 
-    python benchmarks/trust.py --learner DIR [-S key=value ...] --unseen NAME=FACES[:split,...] ... [--tag cpu]
+    python benchmarks/trust.py --learner DIR [-S key=value ...] --unseen NAME=FACES[:split,...] ...
+        [--foreign NAME=FACES[:split,...] ...] [--tag cpu]
 
 DIR is a learner folder (data/learner of a workspace, or a benchmark's); -S are the params it
 was trained with. FACES is a folder of extracted faces (<split>-x.npy, <split>-y.npy), scored on
@@ -14,6 +15,9 @@ checkout's `trust:` settings), on the learned experiences' training and validati
 no unseen face is used to fit anything. A face whose box is cut off by its picture's edge more than the
 learned training faces' were (its manifest's `inside` below `trust.min_inside`, fit by the learner's
 rule, dfcl.measure.trust.fit_min_inside) is withheld as "cut off", as `dfcl detect` withholds it.
+`--foreign`: real photos of a kind never trained on, as `trust.foreign_reals` gives them to the
+product; a seeded half of their real faces is the rule's reference, the other half is measured as a
+set never trained on ("NAME (held out)"), and `trust.foreign_keep` is swept (1.0: no such rule).
 Scores are cached in benchmarks/.work/trust/ (--rescore).
 """
 from __future__ import annotations
@@ -32,6 +36,7 @@ from benchmarks.common import machine, save_results  # noqa: E402
 
 WORK = Path(__file__).parent / ".work" / "trust"
 KEEP_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+FOREIGN_SWEEP = (0.6, 0.7, 0.8, 0.9, 1.0)
 VIEWS_SWEEP = (0.0, 0.05, 0.1, 0.2)
 
 
@@ -67,6 +72,40 @@ def unseen_images(item: str) -> tuple[str, list[Path]]:
     name, rest = item.split("=", 1)
     folder, _, splits = rest.partition(":")
     return name, [Path(folder) / f"{split}-x.npy" for split in (splits.split(",") if splits else ["test"])]
+
+
+def scored_sets(model, specs: list[str], mirrored: bool, cache: Path, rescore: bool) -> list:
+    """Each `NAME=FACES[:split,...]` scored (each way): [Scored], from the cache when there."""
+    from dfcl.data.arrays import beside
+    from dfcl.measure.trust import Scored
+
+    if cache.is_file() and not rescore:
+        z = np.load(cache)
+        if list(z["names"]) == [unseen_images(spec)[0] for spec in specs]:
+            return [Scored(n, z[f"{i}_y"], z[f"{i}_p"], z[f"{i}_f"]) for i, n in enumerate(z["names"])]
+    out = []
+    for name, images in map(unseen_images, specs):
+        x = np.concatenate([np.load(p, mmap_mode="r") for p in images])
+        y = np.concatenate([np.load(beside(p, "y")) for p in images])
+        out.append(Scored(name, y, *ways(mirrored)(model(), x)))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, names=np.array([s.name for s in out]),
+             **{f"{i}_{k}": getattr(s, a) for i, s in enumerate(out) for k, a in (("y", "y"), ("p", "p"), ("f", "features"))})
+    return out
+
+
+def foreign_halves(sets: list, seed: int) -> tuple[list, list]:
+    """The real faces of each foreign set split in two seeded halves: (the rule's reference, held out)."""
+    from dfcl.measure.trust import Scored
+
+    reference, held_out = [], []
+    for s in sets:
+        reals = np.flatnonzero(s.y == 0)
+        order = np.random.default_rng(seed).permutation(reals)
+        for into, idx, name in ((reference, np.sort(order[: len(order) // 2]), s.name),
+                                (held_out, np.sort(order[len(order) // 2:]), f"{s.name} (held out)")):
+            into.append(Scored(name, s.y[idx], s.p[idx], s.features[idx]))
+    return reference, held_out
 
 
 def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrored: bool):
@@ -142,7 +181,7 @@ def measure(trust, s, inside=None, learned=None, floor: bool = False) -> dict:
     score."""
     from sklearn.metrics import roc_auc_score
 
-    from dfcl.measure.trust import CUT_OFF, VIEWS, answer, coverage, ece
+    from dfcl.measure.trust import CUT_OFF, ELSEWHERE, VIEWS, answer, coverage, ece
 
     judged = judged_as_product(trust, s, inside)
     q = np.array([j["p_fake"] for j in judged])
@@ -155,6 +194,7 @@ def measure(trust, s, inside=None, learned=None, floor: bool = False) -> dict:
            **coverage(s.y, verdicts), "withheld_unfamiliar": float(withheld.mean()),
            "withheld_views": float(np.mean([VIEWS in j.get("why", "") for j in judged])),
            "withheld_cut_off": float(np.mean([CUT_OFF in j.get("why", "") for j in judged])),
+           "withheld_elsewhere": float(np.mean([ELSEWHERE.split("(")[0] in j.get("why", "") for j in judged])),
            "novel_share": float(np.mean([j["novel"] for j in judged]))}
     if floor:
         row["ece_floor"] = ece_floor(q)
@@ -196,6 +236,8 @@ def main(argv=None) -> int:
     ap.add_argument("--root", type=Path, default=Path("/"), help="the folder its experiences' paths are relative to")
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="key=value the learner was trained with")
     ap.add_argument("--unseen", action="append", default=[], help="NAME=FACES[:split,...] of a set never trained on")
+    ap.add_argument("--foreign", action="append", default=[],
+                    help="NAME=FACES[:split,...]: real photos of a kind never trained on (trust.foreign_reals)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="cpu")
     ap.add_argument("--rescore", action="store_true", help="score the faces again instead of reading the cache")
@@ -203,7 +245,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from dfcl.config import load_params
-    from dfcl.data.arrays import face_inside
+    from dfcl.data.arrays import beside, face_inside
     from dfcl.learning.learner import Learner
     from dfcl.measure.trust import Scored, fit_min_inside, fit_scored
 
@@ -213,6 +255,10 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     cache = WORK / f"scores-{args.tag}-{'mirrored' if args.flip else 'plain'}.npz"
     fit_f, fit_l, val, test, unseen = scored_faces(learner, args.unseen, cache, args.rescore, args.flip)
+    foreign = scored_sets(lambda: learner.strategy.model.to("cpu").eval(), args.foreign, args.flip,
+                          cache.with_name(cache.stem + "-foreign.npz"), args.rescore)
+    reference, held_out = foreign_halves(foreign, params.train.seed)
+    unseen = [*unseen, *held_out]
     score_s = time.perf_counter() - start
     print(f"scored in {score_s:.0f} s", flush=True)
 
@@ -229,14 +275,21 @@ def main(argv=None) -> int:
     for name, images in map(unseen_images, args.unseen):
         shares = [face_inside(p) for p in images]
         inside[name] = None if any(v is None for v in shares) else np.concatenate(shares)
+    for name, images in map(unseen_images, args.foreign):  # the held-out half's shares
+        shares = [face_inside(p) for p in images]
+        if all(v is not None for v in shares):
+            y = np.concatenate([np.load(beside(p, "y")) for p in images])
+            order = np.random.default_rng(params.train.seed).permutation(np.flatnonzero(y == 0))
+            inside[f"{name} (held out)"] = np.concatenate(shares)[np.sort(order[len(order) // 2:])]
     report["cut_off"] = {"min_inside": min_inside, **fitted}
     plotted = {}
     report["sweep"] = {"plain": {}, "flip": {}}
     for flip in (False, True) if args.flip else (False,):
         settings = params.trust.model_copy(update={"flip": flip})
         v_val, v_test, v_unseen = variant(val, flip), variant(test, flip), variant(unseen, flip)
+        v_reference = variant(reference, flip)
         trust = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, v_test, learner.history.threshold,
-                           settings, params.train.seed)
+                           settings, params.train.seed, foreign=v_reference)
         trust.min_inside = min_inside
         pooled = Scored("learned (all test faces)", np.concatenate([s.y for s in v_test]),
                         np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]),
@@ -251,14 +304,18 @@ def main(argv=None) -> int:
                                                for s in v_unseen}}
         plotted[name] = {s.name: curves(trust, s, inside.get(s.name)) for s in [pooled, *v_unseen]}
         # each rule's one knob: how much of the learned validation answers it may withhold
-        knob, values = ("views_cost", VIEWS_SWEEP) if flip else ("keep", KEEP_SWEEP)
-        for value in values:
-            t = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, [], learner.history.threshold,
-                           settings.model_copy(update={knob: value}), params.train.seed)
-            t = replace(t, report={}, min_inside=min_inside)
-            report["sweep"][name][str(value)] = {s.name: {k: measure(t, s, inside.get(s.name))[k] for k in
-                                                         ("coverage", "answered_accuracy", "real_called_fake")}
-                                                for s in [pooled, *v_unseen]}
+        knobs = [("views_cost", VIEWS_SWEEP, name)] if flip else [("keep", KEEP_SWEEP, name)]
+        if reference and not flip:
+            knobs.append(("foreign_keep", FOREIGN_SWEEP, "foreign"))
+        for knob, values, sweep in knobs:
+            report["sweep"].setdefault(sweep, {})
+            for value in values:
+                t = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, [], learner.history.threshold,
+                               settings.model_copy(update={knob: value}), params.train.seed, foreign=v_reference)
+                t = replace(t, report={}, min_inside=min_inside)
+                report["sweep"][sweep][str(value)] = {s.name: {k: measure(t, s, inside.get(s.name))[k] for k in
+                                                              ("coverage", "answered_accuracy", "real_called_fake")}
+                                                     for s in [pooled, *v_unseen]}
     report["face_size"] = face_size(learner, params, plain_trust)
     save_results(args.out, f"trust_{args.tag}", report, markdown(report))  # makes args.out
     plot(plotted, report, args.out / f"trust_{args.tag}.png")
@@ -331,11 +388,14 @@ def markdown(r: dict) -> str:
         t = v["trust"]
         lines += [f"## {'With test-time flip averaging' if name == 'flip' else 'Without flip averaging'}", "",
                   f"Band: real below {t['band'][0]:.3f}, fake at or above {t['band'][1]:.3f}; cuts on the unfamiliar "
-                  f"(real, fake) {t['unfamiliar']} at level {t.get('unfamiliar_level')}.", "",
+                  f"(real, fake) {t['unfamiliar']} at level {t.get('unfamiliar_level')}"
+                  + (f"; a \"fake\" answer more like the real photos of {', '.join(t['foreign'])} ({t.get('foreign_faces')} "
+                     f"faces) than the learned forgeries beyond {t['elsewhere']} is withheld" if t.get("foreign") else "")
+                  + ".", "",
                   "| set | faces (fake) | AUC | ECE raw | ECE (perfect: floor) | band: answered | band: accuracy | band: reals called fake "
                   "| answered | accuracy answered | reals called fake | withheld reals | withheld fakes | withheld: views disagree "
-                  "| withheld: cut off |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| withheld: cut off | withheld: like real photos from elsewhere |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for group in ("learned", "unseen"):
             for k, m in v[group].items():
                 lines.append(f"| {k}{' (never trained on)' if group == 'unseen' else ''} | {m['faces']} ({m['fake']}) | "
@@ -343,7 +403,8 @@ def markdown(r: dict) -> str:
                              f"{f(m['band_answered_accuracy'])} | {f(m['band_real_called_fake'])} | **{f(m['coverage'])}** | "
                              f"**{f(m['answered_accuracy'])}** | **{f(m['real_called_fake'])}** | "
                              f"{f(m.get('withheld_reals'))} | {f(m.get('withheld_fakes'))} | "
-                             f"{f(m.get('withheld_views')) if name == 'flip' else '-'} | {f(m.get('withheld_cut_off'))} |")
+                             f"{f(m.get('withheld_views')) if name == 'flip' else '-'} | {f(m.get('withheld_cut_off'))} | "
+                             f"{f(m.get('withheld_elsewhere'))} |")
         lines += ["", "Novelty on the sets never trained on, their real and their fake faces apart: AUROC of telling "
                   "them from the learned methods' test faces, by the k-NN novelty to every learned face (the `novel` "
                   "flag) and by the distance to the learned faces of the class each is answered (the rule):", "",
@@ -368,7 +429,10 @@ def markdown(r: dict) -> str:
     for name, knob, what in (("plain", "trust.keep", "share of the band's answers on learned validation faces kept "
                               "by the rule on the unfamiliar; no flip"),
                              ("flip", "trust.views_cost", "share of the band's answers on learned validation faces "
-                              "the views rule may withhold; with flip, `trust.keep` as set")):
+                              "the views rule may withhold; with flip, `trust.keep` as set"),
+                             ("foreign", "trust.foreign_keep", "share of the band's \"fake\" answers on learned validation "
+                              "faces kept by the rule on real photos from elsewhere (1.0: no such rule); no flip, "
+                              "`trust.keep` as set")):
         sweep = r["sweep"].get(name)
         if not sweep:
             continue

@@ -285,6 +285,8 @@ class TrustConfig(Section):
     small_face_drop: float = Field(ge=0, le=1)
     edge_quantile: float = Field(ge=0, lt=1)
     unseen_sets: list[str]
+    foreign_reals: list[str]
+    foreign_keep: float = Field(gt=0, le=1)
 
 
 class DetectConfig(Section):

@@ -120,6 +120,10 @@ def ingest_learnable(data: str, params: Params, method: str | None, methods: lis
     methods but none that can be learned is an error, saying why for each."""
     ingested = ingest_dataset(data, params, method=method, methods=methods)
     log_dataset_versions(ingested)
+    if not ingested.specs and ingested.layout.startswith("real faces"):
+        raise LayoutError(f"{ingested.name} holds real faces only: nothing to learn as a method. Its real faces join "
+                          f"the self-blended experience in sbi.real_sets, or serve as real photos of another kind "
+                          f"in trust.foreign_reals (data/processed/{ingested.name}/{ingested.name})")
     if not ingested.specs and ingested.left_out:
         raise LayoutError(f"{ingested.name}: no method can be learned: "
                           + "; ".join(f"{m}: {why}" for m, why in ingested.left_out.items()))

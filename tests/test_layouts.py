@@ -121,6 +121,19 @@ def test_unknown_layout_names_the_known_ones(tmp_path):
         recognise(tmp_path, ["real"], "x")
 
 
+def test_a_folder_of_real_photos_alone_is_real_faces_with_nothing_to_learn(tmp_path):
+    """LFW's layout (real/ only): its real files, each in a split, a note saying what they serve;
+    no fake folder is not mistaken for a forgery method, and a folder of something else stays unknown."""
+    touch(tmp_path, *(f"lfw/real/Person_{i}_0001.jpg" for i in range(30)))
+    found = recognise(tmp_path / "lfw", ["real", "youtube"], "lfw")
+    assert found.layout == "real faces" and found.methods == ["lfw"]
+    assert set(found.files.label) == {0} and len(found.files) == 30 and set(found.files.split) >= {"train", "test"}
+    assert "trust.foreign_reals" in found.notes[0]
+    touch(tmp_path, "other/images/a.jpg")
+    with pytest.raises(LayoutError, match="unknown dataset layout"):
+        recognise(tmp_path / "other", ["real"], "other")
+
+
 def test_empty_class_is_a_clear_error(demo_data, tmp_path):
     root = tmp_path / "ds"
     shutil.copytree(demo_data / "BlendSwap", root)
@@ -190,3 +203,16 @@ def test_each_refusal_is_a_line_of_the_skip_report(tmp_path):
     found = recognise(hostile_dfdc(tmp_path), ["real"], "dfdc")
     assert [p for p, _ in found.refused] == ["../../secret/key.txt", str(tmp_path / "secret" / "key.txt")]
     assert all(why.endswith("refused") or "refused (" in why for _, why in found.refused)
+
+
+def test_retraining_on_real_photos_alone_says_what_they_are_for(monkeypatch):
+    """`dfcl retrain lfw-faces`: nothing to learn as a method; the error says where such faces go."""
+    import flows.retrain as retrain
+    from flows.ingest import Ingested
+
+    ingested = Ingested("lfw-faces", "real faces, listed splits", "r", "v", "data/raw/lfw-faces", [],
+                        {"lfw-faces": "no train fake faces; no test fake faces"})
+    monkeypatch.setattr(retrain, "ingest_dataset", lambda *a, **k: ingested)
+    monkeypatch.setattr(retrain, "log_dataset_versions", lambda i: None)
+    with pytest.raises(LayoutError, match=r"real faces only.*trust.foreign_reals \(data/processed/lfw-faces/lfw-faces\)"):
+        retrain.ingest_learnable("lfw-faces", None, None, None)

@@ -142,6 +142,22 @@ def test_the_learner_fits_trust_for_the_model_a_run_ends_with_from_the_scores_it
     learner.params = small_params("train.epochs=2", "trust.unseen_sets=[BlendSwap/BlendSwap]")
     with pytest.raises(ConfigError, match="faces of a set this model learned"):
         learner.fit_trust(learner.history.experiences)
+    # real photos of a kind it never trained on: the reference of the rule on real photos from
+    # elsewhere, travelling with the model; never a set it learned, nor one it measures as unseen
+    learner.params = small_params("train.epochs=2", "trust.foreign_reals=[MouthWarp/MouthWarp]")
+    foreign = learner.fit_trust(learner.history.experiences)
+    assert foreign.foreign == ["MouthWarp/MouthWarp"] and math.isfinite(foreign.elsewhere)
+    reals = sum(int((np.load(p) == 0).sum()) for p in (tmp_path / "MouthWarp" / "MouthWarp").glob("*-y.npy"))
+    assert foreign.report["foreign_faces"] == min(reals, learner.params.trust.novelty_reference)
+    for listed, why in (("trust.foreign_reals=[GANUpsample/GANUpsample]", "faces this model learned"),
+                        ("trust.foreign_reals=[nowhere/here]", "holds no extracted faces")):
+        learner.params = small_params("train.epochs=2", listed, "trust.unseen_sets=[MouthWarp/MouthWarp]")
+        with pytest.raises(ConfigError, match=why):
+            learner.fit_trust(learner.history.experiences)
+    learner.params = small_params("train.epochs=2", "trust.foreign_reals=[MouthWarp/MouthWarp]",
+                                  "trust.unseen_sets=[MouthWarp/MouthWarp]")
+    with pytest.raises(ConfigError, match="measures as unseen"):
+        learner.fit_trust(learner.history.experiences)
     assert [r["method"] for r in detector.info["learned"]] == ["BlendSwap", "GANUpsample"]
 
 
@@ -265,6 +281,43 @@ def test_an_answer_whose_face_and_mirror_image_disagree_is_withheld_at_the_cost_
 
     again = Trust.load(trust.save(tmp_path / "trust.safetensors"))
     assert again.views == pytest.approx(trust.views) and again.flip is True
+
+
+def test_a_fake_answer_on_a_face_more_like_real_photos_from_elsewhere_is_withheld(tmp_path):
+    """The case the distance to the learned faces misses: real photos of another kind that the model
+    calls fake AND finds familiar (they lie by its learned fakes, a little apart). With real faces of
+    that kind as a reference (trust.foreign_reals), their "fake" answers are withheld, held-out ones
+    included, at the cost fit on validation faces (about 1 - trust.foreign_keep of the fake answers);
+    without the reference nothing changes."""
+    from dfcl.measure.trust import ELSEWHERE, Scored, fit_scored
+
+    rng = np.random.default_rng(3)
+    settings = SETTINGS.model_copy(update={"keep": 1.0, "foreign_keep": 0.9})
+    other_camera = FAKE + np.r_[0, 3.0, np.zeros(30)]  # beside the learned fakes
+    train = scored("A", rng, [(REAL, 0), (FAKE, 1)], 300, confident)
+    val = scored("A", rng, [(REAL, 0), (FAKE, 1)], 300, confident)
+    reference = Scored("photos", np.zeros(300, int), np.full(300, 0.999), rng.normal(BASE + other_camera, 1.0, (300, 32)))
+    held_out = rng.normal(BASE + other_camera, 1.0, (200, 32))
+
+    without = fit_scored(train.features, train.y, ["A"], [val], [], 0.5, settings)
+    assert math.isinf(without.elsewhere) and without.space.foreign is None
+    assert np.mean([j["verdict"] == "fake" for j in without.judge(np.full(200, 0.999), held_out)]) > 0.8  # familiar
+
+    trust = fit_scored(train.features, train.y, ["A"], [val], [], 0.5, settings, foreign=[reference])
+    assert trust.foreign == ["photos"] and trust.report["foreign_faces"] == 300
+    judged = trust.judge(np.full(200, 0.999), held_out)
+    assert np.mean([j["verdict"] == "fake" for j in judged]) < 0.1
+    # withheld for that reason, in words (the few the distance to the learned fakes withheld already keep theirs)
+    assert np.mean([ELSEWHERE.format("photos") in j.get("why", "") for j in judged]) > 0.7
+    fake_answers = [j for j in trust.judge(val.p, val.features) if j.get("withheld", j["verdict"]) == "fake"]
+    withheld = np.mean([ELSEWHERE.format("photos") in j.get("why", "") for j in fake_answers])
+    assert withheld == pytest.approx(0.1, abs=0.03)
+    # a "real" answer is never withheld by it
+    assert not any(ELSEWHERE.format("photos") in j.get("why", "") for j in trust.judge(np.full(200, 0.001), held_out))
+
+    again = Trust.load(trust.save(tmp_path / "trust.safetensors"))
+    assert again.elsewhere == pytest.approx(trust.elsewhere) and again.foreign == ["photos"]
+    assert [j["verdict"] for j in again.judge(np.full(200, 0.999), held_out)] == [j["verdict"] for j in judged]
 
 
 def test_a_trust_file_from_before_the_abstention_loads_without_cuts(tmp_path):

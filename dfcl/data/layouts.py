@@ -60,7 +60,8 @@ def register_layout(name: str, description: str):
 
 
 def known_layouts() -> list[str]:
-    return [layout.description for layout in LAYOUTS.values()]
+    return [layout.description for layout in LAYOUTS.values()] + [
+        "real faces: real/ of images or videos alone (nothing to learn: for trust.foreign_reals or sbi.real_sets)"]
 
 
 @dataclass
@@ -437,6 +438,13 @@ def real_faces_only(root: Path, ask: Request) -> Sources:
     return dataclasses.replace(found, written={REAL_SPLITS: found.files[["path", "split", "group"]].to_csv(index=False)})
 
 
+def real_photos_only(root: Path, ask: Request) -> bool:
+    """A folder of real photos and nothing else: its only sub-folder a real one (`data.real_names`),
+    or a raw copy of such a folder (its REAL_SPLITS list beside it)."""
+    subfolders = {n.lower() for n in _subfolders(root)}
+    return (root / REAL_SPLITS).is_file() or (bool(subfolders) and subfolders <= {r.lower() for r in ask.real_names})
+
+
 def _official_split(rel: Path) -> str:
     """train/val/test when the first folder of a path says so ("" otherwise)."""
     first = rel.parts[0].lower() if len(rel.parts) > 1 else ""
@@ -523,6 +531,13 @@ def recognise(root: str | Path | list, real_names, name: str, methods: list[str]
                           "(--method self-blended)")
     root = roots[0]
     found = next(filter(None, (layout.read(root, ask) for layout in LAYOUTS.values())), None)
+    if found is None and real_photos_only(root, ask):
+        # Real photos alone (e.g. LFW): kept as real faces, for trust.foreign_reals or sbi.real_sets;
+        # no method to learn (ingest says so). Same files and splits as a self-blended experience's.
+        found = real_faces_only(root, ask)
+        return dataclasses.replace(found, notes=[f"{name}: real faces only, no method to learn: list "
+                                                 f"data/processed/{name}/{name} in trust.foreign_reals, or the folder "
+                                                 "in sbi.real_sets"])
     if found is None:
         raise LayoutError(f"{root}: unknown dataset layout (sub-folders: {sorted(_subfolders(root)) or 'none'}). "
                           f"Known layouts: {'; '.join(known_layouts())}")

@@ -26,7 +26,7 @@ from avalanche.evaluation.metrics import ExperienceForwardTransfer
 from torch.utils.data import ConcatDataset
 
 from dfcl.config import ConfigError, Params
-from dfcl.data.arrays import ExperienceSpec, face_videos
+from dfcl.data.arrays import ExperienceSpec, beside, face_videos
 from dfcl.data.datasets import FaceArrayDataset
 from dfcl.data.sbi import SelfBlendedFakes, SelfBlendedPairs
 from dfcl.files import fsync_tree, write_atomic
@@ -292,7 +292,7 @@ class Learner:
         with self._rng_kept():
             return fit_trust(self.strategy.model, self.trust_splits(experiences), self.history.threshold,
                              self.params.trust, self.strategy.device, self.params.train.seed,
-                             self.unseen_sets(experiences), scored=scored)
+                             self.unseen_sets(experiences), scored=scored, foreign=self.foreign_reals(experiences))
 
     def trust_splits(self, experiences: list[ExperienceSpec]) -> list[tuple[str, dict[str, tuple[Path, Path]]]]:
         """[(key, {"train"|"val"|"test": (images, labels)})]: what dfcl.measure.trust fits and measures on."""
@@ -324,6 +324,42 @@ class Learner:
                                   "model learned; list only sets it never trained on")
             out.append(("/".join(path.parts[-2:]), (path / "test-x.npy", path / "test-y.npy")))
         return out
+
+    def foreign_reals(self, experiences: list[ExperienceSpec]) -> list[tuple[str, np.ndarray]]:
+        """`trust.foreign_reals`: (name, real faces) of each folder, every split's reals, at most
+        `trust.novelty_reference` of them all (a seeded draw). A face this model learned, or one of
+        `trust.unseen_sets` (measured as never seen), is refused by content: the rule would then
+        measure itself."""
+        from dfcl.data.leaks import face_hashes
+
+        folders = self.params.trust.foreign_reals
+        if not folders:
+            return []
+        taken = {h for e in experiences for x in (e.train_x, e.val_x, e.test_x) if x for h in face_hashes(self.root / x)}
+        taken |= {h for folder in self.params.trust.unseen_sets for h in face_hashes(self.root / folder / "test-x.npy")}
+        found = []  # (name, images path, row) of every real face
+        for folder in folders:
+            path = self.root / folder
+            splits = [path / f"{s}-x.npy" for s in ("train", "val", "test") if (path / f"{s}-x.npy").is_file()]
+            if not splits:
+                raise ConfigError(f"trust.foreign_reals: {folder} holds no extracted faces "
+                                  "(data/processed/<dataset>/<method>/<split>-x.npy)")
+            for x in splits:
+                hashes, y = face_hashes(x), np.load(beside(x, "y"))
+                if shared := sum(h in taken for h, label in zip(hashes, y) if label == 0):
+                    raise ConfigError(f"trust.foreign_reals: {shared} real faces of {folder} are faces this model "
+                                      "learned or measures as unseen (trust.unseen_sets); list only sets kept apart")
+                found += [("/".join(path.parts[-2:]), x, i) for i in np.flatnonzero(y == 0)]
+        if not found:
+            raise ConfigError(f"trust.foreign_reals: no real faces in {', '.join(folders)}")
+        rows = np.random.default_rng(self.params.train.seed).permutation(len(found))[:self.params.trust.novelty_reference]
+        out = {}
+        for name, x, i in sorted(found[j] for j in rows):
+            out.setdefault((name, x), []).append(i)
+        faces: dict[str, list[np.ndarray]] = {}
+        for (name, x), idx in out.items():
+            faces.setdefault(name, []).append(np.asarray(np.load(x, mmap_mode="r")[idx]))
+        return [(name, np.concatenate(f)) for name, f in faces.items()]
 
     def trust_results(self) -> dict:
         """What the trust fit measured (dfcl.measure.trust.measured) and its settings, for results and MLflow."""

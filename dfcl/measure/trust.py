@@ -30,6 +30,13 @@ nothing is ever unpickled):
   strictest level that keeps `trust.keep` of the band's answers there). Written here in a few lines of
   numpy rather than with crepes or MAPIE (which compute such class-wise conformal p-values): the
   features and the k-NN score are this module's, and a quantile per class is all the rule needs.
+- real photos from elsewhere (`trust.foreign_reals`): real faces of sets the model never trained on
+  (another camera, another kind of photo) kept as a third reference. A "fake" answer is withheld when
+  the face is nearer to them, relative to the learned forgeries, than all but `1 - trust.foreign_keep`
+  of the validation faces answered "fake" are (`fit_elsewhere`). Why: a model that learned one camera's
+  reals answers another camera's real photos "fake" and finds them FAMILIAR (near its learned fakes:
+  benchmarks/results/trust_champion_seed1_cpu.md, FLUX reals 73% answered fake, novelty AUROC 0.39),
+  so no distance to the learned faces alone withholds them; a distance to real photos of other kinds does.
 
 Over 300 lines: calibration, band, novelty, abstention and attribution are fit together, saved
 in one file and applied together to each face; apart they would each need the others' features and file.
@@ -161,6 +168,7 @@ class FeatureSpace:
     reference: np.ndarray     # (R, D) unit vectors of training faces of every class (float16 on disk)
     k: int = 10               # neighbours the novelty score averages over
     reference_fake: np.ndarray | None = None  # (R,) bool: which reference faces are fakes (None: files before it)
+    foreign: np.ndarray | None = None  # (F, D) unit vectors of real faces of sets never trained on (trust.foreign_reals)
 
     def novelty(self, features: np.ndarray) -> np.ndarray:
         """Mean cosine distance to the k nearest reference faces: 0 = like a learned face."""
@@ -175,9 +183,19 @@ class FeatureSpace:
         return self._knn(sim), np.stack([self._knn(sim[:, ~self.reference_fake]),
                                          self._knn(sim[:, self.reference_fake])], 1)
 
-    def _similarity(self, features: np.ndarray) -> np.ndarray:
+    def elsewhere(self, features: np.ndarray) -> np.ndarray | None:
+        """How much more a face resembles the real photos from elsewhere than the learned forgeries:
+        its k-NN distance to the learned fake reference faces minus that to the foreign reals (high:
+        like a real photo of another kind). None without foreign reals or reference labels."""
+        if self.foreign is None or not len(self.foreign) or self.reference_fake is None or not self.reference_fake.any():
+            return None
+        to_fakes = self._knn(self._similarity(features)[:, self.reference_fake])
+        return to_fakes - self._knn(self._similarity(features, self.foreign))
+
+    def _similarity(self, features: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
         f = np.asarray(features, np.float32)
-        return (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), EPS)) @ self.reference.T
+        return (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), EPS)) @ (self.reference if reference is None
+                                                                                 else reference).T
 
     def _knn(self, sim: np.ndarray) -> np.ndarray:
         k = min(self.k, sim.shape[1])
@@ -190,6 +208,12 @@ class FeatureSpace:
         """(N, C) Mahalanobis distances to each class mean."""
         z = self.project(features)
         return np.sqrt(((z[:, None, :] - self.centres[None]) ** 2).sum(-1))
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, rounded to the float16 a trust file keeps (float32 in memory)."""
+    f = np.asarray(features, np.float64)
+    return (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), EPS)).astype(np.float16).astype(np.float32)
 
 
 def fit_feature_space(features: np.ndarray, labels: np.ndarray, classes: list[str], components: int,
@@ -209,14 +233,13 @@ def fit_feature_space(features: np.ndarray, labels: np.ndarray, classes: list[st
     whiten = vectors / np.sqrt(np.maximum(values, EPS))
     projection = pca.components_.T @ whiten
     kept = _sample(len(features), reference, seed)
-    ref = features[kept]
-    # float32 in memory (one product per answer), rounded to the float16 the file keeps
-    ref = (ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), EPS)).astype(np.float16).astype(np.float32)
+    ref = unit_rows(features[kept])
     return FeatureSpace(pca.mean_, projection, centres @ whiten, [classes[c] for c in present], ref, k,
                         np.asarray(labels)[kept] > 0)
 
 
 UNLIKE = {"fake": "unlike the forgeries it learned", "real": "unlike the real faces it learned"}
+ELSEWHERE = "more like real photos of other kinds ({}) than the forgeries it learned"
 CUT_OFF = "face cut off at the edge of the picture"
 VIEWS = "the face and its mirror image are answered differently"
 # Face sizes tried by `fit_min_side`, as shares of the model's input side (32 to 128 px at 160).
@@ -251,6 +274,10 @@ class Trust:
     # A face with less of its box inside the picture than this is "cut off" and not answered (fit by
     # `fit_min_inside` on the learned training faces; 1: any box leaving the picture, files before it).
     min_inside: float = 1.0
+    # A "fake" answer is withheld when FeatureSpace.elsewhere of the face is above this (fit by
+    # `fit_elsewhere`); `foreign` names the sets of real photos it was fit with.
+    elsewhere: float = math.inf
+    foreign: list[str] = field(default_factory=list)
 
     @property
     def calibrated(self) -> bool:
@@ -271,6 +298,7 @@ class Trust:
             d = self.space.distances(features)
             fakes = [i for i, c in enumerate(self.space.classes) if c != "real"]
             novelty, by_class = self.space.familiarity(features)
+            elsewhere = self.space.elsewhere(features) if not math.isinf(self.elsewhere) else None
             for i, (row, dist, score) in enumerate(zip(out, d, novelty)):
                 score = float(score)
                 row["novelty"] = round(score, 4)
@@ -279,6 +307,8 @@ class Trust:
                     c = int(row["verdict"] == "fake")
                     if by_class[i, c] > self.unfamiliar[c]:
                         withhold(row, UNLIKE[row["verdict"]])
+                if elsewhere is not None and row["verdict"] == "fake" and elsewhere[i] > self.elsewhere:
+                    withhold(row, ELSEWHERE.format(", ".join(self.foreign)))
                 if fakes:
                     near = np.exp(-0.5 * (dist[fakes] ** 2 - dist[fakes].min() ** 2))
                     near /= near.sum()
@@ -300,7 +330,8 @@ class Trust:
                 "unfamiliar": [None if math.isinf(c) else round(c, 4) for c in self.unfamiliar],
                 "learned": self.learned, "flip": self.flip,
                 "views": None if math.isinf(self.views) else round(self.views, 4), "min_side": self.min_side,
-                "min_inside": self.min_inside, "classes": self.space.classes if self.space else [], **self.report}
+                "min_inside": self.min_inside, "elsewhere": None if math.isinf(self.elsewhere) else round(self.elsewhere, 4),
+                "foreign": self.foreign, "classes": self.space.classes if self.space else [], **self.report}
 
     def save(self, path: Path) -> Path:
         from safetensors.numpy import save_file
@@ -311,13 +342,16 @@ class Trust:
             tensors["reference"] = np.ascontiguousarray(self.space.reference, np.float16)
             if self.space.reference_fake is not None:
                 tensors["reference_fake"] = self.space.reference_fake.astype(np.uint8)
+            if self.space.foreign is not None:
+                tensors["foreign"] = np.ascontiguousarray(self.space.foreign, np.float16)
         header = {"calibration": asdict(self.calibration), "threshold": self.threshold, "band": list(self.band),
                   "precision": self.precision, "novelty_threshold": None if math.isinf(self.novelty_threshold)
                   else self.novelty_threshold, "classes": self.space.classes if self.space else [],
                   "k": self.space.k if self.space else 0, "report": self.report,
                   "unfamiliar": [None if math.isinf(c) else c for c in self.unfamiliar], "learned": self.learned,
                   "flip": self.flip, "views": None if math.isinf(self.views) else self.views,
-                  "min_side": self.min_side, "min_inside": self.min_inside}
+                  "min_side": self.min_side, "min_inside": self.min_inside,
+                  "elsewhere": None if math.isinf(self.elsewhere) else self.elsewhere, "foreign": self.foreign}
         # safetensors refuses an empty file: one placeholder tensor when there is no feature space
         save_file(tensors or {"none": np.zeros(1, np.float32)}, str(path),
                   metadata={"format": TRUST_FORMAT, "json": json.dumps(header)})
@@ -341,24 +375,27 @@ class Trust:
                                          classes=[str(c) for c in h["classes"]],
                                          reference=f.get_tensor("reference").astype(np.float32), k=int(h["k"]),
                                          reference_fake=f.get_tensor("reference_fake").astype(bool)
-                                         if "reference_fake" in f.keys() else None)
+                                         if "reference_fake" in f.keys() else None,
+                                         foreign=f.get_tensor("foreign").astype(np.float32) if "foreign" in f.keys() else None)
             nt = h["novelty_threshold"]
             # files written before abstention on the unfamiliar (or on views): no cut (inf), no learned list, no flip
             cuts = [math.inf if c is None else float(c) for c in h.get("unfamiliar", [None, None])]
-            views = h.get("views")
+            views, elsewhere = h.get("views"), h.get("elsewhere")
             trust = cls(Calibration(float(h["calibration"]["a"]), float(h["calibration"]["b"])), float(h["threshold"]),
                         (float(h["band"][0]), float(h["band"][1])), float(h["precision"]),
                         math.inf if nt is None else float(nt), space, dict(h.get("report", {})),
                         (cuts[0], cuts[1]), [str(m) for m in h.get("learned", [])], bool(h.get("flip", False)),
                         math.inf if views is None else float(views), int(h.get("min_side", 0)),
-                        float(h.get("min_inside", 1.0)))
+                        float(h.get("min_inside", 1.0)), math.inf if elsewhere is None else float(elsewhere),
+                        [str(s) for s in h.get("foreign", [])])
         except (SafetensorError, KeyError, TypeError, IndexError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is not a valid trust file ({type(e).__name__}: {e})") from None
         if space is not None:
             d, k = space.projection.shape
             if (space.mean.shape != (d,) or space.centres.shape != (len(space.classes), k)
                     or space.reference.ndim != 2 or space.reference.shape[1] != d or space.k < 1
-                    or (space.reference_fake is not None and space.reference_fake.shape != (len(space.reference),))):
+                    or (space.reference_fake is not None and space.reference_fake.shape != (len(space.reference),))
+                    or (space.foreign is not None and (space.foreign.ndim != 2 or space.foreign.shape[1] != d))):
                 raise ValueError(f"{path}: the feature space's shapes disagree")
         return trust
 
@@ -441,6 +478,16 @@ def fit_views(spread_answered: np.ndarray, cost: float) -> float:
     return float(np.quantile(spread_answered, 1 - cost))
 
 
+def fit_elsewhere(elsewhere_answered: np.ndarray, keep: float) -> float:
+    """The cut on FeatureSpace.elsewhere above which a "fake" answer is withheld: the `keep` quantile
+    of it over the band's "fake" answers on learned validation faces, so that the rule withholds
+    about 1 - keep of those and, on real photos of other kinds, more (measured in
+    benchmarks/trust.py). keep 1, or no fake answer to fit on: no cut."""
+    if keep >= 1 or not len(elsewhere_answered):
+        return math.inf
+    return float(np.quantile(elsewhere_answered, keep))
+
+
 def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]],
                       settings: TrustConfig, device="cpu", seed: int = 0, score=None,
                       scored: dict[str, list[Scored]] | None = None) -> tuple[np.ndarray | None, np.ndarray | None, list, list]:
@@ -481,14 +528,20 @@ def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[
 
 
 def fit_scored(fit_f, fit_l, methods: list[str], val: list[Scored], test: list[Scored], threshold_raw: float,
-               settings: TrustConfig, seed: int = 0, unseen: list[Scored] = ()) -> Trust:
+               settings: TrustConfig, seed: int = 0, unseen: list[Scored] = (), foreign: list[Scored] = ()) -> Trust:
     """Trust from scored faces (score_experiences): the feature space from the training faces,
     calibration, band, novelty threshold and the cuts on the unfamiliar from the validation faces,
-    and the same figures measured on the test faces and on `unseen` (sets never trained on)."""
+    and the same figures measured on the test faces and on `unseen` (sets never trained on).
+    `foreign`: real faces of sets never trained on (trust.foreign_reals), the reference of the
+    rule on real photos from elsewhere (up to `novelty_reference` of them kept)."""
     space = None
     if fit_f is not None and len(fit_f) >= 3:  # PCA and a covariance need a few faces
         space = fit_feature_space(fit_f, fit_l, ["real", *methods], settings.components,
                                   settings.novelty_reference, settings.novelty_k, seed)
+        reals = [s.features[s.y == 0] for s in foreign if s.features is not None]
+        if reals and sum(map(len, reals)):
+            reals = np.concatenate(reals)
+            space.foreign = unit_rows(reals[_sample(len(reals), settings.novelty_reference, seed)])
     trust = Trust(precision=settings.precision, space=space, learned=list(methods), flip=settings.flip)
     if not val:
         return trust
@@ -507,6 +560,12 @@ def fit_scored(fit_f, fit_l, methods: list[str], val: list[Scored], test: list[S
             trust.unfamiliar, level = fit_abstention(vy, verdicts, by_class, settings.keep,
                                                      settings.novelty_quantile)
             trust.report["unfamiliar_level"] = level
+        elsewhere = space.elsewhere(np.concatenate([v.features for v in val]))
+        if elsewhere is not None:
+            fakes = trust.calibration(vp) >= trust.band[1]
+            trust.elsewhere = fit_elsewhere(elsewhere[fakes], settings.foreign_keep)
+            trust.foreign = [s.name for s in foreign]
+            trust.report["foreign_faces"] = int(len(space.foreign))
     trust.report |= measured(trust, val, "val") | measured(trust, test, "test")
     if unseen:
         trust.report["unseen"] = {s.name: measured(trust, [s], "test") for s in unseen}
@@ -568,14 +627,18 @@ def fit_min_inside(training_faces: list[Path], quantile: float) -> tuple[float, 
 
 def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]], threshold_raw: float,
               settings: TrustConfig, device="cpu", seed: int = 0, unseen: list[tuple[str, tuple[Path, Path]]] = (),
-              scored: dict[str, list[Scored]] | None = None) -> Trust:
+              scored: dict[str, list[Scored]] | None = None, foreign: list[tuple[str, np.ndarray]] = ()) -> Trust:
     """Trust for `model` after learning `experiences` [(method, {"train"|"val"|"test": (images, labels)})],
     measured also on `unseen` [(name, (images, labels))], faces of sets it never trained on.
-    `scored`: splits already scored by the caller, as score_experiences takes them."""
+    `scored`: splits already scored by the caller, as score_experiences takes them. `foreign`:
+    [(name, real faces (N, H, W, 3))] of sets never trained on (trust.foreign_reals)."""
     fit_f, fit_l, val, test = score_experiences(model, experiences, settings, device, seed, scored=scored)
     scored = [Scored(name, np.load(y), *scores_and_features(model, np.load(x, mmap_mode="r"), device,
                                                             flip=settings.flip)) for name, (x, y) in unseen]
-    trust = fit_scored(fit_f, fit_l, [m for m, _ in experiences], val, test, threshold_raw, settings, seed, scored)
+    reals = [Scored(name, np.zeros(len(x), np.int64), *scores_and_features(model, x, device, flip=settings.flip))
+             for name, x in foreign]
+    trust = fit_scored(fit_f, fit_l, [m for m, _ in experiences], val, test, threshold_raw, settings, seed, scored,
+                       reals)
     faces = [(np.load(s["val"][0], mmap_mode="r"), np.load(s["val"][1])) for _, s in experiences if "val" in s]
     if settings.small_face_drop < 1 and faces:
         x, y = np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces])
