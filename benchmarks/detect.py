@@ -11,8 +11,8 @@ The detector is params.yaml's architecture at its input size, registered in a sc
 registry as champion; its weights do not change speed, so it is the ImageNet-initialised
 network, not a trained one (no training needed to measure). It is registered with a trust
 state of the champion's sizes (dfcl.measure.trust: calibration, band, a `trust.components`-dimensional
-feature space of five classes, fit on random features), so every answer pays for calibration,
-novelty and attribution as a trained champion's does.
+feature space of five classes, fit on random features, and as many real photos from elsewhere), so
+every answer pays for calibration, novelty, attribution and abstention as a trained champion's does.
 
     python benchmarks/detect.py [--crops 200] [--requests 12] [--tag cpu] [-S key=value ...]
 
@@ -73,7 +73,7 @@ def register_champion(params: dict) -> None:
     import numpy as np
     from mlflow import MlflowClient
 
-    from dfcl.measure.trust import Calibration, Trust, fit_feature_space
+    from dfcl.measure.trust import Calibration, Trust, fit_feature_space, unit_rows
     from dfcl.ops.tracking import log_detector
     from models import create_model
 
@@ -83,8 +83,13 @@ def register_champion(params: dict) -> None:
     rng = np.random.default_rng(0)
     classes = ["real", "a/A", "a/B", "a/C", "a/D"]
     features = rng.normal(size=(1000, model.head.in_features))
-    space = fit_feature_space(features, np.arange(1000) % len(classes), classes, params.trust.components)
-    trust = Trust(Calibration(1.1, -0.1), 0.5, (0.3, 0.7), 0.95, 10.0, space)
+    space = fit_feature_space(features, np.arange(1000) % len(classes), classes, params.trust.components,
+                              params.trust.novelty_reference)
+    # real photos from elsewhere (trust.foreign_reals) at the size the learner keeps, and finite cuts,
+    # so every answer also pays for the familiarity and elsewhere rules
+    space.foreign = unit_rows(rng.normal(size=(params.trust.novelty_reference, model.head.in_features)))
+    trust = Trust(Calibration(1.1, -0.1), 0.5, (0.3, 0.7), 0.95, 10.0, space, unfamiliar=(1.0, 1.0),
+                  elsewhere=0.0, foreign=["benchmark reals"])
     with mlflow.start_run(run_name="benchmark detector"):
         info = log_detector(model, params.data.image_size, 0.5, {"architecture": mp.name, "methods": []}, name,
                             trust=trust)

@@ -227,6 +227,11 @@ def test_reasons_say_where_the_promise_was_measured():
     card = model_card(detector)
     assert card["measured_on"] == "on validation faces of the 2 methods it learned"
     assert card["measured_unseen"] == {"dfdc/dfdc": {"test_coverage": 0.3}} and card["measured"] == {"test_coverage": 0.5}
+    assert card["foreign_reals"] == [] and "real photos of" not in fake
+    trust.foreign = ["lfw-faces/lfw-faces"]
+    assert model_card(detector)["foreign_reals"] == ["lfw-faces/lfw-faces"]
+    assert "resembles the fake faces it learned more than real photos of lfw-faces/lfw-faces;" in reason_for(detector, "fake", 0.97)
+    assert "real photos of" not in reason_for(detector, "real", 0.01)
 
 
 def test_a_detector_loaded_from_a_file_runs_in_the_layout_it_trained_in(tmp_path):

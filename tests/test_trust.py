@@ -386,10 +386,18 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
     rows.to_csv(manifest, index=False)
     overrides = [a for o in [*SMALL, "train.epochs=1"] for a in ("-S", o)]
     assert bench.main(["--learner", str(tmp_path / "learner"), "--root", str(tmp_path), *overrides, "--tag", "smoke",
-                       "--unseen", f"MouthWarp={tmp_path / 'MouthWarp' / 'MouthWarp'}:test", "--out", str(tmp_path)]) == 0
+                       "--unseen", f"MouthWarp={tmp_path / 'MouthWarp' / 'MouthWarp'}:test", "--out", str(tmp_path),
+                       "--foreign", f"Elsewhere={tmp_path / 'MouthWarp' / 'MouthWarp'}:train"]) == 0
     report = json.loads((tmp_path / "trust_smoke.json").read_text())
     assert set(report["sweep"]["plain"]) == {str(k) for k in bench.KEEP_SWEEP}
     assert set(report["sweep"]["flip"]) == {str(k) for k in bench.VIEWS_SWEEP}
+    # the foreign reals: half the rule's reference, half measured as a set never trained on
+    assert set(report["sweep"]["foreign"]) == {str(k) for k in bench.FOREIGN_SWEEP}
+    assert report["variants"]["plain"]["trust"]["foreign"] == ["Elsewhere"]
+    held_out = report["variants"]["plain"]["unseen"]["Elsewhere (held out)"]
+    assert held_out["faces"] > 0 and held_out["fake"] == 0
+    swept = {k: v["Elsewhere (held out)"]["real_called_fake"] for k, v in report["sweep"]["foreign"].items()}
+    assert swept["0.6"] <= swept["1.0"]  # the rule only ever withholds "fake" answers
     flip, plain = report["variants"]["flip"], report["variants"]["plain"]
     assert plain["trust"]["views"] is None and flip["trust"]["views"] is not None
     assert 0 <= flip["unseen"]["MouthWarp"]["withheld_views"] <= 1 and plain["unseen"]["MouthWarp"]["withheld_views"] == 0

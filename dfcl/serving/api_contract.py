@@ -106,6 +106,8 @@ class ModelCard(Open):
     measured_on: str | None
     measured: dict[str, Any]
     measured_unseen: dict[str, Any]
+    foreign_reals: list[str] = Field(default_factory=list, description="real photos of other kinds a 'fake' answer is "
+                                     "checked against (trust.foreign_reals): not unseen for this model")
 
 
 class Limits(Open):

@@ -21,7 +21,10 @@ def model_card(detector: Detector) -> dict:
             "measured_on": None if trust is None else trust.population(),
             "measured": {} if trust is None else {k: v for k, v in trust.report.items() if k.startswith("test_")},
             # the same figures on the test faces of sets it never trained on (trust.unseen_sets)
-            "measured_unseen": {} if trust is None else trust.report.get("unseen", {})}
+            "measured_unseen": {} if trust is None else trust.report.get("unseen", {}),
+            # real photos of other kinds a "fake" answer is checked against (trust.foreign_reals): no
+            # longer unseen for this model
+            "foreign_reals": [] if trust is None else list(trust.foreign)}
 
 
 def calibrated(detector: Detector) -> bool:
@@ -53,8 +56,9 @@ def reason_for(detector: Detector, verdict: str, p: float, why: str | None = Non
         return (f"P(fake) {p:.2f} lies between {lo:.2f} and {min(hi, 1):.2f}, where the model's answers were right "
                 f"less than {t.precision:.0%} of the time {t.population()}")
     side = f"at or above {hi:.2f}" if verdict == "fake" else f"below {lo:.2f}"
+    checked = f" more than real photos of {', '.join(t.foreign)}" if verdict == "fake" and t.foreign else ""
     return (f"P(fake) {p:.2f} is {side}, where '{verdict}' answers were right at least {t.precision:.0%} of the "
-            f"time {t.population()}, and the face resembles the {verdict} faces it learned; on kinds of "
+            f"time {t.population()}, and the face resembles the {verdict} faces it learned{checked}; on kinds of "
             "faces it never saw that figure was not measured")
 
 

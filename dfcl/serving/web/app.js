@@ -124,8 +124,10 @@ function renderCard(m) {
   const unseen = Object.entries(m.measured_unseen || {}).filter(([, u]) => finite(u.test_coverage)).map(([name, u]) =>
     `${name}: answered ${percent(u.test_coverage)}, ${percent(u.test_answered_accuracy)} of those right, ` +
     `${percent(u.test_real_called_fake)} of its real faces answered fake`);
+  const foreign = m.foreign_reals || [];
   $("measured").textContent = (parts.length ? `On test faces of the methods it learned it ${parts.join("; ")}.` : "") +
-    (unseen.length ? ` On sets it never trained on: ${unseen.join("; ")}.` : "");
+    (unseen.length ? ` On sets it never trained on: ${unseen.join("; ")}.` : "") +
+    (foreign.length ? ` Its "fake" answers are checked against real photos of ${foreign.join(", ")}, so those are not unseen.` : "");
   show("measured", parts.length + unseen.length > 0);
   // The legend says what the numbers mean for this model.
   $("legend-p").textContent = m.calibrated
