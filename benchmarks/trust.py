@@ -14,7 +14,9 @@ state is then fit exactly as the learner fits it after an experience (dfcl.measu
 checkout's `trust:` settings), on the learned experiences' training and validation faces only:
 no unseen face is used to fit anything. A face whose box is cut off by its picture's edge more than the
 learned training faces' were (its manifest's `inside` below `trust.min_inside`, fit by the learner's
-rule, dfcl.measure.trust.fit_min_inside) is withheld as "cut off", as `dfcl detect` withholds it.
+rule, dfcl.measure.trust.fit_min_inside) is withheld as "cut off", and a face cut from fewer picture
+pixels across than the floor fit with each variant's trust (`trust.min_side`, fit_min_side) as "too
+small", as `dfcl detect` withholds them.
 `--foreign`: real photos of a kind never trained on, as `trust.foreign_reals` gives them to the
 product; a seeded half of their real faces is the rule's reference, the other half is measured as a
 set never trained on ("NAME (held out)"), and `trust.foreign_keep` is swept (1.0: no such rule).
@@ -149,16 +151,36 @@ def unfamiliarity(trust, s) -> tuple[np.ndarray, np.ndarray]:
     return novelty, by_class[np.arange(len(c)), c] / np.asarray(trust.unfamiliar)[c]
 
 
-def judged_as_product(trust, s, inside: np.ndarray | None) -> list[dict]:
+def face_place(images, margin: float) -> np.ndarray | None:
+    """(N, 2): each face's share of its box inside its picture and the side of its crop in picture
+    pixels (the manifest's box x `margin`, as dfcl.data.faces.square_of cuts it; its clamp to the
+    picture's shorter side is unknown here and matters only far above any size floor); NaN where
+    unknown. None for faces without a manifest."""
+    import pandas as pd
+
+    from dfcl.data.arrays import face_inside, manifest_column
+
+    share = face_inside(images)
+    if share is None:
+        return None
+    x1, y1, x2, y2 = (pd.to_numeric(manifest_column(images, c), errors="coerce").to_numpy(float)
+                      for c in ("x1", "y1", "x2", "y2"))
+    return np.stack([share, np.round(np.maximum(x2 - x1, y2 - y1) * margin)], 1)
+
+
+def judged_as_product(trust, s, place: np.ndarray | None) -> list[dict]:
     """Each face of `s` judged as `dfcl detect` judges it: the trust rules, then "cut off" where
-    less of its box is inside its picture than `trust.min_inside` (`inside`: the manifests' shares)."""
-    from dfcl.measure.trust import CUT_OFF, withhold
+    less of its box is inside its picture than `trust.min_inside` and "too small" where its crop
+    was cut from fewer picture pixels than `trust.min_side` (`place`: face_place's columns)."""
+    from dfcl.measure.trust import CUT_OFF, too_small, withhold
 
     judged = trust.judge(s.p, s.features, s.spread)
-    if inside is not None:
-        for j, share in zip(judged, inside):
+    if place is not None:
+        for j, (share, side) in zip(judged, place):
             if share < trust.min_inside:  # NaN (picture size unknown) is never cut off, as in detect
                 withhold(j, CUT_OFF)
+            if side < trust.min_side:  # NaN (no box) never too small
+                withhold(j, too_small(int(side), trust.min_side))
     return judged
 
 
@@ -173,7 +195,7 @@ def ece_floor(q: np.ndarray, draws: int = 100, seed: int = 0) -> float:
     return float(np.mean([ece((rng.random(len(q)) < q).astype(int), q) for _ in range(draws)]))
 
 
-def measure(trust, s, inside=None, learned=None, floor: bool = False) -> dict:
+def measure(trust, s, place=None, learned=None, floor: bool = False) -> dict:
     """One set's figures under `trust`: AUC, calibration (with `floor`, the ECE a perfectly
     calibrated model would show here), the band alone and the band with the abstention on the
     unfamiliar (and the cut-off rule), novelty; with `learned` (the learned test faces'
@@ -183,7 +205,7 @@ def measure(trust, s, inside=None, learned=None, floor: bool = False) -> dict:
 
     from dfcl.measure.trust import CUT_OFF, ELSEWHERE, VIEWS, answer, coverage, ece
 
-    judged = judged_as_product(trust, s, inside)
+    judged = judged_as_product(trust, s, place)
     q = np.array([j["p_fake"] for j in judged])
     verdicts = [j["verdict"] for j in judged]
     withheld = np.array([bool(j.get("why")) for j in judged])
@@ -194,6 +216,7 @@ def measure(trust, s, inside=None, learned=None, floor: bool = False) -> dict:
            **coverage(s.y, verdicts), "withheld_unfamiliar": float(withheld.mean()),
            "withheld_views": float(np.mean([VIEWS in j.get("why", "") for j in judged])),
            "withheld_cut_off": float(np.mean([CUT_OFF in j.get("why", "") for j in judged])),
+           "withheld_small": float(np.mean(["face too small" in j.get("why", "") for j in judged])),
            "withheld_elsewhere": float(np.mean([ELSEWHERE.split("(")[0] in j.get("why", "") for j in judged])),
            "novel_share": float(np.mean([j["novel"] for j in judged]))}
     if floor:
@@ -212,13 +235,13 @@ def measure(trust, s, inside=None, learned=None, floor: bool = False) -> dict:
     return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
 
 
-def curves(trust, s, inside=None) -> dict:
+def curves(trust, s, place=None) -> dict:
     """Risk-coverage curves of one set: faces answered by calibrated P(fake) >= 0.5, the surest
     first (max(P, 1 - P), the softmax response of Geifman & El-Yaniv 2017), and the same with the
     faces the abstention withholds as unfamiliar answered last."""
     from dfcl.measure.trust import risk_coverage
 
-    judged = judged_as_product(trust, s, inside)
+    judged = judged_as_product(trust, s, place)
     q = np.array([j["p_fake"] for j in judged])
     sure = np.maximum(q, 1 - q)
     withheld = np.array([bool(j.get("why")) for j in judged])
@@ -245,7 +268,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from dfcl.config import load_params
-    from dfcl.data.arrays import beside, face_inside
+    from dfcl.data.arrays import beside
     from dfcl.learning.learner import Learner
     from dfcl.measure.trust import Scored, fit_min_inside, fit_scored
 
@@ -266,21 +289,23 @@ def main(argv=None) -> int:
               "settings": params.trust.model_dump(), "variants": {}, "sweep": {}, "machine": machine(),
               "command": "python benchmarks/trust.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "score_seconds": round(score_s, 1)}
-    # The cut-off rule, fit as the learner fits it, and each scored face's share of its box inside its picture.
+    # The cut-off rule, fit as the learner fits it, and each scored face's place in its picture
+    # (share of its box inside, side of its crop): what the cut-off and face-size rules read.
     splits = learner.trust_splits(learner.history.experiences)
     min_inside, fitted = fit_min_inside([s["train"][0] for _, s in splits if "train" in s], params.trust.edge_quantile)
-    inside = {m: face_inside(s["test"][0]) for m, s in splits if "test" in s}
-    inside["learned (all test faces)"] = (None if any(v is None for v in inside.values())
-                                          else np.concatenate([inside[m] for m in methods if m in inside]))
+    margin = params.faces.margin
+    place = {m: face_place(s["test"][0], margin) for m, s in splits if "test" in s}
+    place["learned (all test faces)"] = (None if any(v is None for v in place.values())
+                                         else np.concatenate([place[m] for m in methods if m in place]))
     for name, images in map(unseen_images, args.unseen):
-        shares = [face_inside(p) for p in images]
-        inside[name] = None if any(v is None for v in shares) else np.concatenate(shares)
-    for name, images in map(unseen_images, args.foreign):  # the held-out half's shares
-        shares = [face_inside(p) for p in images]
-        if all(v is not None for v in shares):
+        places = [face_place(p, margin) for p in images]
+        place[name] = None if any(v is None for v in places) else np.concatenate(places)
+    for name, images in map(unseen_images, args.foreign):  # the held-out half's places
+        places = [face_place(p, margin) for p in images]
+        if all(v is not None for v in places):
             y = np.concatenate([np.load(beside(p, "y")) for p in images])
             order = np.random.default_rng(params.train.seed).permutation(np.flatnonzero(y == 0))
-            inside[f"{name} (held out)"] = np.concatenate(shares)[np.sort(order[len(order) // 2:])]
+            place[f"{name} (held out)"] = np.concatenate(places)[np.sort(order[len(order) // 2:])]
     report["cut_off"] = {"min_inside": min_inside, **fitted}
     plotted = {}
     report["sweep"] = {"plain": {}, "flip": {}}
@@ -291,6 +316,7 @@ def main(argv=None) -> int:
         trust = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, v_test, learner.history.threshold,
                            settings, params.train.seed, foreign=v_reference)
         trust.min_inside = min_inside
+        trust.min_side = size_scan(learner, params, trust, "val")[0]  # fit with this variant's rules, as the learner does
         pooled = Scored("learned (all test faces)", np.concatenate([s.y for s in v_test]),
                         np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]),
                         np.concatenate([s.spread for s in v_test]) if flip else None)
@@ -299,10 +325,10 @@ def main(argv=None) -> int:
             plain_trust = trust  # what the product fits (flip off by default): the face-size scan's
         learned = unfamiliarity(trust, pooled)
         report["variants"][name] = {"trust": trust.summary(),
-                                    "learned": {s.name: measure(trust, s, inside.get(s.name), floor=True) for s in [pooled, *v_test]},
-                                    "unseen": {s.name: measure(trust, s, inside.get(s.name), learned, floor=True)
+                                    "learned": {s.name: measure(trust, s, place.get(s.name), floor=True) for s in [pooled, *v_test]},
+                                    "unseen": {s.name: measure(trust, s, place.get(s.name), learned, floor=True)
                                                for s in v_unseen}}
-        plotted[name] = {s.name: curves(trust, s, inside.get(s.name)) for s in [pooled, *v_unseen]}
+        plotted[name] = {s.name: curves(trust, s, place.get(s.name)) for s in [pooled, *v_unseen]}
         # each rule's one knob: how much of the learned validation answers it may withhold
         knobs = [("views_cost", VIEWS_SWEEP, name)] if flip else [("keep", KEEP_SWEEP, name)]
         if reference and not flip:
@@ -313,7 +339,8 @@ def main(argv=None) -> int:
                 t = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, [], learner.history.threshold,
                                settings.model_copy(update={knob: value}), params.train.seed, foreign=v_reference)
                 t = replace(t, report={}, min_inside=min_inside)
-                report["sweep"][sweep][str(value)] = {s.name: {k: measure(t, s, inside.get(s.name))[k] for k in
+                t.min_side = size_scan(learner, params, t, "val")[0]  # refit: the floor moves with the rules
+                report["sweep"][sweep][str(value)] = {s.name: {k: measure(t, s, place.get(s.name))[k] for k in
                                                               ("coverage", "answered_accuracy", "real_called_fake")}
                                                      for s in [pooled, *v_unseen]}
     report["face_size"] = face_size(learner, params, plain_trust)
@@ -326,18 +353,25 @@ def face_size(learner, params, trust) -> dict:
     """The face-size floor as the learner fits it (validation faces, no flip), and the answered
     accuracy per size on the learned methods' test faces too: does the floor hold on faces it
     was not fit on?"""
-    from dfcl.measure.trust import _sample, fit_min_side
-
-    model = learner.strategy.model.to("cpu").eval()
     out = {}
     for split in ("val", "test"):
-        faces = [(np.load(s[split][0], mmap_mode="r"), np.load(s[split][1]))
-                 for _, s in learner.trust_splits(learner.history.experiences) if split in s]
-        x, y = np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces])
-        keep = _sample(len(y), max(params.trust.fit_faces // 2, 1), params.train.seed)
-        floor, by_side = fit_min_side(trust, model, np.asarray(x[keep]), y[keep], params.trust.small_face_drop)
-        out[split] = {"faces": int(len(keep)), "floor": floor, "answered_accuracy_by_side": by_side}
+        floor, by_side, faces = size_scan(learner, params, trust, split)
+        out[split] = {"faces": faces, "floor": floor, "answered_accuracy_by_side": by_side}
     return out
+
+
+def size_scan(learner, params, trust, split: str) -> tuple[int, dict, int]:
+    """fit_min_side on a sample of the learned experiences' `split` faces, as the learner fits it on
+    validation faces: (floor, answered accuracy by side, faces)."""
+    from dfcl.measure.trust import _sample, fit_min_side
+
+    faces = [(np.load(s[split][0], mmap_mode="r"), np.load(s[split][1]))
+             for _, s in learner.trust_splits(learner.history.experiences) if split in s]
+    x, y = np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces])
+    keep = _sample(len(y), max(params.trust.fit_faces // 2, 1), params.train.seed)
+    floor, by_side = fit_min_side(trust, learner.strategy.model.to("cpu").eval(), np.asarray(x[keep]), y[keep],
+                                  params.trust.small_face_drop)
+    return floor, by_side, int(len(keep))
 
 
 def plot(plotted: dict, report: dict, path: Path) -> None:
@@ -391,11 +425,11 @@ def markdown(r: dict) -> str:
                   f"(real, fake) {t['unfamiliar']} at level {t.get('unfamiliar_level')}"
                   + (f"; a \"fake\" answer more like the real photos of {', '.join(t['foreign'])} ({t.get('foreign_faces')} "
                      f"faces) than the learned forgeries beyond {t['elsewhere']} is withheld" if t.get("foreign") else "")
-                  + ".", "",
+                  + f"; a face cut from fewer than {t.get('min_side', 0)} px across is too small.", "",
                   "| set | faces (fake) | AUC | ECE raw | ECE (perfect: floor) | band: answered | band: accuracy | band: reals called fake "
                   "| answered | accuracy answered | reals called fake | withheld reals | withheld fakes | withheld: views disagree "
-                  "| withheld: cut off | withheld: like real photos from elsewhere |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| withheld: cut off | withheld: too small | withheld: like real photos from elsewhere |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for group in ("learned", "unseen"):
             for k, m in v[group].items():
                 lines.append(f"| {k}{' (never trained on)' if group == 'unseen' else ''} | {m['faces']} ({m['fake']}) | "
@@ -404,6 +438,7 @@ def markdown(r: dict) -> str:
                              f"**{f(m['answered_accuracy'])}** | **{f(m['real_called_fake'])}** | "
                              f"{f(m.get('withheld_reals'))} | {f(m.get('withheld_fakes'))} | "
                              f"{f(m.get('withheld_views')) if name == 'flip' else '-'} | {f(m.get('withheld_cut_off'))} | "
+                             f"{f(m.get('withheld_small'))} | "
                              f"{f(m.get('withheld_elsewhere'))} |")
         lines += ["", "Novelty on the sets never trained on, their real and their fake faces apart: AUROC of telling "
                   "them from the learned methods' test faces, by the k-NN novelty to every learned face (the `novel` "
@@ -438,7 +473,7 @@ def markdown(r: dict) -> str:
             continue
         first = next(iter(sweep.values()))
         lines += [f"## The rule's knob: `{knob}` ({what})", "",
-                  "answered / accuracy of the answered / reals answered fake, per set:", "",
+                  "answered / accuracy of the answered / reals answered fake, per set (the face-size floor refit at each value, as the learner would fit it):", "",
                   f"| {knob} | " + " | ".join(first) + " |", "| --- |" + " --- |" * len(first)]
         for value, sets in sweep.items():
             lines.append(f"| {value} | " + " | ".join(f"{f(m['coverage'])} / {f(m['answered_accuracy'])} / "

@@ -384,6 +384,11 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
     rows = pd.read_csv(manifest, keep_default_na=False)
     rows["inside"] = 0.2
     rows.to_csv(manifest, index=False)
+    # ...and every face cut from 3 px across (its training split: the foreign reals below): below the
+    # face-size floor fit on the learned validation faces, so withheld as "too small", as detect would.
+    rows = pd.read_csv(manifest, keep_default_na=False)
+    rows[["x1", "y1", "x2", "y2"]] = [0, 0, 4, 4]
+    rows.to_csv(manifest, index=False)
     overrides = [a for o in [*SMALL, "train.epochs=1"] for a in ("-S", o)]
     assert bench.main(["--learner", str(tmp_path / "learner"), "--root", str(tmp_path), *overrides, "--tag", "smoke",
                        "--unseen", f"MouthWarp={tmp_path / 'MouthWarp' / 'MouthWarp'}:test", "--out", str(tmp_path),
@@ -396,6 +401,8 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
     assert report["variants"]["plain"]["trust"]["foreign"] == ["Elsewhere"]
     held_out = report["variants"]["plain"]["unseen"]["Elsewhere (held out)"]
     assert held_out["faces"] > 0 and held_out["fake"] == 0
+    min_side = report["variants"]["plain"]["trust"]["min_side"]
+    assert min_side > 3 and held_out["withheld_small"] == 1.0, min_side
     swept = {k: v["Elsewhere (held out)"]["real_called_fake"] for k, v in report["sweep"]["foreign"].items()}
     assert swept["0.6"] <= swept["1.0"]  # the rule only ever withholds "fake" answers
     flip, plain = report["variants"]["flip"], report["variants"]["plain"]

@@ -35,7 +35,7 @@ nothing is ever unpickled):
   the face is nearer to them, relative to the learned forgeries, than all but `1 - trust.foreign_keep`
   of the validation faces answered "fake" are (`fit_elsewhere`). Why: a model that learned one camera's
   reals answers another camera's real photos "fake" and finds them FAMILIAR (near its learned fakes:
-  benchmarks/results/trust_champion_seed1_cpu.md, FLUX reals 73% answered fake, novelty AUROC 0.39),
+  benchmarks/results/trust_champion_seed1_cpu.md, FLUX reals 72% answered fake, novelty AUROC 0.39),
   so no distance to the learned faces alone withholds them; a distance to real photos of other kinds does.
 
 Over 300 lines: calibration, band, novelty, abstention and attribution are fit together, saved
