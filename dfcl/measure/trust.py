@@ -183,14 +183,17 @@ class FeatureSpace:
         return self._knn(sim), np.stack([self._knn(sim[:, ~self.reference_fake]),
                                          self._knn(sim[:, self.reference_fake])], 1)
 
-    def elsewhere(self, features: np.ndarray) -> np.ndarray | None:
+    def elsewhere(self, features: np.ndarray, by_class: np.ndarray | None = None) -> np.ndarray | None:
         """How much more a face resembles the real photos from elsewhere than the learned forgeries:
         its k-NN distance to the learned fake reference faces minus that to the foreign reals (high:
-        like a real photo of another kind). None without foreign reals or reference labels."""
+        like a real photo of another kind). `by_class`: familiarity's second value when the caller
+        has it (the product with the reference is not taken twice). None without foreign reals or
+        reference labels."""
         if self.foreign is None or not len(self.foreign) or self.reference_fake is None or not self.reference_fake.any():
             return None
-        to_fakes = self._knn(self._similarity(features)[:, self.reference_fake])
-        return to_fakes - self._knn(self._similarity(features, self.foreign))
+        if by_class is None:
+            by_class = self.familiarity(features)[1]
+        return by_class[:, 1] - self._knn(self._similarity(features, self.foreign))
 
     def _similarity(self, features: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
         f = np.asarray(features, np.float32)
@@ -298,7 +301,7 @@ class Trust:
             d = self.space.distances(features)
             fakes = [i for i, c in enumerate(self.space.classes) if c != "real"]
             novelty, by_class = self.space.familiarity(features)
-            elsewhere = self.space.elsewhere(features) if not math.isinf(self.elsewhere) else None
+            elsewhere = self.space.elsewhere(features, by_class) if not math.isinf(self.elsewhere) else None
             for i, (row, dist, score) in enumerate(zip(out, d, novelty)):
                 score = float(score)
                 row["novelty"] = round(score, 4)
