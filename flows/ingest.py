@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from dfcl.config import Params
 from dfcl.data.arrays import ExperienceSpec, face_arrays
-from dfcl.data.layouts import dataset_name
+from dfcl.data.layouts import dataset_name, is_synthetic
 from dfcl.workspace import Workspace, ensure_workspace
 from tasks.copy_raw_dataset import copy_raw_dataset
 from tasks.discover_dataset import discover_dataset
@@ -49,6 +49,7 @@ def ingest_dataset(data: str | list[str], params: Params, method: str | None = N
             continue
         folder = (ws.processed / name / m).relative_to(ws.root)
         specs.append(ExperienceSpec(key=m if m == name else f"{name}/{m}", dataset=name, method=m, version=version,
+                                    synthetic=is_synthetic(data),
                                     **{k: str(v) for k, v in face_arrays(folder).items()}))
     if left_out:
         get_run_logger().warning("%s: left out (cannot be learned): %s", name, left_out)

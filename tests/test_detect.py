@@ -232,6 +232,14 @@ def test_reasons_say_where_the_promise_was_measured():
     assert model_card(detector)["foreign_reals"] == ["lfw-faces/lfw-faces"]
     assert "resembles the fake faces it learned more than real photos of lfw-faces/lfw-faces;" in reason_for(detector, "fake", 0.97)
     assert "real photos of" not in reason_for(detector, "real", 0.01)
+    assert model_card(detector)["synthetic_only"] is False and "synthetic" not in fake
+    # a model that learned only the demo's drawn faces says so in every answer; one real method is enough to lift it
+    detector.info["learned"] = [{"method": "BlendSwap", "synthetic": True}]
+    assert model_card(detector)["synthetic_only"] is True
+    assert reason_for(detector, "real", 0.01).endswith("on real photos and videos it was never measured, and its "
+                                                       "answers there mean nothing")
+    detector.info["learned"].append({"method": "ffpp/Deepfakes", "synthetic": False})
+    assert model_card(detector)["synthetic_only"] is False
 
 
 def test_a_detector_loaded_from_a_file_runs_in_the_layout_it_trained_in(tmp_path):

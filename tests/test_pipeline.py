@@ -204,3 +204,14 @@ def test_demo_runs_the_whole_story_on_synthetic_data(tmp_path):
     champion = MlflowClient().get_model_version_by_alias("deepfake-detector", "champion")
     assert str(champion.version) == "3"  # one version per arriving method
     assert champion.tags["methods"] == "BlendSwap,GANUpsample,MouthWarp"
+    # The demo's data is marked synthetic, and so is every answer of a model that learned only it.
+    assert (tmp_path / "data/incoming/demo/BlendSwap/SYNTHETIC.txt").is_file()
+    face = next((tmp_path / "data/incoming/demo/BlendSwap/test/real").glob("*.jpg"))
+    proc = run_dfcl(["detect", "--crop", str(face), "--json", str(tmp_path / "answer.json")], tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    assert "warning: this model learned only synthetic demo faces" in out
+    answer = json.loads((tmp_path / "answer.json").read_text())
+    assert answer["model"]["synthetic_only"] is True
+    assert all(entry["synthetic"] for entry in answer["model"]["learned"])
+    assert "learned only synthetic demo faces" in answer["detections"][0]["reason"]

@@ -71,3 +71,4 @@ class ExperienceSpec:
     digest: str = ""  # once learned: SHA-256 of its pinned arrays (dfcl.learning.pinning), and their sizes
     faces: dict = field(default_factory=dict)
     learned_at: str = ""  # once learned: when (UTC, ISO 8601), for the model card
+    synthetic: bool = False  # drawn, not photographed (the demo's data): for the model card

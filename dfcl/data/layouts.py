@@ -374,6 +374,16 @@ def _real_fake(root: Path, ask: Request) -> Sources | None:
     return Sources("real-fake", [name], _frame(rows), extra)
 
 
+SYNTHETIC_MARK = "SYNTHETIC.txt"  # in a dataset's folder: its faces are drawn, not photographed (the demo's)
+
+
+def is_synthetic(path: str | Path | list) -> bool:
+    """Is the dataset at `path` (every folder of a list) marked synthetic? A model that learned only
+    such data has never been measured on a real photo, and its model card says so."""
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    return bool(paths) and all((Path(p) / SYNTHETIC_MARK).is_file() for p in paths)
+
+
 def dataset_name(path: str | Path, method: str | None = None) -> str:
     """The one naming rule for an ingested dataset: the method given, else the folder's name
     (its parent's, for a folder called images/ or data/). Several folders (the real faces of a

@@ -117,7 +117,8 @@ def learned_card(history) -> list[dict]:
     before = values_before_learning(history.auc_matrix, keys)
     return [{"method": e.key, "learned_at": e.learned_at or None,
              "test_auc": None if i >= len(now) or math.isnan(now[i]) else round(now[i], 4),
-             "auc_before_learning": None if e.key not in before else round(before[e.key], 4)}
+             "auc_before_learning": None if e.key not in before else round(before[e.key], 4),
+             "synthetic": e.synthetic}
             for i, e in enumerate(history.experiences)]
 
 

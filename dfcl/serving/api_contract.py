@@ -85,6 +85,7 @@ class Learned(Open):
     learned_at: str | None
     test_auc: float | None
     auc_before_learning: float | None
+    synthetic: bool = Field(False, description="drawn, not photographed (the demo's data)")
 
 
 class ModelCard(Open):
@@ -108,6 +109,8 @@ class ModelCard(Open):
     measured_unseen: dict[str, Any]
     foreign_reals: list[str] = Field(default_factory=list, description="real photos of other kinds a 'fake' answer is "
                                      "checked against (trust.foreign_reals): not unseen for this model")
+    synthetic_only: bool = Field(False, description="it learned only synthetic demo faces: on real photos nothing was "
+                                 "measured")
 
 
 class Limits(Open):

@@ -24,7 +24,18 @@ def model_card(detector: Detector) -> dict:
             "measured_unseen": {} if trust is None else trust.report.get("unseen", {}),
             # real photos of other kinds a "fake" answer is checked against (trust.foreign_reals): no
             # longer unseen for this model
-            "foreign_reals": [] if trust is None else list(trust.foreign)}
+            "foreign_reals": [] if trust is None else list(trust.foreign),
+            "synthetic_only": synthetic_only(info.get("learned") or [])}
+
+
+SYNTHETIC_NOTE = ("this model learned only synthetic demo faces (drawn, not photographed: `dfcl demo`); on real "
+                  "photos and videos it was never measured, and its answers there mean nothing")
+
+
+def synthetic_only(learned: list[dict]) -> bool:
+    """Did the model learn nothing but synthetic data (the demo's)? Then no figure it carries says
+    anything about a real photo, and every answer says so."""
+    return bool(learned) and all(entry.get("synthetic") for entry in learned)
 
 
 def calibrated(detector: Detector) -> bool:
@@ -43,7 +54,13 @@ NOVEL_NOTE = ("this face is unlike the forgeries and real faces the model has le
 
 def reason_for(detector: Detector, verdict: str, p: float, why: str | None = None) -> str:
     """Why `verdict`, in words a person can weigh: where the promise was measured, and for an
-    answer withheld (`why`), what about the face is unfamiliar."""
+    answer withheld (`why`), what about the face is unfamiliar; from a model that learned only
+    synthetic faces, that too."""
+    reason = _reason(detector, verdict, p, why)
+    return f"{reason}; {SYNTHETIC_NOTE}" if synthetic_only(detector.info.get("learned") or []) else reason
+
+
+def _reason(detector: Detector, verdict: str, p: float, why: str | None) -> str:
     t = detector.trust
     if why:
         return (f"no answer: {why}, so its P(fake) {p:.2f} promises nothing (the model's figures were measured "
@@ -84,6 +101,8 @@ def table(rows: list[dict]) -> str:
     answered = [r for r in rows if r["verdict"] != "error"]
     if answered:
         m = answered[0]["model"]
+        if m.get("synthetic_only"):
+            lines.append(f"warning: {SYNTHETIC_NOTE}.")
         if m["calibrated"]:
             lo, hi = m["band"]
             lines.append(f"fake: P(fake) >= {hi:.2f}, real: < {lo:.2f}, uncertain between, or where the face is unlike "

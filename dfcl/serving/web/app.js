@@ -88,7 +88,10 @@ function renderCard(m) {
     ? `Its P(fake) is calibrated: ${bandWords(m.band || [m.threshold, m.threshold], m.precision, m.measured_on)}.`
     : `This model is not calibrated: its P(fake) is the raw output, answered fake at or above ${num(m.threshold)}, ` +
       "so how sure its verdicts are was not measured.";
-  $("card-calibration").textContent = cal;
+  // A model that learned only the demo's drawn faces was never measured on a real photo.
+  $("card-calibration").textContent = (m.synthetic_only
+    ? "Warning: this model learned only synthetic demo faces (drawn, not photographed); on real photos and videos " +
+      "it was never measured, and its answers there mean nothing. " : "") + cal;
   const learned = m.learned || [];
   $("learned").tBodies[0].replaceChildren(...learned.map((l) => {
     const tr = document.createElement("tr");
