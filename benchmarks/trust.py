@@ -2,7 +2,7 @@
 learned methods' test faces and on every set never trained on, the share answered, the accuracy
 of those answers, the share of real faces answered "fake", risk-coverage curves, calibration,
 and novelty separately on the unseen sets' real and fake faces; with and without test-time flip
-averaging.
+averaging; and which calibration map gets nearest the ECE a perfectly calibrated model would show.
 
     python benchmarks/trust.py --learner DIR [-S key=value ...] --unseen NAME=FACES[:split,...] ...
         [--foreign NAME=FACES[:split,...] ...] [--tag cpu]
@@ -235,6 +235,50 @@ def measure(trust, s, place=None, learned=None, floor: bool = False) -> dict:
     return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
 
 
+def calibration_maps(val: list, test: list) -> dict:
+    """ECE on the learned test faces (pooled, and per set) of maps from raw P(fake) to a probability,
+    each fit on the pooled validation faces as the product fits Platt's: what the calibration target
+    is limited by. `platt` is the product's (dfcl.measure.trust.fit_calibration); `temperature` its
+    slope alone; `beta` (Kull et al. 2017: a logistic regression on ln p and -ln(1 - p)); `isotonic`
+    (sklearn, on the logit); `platt on test` is fit on the very faces it is measured on: the least
+    ECE a Platt map can reach here, a bound, not a choice. Each with the ECE a perfectly calibrated
+    model would show on as many faces (the floor)."""
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
+    from dfcl.measure.trust import ece, fit_calibration, logit
+
+    def beta_terms(p):
+        p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+        return np.c_[np.log(p), -np.log(1 - p)]
+
+    def platt(y, p):
+        return fit_calibration(y, p)
+
+    def temperature(y, p):
+        a = LogisticRegression(C=1e4, fit_intercept=False).fit(logit(p)[:, None], y).coef_[0, 0]
+        return lambda q: 1 / (1 + np.exp(-a * logit(q)))
+
+    def beta(y, p):
+        fit = LogisticRegression(C=1e4).fit(beta_terms(p), y)
+        return lambda q: fit.predict_proba(beta_terms(q))[:, 1]
+
+    def isotonic(y, p):
+        fit = IsotonicRegression(out_of_bounds="clip", y_min=1e-3, y_max=1 - 1e-3).fit(logit(p), y)
+        return lambda q: fit.predict(logit(q))
+
+    vy, vp = np.concatenate([s.y for s in val]), np.concatenate([s.p for s in val])
+    ty, tp = np.concatenate([s.y for s in test]), np.concatenate([s.p for s in test])
+    out = {}
+    for name, fit, (y, p) in (("raw", None, (vy, vp)), ("platt (the product)", platt, (vy, vp)),
+                              ("temperature", temperature, (vy, vp)), ("beta", beta, (vy, vp)),
+                              ("isotonic", isotonic, (vy, vp)), ("platt on test (a bound)", platt, (ty, tp))):
+        cal = (lambda q: np.asarray(q, dtype=np.float64)) if fit is None else fit(y, p)
+        q = cal(tp)
+        out[name] = {"ece": ece(ty, q), "floor": ece_floor(q), **{s.name: ece(s.y, cal(s.p)) for s in test}}
+    return out
+
+
 def curves(trust, s, place=None) -> dict:
     """Risk-coverage curves of one set: faces answered by calibrated P(fake) >= 0.5, the surest
     first (max(P, 1 - P), the softmax response of Geifman & El-Yaniv 2017), and the same with the
@@ -343,6 +387,7 @@ def main(argv=None) -> int:
                 report["sweep"][sweep][str(value)] = {s.name: {k: measure(t, s, place.get(s.name))[k] for k in
                                                               ("coverage", "answered_accuracy", "real_called_fake")}
                                                      for s in [pooled, *v_unseen]}
+    report["calibration_maps"] = calibration_maps(variant(val, False), variant(test, False))
     report["face_size"] = face_size(learner, params, plain_trust)
     save_results(args.out, f"trust_{args.tag}", report, markdown(report))  # makes args.out
     plot(plotted, report, args.out / f"trust_{args.tag}.png")
@@ -448,6 +493,18 @@ def markdown(r: dict) -> str:
         for k, m in v["unseen"].items():
             lines.append(f"| {k} | {f(m.get('novelty_auroc_reals'))} | {f(m.get('novelty_auroc_fakes'))} | "
                          f"{f(m.get('class_distance_auroc_reals'))} | {f(m.get('class_distance_auroc_fakes'))} |")
+        lines.append("")
+    maps = r.get("calibration_maps")
+    if maps:
+        sets = [k for k in next(iter(maps.values())) if k not in ("ece", "floor")]
+        lines += ["## Calibration: which map (no flip)", "",
+                  "ECE on the learned test faces of maps from raw P(fake) fit on the pooled validation faces (the "
+                  "product fits Platt's); `platt on test` is fit on the test faces themselves: the least a Platt map "
+                  "reaches here. The floor: what a perfectly calibrated model would show on as many faces.", "",
+                  "| map | learned (all test faces): ECE (floor) | " + " | ".join(sets) + " |",
+                  "| --- | --- |" + " --- |" * len(sets)]
+        for name, m in maps.items():
+            lines.append(f"| {name} | {f(m['ece'])} ({f(m['floor'])}) | " + " | ".join(f(m[k]) for k in sets) + " |")
         lines.append("")
     fs = r.get("face_size")
     if fs:

@@ -416,6 +416,12 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
         assert 0 < pooled["ece_floor"] < 0.5 and "ece_floor" not in report["sweep"]["plain"]["1.0"]["learned (all test faces)"]
     assert (tmp_path / "trust_smoke.png").stat().st_size > 0
     assert "`trust.views_cost`" in (tmp_path / "trust_smoke.md").read_text()
+    maps = report["calibration_maps"]  # each map's ECE on the pooled learned test faces and on each set
+    assert set(maps) == {"raw", "platt (the product)", "temperature", "beta", "isotonic", "platt on test (a bound)"}
+    assert all(0 <= m["ece"] <= 1 and 0 < m["floor"] < 0.5 for m in maps.values())
+    assert set(maps["raw"]) - {"ece", "floor"} == set(plain["learned"]) - {"learned (all test faces)"}
+    assert maps["raw"]["ece"] == pytest.approx(plain["learned"]["learned (all test faces)"]["ece_raw"])
+    assert "## Calibration: which map" in (tmp_path / "trust_smoke.md").read_text()
     sizes = report["face_size"]
     assert sizes["val"]["floor"] in {int(k) for k in sizes["val"]["answered_accuracy_by_side"]} | {0}
     assert "## Face size" in (tmp_path / "trust_smoke.md").read_text()

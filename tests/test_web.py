@@ -198,6 +198,15 @@ def test_page_says_how_sure_a_verdict_is_and_shows_the_model_card(files, tmp_pat
             assert driver.find_elements(By.CSS_SELECTOR, "#evidence figure.decided img")  # their heatmaps, outlined
             resembles = text("resembles")
             assert resembles.startswith("Resembles demo/") and "of the 16 frames answered fake resemble it most" in resembles
+
+            # a model that learned only synthetic demo faces: the card and the answer say so
+            assert not text("card-calibration").startswith("Warning")
+            scorer.detector.info["learned"] = [dict(entry, synthetic=True) for entry in LEARNED]
+            driver.get(url + "/")
+            wait.until(lambda d: "version 1" in text("model") and shown("card"))
+            assert text("card-calibration").startswith("Warning: this model learned only synthetic demo faces")
+            upload(files["face"], crop=True)
+            assert "on real photos and videos it was never measured" in text("reason")
         violations = [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
         assert not violations, violations
     finally:
