@@ -10,6 +10,7 @@ from dfcl.config import ConfigError
 from dfcl.data.arrays import ExperienceSpec
 from dfcl.data.extraction import extract_dataset
 from dfcl.learning.learner import Learner
+from dfcl.learning.plugins import EpochProgress
 from dfcl.measure.scoring import per_experience
 from tests.conftest import small_params
 
@@ -223,7 +224,12 @@ def test_an_experience_a_run_was_killed_in_continues_from_its_last_finished_epoc
             start.setdefault("weights", {k: v.clone() for k, v in strategy.model.state_dict().items()})
 
     again.strategy.plugins.append(Weights())
+    progress = again._plugin(EpochProgress)
+    shown = []
+    update = progress.after_training_iteration
+    progress.after_training_iteration = lambda strategy, **kw: (shown.append(progress.bar.desc), update(strategy, **kw))
     assert again.learn(second)["speed"]["new_images"] == faces  # the one epoch left
+    assert set(shown) == {"experience 1 epoch 3/3"}  # its bar counts the epochs done before it
     assert [e for e, _ in resumed] == [2] and resumed[0][1] == pytest.approx(lrs[2][1])
     assert all(torch.equal(start["weights"][k], v) for k, v in saved.items())
     assert again.strategy.clock.train_exp_counter == 2 and checkpoint.is_dir()

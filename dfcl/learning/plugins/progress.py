@@ -78,8 +78,11 @@ class EpochProgress(SupervisedPlugin):
         self.images = 0
         self.run.start(f"training experience {strategy.experience.current_experience}")
 
-    def before_training_epoch(self, strategy, **_):
-        self.bar = tqdm(total=len(strategy.dataloader), leave=False, unit="batch", desc=self._where(strategy))
+    def before_training_iteration(self, strategy, **_):
+        # Made at the epoch's first step, not before the epoch: a resumed run's clock is set in
+        # EpochCheckpoint's before_training_epoch, after this plugin's (it would say "epoch 1").
+        if self.bar is None:
+            self.bar = tqdm(total=len(strategy.dataloader), leave=False, unit="batch", desc=self._where(strategy))
 
     def after_training_iteration(self, strategy, **_):
         self.images += len(strategy.mb_y)
@@ -89,7 +92,8 @@ class EpochProgress(SupervisedPlugin):
         self.run.update(100 * done / strategy.train_epochs, f"{self._where(strategy)}, loss {strategy.loss.item():.3f}")
 
     def after_training_epoch(self, strategy, **_):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
         self.bar = None
 
     def after_training_exp(self, strategy, **_):
