@@ -252,9 +252,6 @@ def calibration_maps(val: list, test: list) -> dict:
         p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
         return np.c_[np.log(p), -np.log(1 - p)]
 
-    def platt(y, p):
-        return fit_calibration(y, p)
-
     def temperature(y, p):
         a = LogisticRegression(C=1e4, fit_intercept=False).fit(logit(p)[:, None], y).coef_[0, 0]
         return lambda q: 1 / (1 + np.exp(-a * logit(q)))
@@ -270,9 +267,9 @@ def calibration_maps(val: list, test: list) -> dict:
     vy, vp = np.concatenate([s.y for s in val]), np.concatenate([s.p for s in val])
     ty, tp = np.concatenate([s.y for s in test]), np.concatenate([s.p for s in test])
     out = {}
-    for name, fit, (y, p) in (("raw", None, (vy, vp)), ("platt (the product)", platt, (vy, vp)),
+    for name, fit, (y, p) in (("raw", None, (vy, vp)), ("platt (the product)", fit_calibration, (vy, vp)),
                               ("temperature", temperature, (vy, vp)), ("beta", beta, (vy, vp)),
-                              ("isotonic", isotonic, (vy, vp)), ("platt on test (a bound)", platt, (ty, tp))):
+                              ("isotonic", isotonic, (vy, vp)), ("platt on test (a bound)", fit_calibration, (ty, tp))):
         cal = (lambda q: np.asarray(q, dtype=np.float64)) if fit is None else fit(y, p)
         q = cal(tp)
         out[name] = {"ece": ece(ty, q), "floor": ece_floor(q), **{s.name: ece(s.y, cal(s.p)) for s in test}}
