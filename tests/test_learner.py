@@ -180,7 +180,8 @@ def epoch_log(learner) -> list:
 def test_an_experience_a_run_was_killed_in_continues_from_its_last_finished_epoch(specs, tmp_path):
     """Killed after two of three epochs: the next run (a new process: the learner loaded from its
     folder) starts from the checkpoint of epoch 2, runs the third epoch alone, at the learning
-    rate the uninterrupted run had there; the checkpoint goes once the experience is saved."""
+    rate the uninterrupted run had there, and ends with the uninterrupted run's weights, bit for
+    bit; the checkpoint goes once the experience is saved."""
     from avalanche.core import SupervisedPlugin
     from safetensors.torch import load_file
 
@@ -194,6 +195,7 @@ def test_an_experience_a_run_was_killed_in_continues_from_its_last_finished_epoc
     lrs = epoch_log(whole)
     faces = len(np.load(root / second.train_y))
     speed = whole.learn(second)["speed"]
+    uninterrupted = {k: v.clone() for k, v in whole.strategy.model.state_dict().items()}
     assert [e for e, _ in lrs] == [0, 1, 2]
     assert speed["new_images"] == 3 * faces and speed["train_images"] > speed["new_images"]  # and Replay's memory
     assert speed["train_seconds"] > 0 and speed["eval_seconds"] >= sum(
@@ -232,6 +234,8 @@ def test_an_experience_a_run_was_killed_in_continues_from_its_last_finished_epoc
     assert set(shown) == {"experience 1 epoch 3/3"}  # its bar counts the epochs done before it
     assert [e for e, _ in resumed] == [2] and resumed[0][1] == pytest.approx(lrs[2][1])
     assert all(torch.equal(start["weights"][k], v) for k, v in saved.items())
+    # its RNG put back too (data order, augmentation): it ends where the uninterrupted run ended
+    assert all(torch.equal(again.strategy.model.state_dict()[k], v) for k, v in uninterrupted.items())
     assert again.strategy.clock.train_exp_counter == 2 and checkpoint.is_dir()
     again.save()
     assert not checkpoint.exists()

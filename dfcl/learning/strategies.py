@@ -131,5 +131,5 @@ def build_strategy(params: Params):
     return template(
         **settings, model=model, optimizer=make_optimizer(model, tp), criterion=torch.nn.CrossEntropyLoss(),
         train_mb_size=tp.batch_size, train_epochs=tp.epochs, eval_mb_size=tp.eval_batch_size,
-        device=device, plugins=training_plugins(tp, device, params.model) + method_plugins + [PairedBatches()],
+        device=device, plugins=training_plugins(tp, device, params.model) + method_plugins + [PairedBatches(tp.seed)],
         evaluator=evaluator)

@@ -15,7 +15,7 @@ from dfcl.files import fsync_tree, write_atomic
 from dfcl.learning.learner_state import MODEL, OPTIMIZER, plain_tensors
 from dfcl.learning.plugins.best_epoch import BestValidationEpoch
 
-BEST, META = "best.safetensors", "epoch.json"
+BEST, RNG, META = "best.safetensors", "rng.safetensors", "epoch.json"
 
 
 def _stopper(strategy) -> BestValidationEpoch | None:
@@ -30,9 +30,11 @@ class EpochCheckpoint(SupervisedPlugin):
     state comes back after the optimizer is made, and the clock is set to the epochs done: the
     learning-rate schedule and early stopping go on where they were; the epochs left are run.
     Avalanche checkpoints between experiences only (by pickling the whole strategy), and its
-    loop always starts at epoch 0. Data order and augmentation draws are not replayed: a resumed
-    experience is not bit-identical to an uninterrupted one. The learner removes the checkpoint
-    once the experience's state is saved."""
+    loop always starts at epoch 0. Torch's RNG state at the epoch's end is kept too and put back
+    just before the next epoch draws from it (data order, augmentation, DataLoader workers'
+    seeds), so a resumed experience trains as the uninterrupted one would have, bit for bit on one
+    machine (not with persistent DataLoader workers, `train.num_workers` > 0, whose streams
+    began with the run). The learner removes the checkpoint once the experience's state is saved."""
 
     def __init__(self):
         super().__init__()
@@ -41,6 +43,7 @@ class EpochCheckpoint(SupervisedPlugin):
         self.base = ""                    # the saved state the experience started from (its folder's name)
         self.resumed_at = 0               # epochs done before this run (0: started afresh)
         self._pending = 0
+        self._rng: dict | None = None     # torch's RNG state to put back before the first resumed epoch
 
     def _identity(self, strategy) -> dict:
         return {"key": self.key, "base": self.base, "after_experiences": strategy.clock.train_exp_counter,
@@ -59,6 +62,7 @@ class EpochCheckpoint(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **_):
         self.resumed_at = self._pending = 0
+        self._rng = None
         folder = self._saved()
         if folder is None:
             return
@@ -72,6 +76,7 @@ class EpochCheckpoint(SupervisedPlugin):
         stopper = _stopper(strategy)
         if stopper is not None:
             stopper.restore(load_file(folder / BEST, device=device) if (folder / BEST).is_file() else None, saved)
+        self._rng = load_file(folder / RNG) if (folder / RNG).is_file() else None  # None: a checkpoint before it
         self.resumed_at = self._pending = int(saved["epochs_done"])
         print(f"{self.key}: continuing from epoch {self.resumed_at + 1} of {strategy.train_epochs} "
               "(the checkpoint of a run that stopped)", flush=True)
@@ -79,6 +84,11 @@ class EpochCheckpoint(SupervisedPlugin):
     def before_training_epoch(self, strategy, **_):
         if self._pending:  # the clock has just been reset for the experience: the epochs done count
             strategy.clock.train_exp_epochs, self._pending = self._pending, 0
+            if self._rng is not None:  # here, after every plugin's before_training_exp has drawn what it draws
+                torch.set_rng_state(self._rng["cpu"])
+                if "cuda" in self._rng and torch.device(strategy.device).type == "cuda":
+                    torch.cuda.set_rng_state(self._rng["cuda"], strategy.device)
+                self._rng = None
         if self.resumed_at and strategy.clock.train_exp_epochs >= strategy.train_epochs:
             strategy.stop_training()  # every epoch done: Avalanche's loop counts from 0 again
 
@@ -94,6 +104,10 @@ class EpochCheckpoint(SupervisedPlugin):
         weights, best = stopper.state() if stopper is not None else (None, {"best_auc": None, "best_epoch": 0})
         if weights is not None:
             save_file(plain_tensors(weights), new / BEST)
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.device(strategy.device).type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(strategy.device)
+        save_file(rng, new / RNG)
         fsync_tree(new)
         # the clock counts this epoch after every other plugin (it is the last): hence + 1
         write_atomic(new / META, json.dumps({**self._identity(strategy), **best,

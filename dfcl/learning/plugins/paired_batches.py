@@ -12,11 +12,13 @@ class PairedBatches(SupervisedPlugin):
     real face beside its own blend, as the SBI reference's collate does, so that a batch's only
     difference between the classes is the blend. The learner sets `pairs` (the dataset) for such an
     experience; Avalanche's loaders shuffle faces one by one, so this one shuffles pairs. A
-    strategy that already replaced the loader (Replay with a full buffer) keeps its own."""
+    strategy that already replaced the loader (Replay with a full buffer) keeps its own. The order
+    of epoch e is a function of `seed`, the experience's index and e alone (not of torch's RNG), so
+    an experience resumed from an epoch checkpoint (EpochCheckpoint) draws the pairs it would have."""
 
-    def __init__(self):
+    def __init__(self, seed: int = 0):
         super().__init__()
-        self.pairs = None
+        self.pairs, self.seed, self.sampler = None, seed, None
 
     def before_training_exp(self, strategy, num_workers: int = 0, **_):
         from torch.utils.data import DataLoader
@@ -25,18 +27,20 @@ class PairedBatches(SupervisedPlugin):
             return
         if len(strategy.adapted_dataset) != len(self.pairs):
             raise RuntimeError("PairedBatches: the experience is not the paired dataset it was given")
+        self.sampler = PairSampler(len(self.pairs) // 2, strategy.train_mb_size,
+                                   self.seed * 1000 + strategy.clock.train_exp_counter)
         # Workers made afresh every epoch (not persistent), so each gets this epoch's `epoch`.
-        strategy.dataloader = DataLoader(
-            strategy.adapted_dataset, batch_sampler=PairSampler(len(self.pairs) // 2, strategy.train_mb_size,
-                                                                int(torch.randint(0, 2**31 - 1, ()))),
-            num_workers=num_workers, collate_fn=strategy.adapted_dataset.collate_fn)
+        strategy.dataloader = DataLoader(strategy.adapted_dataset, batch_sampler=self.sampler,
+                                         num_workers=num_workers, collate_fn=strategy.adapted_dataset.collate_fn)
 
     def before_training_epoch(self, strategy, **_):
         if self.pairs is not None:
             self.pairs.epoch = strategy.clock.train_exp_epochs
+        if self.sampler is not None:
+            self.sampler.epoch = strategy.clock.train_exp_epochs
 
     def after_training_exp(self, strategy, **_):
-        self.pairs = None
+        self.pairs = self.sampler = None
 
 
 class PairSampler(torch.utils.data.Sampler):
