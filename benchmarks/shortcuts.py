@@ -44,14 +44,6 @@ def _load(paths: dict, splits) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def log_sharpness(x: np.ndarray) -> np.ndarray:
-    """log variance of the Laplacian of each face's grey image (the usual focus measure)."""
-    import cv2
-
-    return np.array([np.log(cv2.Laplacian(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY), cv2.CV_64F).var()
-                            + 1e-6) for f in x])
-
-
 def logits(model, x: np.ndarray) -> np.ndarray:
     from dfcl.measure.scoring import fake_probabilities
 
@@ -87,12 +79,13 @@ def diagnose(model, sets: dict, sbi_test: dict) -> dict:
     from scipy.stats import spearmanr
 
     from dfcl.data.arrays import beside
+    from dfcl.measure.trust import sharpness
 
     out = {"spearman": {}, "auc": {}, "auc_band_masked": {}, "real_vs_real": {}}
     reals_of = {}
     for name, (paths, splits) in sets.items():
         x, y = _load(paths, splits)
-        z, sharp = logits(model, x), log_sharpness(x)
+        z, sharp = logits(model, x), sharpness(x)
         for label, cls in ((0, "real"), (1, "fake")):
             pick = y == label
             if pick.sum() > 2:

@@ -73,7 +73,8 @@ def train_autoencoder(faces: np.ndarray, minutes: float, seed: int) -> tuple[np.
     """(SNAPSHOTS, N, S, S, 3) reconstructions of `faces`, one set per third of the training time,
     and how close each set is to the faces (PSNR, sharpness ratio)."""
     import torch
-    from shortcuts import log_sharpness
+
+    from dfcl.measure.trust import sharpness as log_sharpness
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -282,9 +283,9 @@ def main() -> None:
 
     from common import extract_once, machine
     from gpu_sbi import _load, scored_sets
-    from shortcuts import log_sharpness
 
     from dfcl.config import apply_overrides, load_params
+    from dfcl.measure.trust import sharpness as log_sharpness
 
     params = load_params(REPO / "params.yaml", args.set)
     data, work = Path(args.data), Path(args.workspace)

@@ -39,6 +39,7 @@ from benchmarks.common import machine, save_results  # noqa: E402
 WORK = Path(__file__).parent / ".work" / "trust"
 KEEP_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 FOREIGN_SWEEP = (0.6, 0.7, 0.8, 0.9, 1.0)
+SHARP_SWEEP = (0.8, 0.9, 0.95, 0.98, 1.0)
 VIEWS_SWEEP = (0.0, 0.05, 0.1, 0.2)
 
 
@@ -66,7 +67,7 @@ def variant(sets, flip: bool):
     from dfcl.measure.trust import Scored, views_spread
 
     return [Scored(s.name, s.y, oriented(s.p, flip), oriented(s.features, flip),
-                   views_spread(s.p[:, 0], s.p[:, 1]) if flip else None) for s in sets]
+                   views_spread(s.p[:, 0], s.p[:, 1]) if flip else None, s.sharp) for s in sets]
 
 
 def unseen_images(item: str) -> tuple[str, list[Path]]:
@@ -76,20 +77,25 @@ def unseen_images(item: str) -> tuple[str, list[Path]]:
     return name, [Path(folder) / f"{split}-x.npy" for split in (splits.split(",") if splits else ["test"])]
 
 
+def faces_of(images: list[Path]) -> np.ndarray:
+    return np.concatenate([np.load(p, mmap_mode="r") for p in images])
+
+
 def scored_sets(model, specs: list[str], mirrored: bool, cache: Path, rescore: bool) -> list:
     """Each `NAME=FACES[:split,...]` scored (each way): [Scored], from the cache when there."""
     from dfcl.data.arrays import beside
-    from dfcl.measure.trust import Scored
+    from dfcl.measure.trust import Scored, sharpness
 
     if cache.is_file() and not rescore:
         z = np.load(cache)
         if list(z["names"]) == [unseen_images(spec)[0] for spec in specs]:
-            return [Scored(n, z[f"{i}_y"], z[f"{i}_p"], z[f"{i}_f"]) for i, n in enumerate(z["names"])]
+            return [Scored(n, z[f"{i}_y"], z[f"{i}_p"], z[f"{i}_f"], sharp=sharpness(faces_of(images)))
+                    for i, (n, (_, images)) in enumerate(zip(z["names"], map(unseen_images, specs)))]
     out = []
     for name, images in map(unseen_images, specs):
-        x = np.concatenate([np.load(p, mmap_mode="r") for p in images])
+        x = faces_of(images)
         y = np.concatenate([np.load(beside(p, "y")) for p in images])
-        out.append(Scored(name, y, *ways(mirrored)(model(), x)))
+        out.append(Scored(name, y, *ways(mirrored)(model(), x), sharp=sharpness(x)))
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, names=np.array([s.name for s in out]),
              **{f"{i}_{k}": getattr(s, a) for i, s in enumerate(out) for k, a in (("y", "y"), ("p", "p"), ("f", "features"))})
@@ -106,18 +112,24 @@ def foreign_halves(sets: list, seed: int) -> tuple[list, list]:
         order = np.random.default_rng(seed).permutation(reals)
         for into, idx, name in ((reference, np.sort(order[: len(order) // 2]), s.name),
                                 (held_out, np.sort(order[len(order) // 2:]), f"{s.name} (held out)")):
-            into.append(Scored(name, s.y[idx], s.p[idx], s.features[idx]))
+            into.append(Scored(name, s.y[idx], s.p[idx], s.features[idx], sharp=None if s.sharp is None else s.sharp[idx]))
     return reference, held_out
 
 
 def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrored: bool):
     """(fit features, fit labels, val, test, unseen) scored (each way), from the cache when there."""
     from dfcl.data.arrays import beside
-    from dfcl.measure.trust import Scored, score_experiences
+    from dfcl.measure.trust import Scored, score_experiences, sharpness
 
     if cache.is_file() and not rescore:
         z = np.load(cache)
-        sets = {k: [Scored(n, z[f"{k}{i}_y"], z[f"{k}{i}_p"], z[f"{k}{i}_f"]) for i, n in enumerate(z[f"{k}_names"])]
+        # each face's sharpness is read again from its images (cheap): caches written before the rule stay valid
+        splits = learner.trust_splits(learner.history.experiences)
+        images = {"val": [s["val"][0] for _, s in splits if "val" in s], "test": [s["test"][0] for _, s in splits if "test" in s],
+                  "unseen": [unseen_images(spec)[1] for spec in unseen]}
+        sets = {k: [Scored(n, z[f"{k}{i}_y"], z[f"{k}{i}_p"], z[f"{k}{i}_f"],
+                           sharp=sharpness(faces_of(images[k][i]) if k == "unseen" else np.load(images[k][i], mmap_mode="r")))
+                    for i, n in enumerate(z[f"{k}_names"])]
                 for k in ("val", "test", "unseen")}
         return z["fit_f"], z["fit_l"], sets["val"], sets["test"], sets["unseen"]
     model = learner.strategy.model.to("cpu").eval()
@@ -126,9 +138,9 @@ def scored_faces(learner, unseen: list[str], cache: Path, rescore: bool, mirrore
                                                 score=ways(mirrored))
     out = []
     for name, images in map(unseen_images, unseen):
-        x = np.concatenate([np.load(p, mmap_mode="r") for p in images])
+        x = faces_of(images)
         y = np.concatenate([np.load(beside(p, "y")) for p in images])
-        out.append(Scored(name, y, *ways(mirrored)(model, x)))
+        out.append(Scored(name, y, *ways(mirrored)(model, x), sharp=sharpness(x)))
     arrays = {"fit_f": fit_f, "fit_l": fit_l}
     for k, sets in (("val", val), ("test", test), ("unseen", out)):
         arrays[f"{k}_names"] = np.array([s.name for s in sets])
@@ -174,7 +186,7 @@ def judged_as_product(trust, s, place: np.ndarray | None) -> list[dict]:
     was cut from fewer picture pixels than `trust.min_side` (`place`: face_place's columns)."""
     from dfcl.measure.trust import CUT_OFF, too_small, withhold
 
-    judged = trust.judge(s.p, s.features, s.spread)
+    judged = trust.judge(s.p, s.features, s.spread, s.sharp)
     if place is not None:
         for j, (share, side) in zip(judged, place):
             if share < trust.min_inside:  # NaN (picture size unknown) is never cut off, as in detect
@@ -203,7 +215,15 @@ def measure(trust, s, place=None, learned=None, floor: bool = False) -> dict:
     score."""
     from sklearn.metrics import roc_auc_score
 
-    from dfcl.measure.trust import CUT_OFF, ELSEWHERE, VIEWS, answer, coverage, ece
+    from dfcl.measure.trust import (
+        CUT_OFF,
+        ELSEWHERE,
+        SHARPER,
+        VIEWS,
+        answer,
+        coverage,
+        ece,
+    )
 
     judged = judged_as_product(trust, s, place)
     q = np.array([j["p_fake"] for j in judged])
@@ -218,6 +238,7 @@ def measure(trust, s, place=None, learned=None, floor: bool = False) -> dict:
            "withheld_cut_off": float(np.mean([CUT_OFF in j.get("why", "") for j in judged])),
            "withheld_small": float(np.mean(["face too small" in j.get("why", "") for j in judged])),
            "withheld_elsewhere": float(np.mean([ELSEWHERE.split("(")[0] in j.get("why", "") for j in judged])),
+           "withheld_sharper": float(np.mean([SHARPER in j.get("why", "") for j in judged])),
            "novel_share": float(np.mean([j["novel"] for j in judged]))}
     if floor:
         row["ece_floor"] = ece_floor(q)
@@ -360,7 +381,8 @@ def main(argv=None) -> int:
         trust.min_side = size_scan(learner, params, trust, "val")[0]  # fit with this variant's rules, as the learner does
         pooled = Scored("learned (all test faces)", np.concatenate([s.y for s in v_test]),
                         np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]),
-                        np.concatenate([s.spread for s in v_test]) if flip else None)
+                        np.concatenate([s.spread for s in v_test]) if flip else None,
+                        np.concatenate([s.sharp for s in v_test]))
         name = "flip" if flip else "plain"
         if not flip:
             plain_trust = trust  # what the product fits (flip off by default): the face-size scan's
@@ -374,6 +396,8 @@ def main(argv=None) -> int:
         knobs = [("views_cost", VIEWS_SWEEP, name)] if flip else [("keep", KEEP_SWEEP, name)]
         if reference and not flip:
             knobs.append(("foreign_keep", FOREIGN_SWEEP, "foreign"))
+        if not flip:
+            knobs.append(("sharp_keep", SHARP_SWEEP, "sharper"))
         for knob, values, sweep in knobs:
             report["sweep"].setdefault(sweep, {})
             for value in values:
@@ -467,11 +491,13 @@ def markdown(r: dict) -> str:
                   f"(real, fake) {t['unfamiliar']} at level {t.get('unfamiliar_level')}"
                   + (f"; a \"fake\" answer more like the real photos of {', '.join(t['foreign'])} ({t.get('foreign_faces')} "
                      f"faces) than the learned forgeries beyond {t['elsewhere']} is withheld" if t.get("foreign") else "")
+                  + (f"; a \"fake\" answer on a face sharper than {t['sharper']} (log Laplacian variance) is withheld"
+                     if t.get("sharper") is not None else "")
                   + f"; a face cut from fewer than {t.get('min_side', 0)} px across is too small.", "",
                   "| set | faces (fake) | AUC | ECE raw | ECE (perfect: floor) | band: answered | band: accuracy | band: reals called fake "
                   "| answered | accuracy answered | reals called fake | withheld reals | withheld fakes | withheld: views disagree "
-                  "| withheld: cut off | withheld: too small | withheld: like real photos from elsewhere |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| withheld: cut off | withheld: too small | withheld: like real photos from elsewhere | withheld: sharper |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for group in ("learned", "unseen"):
             for k, m in v[group].items():
                 lines.append(f"| {k}{' (never trained on)' if group == 'unseen' else ''} | {m['faces']} ({m['fake']}) | "
@@ -481,7 +507,7 @@ def markdown(r: dict) -> str:
                              f"{f(m.get('withheld_reals'))} | {f(m.get('withheld_fakes'))} | "
                              f"{f(m.get('withheld_views')) if name == 'flip' else '-'} | {f(m.get('withheld_cut_off'))} | "
                              f"{f(m.get('withheld_small'))} | "
-                             f"{f(m.get('withheld_elsewhere'))} |")
+                             f"{f(m.get('withheld_elsewhere'))} | {f(m.get('withheld_sharper'))} |")
         lines += ["", "Novelty on the sets never trained on, their real and their fake faces apart: AUROC of telling "
                   "them from the learned methods' test faces, by the k-NN novelty to every learned face (the `novel` "
                   "flag) and by the distance to the learned faces of the class each is answered (the rule):", "",
@@ -521,7 +547,10 @@ def markdown(r: dict) -> str:
                               "the views rule may withhold; with flip, `trust.keep` as set"),
                              ("foreign", "trust.foreign_keep", "share of the band's \"fake\" answers on learned validation "
                               "faces kept by the rule on real photos from elsewhere (1.0: no such rule); no flip, "
-                              "`trust.keep` as set")):
+                              "`trust.keep` as set"),
+                             ("sharper", "trust.sharp_keep", "share of the band's \"fake\" answers on learned validation "
+                              "faces kept by the rule on faces sharper than those (1.0: no such rule); no flip, the other "
+                              "rules as set")):
         sweep = r["sweep"].get(name)
         if not sweep:
             continue

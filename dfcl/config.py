@@ -287,6 +287,7 @@ class TrustConfig(Section):
     unseen_sets: list[str]
     foreign_reals: list[str]
     foreign_keep: float = Field(gt=0, le=1)
+    sharp_keep: float = Field(gt=0, le=1)
 
 
 class DetectConfig(Section):

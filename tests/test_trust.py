@@ -320,6 +320,56 @@ def test_a_fake_answer_on_a_face_more_like_real_photos_from_elsewhere_is_withhel
     assert [j["verdict"] for j in again.judge(np.full(200, 0.999), held_out)] == [j["verdict"] for j in judged]
 
 
+def test_a_fake_answer_on_a_face_sharper_than_the_learned_fake_answers_is_withheld(tmp_path):
+    """A sharp real photo of a kind never learned, answered fake with confidence and familiar to the
+    features: its "fake" answer is withheld when the face is sharper than the validation faces'
+    "fake" answers were (about 1 - trust.sharp_keep of those withheld); "real" answers never are;
+    without the faces' sharpness, or with sharp_keep 1, nothing changes."""
+    from dataclasses import replace
+
+    from dfcl.measure.trust import SHARPER, fit_scored
+
+    rng = np.random.default_rng(5)
+    settings = SETTINGS.model_copy(update={"keep": 1.0, "sharp_keep": 0.9})
+    train = scored("A", rng, [(REAL, 0), (FAKE, 1)], 300, confident)
+    val = scored("A", rng, [(REAL, 0), (FAKE, 1)], 300, confident)
+    val = replace(val, sharp=rng.normal(3.5, 0.5, len(val.y)))  # log Laplacian variance of a soft camera's faces
+    sharp_photos = rng.normal(BASE + FAKE, 1.0, (200, 32))      # familiar: by the learned fakes
+    sharp = rng.normal(6.0, 0.3, 200)
+
+    trust = fit_scored(train.features, train.y, ["A"], [val], [], 0.5, settings)
+    fakes = trust.calibration(val.p) >= trust.band[1]
+    assert trust.sharper == pytest.approx(np.quantile(val.sharp[fakes], 0.9))
+    judged = trust.judge(np.full(200, 0.999), sharp_photos, sharp=sharp)
+    assert all(j["verdict"] == "uncertain" and j["withheld"] == "fake" and j["why"] == SHARPER for j in judged)
+    # sharpness unknown: answered (but for the few the distance to the learned fakes withholds at keep 1.0's level)
+    assert np.mean([j["verdict"] == "fake" for j in trust.judge(np.full(200, 0.999), sharp_photos)]) > 0.9
+    assert not any(j.get("why") == SHARPER for j in trust.judge(np.full(200, 0.001), sharp_photos, sharp=sharp))
+    answered_fake = [j for j in trust.judge(val.p, val.features, sharp=val.sharp) if j.get("withheld", j["verdict"]) == "fake"]
+    assert np.mean([j.get("why") == SHARPER for j in answered_fake]) == pytest.approx(0.1, abs=0.02)
+    assert trust.report["val_coverage"] < fit_scored(train.features, train.y, ["A"], [replace(val, sharp=None)], [], 0.5,
+                                                     settings).report["val_coverage"]
+
+    again = Trust.load(trust.save(tmp_path / "trust.safetensors"))
+    assert again.sharper == pytest.approx(trust.sharper) and again.summary()["sharper"] == round(trust.sharper, 4)
+    assert math.isinf(fit_scored(train.features, train.y, ["A"], [val], [], 0.5,
+                                 settings.model_copy(update={"sharp_keep": 1.0})).sharper)
+
+
+def test_sharpness_is_lower_for_a_blurred_face_and_finite_for_a_flat_one():
+    import cv2
+
+    from dfcl.measure.trust import sharpness
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    faces[1] = cv2.GaussianBlur(faces[0], (0, 0), 1.5)
+    faces[2] = 128
+    values = sharpness(faces)
+    assert values.shape == (3,) and np.isfinite(values).all()
+    assert values[0] > values[1] > values[2]
+
+
 def test_a_trust_file_from_before_the_abstention_loads_without_cuts(tmp_path):
     """Files written before: no reference labels, no cuts; they answer as they did."""
     import json

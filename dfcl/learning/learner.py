@@ -51,7 +51,14 @@ from dfcl.measure.scoring import (
     calibrate_threshold,
     per_experience,
 )
-from dfcl.measure.trust import TRUST_FILE, Scored, Trust, fit_trust, scores_and_features
+from dfcl.measure.trust import (
+    TRUST_FILE,
+    Scored,
+    Trust,
+    fit_trust,
+    scores_and_features,
+    sharpness,
+)
 
 
 @dataclass
@@ -211,9 +218,12 @@ class Learner:
 
     def _validation_scored(self, experiences: list[ExperienceSpec]) -> list[Scored]:
         """The validation faces of every experience so far, scored once for the threshold and the trust fit."""
-        return [Scored(e.key, np.load(self.root / e.val_y),
-                       *scores_and_features(self.strategy.model, np.load(self.root / e.val_x, mmap_mode="r"),
-                                            self.strategy.device))
+        def faces(e):
+            return np.load(self.root / e.val_x, mmap_mode="r")
+
+        return [Scored(e.key, np.load(self.root / e.val_y), *scores_and_features(self.strategy.model, faces(e),
+                                                                                  self.strategy.device),
+                       sharp=sharpness(faces(e)))
                 for e in experiences if e.val_x and (self.root / e.val_x).is_file()]
 
     def learn(self, spec: ExperienceSpec, upcoming: list[ExperienceSpec] = ()) -> dict:
@@ -276,7 +286,9 @@ class Learner:
             shared = {}
             if not self.params.trust.flip:
                 kept = self._scores_metric().kept
-                shared = {"val": val, "test": [Scored(e.key, *kept[i]) for i, e in enumerate(experiences)]}
+                shared = {"val": val, "test": [Scored(e.key, *kept[i],
+                                                      sharp=sharpness(np.load(self.root / e.test_x, mmap_mode="r")))
+                                               for i, e in enumerate(experiences)]}
             self.trust = self.fit_trust(experiences, scored=shared)
             results |= self.trust_results()
         marks.append(time.perf_counter())

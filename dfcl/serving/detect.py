@@ -51,7 +51,13 @@ from dfcl.data.images import (
     read_image,
 )
 from dfcl.measure.scoring import fake_probabilities
-from dfcl.measure.trust import CUT_OFF, scores_and_features, too_small, withhold
+from dfcl.measure.trust import (
+    CUT_OFF,
+    scores_and_features,
+    sharpness,
+    too_small,
+    withhold,
+)
 from dfcl.serving.detector import Detector, load_detector
 from dfcl.serving.verdicts import (
     NOVEL_NOTE,
@@ -180,7 +186,7 @@ class FaceScorer:
         else:
             p, features, spread = fake_probabilities(self.detector.model, crops).numpy(), None, None
         classified = time.perf_counter()
-        judged = self.detector.judge(p, features, spread)
+        judged = self.detector.judge(p, features, spread, sharpness(crops) if trust is not None else None)
         return judged, {"classify": classified - t, "trust": time.perf_counter() - classified}
 
     def cut_off(self, box, h: int, w: int) -> bool:

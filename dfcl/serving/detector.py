@@ -34,12 +34,13 @@ class Detector:
         self.model = self.model.to(memory_format=torch.channels_last)
 
     def judge(self, p_raw: np.ndarray, features: np.ndarray | None = None,
-              spread: np.ndarray | None = None) -> list[dict]:
+              spread: np.ndarray | None = None, sharp: np.ndarray | None = None) -> list[dict]:
         """Per face: P(fake) on the scale shown (calibrated when it can be), verdict, novelty;
-        `spread`: how far each face's views disagree (dfcl.measure.trust.scores_and_features)."""
+        `spread`: how far each face's views disagree (dfcl.measure.trust.scores_and_features);
+        `sharp`: the faces' dfcl.measure.trust.sharpness."""
         if self.trust is None:
             return [{"p_fake": float(q), "verdict": "fake" if q >= self.threshold else "real"} for q in p_raw]
-        return self.trust.judge(p_raw, features, spread)
+        return self.trust.judge(p_raw, features, spread, sharp)
 
     def judge_calibrated(self, p: float) -> str:
         """The answer for a P(fake) already on the shown scale (a video's aggregate)."""

@@ -21,7 +21,7 @@ from torchmetrics.functional.classification import (
 from dfcl.config import Params
 from dfcl.data.arrays import SPLITS, face_arrays, face_videos
 from dfcl.measure.scoring import balanced_accuracy, video_auc
-from dfcl.measure.trust import coverage, ece, scores_and_features
+from dfcl.measure.trust import coverage, ece, scores_and_features, sharpness
 from dfcl.serving.detector import Detector
 
 
@@ -71,7 +71,7 @@ def evaluate(detector: Detector, data: str, params: Params, roc_png: Path | None
             v = np.concatenate([face_videos(arrays[f"{s}_x"]) for s in SPLITS])
             raw, features, spread = scores_and_features(detector.model, x,
                                                         flip=detector.trust is not None and detector.trust.flip)
-            judged = detector.judge(raw, features, spread)
+            judged = detector.judge(raw, features, spread, sharpness(x))
             p = np.array([j["p_fake"] for j in judged], dtype=np.float32)
             per_method[folder.name] = scores(y, p, threshold, v) | trust_scores(detector, y, raw, judged)
             ys.append(y)
