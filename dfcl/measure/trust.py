@@ -33,13 +33,13 @@ nothing is ever unpickled):
 - real photos from elsewhere (`trust.foreign_reals`): real faces of sets the model never trained on
   (another camera, another kind of photo) kept as a third reference. A "fake" answer is withheld when
   the face is nearer to them, relative to the learned forgeries, than all but `1 - trust.foreign_keep`
-  of the validation faces answered "fake" are (`fit_elsewhere`). Why: a model that learned one camera's
+  of the validation faces answered "fake" are (`fit_fake_cut`). Why: a model that learned one camera's
   reals answers another camera's real photos "fake" and finds them FAMILIAR (near its learned fakes:
   benchmarks/results/trust_champion_seed1_cpu.md, FLUX reals 72% answered fake, novelty AUROC 0.39),
   so no distance to the learned faces alone withholds them; a distance to real photos of other kinds does.
 - sharper than the faces it learned: a "fake" answer is withheld when the face is sharper (log variance
   of its Laplacian, `sharpness`) than all but `1 - trust.sharp_keep` of the validation faces answered
-  "fake" (`fit_sharper`). Why: a model that learned one soft camera (FF++ c23) reads detail as forgery
+  "fake" (`fit_fake_cut`). Why: a model that learned one soft camera (FF++ c23) reads detail as forgery
   (issue 35's diagnostics); sharp real photos of another kind are answered "fake" with confidence
   (a StyleGAN-set real photo at P 0.98) while feeling familiar, and LFW's small photos, the foreign reals,
   are softer still. A plain image statistic says what the features do not: these answers were never
@@ -286,10 +286,10 @@ class Trust:
     # `fit_min_inside` on the learned training faces; 1: any box leaving the picture, files before it).
     min_inside: float = 1.0
     # A "fake" answer is withheld when FeatureSpace.elsewhere of the face is above this (fit by
-    # `fit_elsewhere`); `foreign` names the sets of real photos it was fit with.
+    # `fit_fake_cut`); `foreign` names the sets of real photos it was fit with.
     elsewhere: float = math.inf
     foreign: list[str] = field(default_factory=list)
-    # A "fake" answer is withheld when the face's `sharpness` is above this (fit by `fit_sharper`).
+    # A "fake" answer is withheld when the face's `sharpness` is above this (fit by `fit_fake_cut`).
     sharper: float = math.inf
 
     @property
@@ -508,24 +508,15 @@ def fit_views(spread_answered: np.ndarray, cost: float) -> float:
     return float(np.quantile(spread_answered, 1 - cost))
 
 
-def fit_elsewhere(elsewhere_answered: np.ndarray, keep: float) -> float:
-    """The cut on FeatureSpace.elsewhere above which a "fake" answer is withheld: the `keep` quantile
-    of it over the band's "fake" answers on learned validation faces, so that the rule withholds
-    about 1 - keep of those and, on real photos of other kinds, more (measured in
-    benchmarks/trust.py). keep 1, or no fake answer to fit on: no cut."""
-    if keep >= 1 or not len(elsewhere_answered):
+def fit_fake_cut(scores_of_fake_answers: np.ndarray, keep: float) -> float:
+    """The cut on a score (FeatureSpace.elsewhere, `sharpness`) above which a "fake" answer is
+    withheld: the `keep` quantile of it over the band's "fake" answers on learned validation faces,
+    so that the rule withholds about 1 - keep of those and, on the kind of face it is for (real
+    photos of other kinds; sharper photos), more (measured in benchmarks/trust.py). keep 1, or no
+    fake answer to fit on: no cut."""
+    if keep >= 1 or not len(scores_of_fake_answers):
         return math.inf
-    return float(np.quantile(elsewhere_answered, keep))
-
-
-def fit_sharper(sharp_fake_answered: np.ndarray, keep: float) -> float:
-    """The cut on `sharpness` above which a "fake" answer is withheld: the `keep` quantile of it over
-    the band's "fake" answers on learned validation faces, so that the rule withholds about 1 - keep
-    of those and, on sharper photos of other kinds, more (measured in benchmarks/trust.py). keep 1,
-    or no fake answer to fit on: no cut."""
-    if keep >= 1 or not len(sharp_fake_answered):
-        return math.inf
-    return float(np.quantile(sharp_fake_answered, keep))
+    return float(np.quantile(scores_of_fake_answers, keep))
 
 
 def score_experiences(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tuple[Path, Path]]]],
@@ -589,6 +580,7 @@ def fit_scored(fit_f, fit_l, methods: list[str], val: list[Scored], test: list[S
     trust.calibration = fit_calibration(vy, vp)
     trust.threshold = float(trust.calibration(np.array([threshold_raw]))[0])
     trust.band = choose_band(vy, trust.calibration(vp), settings.precision, trust.threshold)
+    fakes = trust.calibration(vp) >= trust.band[1]  # the band's "fake" answers: what the fake-answer cuts keep
     if all(v.spread is not None for v in val):
         answered = np.array([answer(q, trust.band) != "uncertain" for q in trust.calibration(vp)], bool)
         trust.views = fit_views(np.concatenate([v.spread for v in val])[answered], settings.views_cost)
@@ -602,13 +594,11 @@ def fit_scored(fit_f, fit_l, methods: list[str], val: list[Scored], test: list[S
             trust.report["unfamiliar_level"] = level
         elsewhere = space.elsewhere(np.concatenate([v.features for v in val]))
         if elsewhere is not None:
-            fakes = trust.calibration(vp) >= trust.band[1]
-            trust.elsewhere = fit_elsewhere(elsewhere[fakes], settings.foreign_keep)
+            trust.elsewhere = fit_fake_cut(elsewhere[fakes], settings.foreign_keep)
             trust.foreign = [s.name for s in foreign]
             trust.report["foreign_faces"] = int(len(space.foreign))
     if all(v.sharp is not None for v in val):
-        fakes = trust.calibration(vp) >= trust.band[1]
-        trust.sharper = fit_sharper(np.concatenate([v.sharp for v in val])[fakes], settings.sharp_keep)
+        trust.sharper = fit_fake_cut(np.concatenate([v.sharp for v in val])[fakes], settings.sharp_keep)
     trust.report |= measured(trust, val, "val") | measured(trust, test, "test")
     if unseen:
         trust.report["unseen"] = {s.name: measured(trust, [s], "test") for s in unseen}
