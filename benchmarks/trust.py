@@ -434,7 +434,7 @@ def size_scan(learner, params, trust, split: str) -> tuple[int, dict, int]:
     faces = [(np.load(s[split][0], mmap_mode="r"), np.load(s[split][1]))
              for _, s in learner.trust_splits(learner.history.experiences) if split in s]
     x, y = np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces])
-    keep = _sample(len(y), max(params.trust.fit_faces // 2, 1), params.train.seed)
+    keep = _sample(len(y), params.trust.small_face_faces, params.train.seed)
     floor, by_side = fit_min_side(trust, learner.strategy.model.to("cpu").eval(), np.asarray(x[keep]), y[keep],
                                   params.trust.small_face_drop)
     return floor, by_side, int(len(keep))

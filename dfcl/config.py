@@ -283,6 +283,7 @@ class TrustConfig(Section):
     flip: bool
     views_cost: float = Field(ge=0, lt=1)
     small_face_drop: float = Field(ge=0, le=1)
+    small_face_faces: int = Field(ge=1)
     edge_quantile: float = Field(ge=0, lt=1)
     unseen_sets: list[str]
     foreign_reals: list[str]

@@ -676,8 +676,7 @@ def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tup
     faces = [(np.load(s["val"][0], mmap_mode="r"), np.load(s["val"][1])) for _, s in experiences if "val" in s]
     if settings.small_face_drop < 1 and faces:
         x, y = np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces])
-        # half a fit_faces sample of all methods' validation faces, scored up to 6 times
-        keep = _sample(len(y), max(settings.fit_faces // 2, 1), seed)
+        keep = _sample(len(y), settings.small_face_faces, seed)  # scored up to 6 times each
         trust.min_side, trust.report["answered_accuracy_by_side"] = fit_min_side(
             trust, model, np.asarray(x[keep]), y[keep], settings.small_face_drop, device)
     trust.min_inside, fitted = fit_min_inside([s["train"][0] for _, s in experiences if "train" in s],
