@@ -27,12 +27,13 @@ demo: install
 # compiles them again (measured: the full stack 20 s instead of 50 s of CPU per process).
 #
 # Two test processes (pytest-xdist), a test file each at a time (module-scoped fixtures are made
-# once): most of the suite's time goes to `dfcl` processes, Prefect APIs and DVC stages starting
-# and waiting on each other, which overlaps well even on 2 cores. Lint first (ruff, see pyproject):
+# once), the slowest files first (tests/conftest.py: SLOW_FILES): most of the suite's time goes to
+# `dfcl` processes, Prefect APIs and DVC stages starting and waiting on each other, which overlaps
+# well even on 2 cores. Lint first (ruff, see pyproject):
 # a second, not a reason to wait for the suite.
 test: install browser
 	$(VENV)/bin/ruff check .
-	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n 2 --dist loadfile --durations=15
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # The web page test drives Debian's chromium (Playwright's browser download does not work offline).
 # Without root or apt the test skips, and fails under CI=true.

@@ -60,20 +60,20 @@ def corrupt_dataset(root: Path) -> Path:
     return root
 
 
-def test_ingest_shows_no_git_hints_and_a_flow_failing_inside_is_one_line(tmp_path):
+def test_ingest_shows_no_git_hints_and_a_flow_failing_inside_is_one_line(tmp_path, prefect_api_url):
     """`dfcl ingest` drives DVC without its "git add ..." hints. `dfcl retrain` of the same data
     fails inside the flow (nothing can be learned): one `dfcl:` line for the user, Prefect's
     traceback in the workspace's log file only."""
     data, ws = corrupt_dataset(tmp_path / "corrupt"), tmp_path / "ws"
     ws.mkdir()
-    ingest = run_dfcl(["ingest", str(data), "-S", "data.image_size=32"], ws)
+    ingest = run_dfcl(["ingest", str(data), "-S", "data.image_size=32"], ws, prefect_api_url)
     out, _ = ingest.communicate(timeout=600)
     assert ingest.returncode == 0, out[-3000:]
     assert "left out corrupt: no train real faces" in out
     for hint in ("To track the changes with git", "git add", "You can now commit"):
         assert hint not in out
 
-    retrain = run_dfcl(["retrain", str(data), "-S", "data.image_size=32"], ws)
+    retrain = run_dfcl(["retrain", str(data), "-S", "data.image_size=32"], ws, prefect_api_url)
     out, _ = retrain.communicate(timeout=600)
     assert retrain.returncode == 2, out[-3000:]
     assert [line for line in out.splitlines() if line.startswith("dfcl:")] == [
