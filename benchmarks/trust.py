@@ -426,6 +426,11 @@ def face_size(learner, params, trust) -> dict:
     return out
 
 
+# The faces of each split scored at each size once per run (fit_min_side's `scores`): the sweeps
+# refit the floor with every value (about twenty fits), and only the answers change.
+SIZE_SCORES: dict[str, dict] = {"val": {}, "test": {}}
+
+
 def size_scan(learner, params, trust, split: str) -> tuple[int, dict, int]:
     """fit_min_side on a sample of the learned experiences' `split` faces, as the learner fits it on
     validation faces: (floor, answered accuracy by side, faces)."""
@@ -436,7 +441,7 @@ def size_scan(learner, params, trust, split: str) -> tuple[int, dict, int]:
     x, y = np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces])
     keep = _sample(len(y), params.trust.small_face_faces, params.train.seed)
     floor, by_side = fit_min_side(trust, learner.strategy.model.to("cpu").eval(), np.asarray(x[keep]), y[keep],
-                                  params.trust.small_face_drop)
+                                  params.trust.small_face_drop, scores=SIZE_SCORES[split])
     return floor, by_side, int(len(keep))
 
 

@@ -499,8 +499,11 @@ def test_the_face_size_floor_is_where_answered_accuracy_falls_on_validation_face
     x[y == 1] += rng.normal(0, 25, (100, 16, 16, 3)).repeat(4, 1).repeat(4, 2)  # grain in 4-px blocks
     x = np.clip(x, 0, 255).astype(np.uint8)
     trust = Trust(band=(0.5, 0.5))
-    floor, by_side = fit_min_side(trust, FineGrain().eval(), x, y, drop=0.05)
+    scores = {}
+    floor, by_side = fit_min_side(trust, FineGrain().eval(), x, y, drop=0.05, scores=scores)
     assert by_side["64"] == 1.0 and min(v for v in by_side.values() if v is not None) < 0.95
+    # a second fit of the same faces reuses each size's scores: no model is needed again
+    assert fit_min_side(trust, None, x, y, drop=0.05, scores=scores) == (floor, by_side)
     # the blocks survive down to 38 px across (measured: every fake's grain above the cut), not 26
     assert floor == 38 and by_side["38"] == 1.0 and by_side["26"] < 0.95 and "19" not in by_side
     assert shrunk(x[:2], 16).shape == (2, 64, 64, 3)

@@ -616,22 +616,28 @@ def shrunk(faces: np.ndarray, side: int) -> np.ndarray:
 
 
 def fit_min_side(trust: Trust, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, drop: float,
-                 device="cpu") -> tuple[int, dict]:
+                 device="cpu", scores: dict | None = None) -> tuple[int, dict]:
     """The smallest face size (source pixels across) down to which the answers still hold: the
     validation faces `x` are scored as if cut from each size of SIDE_SHARES, largest first, and
     answered as the product answers them (band, abstention); the floor is the last size whose
     answered accuracy stays within `drop` of the full-size faces'. Below it a face is withheld.
+    `scores`: a dict the caller keeps to score each size once when it fits several trusts of one
+    model on the same faces (the benchmark's sweeps); only the answers depend on the trust.
     Returns (floor, {size: answered accuracy}); floor 0 where nothing is answered at full size."""
-    def accuracy(faces):
-        p, f, spread = scores_and_features(model, faces, device, flip=trust.flip)
-        return coverage(y, [j["verdict"] for j in trust.judge(p, f, spread, sharpness(faces))])["answered_accuracy"]
+    scores = {} if scores is None else scores
 
-    full = accuracy(x)
+    def accuracy(side):
+        if (side, trust.flip) not in scores:
+            faces = x if side == x.shape[1] else shrunk(x, side)
+            scores[side, trust.flip] = (*scores_and_features(model, faces, device, flip=trust.flip), sharpness(faces))
+        return coverage(y, [j["verdict"] for j in trust.judge(*scores[side, trust.flip])])["answered_accuracy"]
+
+    full = accuracy(x.shape[1])
     measured_at, floor = {x.shape[1]: full}, x.shape[1]
     if math.isnan(full):
         return 0, {str(x.shape[1]): None}
     for side in sorted({max(8, round(x.shape[1] * s)) for s in SIDE_SHARES}, reverse=True):
-        measured_at[side] = acc = accuracy(shrunk(x, side))
+        measured_at[side] = acc = accuracy(side)
         if math.isnan(acc) or acc < full - drop:
             break
         floor = side
