@@ -513,6 +513,20 @@ def test_the_face_size_floor_is_where_answered_accuracy_falls_on_validation_face
     assert Trust(band=(0.5, 0.5)).summary()["min_side"] == 0
 
 
+def test_a_face_size_answered_right_on_a_few_faces_only_is_not_measured_to_hold():
+    """Shrunk faces are answered less often: at 38 px five of 200 are answered, all of them right.
+    The point estimate (1.0) would lower the floor; its 95% interval (down to 0.57) does not."""
+    from dfcl.measure.trust import fit_min_side
+
+    y = np.r_[np.zeros(100), np.ones(100)].astype(int)
+    x = np.zeros((200, 64, 64, 3), np.uint8)
+    few = np.full(200, 0.5)  # "uncertain" with the band (0.1, 0.9) ...
+    few[:5] = 0.0  # ... but five reals, answered "real"
+    scores = {(side, False): (p, None, None, None) for side, p in ((64, y * 1.0), (51, y * 1.0), (38, few))}
+    floor, by_side = fit_min_side(Trust(band=(0.1, 0.9)), None, x, y, drop=0.05, scores=scores)
+    assert by_side == {"64": 1.0, "51": 1.0, "38": 1.0} and floor == 51
+
+
 def test_the_cut_off_floor_is_fit_on_how_far_the_learned_training_faces_leave_their_pictures(tmp_path):
     """fit_min_inside: the edge_quantile of the manifests' `inside` over training faces (not
     validation or test), floored so those faces stay answered; 1.0 (any box leaving the picture)
