@@ -525,6 +525,7 @@ def test_a_face_size_answered_right_on_a_few_faces_only_is_not_measured_to_hold(
     scores = {(side, False): (p, None, None, None) for side, p in ((64, y * 1.0), (51, y * 1.0), (38, few))}
     floor, by_side = fit_min_side(Trust(band=(0.1, 0.9)), None, x, y, drop=0.05, scores=scores)
     assert by_side == {"64": 1.0, "51": 1.0, "38": 1.0} and floor == 51
+    assert all(type(v) is float for v in by_side.values())  # plain floats: the model card is YAML and JSON
 
 
 def test_the_cut_off_floor_is_fit_on_how_far_the_learned_training_faces_leave_their_pictures(tmp_path):

@@ -640,8 +640,8 @@ def fit_min_side(trust: Trust, model: torch.nn.Module, x: np.ndarray, y: np.ndar
         answered = v != "uncertain"
         if not answered.any():
             return math.nan, math.nan
-        right = int(((v == "fake") == (np.asarray(y) == 1))[answered].sum())
-        return right / answered.sum(), binomtest(right, int(answered.sum())).proportion_ci(0.95, "wilson").low
+        right, n = int(((v == "fake") == (np.asarray(y) == 1))[answered].sum()), int(answered.sum())
+        return right / n, float(binomtest(right, n).proportion_ci(0.95, "wilson").low)
 
     full = accuracy(x.shape[1])[0]
     measured_at, floor = {x.shape[1]: full}, x.shape[1]
