@@ -623,13 +623,13 @@ def fit_min_side(trust: Trust, model: torch.nn.Module, x: np.ndarray, y: np.ndar
     answered accuracy is measured to stay within `drop` of the full-size faces': the lower end of
     its 95% Wilson interval (scipy) does. Shrunk faces are answered less often, and a perfect score
     on the few still answered is no measurement (the learned test faces' accuracy fell to 0.88 at
-    64 px where 2000 validation faces' point estimates held to 32 px). Below it a face is withheld.
+    64 px where 882 validation faces' point estimates held to 32 px). Below it a face is withheld.
     `scores`: a dict the caller keeps to score each size once when it fits several trusts of one
     model on the same faces (the benchmark's sweeps); only the answers depend on the trust.
     Returns (floor, {size: answered accuracy}); floor 0 where nothing is answered at full size."""
-    scores = {} if scores is None else scores
-
     from scipy.stats import binomtest
+
+    scores = {} if scores is None else scores
 
     def accuracy(side) -> tuple[float, float]:
         """Answered accuracy at `side` and the lower end of its 95% interval (NaN: none answered)."""
