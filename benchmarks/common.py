@@ -67,13 +67,14 @@ def gather_reals(folders: list[Path], out: Path, params: dict) -> Path:
     list that keeps each file's split; `sbi.max_per_set` files of each after the first): made once."""
     import shutil
 
-    from dfcl.data.layouts import REAL_SPLITS, recognise, split_rule
+    from dfcl.data.layouts import REAL_SPLITS, identity_distance, recognise, split_rule
 
     if (out / REAL_SPLITS).is_file():
         return out
     dp = params.data
     found = recognise(folders, dp.real_names, params.sbi.method, real_only=True, splits=split_rule(dp),
-                      max_per_set=params.sbi.max_per_set)
+                      max_per_set=params.sbi.max_per_set, identity_distance=identity_distance(dp),
+                      cache_dir=out.parent / "identities")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for rel in found.files.path:

@@ -61,6 +61,7 @@ class DataConfig(Section):
     max_per_class: int = Field(ge=0)
     test_fraction: float = Field(ge=0, le=0.9)
     val_fraction: float = Field(ge=0, le=0.9)
+    identity_distance: float = Field(ge=0)
     seed: int
 
 

@@ -36,7 +36,7 @@ def ingest_dataset(data: str | list[str], params: Params, method: str | None = N
     ws = Workspace.here()
     ensure_workspace(ws, params.dvc)
     name = dataset_name(data, method)
-    sources = discover_dataset(data, params, name, methods, method)
+    sources = discover_dataset(ws, data, params, name, methods, method)
     raw_dir = copy_raw_dataset(ws, data, name, sources.all_paths(), sources.written, sources.roots)
     raw_version = version_with_dvc(ws, raw_dir, params, f"dfcl: raw dataset {name}")
     version = extract_faces(ws, name, params)

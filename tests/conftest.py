@@ -124,7 +124,7 @@ def workspace(tmp_path, monkeypatch, empty_mlflow_db):
 # The flow tests' small models: one epoch of a tiny CNN on whole 32-px images, augmented as before
 # issue 35 (no sharpening or resampling, JPEG 60-95), so that their few faces train as the tests expect.
 SMALL = ["gate.min_auc=0.0", "augment.sharpen_p=0", "augment.resample_p=0", "augment.jpeg_quality_min=60",
-         "augment.jpeg_quality_max=95", "faces.detect_in_images=false", "faces.landmarks=false", "sbi.first=false", "sbi.epochs=0", "data.image_size=32", "train.epochs=1", "train.batch_size=32", "model.name=small_cnn", "model.width=8",
+         "augment.jpeg_quality_max=95", "faces.detect_in_images=false", "faces.landmarks=false", "data.identity_distance=0", "sbi.first=false", "sbi.epochs=0", "data.image_size=32", "train.epochs=1", "train.batch_size=32", "model.name=small_cnn", "model.width=8",
          "model.pretrained=none", "train.schedule=constant", "train.warmup_epochs=0", "train.backbone_lr_scale=1.0",
          "strategy.replay.mem_size=40", "strategy.der.mem_size=40", "strategy.sur_lid.mem_size=40",
          "strategy.dfil.mem_size=40", "strategy.gem.patterns_per_exp=16"]

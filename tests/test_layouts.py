@@ -90,6 +90,58 @@ def test_per_method_images_deal_reals_without_overlap():
     assert len(reals[reals.split == "train"]) == len(list((root / "train" / "youtube").glob("*.jpg")))
 
 
+# Two people of ffpp-crops' training split, each in two crops of their video and one Face2Face
+# fake (checked by eye: same person, same studio), which no file name links.
+PEOPLE = {"A": ["youtube/roi_999.jpg", "youtube/roi_1000.jpg", "Face2Face/roi_518.jpg"],
+          "B": ["youtube/roi_1003.jpg", "youtube/roi_1004.jpg", "Face2Face/roi_520.jpg"]}
+
+
+def test_unlinked_images_of_one_person_share_a_split_group_in_the_methods_and_the_self_blended_listing(tmp_path):
+    """ffpp-crops links no fake to its original: without faces' identities a person's crops and
+    fakes were split file by file, and validation faces' people trained."""
+    from dfcl.data.extraction import list_files
+    from tests.conftest import small_params
+
+    source = shared_data("ffpp-crops")
+    root = tmp_path / "ffpp"
+    others = ([f"youtube/roi_{i}.jpg" for i in range(10, 18)] + [f"Face2Face/roi_{i}.jpg" for i in range(10, 16)])
+    for rel in [p for person in PEOPLE.values() for p in person] + others:
+        (root / "train" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / "train" / rel, root / "train" / rel)
+    for rel in ["youtube/roi_2.jpg", "youtube/roi_3.jpg", "Face2Face/roi_2.jpg", "Face2Face/roi_3.jpg"]:
+        (root / "test" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / "test" / rel, root / "test" / rel)
+    params = small_params("data.max_per_class=0", "data.identity_distance=0.45", "data.val_fraction=0.5")
+    _, files = list_files(root, params, "ffpp", cache_dir=tmp_path / "cache")
+    row = files.set_index("path")
+    groups = {name: set(row.group[[f"train/{p}" for p in person]]) for name, person in PEOPLE.items()}
+    assert all(len(g) == 1 for g in groups.values()) and groups["A"] != groups["B"], groups
+    assert files.groupby("group").split.nunique().max() == 1, "a person's images on two sides"
+    assert set(row.split[[f"train/{p}" for p in others]]) <= {"train", "val"}
+    assert (row.split[row.index.str.startswith("test/")] == "test").all(), "the official test split moved"
+    # The self-blended experience of the same dataset lists its reals alone: same groups, same splits.
+    reals = recognise(root, ["youtube"], "self-blended", real_only=True, splits=(0.2, 0, 0.5),
+                      identity_distance=0.45, cache_dir=tmp_path / "cache").files.set_index("path")
+    assert reals.split.equals(row.split[reals.index]) and reals.group.equals(row.group[reals.index])
+    # Off, the same images are split file by file again.
+    _, plain = list_files(root, small_params("data.max_per_class=0", "data.identity_distance=0",
+                                             "data.val_fraction=0.5"), "ffpp")
+    assert (plain.group == plain.path).all()
+
+
+def test_identity_groups_join_reals_and_attach_each_fake_to_its_nearest_real():
+    import numpy as np
+
+    from dfcl.data.identities import identity_groups
+
+    # Reals r1-r2 one person, r3 another; fake f1 near r2, f2 near nobody, one face undescribed.
+    vectors = np.array([[0, 0], [0.3, 0], [5, 5], [0.35, 0.1], [9, -9], [np.nan, np.nan]], dtype=np.float32)
+    paths, labels = ["r1", "r2", "r3", "f1", "f2", "r4"], np.array([0, 0, 0, 1, 1, 0])
+    assert identity_groups(paths, labels, vectors, 0.45) == ["r1", "r1", "r3", "r1", "f2", "r4"]
+    # Reals alone name the groups: listing the fakes or not changes no real's group.
+    assert identity_groups(paths[:3], labels[:3], vectors[:3], 0.45) == ["r1", "r1", "r3"]
+
+
 def test_real_fake_folders_split_by_original_when_metadata_says():
     found = recognise(shared_data("dfdc-crops"), ["real"], "dfdc-crops")
     assert found.layout == "real-fake" and found.methods == ["dfdc-crops"]

@@ -45,7 +45,7 @@ from dfcl.data.faces import (
 from dfcl.data.images import read_image
 from dfcl.data.landmarks import N_POINTS, LandmarkPredictor
 from dfcl.data.landmarks import kind as landmark_kind
-from dfcl.data.layouts import Sources, assign_splits, cap_per_class, recognise, split_rule
+from dfcl.data.layouts import Sources, assign_splits, by_identity, cap_per_class, identity_distance, recognise, split_rule
 from dfcl.files import fsync_dir, fsync_tree
 from dfcl.workspace import Workspace
 from dfcl.config import DataConfig, Params
@@ -163,7 +163,7 @@ def extract_dataset(raw_dir: str | Path, out_dir: str | Path, params: Params, na
     s = FaceSettings.from_params(params)
     cache_dir = Path(cache_dir) if cache_dir else Workspace.here().face_cache
     cache_dir.mkdir(parents=True, exist_ok=True)
-    sources, files = list_files(raw_dir, params, name)
+    sources, files = list_files(raw_dir, params, name, cache_dir)
     # Only the files a capped run uses are read (as the flow's copy does), then faces are capped.
     files = cap_per_class(files, params.data.max_per_class, params.data.seed)
     md5, sizes = hash_files(raw_dir, files)
@@ -192,16 +192,19 @@ def extract_dataset(raw_dir: str | Path, out_dir: str | Path, params: Params, na
     return stats
 
 
-def list_files(raw_dir: Path, params: Params, name: str) -> tuple[Sources, pd.DataFrame]:
-    """The dataset's layout and files, each with its split (official, or by video group)."""
+def list_files(raw_dir: Path, params: Params, name: str,
+               cache_dir: Path | None = None) -> tuple[Sources, pd.DataFrame]:
+    """The dataset's layout and files, each with its split (official, or by video group, or by
+    the person in an image: `data.identity_distance`, descriptors cached in `cache_dir`)."""
     dp = params.data
     sources = recognise(raw_dir, dp.real_names, name, compression=dp.compression,
                         real_only=name == params.sbi.method, splits=split_rule(dp), max_per_set=params.sbi.max_per_set)
     print(f"{raw_dir}: layout {sources.layout}, methods {', '.join(sources.methods)}")
-    for note in sources.notes:
-        print(f"  note: {note}")
     files = sources.files.copy()
     files["split"] = assign_splits(files, dp.test_fraction, dp.seed, dp.val_fraction)
+    files, note = by_identity(raw_dir, sources.files, files, split_rule(dp), identity_distance(dp), cache_dir)
+    for note in sources.notes + ([note] if note else []):
+        print(f"  note: {note}")
     return sources, files
 
 

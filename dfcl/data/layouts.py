@@ -39,6 +39,8 @@ class Request:
     compression: str = "c23"         # FaceForensics++ quality
     splits: tuple = (0.2, 0, 0.1)    # data.test_fraction, data.seed, data.val_fraction (assign_splits)
     max_per_set: int = 0             # real_faces_of: at most this many files of each added dataset (0: all)
+    identity_distance: float = 0.0   # real_faces_only: group unlinked images by person (dfcl.data.identities; 0: off)
+    cache_dir: Path | None = None    # ... where their descriptors are cached
 
 
 @dataclass
@@ -433,16 +435,21 @@ def real_faces_only(root: Path, ask: Request) -> Sources:
             break
     if found is not None:
         files = found.files.assign(split=assign_splits(found.files, *ask.splits))
-        rows = files[files.label == 0].drop_duplicates("path").assign(experience=ask.name)
+        reals = files[files.label == 0].drop_duplicates("path")
+        # Reals alone name the people's groups (dfcl.data.identities.identity_groups): the fakes
+        # need no describing here to give each real the split the methods' extraction gives it.
+        rows, note = by_identity(root, found.files, reals, ask.splits, ask.identity_distance, ask.cache_dir)
+        rows, notes = rows.assign(experience=ask.name), [note] if note else []
         layout, extra = f"{found.layout}, real files only", found.extra
     else:
         folder = next((p for n, p in _subfolders(root).items() if n.lower() in {r.lower() for r in ask.real_names}), root)
         files = sorted(p for p in folder.rglob("*") if p.is_file() and media_kind(p))
         rows = _frame([_row(root, ask.name, f, 0, split=_official_split(f.relative_to(root))) for f in files])
         rows = rows.assign(split=assign_splits(rows, *ask.splits)) if len(rows) else rows
-        layout, extra = "real faces", []
+        layout, extra, notes = "real faces", [], []
     found = confine(root, Sources(layout, [ask.name], rows.reset_index(drop=True), extra,
-                                  [f"{ask.name}: real faces only; its fakes are self-blended from them (dfcl.data.sbi)"]))
+                                  [f"{ask.name}: real faces only; its fakes are self-blended from them (dfcl.data.sbi)"]
+                                  + notes))
     if found.files.empty:
         raise LayoutError(f"{root}: no real images or videos to blend a self-blended experience from")
     return dataclasses.replace(found, written={REAL_SPLITS: found.files[["path", "split", "group"]].to_csv(index=False)})
@@ -522,18 +529,21 @@ def capped_per_split(files: pd.DataFrame, most: int, seed: int) -> pd.DataFrame:
 
 def recognise(root: str | Path | list, real_names, name: str, methods: list[str] | None = None,
               compression: str = "c23", method: str | None = None, real_only: bool = False,
-              splits: tuple = (0.2, 0, 0.1), max_per_set: int = 0) -> Sources:
+              splits: tuple = (0.2, 0, 0.1), max_per_set: int = 0, identity_distance: float = 0.0,
+              cache_dir: Path | None = None) -> Sources:
     """The layout of `root` and its files. `name` names single-method datasets; `methods`
     picks (and orders) the methods of multi-method ones. `method` is the name the user gave
     (`--method`), which only a one-method dataset may take. `real_only`: the real files alone,
     as one experience named `name` (a self-blended experience, `real_faces_only`), of one folder
     or of a list of them (`real_faces_of`). `splits`: (data.test_fraction, data.seed,
-    data.val_fraction), for the real files' splits; `max_per_set` caps each added folder's files."""
+    data.val_fraction), for the real files' splits; `max_per_set` caps each added folder's files;
+    `identity_distance` and `cache_dir` group the real files by person (`by_identity`)."""
     roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
     for r in roots:
         if not r.is_dir():
             raise LayoutError(f"{r} is not a folder")
-    ask = Request(name, list(real_names), methods, compression, tuple(splits), max_per_set)
+    ask = Request(name, list(real_names), methods, compression, tuple(splits), max_per_set, identity_distance,
+                  Path(cache_dir) if cache_dir else None)
     if real_only:
         return real_faces_of(roots, ask) if len(roots) > 1 else real_faces_only(roots[0], ask)
     if len(roots) > 1:
@@ -571,6 +581,13 @@ def split_rule(data: DataConfig) -> tuple:
     return data.test_fraction, data.seed, data.val_fraction
 
 
+def identity_distance(data: DataConfig) -> float:
+    """`data.identity_distance`, except in a run capped by `data.max_per_class`: describing every
+    image of a dataset (0.15 s each) to split the few a quick run keeps is not worth it, and the
+    capped run's numbers are no measurement anyway."""
+    return 0.0 if data.max_per_class else data.identity_distance
+
+
 def cap_per_class(table: pd.DataFrame, max_per_class: int, seed: int) -> pd.DataFrame:
     """At most `max_per_class` rows (files, or faces) per experience, split and label, a seeded
     choice by `path`: for quick runs. 0 keeps everything."""
@@ -594,6 +611,22 @@ def assign_splits(files: pd.DataFrame, test_fraction: float, seed: int, val_frac
         train = files[split == "train"]
         split[train.index] = _hold_out(train, val_fraction, seed + 1, "val", "train")
     return split
+
+
+def by_identity(root: Path, listed: pd.DataFrame, files: pd.DataFrame, splits: tuple, distance: float,
+                cache_dir: Path | None) -> tuple[pd.DataFrame, str | None]:
+    """`files` (split by assign_splits) with their validation split re-drawn by the people in them
+    (dfcl.data.identities.split_by_identity) when the layout links none of its images and `listed`
+    (the layout's own table) gives no validation split. The one place both the methods' extraction
+    and a self-blended experience's real files take it from, so a person is on one side in both."""
+    if not distance or (listed.split == "val").any():
+        return files, None
+    from dfcl.data.identities import split_by_identity
+
+    _, seed, val_fraction = splits
+    inside = files.path.map(lambda p: outside(root, p) is None)  # only what `confine` will keep is read
+    grouped, note = split_by_identity(root, files[inside], distance, seed + 1, val_fraction, cache_dir)
+    return pd.concat([grouped, files[~inside]]).loc[files.index], note
 
 
 def _hold_out(files: pd.DataFrame, fraction: float, seed: int, held: str, rest: str) -> list[str]:
