@@ -123,6 +123,22 @@ def test_unlinked_images_of_one_person_share_a_split_group_in_the_methods_and_th
     reals = recognise(root, ["youtube"], "self-blended", real_only=True, splits=(0.2, 0, 0.5),
                       identity_distance=0.45, cache_dir=tmp_path / "cache").files.set_index("path")
     assert reals.split.equals(row.split[reals.index]) and reals.group.equals(row.group[reals.index])
+    # A folder without a split of its own (real/ + fake/): its test split is drawn by person too.
+    flat = tmp_path / "flat"
+    for rel in [p for person in PEOPLE.values() for p in person] + others:
+        (flat / ("real" if "youtube" in rel else "fake")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "train" / rel, flat / ("real" if "youtube" in rel else "fake") / rel.replace("/", "_"))
+    def flat_split(seed):
+        return list_files(flat, small_params("data.max_per_class=0", "data.identity_distance=0.45", f"data.seed={seed}",
+                                             "data.test_fraction=0.5", "data.val_fraction=0"), "flat",
+                          cache_dir=tmp_path / "cache")[1]
+
+    drawn = flat_split(3)
+    assert drawn.groupby("group").split.nunique().max() == 1 and drawn.group.nunique() < len(drawn)
+    assert drawn.groupby("split").label.nunique().to_dict() == {"train": 2, "test": 2}
+    # With so few people, seed 0's draw by person leaves a split without fakes: file by file instead.
+    fallback = flat_split(0)
+    assert (fallback.group == fallback.path).all() and fallback.groupby("split").label.nunique().min() == 2
     # Off, the same images are split file by file again.
     _, plain = list_files(root, small_params("data.max_per_class=0", "data.identity_distance=0",
                                              "data.val_fraction=0.5"), "ffpp")
@@ -132,7 +148,7 @@ def test_unlinked_images_of_one_person_share_a_split_group_in_the_methods_and_th
 def test_identity_groups_join_reals_and_attach_each_fake_to_its_nearest_real():
     import numpy as np
 
-    from dfcl.data.identities import identity_groups
+    from dfcl.data.leaks import identity_groups
 
     # Reals r1-r2 one person, r3 another; fake f1 near r2, f2 near nobody, one face undescribed.
     vectors = np.array([[0, 0], [0.3, 0], [5, 5], [0.35, 0.1], [9, -9], [np.nan, np.nan]], dtype=np.float32)

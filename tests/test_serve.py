@@ -25,8 +25,11 @@ def stop(proc: subprocess.Popen) -> None:
     stop_group(proc, signal.SIGINT)  # as Ctrl-C stops `dfcl serve`
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """One server for the module (it takes a minute of CPU to start); each test's runs are told
+    apart by their workspace."""
+    tmp_path = tmp_path_factory.mktemp("prefect-server")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-server"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     port = free_port()
@@ -53,13 +56,15 @@ def prefect_server(tmp_path):
     log.close()
 
 
-def flow_runs(api: str):
+def flow_runs(api: str, ws: Path):
+    """The runs of retrain-detector/triggered on datasets of the workspace `ws`."""
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        return client.read_flow_runs(deployment_filter=DeploymentFilter(name={"any_": ["triggered"]}))
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name={"any_": ["triggered"]}))
+    return [r for r in runs if str(r.parameters["data"]).startswith(str(ws))]
 
 
 def wait_for(condition, what: str, serve_log: Path, timeout: float = 300):
@@ -100,9 +105,9 @@ def serve_env(env: dict, api: str, ws: Path) -> dict:
     return {**env, "PREFECT_API_URL": api, "DFCL_WORKSPACE": str(ws), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
 
 
-def states(api):
+def states(api, ws):
     return {str(r.parameters["data"]).rsplit("/", 1)[-1]: (r.state.name if r.state else None, r.name)
-            for r in flow_runs(api)}
+            for r in flow_runs(api, ws)}
 
 
 def test_serve_triggers_queues_and_waits_for_ops_on_a_real_prefect_server(tmp_path, prefect_server, demo_data):
@@ -116,12 +121,12 @@ def test_serve_triggers_queues_and_waits_for_ops_on_a_real_prefect_server(tmp_pa
         incoming = ws / "data" / "incoming"
         shutil.copytree(demo_data / "BlendSwap", incoming / "BlendSwap")
         (incoming / "BlendSwap" / "READY").touch()  # the copy is complete
-        wait_for(lambda: states(api).get("BlendSwap", ("",))[0] == "Paused", "the first run to pause", serve_log)
+        wait_for(lambda: states(api, ws).get("BlendSwap", ("",))[0] == "Paused", "the first run to pause", serve_log)
 
         # a second new method while the first waits for ops: it is queued, not trained
         shutil.copytree(demo_data / "GANUpsample", incoming / "GANUpsample")
         (incoming / "GANUpsample" / "READY").touch()
-        wait_for(lambda: "GANUpsample" in states(api), "the second run to be created", serve_log)
+        wait_for(lambda: "GANUpsample" in states(api, ws), "the second run to be created", serve_log)
         time.sleep(10)
         mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
         client = MlflowClient()
@@ -132,14 +137,14 @@ def test_serve_triggers_queues_and_waits_for_ops_on_a_real_prefect_server(tmp_pa
                                   env=env, capture_output=True, text=True, timeout=300)
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
-        decide(states(api)["BlendSwap"][1], "approve", "--reason", "looks right")
-        wait_for(lambda: states(api).get("GANUpsample", ("",))[0] == "Paused", "the second run to pause", serve_log)
-        assert states(api)["BlendSwap"][0] == "Completed"
-        decide(states(api)["GANUpsample"][1], "reject", "--reason", "not this week")
-        wait_for(lambda: states(api)["GANUpsample"][0] == "Completed", "the second run to finish", serve_log)
+        decide(states(api, ws)["BlendSwap"][1], "approve", "--reason", "looks right")
+        wait_for(lambda: states(api, ws).get("GANUpsample", ("",))[0] == "Paused", "the second run to pause", serve_log)
+        assert states(api, ws)["BlendSwap"][0] == "Completed"
+        decide(states(api, ws)["GANUpsample"][1], "reject", "--reason", "not this week")
+        wait_for(lambda: states(api, ws)["GANUpsample"][0] == "Completed", "the second run to finish", serve_log)
 
         time.sleep(8)  # several polls: trained datasets start nothing new
-        assert len(flow_runs(api)) == 2
+        assert len(flow_runs(api, ws)) == 2
         assert client.get_model_version_by_alias("deepfake-detector", "champion").version == 1
         history = subprocess.run([sys.executable, "-m", "dfcl.cli", "history"], cwd=ws, env=env,
                                  capture_output=True, text=True, timeout=300).stdout
@@ -164,7 +169,7 @@ def test_sigterm_and_sigint_stop_serve_cleanly_and_the_run_they_cancel_is_queued
         serve = start_serve(ws, env, serve_log)
         try:
             assert not deployment_paused(api, "retrain-incoming/scheduled")
-            wait_for(lambda: len(flow_runs(api)) == n and "Running" in [r.state.name for r in flow_runs(api)],
+            wait_for(lambda: len(flow_runs(api, ws)) == n and "Running" in [r.state.name for r in flow_runs(api, ws)],
                      f"run {n} to start", serve_log)
             os.kill(serve.pid, sig)
             assert serve.wait(300) == 0, serve_log.read_text()[-5000:]
@@ -177,5 +182,5 @@ def test_sigterm_and_sigint_stop_serve_cleanly_and_the_run_they_cancel_is_queued
         # A traceback of the serving process would run through dfcl's code. (The output of the
         # cancelled run's process comes here too; it may print a traceback of its own.)
         assert "dfcl/cli.py" not in said and "flows/serve.py" not in said, said[-5000:]
-        assert [r.state.name for r in flow_runs(api)] == ["Cancelled"] * n
+        assert [r.state.name for r in flow_runs(api, ws)] == ["Cancelled"] * n
         assert deployment_paused(api, "retrain-incoming/scheduled")

@@ -39,7 +39,7 @@ class Request:
     compression: str = "c23"         # FaceForensics++ quality
     splits: tuple = (0.2, 0, 0.1)    # data.test_fraction, data.seed, data.val_fraction (assign_splits)
     max_per_set: int = 0             # real_faces_of: at most this many files of each added dataset (0: all)
-    identity_distance: float = 0.0   # real_faces_only: group unlinked images by person (dfcl.data.identities; 0: off)
+    identity_distance: float = 0.0   # real_faces_only: group unlinked images by person (dfcl.data.leaks; 0: off)
     cache_dir: Path | None = None    # ... where their descriptors are cached
 
 
@@ -436,7 +436,7 @@ def real_faces_only(root: Path, ask: Request) -> Sources:
     if found is not None:
         files = found.files.assign(split=assign_splits(found.files, *ask.splits))
         reals = files[files.label == 0].drop_duplicates("path")
-        # Reals alone name the people's groups (dfcl.data.identities.identity_groups): the fakes
+        # Reals alone name the people's groups (dfcl.data.leaks.identity_groups): the fakes
         # need no describing here to give each real the split the methods' extraction gives it.
         rows, note = by_identity(root, found.files, reals, ask.splits, ask.identity_distance, ask.cache_dir)
         rows, notes = rows.assign(experience=ask.name), [note] if note else []
@@ -615,17 +615,18 @@ def assign_splits(files: pd.DataFrame, test_fraction: float, seed: int, val_frac
 
 def by_identity(root: Path, listed: pd.DataFrame, files: pd.DataFrame, splits: tuple, distance: float,
                 cache_dir: Path | None) -> tuple[pd.DataFrame, str | None]:
-    """`files` (split by assign_splits) with their validation split re-drawn by the people in them
-    (dfcl.data.identities.split_by_identity) when the layout links none of its images and `listed`
-    (the layout's own table) gives no validation split. The one place both the methods' extraction
-    and a self-blended experience's real files take it from, so a person is on one side in both."""
-    if not distance or (listed.split == "val").any():
+    """`files` (split by assign_splits) with their splits re-drawn by the people in them
+    (dfcl.data.leaks.split_by_identity) when the layout links none of its images; `listed`
+    is the layout's own table (its official splits stay). The one place both the methods'
+    extraction and a self-blended experience's real files take it from, so a person is on one
+    side in both."""
+    if not distance or (listed.split == "val").any():  # an official validation split wins
         return files, None
-    from dfcl.data.identities import split_by_identity
+    from dfcl.data.leaks import split_by_identity
 
-    _, seed, val_fraction = splits
     inside = files.path.map(lambda p: outside(root, p) is None)  # only what `confine` will keep is read
-    grouped, note = split_by_identity(root, files[inside], distance, seed + 1, val_fraction, cache_dir)
+    official = listed.split.reindex(files.index).fillna("")
+    grouped, note = split_by_identity(root, files[inside], official[inside], distance, splits, cache_dir)
     return pd.concat([grouped, files[~inside]]).loc[files.index], note
 
 
