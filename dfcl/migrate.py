@@ -25,7 +25,8 @@ from dfcl.config import REMOVED, RENAMED, Params
 from dfcl.files import fsync_tree, write_atomic
 
 # Old (module, class) -> today's, for the names the old checkpoints hold.
-OLD_NAMES = {("dfcl.metrics", "ExperienceAUC"): ("dfcl.measure.scoring", "ExperienceAUC"),
+OLD_NAMES = {**{(m, "ExperienceAUC"): ("dfcl.learning.evaluation", "ExperienceAUC")
+                for m in ("dfcl.metrics", "dfcl.scoring", "dfcl.measure.scoring")},
              ("dfcl.plugins", "CosineEpochs"): ("dfcl.learning.plugins", "LRSchedule"),
              ("dfcl.learner", "CosineEpochs"): ("dfcl.learning.plugins", "LRSchedule"),
              ("dfcl.learner", "ExperienceSpec"): ("dfcl.data.arrays", "ExperienceSpec")}

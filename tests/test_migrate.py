@@ -38,15 +38,16 @@ def test_removed_keys_of_an_old_workspace_are_ignored_then_deleted(tmp_path):
 def test_old_checkpoints_class_names_resolve_to_todays():
     import io
 
-    from dfcl.learning import plugins
-    from dfcl.measure import scoring
+    from dfcl.learning import evaluation, plugins
 
     for module, name, now in [("dfcl.learner", "CosineEpochs", plugins.LRSchedule),
                               ("dfcl.learner", "ClassBalancedLoss", plugins.ClassBalancedLoss),
                               ("dfcl.progress", "EpochProgress", plugins.EpochProgress),
-                              ("dfcl.metrics", "ExperienceAUC", scoring.ExperienceAUC),
+                              ("dfcl.metrics", "ExperienceAUC", evaluation.ExperienceAUC),
                               # the flat dfcl/ of before the packages (issue 37)
-                              ("dfcl.scoring", "ExperienceAUC", scoring.ExperienceAUC),
+                              ("dfcl.scoring", "ExperienceAUC", evaluation.ExperienceAUC),
+                              # before detection stopped importing Avalanche
+                              ("dfcl.measure.scoring", "ExperienceAUC", evaluation.ExperienceAUC),
                               ("dfcl.plugins", "PairedBatches", plugins.PairedBatches),
                               ("dfcl.plugins", "CosineEpochs", plugins.LRSchedule)]:
         assert _unpickler(pickle.Unpickler)(io.BytesIO(f"c{module}\n{name}\n.".encode())).load() is now

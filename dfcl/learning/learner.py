@@ -31,6 +31,7 @@ from dfcl.data.datasets import FaceArrayDataset
 from dfcl.data.sbi import SelfBlendedFakes, SelfBlendedPairs
 from dfcl.files import fsync_tree, write_atomic
 from dfcl.learning import learner_state, pinning
+from dfcl.learning.evaluation import ExperienceAUC
 from dfcl.learning.plugins import (
     BestValidationEpoch,
     EpochCheckpoint,
@@ -47,7 +48,6 @@ from dfcl.measure.metrics import (
     values_before_learning,
 )
 from dfcl.measure.scoring import (
-    ExperienceAUC,
     calibrate_threshold,
     per_experience,
 )

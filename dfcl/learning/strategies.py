@@ -16,6 +16,7 @@ from dfcl.learning.continual.selection import (
     SparseUniformSelection,
     make_replay_plugin,
 )
+from dfcl.learning.evaluation import ExperienceAUC
 from dfcl.learning.memory import apply_heap_allocations
 from dfcl.learning.plugins import (
     BestValidationEpoch,
@@ -30,7 +31,6 @@ from dfcl.learning.plugins import (
     MaskLoss,
     PairedBatches,
 )
-from dfcl.measure.scoring import ExperienceAUC
 from models import create_model
 
 
