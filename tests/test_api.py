@@ -159,7 +159,9 @@ def test_hot_swap_follows_approval_and_rollback_and_requests_in_flight_keep_thei
     api.reload_s the API serves version 2 without a restart; `dfcl rollback` brings back 1.
     A request that started on version 1 answers from version 1 even when the swap happens
     while it runs."""
-    params = small_params("api.reload_s=1")
+    # The held request waits out a whole retraining: on a busy machine longer than the default
+    # detection timeout (120 s), which test_robustness covers.
+    params = small_params("api.reload_s=1", "api.detect_timeout_s=1800")
     with TestClient(create_app(params), base_url="http://127.0.0.1") as client:
         holder = client.app.state.holder
         assert client.get("/v1/model").json()["version"] == "1"
