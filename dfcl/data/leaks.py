@@ -83,14 +83,13 @@ def check_no_leak(experiences, root: Path) -> None:
                             + ". Fix the splits (docs/datasets.md, splits) before training")
 
 
-
 def _load_models():
     global _models
     if _models is None:
         import dlib
 
         folder = predictor_file().parent
-        _models = (dlib, dlib.get_frontal_face_detector(),
+        _models = (dlib.get_frontal_face_detector(),
                    dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat")),
                    dlib.face_recognition_model_v1(str(folder / "dlib_face_recognition_resnet_model_v1.dat")))
     return _models
@@ -101,7 +100,7 @@ def describe(path: str) -> np.ndarray:
     drawn face, an unreadable file: such a face stays a group of its own)."""
     from dfcl.data.images import read_image
 
-    _, detect, shape, net = _load_models()
+    detect, shape, net = _load_models()
     image = read_image(Path(path))
     found = [] if isinstance(image, str) else sorted(detect(image, 0), key=lambda r: r.area())
     if not found:
@@ -109,8 +108,7 @@ def describe(path: str) -> np.ndarray:
     return np.asarray(net.compute_face_descriptor(image, shape(image, found[-1])), np.float32)
 
 
-def descriptors(root: Path, paths: list[str], md5: dict[str, str], cache_dir: Path | None,
-                workers: int | None = None) -> np.ndarray:
+def descriptors(root: Path, paths: list[str], md5: dict[str, str], cache_dir: Path | None) -> np.ndarray:
     """(len(paths), 128) descriptors of the images `paths` (relative to `root`), cached in
     `cache_dir` by content."""
     cached = (lambda p: cache_dir / f"{md5[p]}-identity.npy") if cache_dir else None
@@ -125,7 +123,7 @@ def descriptors(root: Path, paths: list[str], md5: dict[str, str], cache_dir: Pa
         return out
     from tqdm.auto import tqdm
 
-    workers = min(workers or os.cpu_count() or 1, len(todo) // 32)
+    workers = min(os.cpu_count() or 1, len(todo) // 32)
     # spawn, not fork: the parent may hold torch's and OpenCV's threads. A few faces are described
     # here: a process costs seconds to start (it imports dlib and loads its models).
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else nullcontext() as pool:
@@ -168,7 +166,9 @@ def identity_groups(paths: list[str], labels: np.ndarray, vectors: np.ndarray, d
 def drawn(group: str, seed: int, fraction: float, split: str) -> bool:
     """Whether a group is drawn for `split` (test, val): by its name and the seed alone, so a
     person lands on the same side in every experience and every listing (a self-blended
-    experience's reals and the methods' experiences of the same dataset)."""
+    experience's reals and the methods' experiences of the same dataset). Not assign_splits'
+    draw: it orders the groups a listing holds, split by whether they have fakes, so a reals-only
+    listing would draw other people."""
     digest = hashlib.sha1(f"{seed}:identity-{split}:{group}".encode()).hexdigest()
     return int(digest[:8], 16) < fraction * 16 ** 8
 
