@@ -1,7 +1,8 @@
 """The wheel works: built from the source, installed non-editable into a fresh virtual
-environment, `dfcl --version` and `dfcl demo` run there from a folder outside the repository,
-with the packaged defaults (params.yaml, the workspace's dvc.yaml, the web page) read from the
-installed package, and a workspace's own params.yaml winning over them.
+environment, `dfcl --version`, `dfcl demo` (the whole story, on its own temporary services) and
+`dfcl detect` run there from a folder outside the repository, with the packaged defaults
+(params.yaml, the workspace's dvc.yaml, the web page) read from the installed package, and a
+workspace's own params.yaml winning over them.
 
 Installing torch and the rest again would take most of CI's time, so the fresh environment sees
 the project environment's third-party packages through a .pth line naming its site-packages. A
@@ -101,24 +102,58 @@ def test_the_wheel_installs_with_its_package_data_and_the_installed_copy_runs(in
     assert Path(version.split("(", 1)[1].rsplit(")", 1)[0]).resolve() == (site / "dfcl").resolve()
 
 
-def test_dfcl_demo_runs_from_the_wheel_outside_the_repository(installed, tmp_path, prefect_api_url):
+def test_dfcl_demo_runs_the_whole_story_from_the_wheel_outside_the_repository(installed, tmp_path):
+    """`dfcl demo` as a new user runs it: from the installed wheel, in a folder of its own, on the
+    embedded defaults (Prefect's temporary local API, MLflow on sqlite, a DVC folder remote)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tests.test_pipeline import TINY
+
     ws = tmp_path / "ws"
     ws.mkdir()
     assert not ws.resolve().is_relative_to(REPO)
-    # The workspace's own params.yaml wins over the packaged one: one small demo method, not three.
+    # The workspace's own params.yaml wins over the packaged one (160 faces per class at 64 px).
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["demo"].update(methods=["BlendSwap"], train_per_class=24, test_per_class=12, size=32)
+    params["demo"].update(train_per_class=24, test_per_class=12, size=32)
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    tiny = ["-S", "data.image_size=32", "-S", "train.epochs=1", "-S", "model.width=8", "-S", "gate.min_auc=0.0"]
-    env = fresh_env(installed, PREFECT_API_URL=prefect_api_url)
-    out = run([installed.parent / "dfcl", "demo", *tiny], ws, env, 900)
+    env = fresh_env(installed)  # no PREFECT_API_URL: the run starts its own temporary API
+    # One epoch of a width-8 CNN learns the drawn forgeries only roughly: the test is the story, not
+    # the gate's margins, which test_gate covers.
+    out = run([installed.parent / "dfcl", "demo", *TINY, "-S", "gate.max_point_drop=1", "-S", "gate.max_forgetting=1"],
+              ws, env, 900)
     assert "outcome: promoted" in out, out[-4000:]
-    assert sorted(p.name for p in (ws / "data/incoming/demo").iterdir() if p.is_dir()) == ["BlendSwap"]
-    # The template's demo stage and the one extraction stage the run added.
-    assert set(yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]) == {"demo_data", "extract_faces_BlendSwap"}
+    demo = ws / "data/incoming/demo"
+    assert demo.joinpath("README.txt").read_text().startswith("SYNTHETIC")
+    reals = sorted((demo / "BlendSwap" / "train" / "real").glob("*.jpg"))
+    assert len(reals) == 24 and imread_shape(reals[0])[:2] == (32, 32)
+    # The template's demo stage and the extraction stage each method added.
+    assert set(yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]) == \
+        {"demo_data", "extract_faces_BlendSwap", "extract_faces_GANUpsample", "extract_faces_MouthWarp"}
     # A registered detector ships the installed models/ package as its code.
     code = [p for p in (ws / "mlruns").rglob("pyfunc.py") if p.parent.name == "models" and p.parent.parent.name == "code"]
     assert code, "the registered model has no models/ code"
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    champion = MlflowClient().get_model_version_by_alias("deepfake-detector", "champion")
+    mlflow.set_tracking_uri(None)
+    assert str(champion.version) == "3"  # one version per arriving method
+    assert champion.tags["methods"] == "BlendSwap,GANUpsample,MouthWarp"
+
+    # The demo's data is marked synthetic, and so is every answer of a model that learned only it.
+    assert (demo / "BlendSwap" / "SYNTHETIC.txt").is_file()
+    face = next((demo / "BlendSwap" / "test" / "real").glob("*.jpg"))
+    out = run([installed.parent / "dfcl", "detect", "--crop", face, "--json", tmp_path / "answer.json"], ws, env, 300)
+    assert "warning: this model learned only synthetic demo faces" in out
+    answer = json.loads((tmp_path / "answer.json").read_text())
+    assert answer["model"]["synthetic_only"] is True
+    assert all(entry["synthetic"] for entry in answer["model"]["learned"])
+    assert "learned only synthetic demo faces" in answer["detections"][0]["reason"]
+
+
+def imread_shape(path: Path) -> tuple:
+    import cv2
+
+    return cv2.imread(str(path)).shape
 
 
 def test_the_workspace_template_is_its_own_file_with_the_root_demo_stage():

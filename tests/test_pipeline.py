@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, run_dfcl, shared_data
+from tests.conftest import run_dfcl, shared_data
 
 # The synthetic faces are taken whole (MTCNN re-framing and dlib's landmarks are for photos).
 TINY = ["-S", "data.image_size=32", "-S", "train.epochs=1", "-S", "model.width=8",
@@ -172,46 +172,3 @@ def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(
     assert avg_auc["new"] == pytest.approx(newest.data.metrics["avg_auc"])
     decision = mlflow.artifacts.load_text(f"runs:/{newest.info.run_id}/promotion_decision.md")
     assert "Challenger v2 vs champion v1" in decision and "| stylegan-faces |" in decision
-
-
-def test_ops_rejection_keeps_the_champion_where_it_was(demo_data, tmp_path, prefect_api_url):
-    ws = tmp_path
-    proc = run_dfcl(["retrain", str(demo_data / "BlendSwap"), *TINY], ws, prefect_api_url)
-    approve_when_paused(proc, ws, prefect_api_url, "reject", "--reason", "not today")
-    out = finish(proc, timeout=300)
-    assert proc.returncode == 0, out[-4000:]
-    assert "outcome: rejected by ops" in out
-    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
-    client = MlflowClient()
-    version = client.get_model_version_by_alias("deepfake-detector", "challenger")
-    assert version.tags["rejected_by"] == "alice" and version.tags["rejection_reason"] == "not today"
-    with pytest.raises(mlflow.exceptions.MlflowException):
-        client.get_model_version_by_alias("deepfake-detector", "champion")
-
-
-def test_demo_runs_the_whole_story_on_synthetic_data(tmp_path):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["demo"].update(train_per_class=24, test_per_class=12, size=32)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    # One epoch of a width-8 CNN learns the drawn forgeries only roughly: the test is the story, not
-    # the gate's margins, which test_gate covers.
-    proc = run_dfcl(["demo", *TINY, "-S", "gate.max_point_drop=1", "-S", "gate.max_forgetting=1"], tmp_path)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-4000:]
-    assert "outcome: promoted" in out
-    assert (tmp_path / "data/incoming/demo/README.txt").read_text().startswith("SYNTHETIC")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    champion = MlflowClient().get_model_version_by_alias("deepfake-detector", "champion")
-    assert str(champion.version) == "3"  # one version per arriving method
-    assert champion.tags["methods"] == "BlendSwap,GANUpsample,MouthWarp"
-    # The demo's data is marked synthetic, and so is every answer of a model that learned only it.
-    assert (tmp_path / "data/incoming/demo/BlendSwap/SYNTHETIC.txt").is_file()
-    face = next((tmp_path / "data/incoming/demo/BlendSwap/test/real").glob("*.jpg"))
-    proc = run_dfcl(["detect", "--crop", str(face), "--json", str(tmp_path / "answer.json")], tmp_path)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-4000:]
-    assert "warning: this model learned only synthetic demo faces" in out
-    answer = json.loads((tmp_path / "answer.json").read_text())
-    assert answer["model"]["synthetic_only"] is True
-    assert all(entry["synthetic"] for entry in answer["model"]["learned"])
-    assert "learned only synthetic demo faces" in answer["detections"][0]["reason"]

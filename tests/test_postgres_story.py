@@ -156,7 +156,8 @@ def test_servers_on_postgresql_a_worker_pool_and_the_whole_approval_story(postgr
         procs.append(start([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", mlflow_port, "--workers", "1",
                             "--backend-store-uri", f"postgresql+psycopg://dfcl@127.0.0.1:{postgres}/mlflow",
                             "--artifacts-destination", f"s3://{bucket}/mlflow"],
-                           {**base, **s3, "MLFLOW_S3_ENDPOINT_URL": s3_server}, logs / "mlflow.log"))
+                           {**base, **s3, "MLFLOW_S3_ENDPOINT_URL": s3_server, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                           logs / "mlflow.log"))
         wait_for(lambda: answers(f"{api}/health") and answers(f"{tracking}/health"), "the Prefect and MLflow servers",
                  [logs / "prefect.log", logs / "mlflow.log"], timeout=400)
 
