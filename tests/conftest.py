@@ -134,8 +134,8 @@ SMALL = ["gate.min_auc=0.0", "augment.sharpen_p=0", "augment.resample_p=0", "aug
 # Handed out first (the Makefile's --no-loadscope-reorder keeps this order), the two workers end
 # together: in xdist's own order (files with most tests first) the PostgreSQL story came last and
 # one worker ended 160 s before the other (measured, durations summed per worker).
-SLOW_FILES = ["test_pipeline.py", "test_serve.py", "test_postgres_story.py", "test_ops.py", "test_api.py",
-              "test_trust.py", "test_cli.py", "test_pinning.py", "test_compare.py", "test_learner.py"]
+SLOW_FILES = ["test_serve.py", "test_postgres_story.py", "test_pinning.py", "test_pipeline.py", "test_api.py",
+              "test_install.py", "test_ops.py", "test_compare.py", "test_trust.py", "test_learner.py", "test_cli.py"]
 
 
 def pytest_collection_modifyitems(items):
