@@ -118,6 +118,20 @@ def test_rollback_walks_back_through_champions_and_history_keeps_who_when_why(wo
     assert events[1]["previous"] == v1 and events[3]["reason"] == "false alarms" and events[0]["at"]
 
 
+def test_ops_rejecting_the_first_challenger_leaves_no_champion_and_says_who_and_why(workspace):
+    from tasks.promote_champion import record_rejection
+
+    v1, = register_dummy(1)
+    with mlflow.start_run():
+        record_rejection(REGISTERED, v1, "alice", "not today")
+    client = MlflowClient()
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(REGISTERED, "champion")
+    tags = client.get_model_version(REGISTERED, v1).tags
+    assert (tags["rejected_by"], tags["rejection_reason"]) == ("alice", "not today")
+    assert [(e["action"], e["version"], e["by"]) for e in alias_events(REGISTERED)] == [("reject", v1, "alice")]
+
+
 def test_a_promotion_and_a_rollback_at_once_get_events_of_their_own(workspace, monkeypatch):
     import threading
 
