@@ -105,6 +105,7 @@ def test_the_wheel_installs_with_its_package_data_and_the_installed_copy_runs(in
 def test_dfcl_demo_runs_the_whole_story_from_the_wheel_outside_the_repository(installed, tmp_path):
     """`dfcl demo` as a new user runs it: from the installed wheel, in a folder of its own, on the
     embedded defaults (Prefect's temporary local API, MLflow on sqlite, a DVC folder remote)."""
+    import cv2
     import mlflow
     from mlflow import MlflowClient
 
@@ -126,7 +127,7 @@ def test_dfcl_demo_runs_the_whole_story_from_the_wheel_outside_the_repository(in
     demo = ws / "data/incoming/demo"
     assert demo.joinpath("README.txt").read_text().startswith("SYNTHETIC")
     reals = sorted((demo / "BlendSwap" / "train" / "real").glob("*.jpg"))
-    assert len(reals) == 24 and imread_shape(reals[0])[:2] == (32, 32)
+    assert len(reals) == 24 and cv2.imread(str(reals[0])).shape[:2] == (32, 32)
     # The template's demo stage and the extraction stage each method added.
     assert set(yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]) == \
         {"demo_data", "extract_faces_BlendSwap", "extract_faces_GANUpsample", "extract_faces_MouthWarp"}
@@ -148,12 +149,6 @@ def test_dfcl_demo_runs_the_whole_story_from_the_wheel_outside_the_repository(in
     assert answer["model"]["synthetic_only"] is True
     assert all(entry["synthetic"] for entry in answer["model"]["learned"])
     assert "learned only synthetic demo faces" in answer["detections"][0]["reason"]
-
-
-def imread_shape(path: Path) -> tuple:
-    import cv2
-
-    return cv2.imread(str(path)).shape
 
 
 def test_the_workspace_template_is_its_own_file_with_the_root_demo_stage():
