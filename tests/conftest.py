@@ -264,6 +264,8 @@ def media(tmp_path_factory) -> dict[str, Path]:
     files["empty"].write_bytes(b"")
     files["truncated"] = out / "truncated.mp4"
     files["truncated"].write_bytes(video.read_bytes()[:20000])
+    files["truncated_jpeg"] = out / "cut.jpg"  # the photo cut off halfway: a decoder would grey the rest and go on
+    files["truncated_jpeg"].write_bytes(files["photo"].read_bytes()[:files["photo"].stat().st_size // 2])
     files["unsupported"] = out / "notes.txt"
     files["unsupported"].write_text("hello\n")
     return files

@@ -47,7 +47,7 @@ def test_api_answers_like_the_cli_and_every_bad_upload_gets_its_reason(champion,
 
         cases = {  # file, name it is sent as -> status, reason
             "text_mp4": (415, "cannot open video: its first bytes"), "truncated": (422, "cannot open video"),
-            "empty": (422, "empty file"), "noface": (422, "no face found"),
+            "empty": (422, "empty file"), "noface": (422, "no face found"), "truncated_jpeg": (422, "truncated image"),
             "unsupported": (415, "is not accepted"),
             "video": (422, "over the limit of 20 s"),  # a 30 s FF++ video
         }

@@ -17,7 +17,7 @@ from dfcl.serving.detect import aggregate
 
 
 def test_detect_scores_photos_crops_and_videos_and_reports_broken_files(champion, media, tmp_path, capsys):
-    broken = ["text_mp4", "empty", "truncated", "noface", "unsupported"]
+    broken = ["text_mp4", "empty", "truncated", "truncated_jpeg", "noface", "unsupported"]
     paths = [str(media[k]) for k in ("video", "photo", "dfdc_fake", "stylegan", *broken)]
     out_json, out_csv, explain = tmp_path / "out.json", tmp_path / "out.csv", tmp_path / "explain"
     rc = main(["detect", *paths, "--json", str(out_json), "--csv", str(out_csv), "--explain", str(explain)])
@@ -55,6 +55,7 @@ def test_detect_scores_photos_crops_and_videos_and_reports_broken_files(champion
     assert all(rows[str(media[k])]["verdict"] == "error" for k in broken)
     assert "cannot open video: its first bytes are none of the formats" in reasons["text_mp4"]
     assert "cannot open video" in reasons["truncated"]
+    assert reasons["truncated_jpeg"].startswith("truncated image: the JPEG ends before its picture does")
     assert reasons["empty"] == "empty file"
     assert "no face found" in reasons["noface"]
     assert "unsupported type '.txt'" in reasons["unsupported"]
@@ -151,6 +152,7 @@ def test_a_face_whose_box_leaves_the_picture_gets_no_answer_and_the_photo_says_w
     from dfcl.measure.trust import CUT_OFF, Trust
     from dfcl.serving.detect import FaceScorer, cut_off, photo_verdict
     from dfcl.serving.detector import Detector
+    from dfcl.serving.verdicts import table
     from models import create_model
     from tests.conftest import small_params
 
@@ -167,6 +169,8 @@ def test_a_face_whose_box_leaves_the_picture_gets_no_answer_and_the_photo_says_w
     assert edge["verdict"] == "uncertain" and edge["withheld"] == "real" and edge["why"] == CUT_OFF
     assert whole["verdict"] == "real" and "why" not in whole
     assert result.verdict == "uncertain" and CUT_OFF in result.reason and "promises nothing" in result.reason
+    row = result.to_dict(detector)
+    assert row["why"] == CUT_OFF and CUT_OFF in table([row]).splitlines()[1]  # the CLI's line says why, not only the JSON
     # a fake face decides a photo whatever its other faces say; real needs every face answered real
     assert photo_verdict([{"p_fake": 0.2, "verdict": "uncertain", "why": CUT_OFF},
                           {"p_fake": 0.9, "verdict": "fake"}])["verdict"] == "fake"

@@ -2,6 +2,7 @@
 requests (issue 28, "The page and the API"). On a small untrained CNN served directly (no
 registry, no training): none of this depends on what the model learned."""
 import logging
+import os
 import select
 import socket
 import struct
@@ -242,6 +243,29 @@ def test_content_comes_from_the_bytes_and_ffmpeg_reads_local_files_only(files, t
               f"print(ok({str(files['playlist'])!r}), ok({str(files['video'])!r}))\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
+
+
+def test_a_jpeg_cut_off_is_refused_even_after_a_whole_thumbnail(tmp_path):
+    """A truncated JPEG decodes (libjpeg greys the missing rows and warns on stderr): it is refused
+    instead, however it was cut; an EXIF thumbnail's own end marker does not make it whole, and
+    trailing bytes after the end (camera trailers) do not make a whole one cut."""
+    rng = np.random.default_rng(0)
+    picture = cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (5, 5), 0)
+    for name, flags in (("baseline", []), ("progressive", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])):
+        whole = cv2.imencode(".jpg", picture, flags)[1].tobytes()
+        thumb = cv2.imencode(".jpg", cv2.resize(picture, (40, 30)))[1].tobytes()
+        app1 = b"Exif\0\0" + thumb  # a thumbnail, end marker included, inside an APP1 segment
+        with_thumb = whole[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + whole[2:]
+        for data, expected in ((whole, None), (with_thumb, None), (whole + os.urandom(5000), None),
+                               (whole[:len(whole) * 2 // 3], 422), (with_thumb[:len(with_thumb) - 200], 422),
+                               (whole[:-2], 422)):
+            path = tmp_path / f"{name}.jpg"
+            path.write_bytes(data)
+            image = read_image(path)
+            if expected is None:
+                assert isinstance(image, np.ndarray) and image.shape == (240, 320, 3), (name, len(data), image)
+            else:
+                assert isinstance(image, str) and image.status == 422 and image.startswith("truncated image"), (name, len(data))
 
 
 def test_a_detection_past_its_deadline_answers_503_and_frees_its_slot(files):

@@ -58,6 +58,11 @@ def _restrict_ffmpeg() -> None:
 
 
 _restrict_ffmpeg()
+# Every file that cannot be read gets its reason in its own row; OpenCV's own warnings about it
+# ("can't be used to capture by name", "can't read data") would only interleave with the progress
+# bar. An operator's OPENCV_LOG_LEVEL still wins.
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def media_kind(path: Path) -> str | None:
@@ -151,30 +156,61 @@ def image_size(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg_size(f) -> tuple[int, int] | None:
-    """Width and height from the first frame header (SOFn), skipping the segments before it."""
+def _jpeg_segments(f):
+    """The marker and length of each segment up to the first scan (SOS) or the end of the image,
+    with `f` at the segment's payload; a frame header's or a scan's caller reads on from there."""
     f.seek(2)
     while True:
         byte = f.read(1)
         if not byte:
-            return None
+            return
         if byte != b"\xff":
             continue
         marker = f.read(1)
         while marker == b"\xff":  # fill bytes
             marker = f.read(1)
         if not marker:
-            return None
+            return
         m = marker[0]
         if m == 0x01 or 0xD0 <= m <= 0xD8:  # markers without a length
             continue
-        if m in (0xD9, 0xDA):  # end of image or start of scan before any frame header
-            return None
+        if m == 0xD9:  # end of image before any scan
+            return
         length = struct.unpack(">H", f.read(2))[0]
+        yield m, length
+        if m == 0xDA:
+            return
+        f.seek(length - 2, 1)
+
+
+def _jpeg_size(f) -> tuple[int, int] | None:
+    """Width and height from the first frame header (SOFn), skipping the segments before it."""
+    for m, _ in _jpeg_segments(f):
+        if m == 0xDA:  # a scan before any frame header
+            return None
         if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):
             h, w = struct.unpack(">xHH", f.read(5))
             return (w, h) if w and h else None
-        f.seek(length - 2, 1)
+    return None
+
+
+def _jpeg_complete(path: Path) -> bool:
+    """Whether the JPEG's end-of-image marker follows its first scan. Hand-written because the
+    decoders do not say: OpenCV (libjpeg) decodes a truncated JPEG to a picture whose missing rows are
+    grey and only warns on stderr, so a cut-off upload would be scored as if whole. In the scans'
+    entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so the first
+    FF D9 after the scan starts is the image's end (an EXIF thumbnail's own FF D9 lies before it)."""
+    with open(path, "rb") as f:
+        for m, length in _jpeg_segments(f):
+            if m == 0xDA:
+                f.seek(length - 2, 1)
+                tail = b""
+                while chunk := f.read(1 << 20):
+                    if b"\xff\xd9" in tail[-1:] + chunk:
+                        return True
+                    tail = chunk
+                return False
+    return False
 
 
 def _megapixels(n: int) -> str:
@@ -196,6 +232,10 @@ def image_problem(path: Path, max_pixels: int | None = None) -> Refusal | None:
     if size[0] * size[1] > limit:
         return Refusal(f"image of {size[0]}x{size[1]} ({_megapixels(size[0] * size[1])}) is over the limit of "
                        f"{_megapixels(limit)} (api.max_image_pixels)", 413)
+    with open(path, "rb") as f:
+        jpeg = sniff(f.read(16)) == "JPEG"
+    if jpeg and not _jpeg_complete(path):
+        return Refusal("truncated image: the JPEG ends before its picture does (cut off in a copy or download?)")
     return None
 
 

@@ -154,6 +154,7 @@ class Detection(Open):
     threshold: float
     model: ModelCard
     reason: str = Field(description="why this verdict, in words: how sure, and where that was measured")
+    why: str | None = Field(None, description="an answer withheld: what about the face is unfamiliar, in a few words")
     calibrated: bool
     band: list[float] = Field(min_length=2, max_length=2)
     novel: bool | None

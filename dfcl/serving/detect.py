@@ -81,6 +81,7 @@ class Result:
     p_fake: float | None = None
     error: str | None = None
     reason: str | None = None        # why this verdict, in words (how sure; frames that disagree)
+    why: str | None = None           # an answer withheld: what about the face is unfamiliar, in a few words
     novel: bool | None = None        # unlike the faces the model learned (None: the model cannot tell)
     resembles: dict | None = None    # a fake's nearest learned method: {"method", "similarity"}
     faces: list[dict] = field(default_factory=list)    # box [x1, y1, x2, y2], score, p_fake (+ frame, time_s)
@@ -98,8 +99,8 @@ class Result:
         if self.error:
             out["error"] = self.error
         else:
-            out |= {"reason": self.reason, "calibrated": calibrated(detector), "band": band_of(detector),
-                    "novel": self.novel, "resembles": self.resembles}
+            out |= {"reason": self.reason, "why": self.why, "calibrated": calibrated(detector),
+                    "band": band_of(detector), "novel": self.novel, "resembles": self.resembles}
         if self.faces:
             out["faces"] = self.faces
         if self.kind == "video" and self.video:
@@ -202,7 +203,7 @@ class FaceScorer:
 
     def concluded(self, result: Result, judged: dict) -> Result:
         """`result` with the verdict, reason, novelty and attribution of the face (or video) `judged`."""
-        result.verdict, result.p_fake = judged["verdict"], judged["p_fake"]
+        result.verdict, result.p_fake, result.why = judged["verdict"], judged["p_fake"], judged.get("why")
         result.reason = judged.get("reason") or reason_for(self.detector, judged["verdict"], judged["p_fake"],
                                                            judged.get("why"))
         result.novel = judged.get("novel")

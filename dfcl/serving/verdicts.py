@@ -87,7 +87,8 @@ def face_evidence(judged: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     """One line per file: verdict, calibrated P(fake), faces, novelty, the method a fake
-    resembles, and why it could not be scored; then what the answers mean."""
+    resembles, and why it could not be scored or why its answer was withheld; then what the
+    answers mean."""
     import pandas as pd
 
     def resembles(r):
@@ -96,8 +97,11 @@ def table(rows: list[dict]) -> str:
     frame = pd.DataFrame([{"file": r["file"], "kind": r["kind"], "verdict": r["verdict"],
                            "P(fake)": "" if r["p_fake"] is None else f"{r['p_fake']:.3f}",
                            "faces": len(r.get("faces", [])), "novel": {True: "yes", False: "no"}.get(r.get("novel"), ""),
-                           "resembles": resembles(r), "note": r.get("error", "")} for r in rows])
-    lines = [frame.to_string(index=False)]
+                           "resembles": resembles(r), "note": r.get("error") or r.get("why") or ""} for r in rows])
+    # Notes are sentences: left-aligned (the header too, padded to their width), they read as text.
+    width = max(frame.note.str.len().max(), 4)
+    frame = frame.rename(columns={"note": "note".ljust(width)})
+    lines = [frame.to_string(index=False, formatters={"note".ljust(width): lambda note: note.ljust(width)})]
     answered = [r for r in rows if r["verdict"] != "error"]
     if answered:
         m = answered[0]["model"]
