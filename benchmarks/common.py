@@ -120,6 +120,16 @@ def resumed_report(stem: Path, tag: str, entries: str) -> dict:
     return report
 
 
+def learner_arguments(ap) -> None:
+    """The arguments of a benchmark that scores a learner's model (trust.py, evidence_regions.py):
+    the learner folder, the folder its experiences' paths are relative to, the params it was
+    trained with, and folders of faces of sets it never trained on."""
+    ap.add_argument("--learner", required=True, type=Path)
+    ap.add_argument("--root", type=Path, default=Path("/"), help="the folder its experiences' paths are relative to")
+    ap.add_argument("-S", dest="overrides", action="append", default=[], help="key=value the learner was trained with")
+    ap.add_argument("--unseen", action="append", default=[], help="NAME=FACES[:split,...] of a set never trained on")
+
+
 def save_results(out: Path, stem: str, report: dict, text: str) -> None:
     """<stem>.json and <stem>.md in out (made if missing), and the markdown on screen."""
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import machine, save_results  # noqa: E402
+from benchmarks.common import learner_arguments, machine, save_results  # noqa: E402
 from benchmarks.trust import faces_of, unseen_images  # noqa: E402
 
 GREY = 128
@@ -163,10 +163,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--learner", required=True, type=Path)
-    ap.add_argument("--root", type=Path, default=Path("/"), help="the folder its experiences' paths are relative to")
-    ap.add_argument("-S", dest="overrides", action="append", default=[], help="key=value the learner was trained with")
-    ap.add_argument("--unseen", action="append", default=[], help="NAME=FACES[:split,...] of a set never trained on")
+    learner_arguments(ap)
     ap.add_argument("--cap", type=int, default=400, help="faces per class and set at most")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="cpu")

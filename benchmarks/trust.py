@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, save_results  # noqa: E402
+from benchmarks.common import learner_arguments, machine, save_results  # noqa: E402
 
 WORK = Path(__file__).parent / ".work" / "trust"
 KEEP_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -317,10 +317,7 @@ def curves(trust, s, place=None) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--learner", required=True, type=Path)
-    ap.add_argument("--root", type=Path, default=Path("/"), help="the folder its experiences' paths are relative to")
-    ap.add_argument("-S", dest="overrides", action="append", default=[], help="key=value the learner was trained with")
-    ap.add_argument("--unseen", action="append", default=[], help="NAME=FACES[:split,...] of a set never trained on")
+    learner_arguments(ap)
     ap.add_argument("--foreign", action="append", default=[],
                     help="NAME=FACES[:split,...]: real photos of a kind never trained on (trust.foreign_reals)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")

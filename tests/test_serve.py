@@ -149,6 +149,7 @@ def test_serve_triggers_queues_and_waits_for_ops_on_a_real_prefect_server(tmp_pa
         rejected = client.get_model_version_by_alias("deepfake-detector", "challenger")
         assert (str(rejected.version), rejected.tags["rejected_by"], rejected.tags["rejection_reason"]) == \
             ("2", "alice", "not this week")
+        assert client.get_run(rejected.run_id).data.tags["outcome"] == "rejected by ops"  # what `dfcl retrain` prints
         history = subprocess.run([sys.executable, "-m", "dfcl.cli", "history"], cwd=ws, env=env,
                                  capture_output=True, text=True, timeout=300).stdout
         assert "promote" in history and "reject" in history and "not this week" in history
