@@ -187,6 +187,11 @@ def test_a_face_whose_box_leaves_the_picture_gets_no_answer_and_the_photo_says_w
     video = scorer.video_verdict([withheld] * 3 + [{"p_fake": 0.1, "verdict": "real"}])
     assert video["verdict"] == "uncertain" and video["why"] == f"3 of 4 frames: {CUT_OFF}"
     assert scorer.video_verdict([withheld] + [{"p_fake": 0.1, "verdict": "real"}] * 3)["verdict"] == "real"
+    # a video whose P(fake) falls between the cuts anyway still says that most of its frames were withheld, and why
+    between = FaceScorer(Detector(detector.model, 32, 0.5, {"uri": "test"}, Trust(band=(0.05, 0.95))), small_params(),
+                         finder=BoxesFinder([]))
+    video = between.video_verdict([{**withheld, "p_fake": 0.5}] * 3 + [{"p_fake": 0.5, "verdict": "uncertain"}])
+    assert video["verdict"] == "uncertain" and video["why"] == f"3 of 4 frames: {CUT_OFF}"
 
 
 def test_a_face_smaller_than_the_fitted_floor_gets_no_answer_and_says_its_size(tmp_path):

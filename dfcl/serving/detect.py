@@ -367,7 +367,7 @@ class FaceScorer:
         other = {"fake": "real", "real": "fake"}.get(verdict)
         against = sum(j["verdict"] == other for j in judged)
         whys = [j["why"] for j in judged if j.get("why")]
-        if other and len(whys) > len(judged) / 2:  # most of its faces give no answer: neither does the video
+        if len(whys) > len(judged) / 2:  # most of its faces give no answer: neither does the video, and it says why
             out |= {"verdict": "uncertain", "why": f"{len(whys)} of {len(judged)} frames: {max(set(whys), key=whys.count)}"}
         elif other and against >= self.params.trust.video_disagreement * len(judged):
             out["verdict"] = "uncertain"
