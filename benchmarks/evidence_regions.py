@@ -8,21 +8,26 @@ border; this asks which part of the face and which kind of content carries the a
   * regions: the face with its outer ring greyed (the centre half kept), the ring alone (the
     centre half greyed), the top half alone, the bottom half alone;
   * content: grayscale, down-and-up resampling by 1.5, 2 and 3, a Gaussian blur (sigma 1 px at
-    the model's size), JPEG quality 50, sharpening, a shift by 8 px and a zoom to the inner 80%.
+    the model's size), JPEG quality 50, sharpening, a shift by 8 px and a zoom to the inner 80%;
+  * statistics: the faces as they are, scored by a copy of the model whose batch-norm statistics
+    are those of the set's own faces, both classes, labels unused (AdaBN, Li et al. 2016): how much
+    of a set's inversion is a shift of the whole set's statistics rather than of one class.
 
 A probe that brings an inverted set towards 0.5 or above while the learned sets keep theirs says
-where the inverted evidence is. Nothing is fit: the learner's model scores the changed faces.
+where the inverted evidence is. Nothing is fit but the statistics probe's batch-norm averages.
 
     python benchmarks/evidence_regions.py --learner DIR [--root WS] [-S key=value ...] \\
         --unseen NAME=FACES[:split,...] ... [--cap 400] [--tag cpu_seed1]
 
 DIR, --root, -S and --unseen as benchmarks/trust.py takes them: the learned sets are the test
 faces of every experience the learner learned, the unseen ones the folders named. Up to --cap
-faces per class and set, a seeded draw. Writes benchmarks/results/evidence_regions_<tag>.{md,json,png}.
+faces per class and set, a seeded draw. Writes benchmarks/results/evidence_regions_<tag>.{md,json,png};
+probes already in that file are kept (a run adds the ones it lacks).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -71,7 +76,8 @@ def _jpeg(f: np.ndarray, quality: int) -> np.ndarray:
 
 
 def probes() -> dict:
-    """name -> (group, one face (H, W, 3) uint8 RGB -> the changed face)."""
+    """name -> (group, one face (H, W, 3) uint8 RGB -> the changed face; None: the faces as they
+    are, scored by a model adapted to them, `adapted`)."""
     import cv2
 
     sharpen = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
@@ -91,7 +97,28 @@ def probes() -> dict:
         "shifted 8 px": ("geometry", lambda f: np.roll(f, 8, axis=1)),
         "inner 80% zoomed": ("geometry", lambda f: cv2.resize(f[f.shape[0] // 10:-(f.shape[0] // 10), f.shape[1] // 10:-(f.shape[1] // 10)],
                                                                f.shape[:2][::-1], interpolation=cv2.INTER_LINEAR)),
+        "set's own BN statistics": ("statistics", None),
     }
+
+
+def adapted(model, x: np.ndarray, batch_size: int = 64):
+    """A copy of `model` whose batch-norm running statistics are the plain averages over the faces
+    `x` (AdaBN), fed as fake_probabilities feeds them; weights unchanged, labels never read."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over every batch
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            faces = torch.from_numpy(np.array(x[start:start + batch_size])).permute(0, 3, 1, 2).float().div_(255)
+            model(faces.contiguous(memory_format=torch.channels_last))
+    return model.eval()
 
 
 def drawn(x: np.ndarray, y: np.ndarray, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,31 +128,38 @@ def drawn(x: np.ndarray, y: np.ndarray, cap: int, seed: int) -> tuple[np.ndarray
     return np.asarray(x[keep]), y[keep]
 
 
-def measure(model, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[dict, dict]:
-    """{probe: {set: AUC}} of `model` on every set under every probe, and {set: [median P(fake)
-    of its reals, of its fakes]} of the whole faces (raw, uncalibrated): an inverted AUC says the
-    classes swapped places, the medians say which moved."""
+def measure(model, sets: dict[str, tuple[np.ndarray, np.ndarray]], done: dict) -> tuple[dict, dict]:
+    """{probe: {set: AUC}} of `model` on every set under every probe not `done` already (those are
+    kept), and {set: [median P(fake) of its reals, of its fakes]} of the whole faces (raw,
+    uncalibrated): an inverted AUC says the classes swapped places, the medians say which moved."""
     from sklearn.metrics import roc_auc_score
 
     from dfcl.measure.trust import scores_and_features
 
     out, medians = {}, {}
     for name, (_, change) in probes().items():
+        if name in done.get("auc", {}):
+            out[name] = done["auc"][name]
+            continue
         start, row = time.perf_counter(), {}
         for set_name, (x, y) in sets.items():
-            p = scores_and_features(model, np.stack([change(np.ascontiguousarray(f)) for f in x]), "cpu")[0]
+            if change is None:
+                p = scores_and_features(adapted(model, x), x, "cpu")[0]
+            else:
+                p = scores_and_features(model, np.stack([change(np.ascontiguousarray(f)) for f in x]), "cpu")[0]
             row[set_name] = round(float(roc_auc_score(y, p)), 3)
             if name == "whole face":
                 medians[set_name] = [round(float(np.median(p[y == c])), 3) for c in (0, 1)]
         out[name] = row
         print(f"{name}: {row} ({time.perf_counter() - start:.0f} s)", flush=True)
-    return out, medians
+    return out, medians or done["median_p_fake"]
 
 
 def markdown(report: dict) -> str:
     sets = list(next(iter(report["auc"].values())))
     lines = [f"# Where the champion's evidence lives ({report['tag']})", "",
-             f"Machine: {report['machine']}. Date: {report['date']}.", "", "Command:", "", f"    {report['command']}", "",
+             f"Machine: {report['machine']}. Date: {report['date']}.", "", "Command:", "",
+             *(f"    {command}" for command in report["command"].split("; ")), "",
              f"Learner: {report['learner']} (learned: {', '.join(report['methods_learned'])}). Up to {report['cap']} faces "
              "per class and set. AUC of the same model when every face, real and fake alike, is changed as the row says "
              "(regions: the rest greyed).", "",
@@ -190,8 +224,15 @@ def main(argv=None) -> int:
               "cap": args.cap, "faces": {k: [int((y == 0).sum()), int((y == 1).sum())] for k, (_, y) in sets.items()},
               "groups": {k: g for k, (g, _) in probes().items()}, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/evidence_regions.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    report["auc"], report["median_p_fake"] = measure(model, sets)
     stem = f"evidence_regions_{args.tag}"
+    earlier = args.out / f"{stem}.json"
+    done = json.loads(earlier.read_text()) if earlier.exists() else {}
+    if done and (done["faces"] != report["faces"] or done["learner"] != report["learner"]):
+        done = {}  # other faces or another model: nothing earlier is kept
+    if done:
+        report["command"] = "; ".join(dict.fromkeys([*done["command"].split("; "), report["command"]]))
+        report["date"] = ", ".join(dict.fromkeys([*done["date"].split(", "), report["date"]]))
+    report["auc"], report["median_p_fake"] = measure(model, sets, done)
     save_results(args.out, stem, report, markdown(report))
     plot(report, args.out / f"{stem}.png")
     return 0

@@ -592,6 +592,8 @@ def test_the_evidence_regions_benchmark_hides_the_part_it_says_and_scores_every_
     face = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     probes = bench.probes()
     for name, (_, change) in probes.items():
+        if change is None:  # the statistics probe changes the model, below
+            continue
         out = change(face)
         assert out.shape == face.shape and out.dtype == np.uint8, name
     centre, ring = probes["centre half only"][1](face), probes["outer ring only"][1](face)
@@ -616,3 +618,10 @@ def test_the_evidence_regions_benchmark_hides_the_part_it_says_and_scores_every_
     model = Learner.load(tmp_path / "learner", small_params(), tmp_path).strategy.model.eval()
     assert report["auc"]["whole face"]["MouthWarp"] == pytest.approx(roc_auc_score(y, scores_and_features(model, x)[0]), abs=1e-3)
     assert "| outer ring only |" in (tmp_path / "evidence_regions_smoke.md").read_text()
+    # the statistics probe: a copy with the set's own batch-norm averages, the same weights; the model untouched
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    same = bench.adapted(model, x)
+    first_norm = [m for m in same.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    assert not torch.allclose(first_norm.running_mean, before[[k for k in before if k.endswith("running_mean")][0]])
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in before.items() if not k.split(".")[-1].startswith(("running", "num_batches")))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
