@@ -393,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that run Prefect flows or talk to Prefect's API in this process.
+FLOW_COMMANDS = ("demo", "ingest", "retrain", "compare", "approve", "reject", "serve")
 COMMANDS = {"demo": cmd_demo, "ingest": cmd_ingest, "extract-faces": cmd_extract_faces, "retrain": cmd_retrain, "compare": cmd_compare,
             "approve": lambda a, p: cmd_decide(a, p, True), "reject": lambda a, p: cmd_decide(a, p, False),
             "serve": cmd_serve, "deploy": cmd_deploy, "rollback": cmd_rollback, "history": cmd_history,
@@ -422,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(ws.params_file, args.set)
         if args.command in ("demo", "retrain", "compare"):
             check_names(params.model)
+        if args.command in FLOW_COMMANDS:
+            from dfcl.ops.runners import prefect_api_url
+
+            prefect_api_url()  # the temporary API, if no server is named: one that outlives a Ctrl-C
         return COMMANDS[args.command](args, params)
     except (ConfigError, LayoutError, OpsError, PinnedDataError) as e:
         # Mistakes in what the user asked for: one clear line, no traceback.

@@ -94,8 +94,9 @@ def _retrain(ws: Workspace, data: str, params: Params, method, methods, auto_app
     with mlflow.start_run(run_name=f"retrain {dataset_name(data, method)}") as run:
         link_to_prefect()  # tags prefect.flow_run_id, which a run resumed after suspension is found by
         url = mlflow_ui_url(run.info.experiment_id, run.info.run_id)
-        ingested = ingest_learnable(data, params, method, methods)
+        # The learner first: one trained with other settings is refused before minutes of ingest.
         learner = Learner(ws.learner, params, ws.root) if fresh else Learner.load(ws.learner, params, ws.root)
+        ingested = ingest_learnable(data, params, method, methods)
         specs = self_blended_first(data, params, learner, ingested) + ingested.specs
         specs = check_learned_data(learner.history.experiences, specs, learner.root)
         check_no_leak(learner.history.experiences, specs, learner.root)

@@ -110,7 +110,7 @@ def fake_learner(folder: Path, identity: dict) -> Path:
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ([], "was trained with {'model': 'another'}"),
+    ([], "was trained with model=another, "),
     (["strategy.name=magic"], "unknown strategy.name 'magic'"),
 ])
 def test_a_learner_that_cannot_be_loaded_is_one_line(overrides, message, workspace, capsys):
@@ -120,6 +120,24 @@ def test_a_learner_that_cannot_be_loaded_is_one_line(overrides, message, workspa
     assert main(["detect", "--model", str(learner), str(workspace.root / "face.png"), *options]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("dfcl: ") and message in err
+
+
+def test_a_learner_trained_with_other_settings_names_the_overrides_that_continue_it():
+    """After `dfcl demo` (a small CNN at 64 px), `dfcl retrain` on params.yaml's defaults is refused
+    with the `-S` flags that continue the demo's learner, and those flags do."""
+    import re
+
+    from dfcl.config import load_params
+    from dfcl.learning.learner import identity_mismatch, identity_of
+
+    defaults = load_params(Path(__file__).parents[1] / "params.yaml")
+    demo = load_params(Path(__file__).parents[1] / "params.yaml", [*defaults.demo.overrides, "strategy.name=gem"])
+    message = identity_mismatch(Path("data/learner"), identity_of(demo), identity_of(defaults))
+
+    assert "was trained with model.name=small_cnn" in message and message.endswith("or start over with --fresh")
+    flags = re.findall(r"-S ([^\s`]+)", message)
+    assert "data.image_size=64" in flags and "strategy.name=gem" in flags
+    assert identity_of(load_params(Path(__file__).parents[1] / "params.yaml", flags)) == identity_of(demo)
 
 
 def test_a_public_bind_without_a_token_is_refused_unless_insecure(workspace, capsys, monkeypatch):

@@ -1,6 +1,10 @@
 """End to end through the real services: Prefect (temporary local API), DVC (local remote),
 MLflow (sqlite), with `dfcl` run as users run it, in subprocesses."""
 import json
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,7 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import run_dfcl, shared_data
+from tests.conftest import run_dfcl, shared_data, stop_group
 
 # The synthetic faces are taken whole (MTCNN re-framing and dlib's landmarks are for photos).
 TINY = ["-S", "data.image_size=32", "-S", "train.epochs=1", "-S", "model.width=8",
@@ -69,6 +73,34 @@ def approve_when_paused(proc, ws: Path, api: str | None, verb: str, *extra: str,
             pytest.fail(f"retrain ended before pausing:\n{finish(proc, 60)[-4000:]}")
         time.sleep(2)
     pytest.fail("retrain never paused for approval")
+
+
+def test_ctrl_c_while_waiting_for_ops_ends_the_run_as_interrupted(tmp_path, demo_data):
+    """Ctrl-C in the terminal (SIGINT to the whole foreground process group) while `dfcl retrain`
+    waits for ops on Prefect's temporary API: the run is recorded as crashed, dfcl says it was
+    interrupted, and the API ends with it. (Started in dfcl's group, the API died first, and the
+    flow retried it for minutes, then failed with "ConnectError: Connection refused".)"""
+    proc = run_dfcl(["retrain", str(demo_data / "BlendSwap"), "-S", "model.name=small_cnn", "-S", "model.pretrained=none",
+                     *TINY], tmp_path, start_new_session=True,  # a terminal's job: its own group, Ctrl-C not ignored
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        lines = read_along(proc)
+        deadline = time.time() + 600
+        while not any("Pausing flow" in line for line in lines):
+            assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
+            time.sleep(1)
+
+        os.killpg(proc.pid, signal.SIGINT)
+        out = finish(proc, 120)
+    finally:
+        stop_group(proc, signal.SIGKILL)  # whatever is left of it when this test fails
+
+    assert proc.returncode == 130 and "dfcl: interrupted" in out, out[-3000:]
+    assert "Finished in state Crashed('Execution was aborted by an interrupt signal.')" in out
+    assert "ConnectError" not in out and "Error logging to API" not in out
+    port = int(re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", out).group(1))
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
 
 
 def test_retrain_on_ffpp_crops_versions_logs_registers_and_promotes_on_approval(tmp_path, prefect_api_url):

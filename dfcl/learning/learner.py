@@ -83,6 +83,26 @@ def identity_of(params: Params) -> dict:
             "data.image_size": params.data.image_size}
 
 
+def identity_mismatch(folder: Path, saved: dict, wanted: dict) -> str:
+    """Why a saved learner cannot be continued with these params, naming the settings that
+    differ as the `-S` overrides that would continue it."""
+    def flat(identity: dict) -> dict:
+        out = {}
+        for key, value in identity.items():
+            key = "strategy.name" if key == "strategy" else key  # identity_of's one short name
+            out |= {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value}
+        return out
+
+    def shown(value) -> str:
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    before, now = flat(saved), flat(wanted)
+    keys = [k for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
+    return (f"the learner in {folder} was trained with {', '.join(f'{k}={shown(before.get(k))}' for k in keys)} "
+            f"where params ask for {', '.join(f'{k}={shown(now.get(k))}' for k in keys)}: continue it with "
+            f"`{' '.join(f'-S {k}={shown(before.get(k))}' for k in keys)}`, or start over with --fresh")
+
+
 class Learner:
     """A strategy plus the list of experiences it has learned, saved under `folder`."""
 
@@ -118,9 +138,7 @@ class Learner:
         data = json.loads((state / cls.HISTORY).read_text())
         saved = data["identity"]
         if saved != learner.history.identity:
-            raise ConfigError(
-                f"the learner in {folder} was trained with {saved}, but params ask for "
-                f"{learner.history.identity}; restore those params or start over with --fresh")
+            raise ConfigError(identity_mismatch(folder, saved, learner.history.identity))
         experiences = [ExperienceSpec(**e) for e in data["experiences"]]
         for spec in experiences:  # before their datasets are opened
             pinning.check(spec, learner.root)

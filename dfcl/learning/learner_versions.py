@@ -93,4 +93,4 @@ def continue_from_champion(folder: Path, champion: str | None, from_challenger: 
     _copy(kept, state)
     write_atomic(folder / CURRENT, state.name + "\n")
     return (f"continuing from the champion's learner (version {champion}), not from version {current}'s (not "
-            "champion: rejected or rolled back); `dfcl retrain --from-challenger` continues from that one")
+            "champion: rejected, rolled back or never approved); `dfcl retrain --from-challenger` continues from that one")

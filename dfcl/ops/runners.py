@@ -43,11 +43,9 @@ def prefect_api_url() -> str:
     url = get_current_settings().api.url
     if url:
         return url
-    from prefect.server.api.server import SubprocessASGIServer
+    from dfcl.ops.local_api import start_local_api
 
-    server = SubprocessASGIServer()  # the one Prefect's own client starts in this process
-    server.start()
-    return server.api_url
+    return start_local_api()  # the one Prefect's own client uses in this process
 
 
 def training_data(cp: CompareConfig, params: Params, root: Path) -> dict:
