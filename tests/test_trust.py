@@ -625,3 +625,32 @@ def test_the_evidence_regions_benchmark_hides_the_part_it_says_and_scores_every_
     assert not torch.allclose(first_norm.running_mean, before[[k for k in before if k.endswith("running_mean")][0]])
     assert all(torch.equal(v, same.state_dict()[k]) for k, v in before.items() if not k.split(".")[-1].startswith(("running", "num_batches")))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_face_size_benchmark_reads_the_floor_as_the_product_fits_it(demo_data, tmp_path):
+    """benchmarks/face_size_floor.py on a learner of the synthetic sequence: its Wilson reading of
+    the validation faces is the floor the learner registered (fit_min_side on the same faces), and
+    every size is scanned on both splits."""
+    import json
+
+    from benchmarks import face_size_floor as bench
+    from dfcl.learning.learner import Learner
+    from tests.conftest import SMALL, small_params
+    from tests.test_learner import specs_for
+
+    first, _ = specs_for(demo_data, tmp_path, ["BlendSwap", "MouthWarp"])
+    learner = Learner(tmp_path / "learner", small_params(), tmp_path)
+    learner.learn(first)
+    learner.save()
+    overrides = [a for o in SMALL for a in ("-S", o)]
+    assert bench.main(["--learner", str(tmp_path / "learner"), "--root", str(tmp_path), *overrides, "--tag", "smoke",
+                       "--out", str(tmp_path)]) == 0
+
+    report = json.loads((tmp_path / "face_size_floor_smoke.json").read_text())
+    assert report["splits"]["val"]["floor"]["wilson"] == report["min_side"] == learner.trust.min_side
+    for split in ("val", "test"):
+        rows = report["splits"][split]["rows"]
+        assert [r["side"] for r in rows] == [32, 26, 19, 13, 10, 8]
+        assert rows[0]["paired_diff_p5"] in (0.0, None)  # full size against itself
+    assert (tmp_path / "face_size_floor_smoke.png").stat().st_size > 1000
+    assert "| size (px) | answered |" in (tmp_path / "face_size_floor_smoke.md").read_text()
