@@ -575,6 +575,20 @@ def test_the_ece_floor_is_what_sampling_alone_gives_a_perfectly_calibrated_model
     assert ece(y, few) < 3 * ece_floor(few)
 
 
+def benchmarked_learner(demo_data, tmp_path):
+    """A learner of the first synthetic method saved in tmp_path/learner (MouthWarp's faces
+    extracted beside it, never learned), and the -S arguments it was trained with."""
+    from dfcl.learning.learner import Learner
+    from tests.conftest import SMALL, small_params
+    from tests.test_learner import specs_for
+
+    first, _ = specs_for(demo_data, tmp_path, ["BlendSwap", "MouthWarp"])
+    learner = Learner(tmp_path / "learner", small_params(), tmp_path)
+    learner.learn(first)
+    learner.save()
+    return learner, [a for o in SMALL for a in ("-S", o)]
+
+
 def test_the_evidence_regions_benchmark_hides_the_part_it_says_and_scores_every_set(demo_data, tmp_path):
     """benchmarks/evidence_regions.py end to end on the synthetic sequence (so it cannot rot): every
     probe keeps a face's size and type, a region probe greys exactly the part it names, and the whole
@@ -586,8 +600,7 @@ def test_the_evidence_regions_benchmark_hides_the_part_it_says_and_scores_every_
     from benchmarks import evidence_regions as bench
     from dfcl.learning.learner import Learner
     from dfcl.measure.trust import scores_and_features
-    from tests.conftest import SMALL, small_params
-    from tests.test_learner import specs_for
+    from tests.conftest import small_params
 
     face = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     probes = bench.probes()
@@ -602,11 +615,7 @@ def test_the_evidence_regions_benchmark_hides_the_part_it_says_and_scores_every_
     top = probes["top half only"][1](face)
     assert (top[:16] == face[:16]).all() and (top[16:] == bench.GREY).all()
 
-    first, unseen = specs_for(demo_data, tmp_path, ["BlendSwap", "MouthWarp"])
-    learner = Learner(tmp_path / "learner", small_params(), tmp_path)
-    learner.learn(first)
-    learner.save()
-    overrides = [a for o in SMALL for a in ("-S", o)]
+    _, overrides = benchmarked_learner(demo_data, tmp_path)
     assert bench.main(["--learner", str(tmp_path / "learner"), "--root", str(tmp_path), *overrides, "--cap", "10",
                        "--unseen", f"MouthWarp={tmp_path / 'MouthWarp' / 'MouthWarp'}:test", "--tag", "smoke",
                        "--out", str(tmp_path)]) == 0
@@ -634,15 +643,8 @@ def test_the_face_size_benchmark_reads_the_floor_as_the_product_fits_it(demo_dat
     import json
 
     from benchmarks import face_size_floor as bench
-    from dfcl.learning.learner import Learner
-    from tests.conftest import SMALL, small_params
-    from tests.test_learner import specs_for
 
-    first, _ = specs_for(demo_data, tmp_path, ["BlendSwap", "MouthWarp"])
-    learner = Learner(tmp_path / "learner", small_params(), tmp_path)
-    learner.learn(first)
-    learner.save()
-    overrides = [a for o in SMALL for a in ("-S", o)]
+    learner, overrides = benchmarked_learner(demo_data, tmp_path)
     assert bench.main(["--learner", str(tmp_path / "learner"), "--root", str(tmp_path), *overrides, "--tag", "smoke",
                        "--out", str(tmp_path)]) == 0
 
