@@ -3,7 +3,7 @@
 Prefect starts it as a child in dfcl's own process group, so Ctrl-C in the terminal (SIGINT to
 the whole foreground group) stopped the API at the moment the interrupted flow reports its crash
 to it: `dfcl retrain` waiting for ops then hung for minutes in the client's retries and ended
-with "ConnectError: Connection refused" instead of "interrupted" (measured: 222 s). Started
+with "ConnectError: Connection refused" instead of "interrupted" (measured: 156 s). Started
 here, the same server runs in a process group of its own, and is ended with dfcl: by Prefect's
 own atexit hook, or by the kernel (PR_SET_PDEATHSIG) when dfcl dies without running it.
 Prefect has no option for either, hence this subclass; its client finds it as its own, since
