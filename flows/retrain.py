@@ -91,11 +91,12 @@ def _retrain(ws: Workspace, data: str, params: Params, method, methods, auto_app
              taken: str | None) -> dict:
     use_mlflow_experiment(ws, params.mlflow.experiment)
     registered = params.mlflow.registered_model
+    # The learner first: one trained with other settings is refused before minutes of ingest, and
+    # before an MLflow run that would only record the refusal as a failed run.
+    learner = Learner(ws.learner, params, ws.root) if fresh else Learner.load(ws.learner, params, ws.root)
     with mlflow.start_run(run_name=f"retrain {dataset_name(data, method)}") as run:
         link_to_prefect()  # tags prefect.flow_run_id, which a run resumed after suspension is found by
         url = mlflow_ui_url(run.info.experiment_id, run.info.run_id)
-        # The learner first: one trained with other settings is refused before minutes of ingest.
-        learner = Learner(ws.learner, params, ws.root) if fresh else Learner.load(ws.learner, params, ws.root)
         ingested = ingest_learnable(data, params, method, methods)
         specs = self_blended_first(data, params, learner, ingested) + ingested.specs
         specs = check_learned_data(learner.history.experiences, specs, learner.root)

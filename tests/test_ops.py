@@ -498,3 +498,14 @@ def test_ingest_and_compare_take_the_workspace_lock(workspace, demo_data, capsys
         assert main(["compare", "--data", str(demo_data / "BlendSwap"), "--strategies", "naive"]) == 2
         assert "another retraining run is in progress" in capsys.readouterr().err
     assert not (workspace.root / "data" / "raw").exists(), "ingest wrote while the lock was held"
+
+
+def test_a_learner_trained_with_other_settings_is_refused_before_any_mlflow_run_or_copy(workspace, demo_data):
+    """A refusal is not a training that failed: no MLflow run records it, and nothing is copied."""
+    from dfcl.config import ConfigError
+
+    Learner(workspace.learner, small_params(), workspace.root).save()
+    with pytest.raises(ConfigError, match="data.image_size=32 where params ask for data.image_size=48"):
+        retrain_detector(str(demo_data / "BlendSwap"), small_params("data.image_size=48"), auto_approve=True)
+    assert mlflow.search_runs(search_all_experiments=True).empty, "the refusal left an MLflow run"
+    assert not (workspace.root / "data" / "raw").exists(), "data was copied before the refusal"
