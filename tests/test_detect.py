@@ -149,7 +149,7 @@ def test_a_face_whose_box_leaves_the_picture_gets_no_answer_and_the_photo_says_w
     """The issue's photo: a second "face" in the top-left corner, its box running off the picture,
     scored P(fake) 1.00 on a crop of padding. Its crop stays inside the picture (faces.crop_square)
     and its answer is withheld; the photo follows from its faces."""
-    from dfcl.measure.trust import CUT_OFF, Trust
+    from dfcl.measure.trust import CUT_OFF, Trust, too_small
     from dfcl.serving.detect import FaceScorer, cut_off, photo_verdict
     from dfcl.serving.detector import Detector
     from dfcl.serving.verdicts import table
@@ -192,6 +192,11 @@ def test_a_face_whose_box_leaves_the_picture_gets_no_answer_and_the_photo_says_w
                          finder=BoxesFinder([]))
     video = between.video_verdict([{**withheld, "p_fake": 0.5}] * 3 + [{"p_fake": 0.5, "verdict": "uncertain"}])
     assert video["verdict"] == "uncertain" and video["why"] == f"3 of 4 frames: {CUT_OFF}"
+
+    # frames withheld for their size give the range of sizes, not one frame's as if all had it
+    small = [{"p_fake": 0.1, "verdict": "uncertain", "why": too_small(side, 160)} for side in (142, 118, 131)]
+    video = scorer.video_verdict([*small, {**withheld, "why": f"{too_small(150, 160)}; {CUT_OFF}"}, {"p_fake": 0.1, "verdict": "real"}])
+    assert video["why"] == f"4 of 5 frames: {too_small('118-150', 160)}"
 
 
 def test_a_face_smaller_than_the_fitted_floor_gets_no_answer_and_says_its_size(tmp_path):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -368,7 +369,7 @@ class FaceScorer:
         against = sum(j["verdict"] == other for j in judged)
         whys = [j["why"] for j in judged if j.get("why")]
         if len(whys) > len(judged) / 2:  # most of its faces give no answer: neither does the video, and it says why
-            out |= {"verdict": "uncertain", "why": f"{len(whys)} of {len(judged)} frames: {max(set(whys), key=whys.count)}"}
+            out |= {"verdict": "uncertain", "why": f"{len(whys)} of {len(judged)} frames: {commonest_reason(whys)}"}
         elif other and against >= self.params.trust.video_disagreement * len(judged):
             out["verdict"] = "uncertain"
             out["reason"] = (f"its frames disagree: {against} of {len(judged)} frames are answered '{other}' while "
@@ -381,6 +382,23 @@ class FaceScorer:
             out["resembles"] = {"method": top, "similarity": round(methods.count(top) / len(methods), 3),
                                 "frames": len(methods)}
         return out
+
+
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def commonest_reason(whys: list[str]) -> str:
+    """The reason most withheld frames share, its numbers given as the range over those frames
+    ("face too small: 118-142 px across ..."): quoting one frame's exact words would state one
+    frame's size as if every frame had it. A frame's `why` may join several reasons with "; "."""
+    parts = [part for why in whys for part in why.split("; ")]
+    kinds: dict[str, list[str]] = {}
+    for part in parts:
+        kinds.setdefault(NUMBER.sub("#", part), []).append(part)
+    shared = max(kinds.values(), key=len)
+    numbers = list(zip(*(NUMBER.findall(part) for part in shared)))
+    spans = iter(f"{min(n, key=float)}-{max(n, key=float)}" if len(set(n)) > 1 else n[0] for n in numbers)
+    return NUMBER.sub(lambda _: next(spans), shared[0])
 
 
 def cut_off(box, h: int, w: int, min_inside: float = 1.0) -> bool:
