@@ -290,6 +290,7 @@ class TrustConfig(Section):
     foreign_reals: list[str]
     foreign_keep: float = Field(gt=0, le=1)
     sharp_keep: float = Field(gt=0, le=1)
+    band_after_rules: bool
 
 
 class DetectConfig(Section):
