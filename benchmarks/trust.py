@@ -394,7 +394,7 @@ def main(argv=None) -> int:
         if reference and not flip:
             knobs.append(("foreign_keep", FOREIGN_SWEEP, "foreign"))
         if not flip:
-            knobs += [("sharp_keep", SHARP_SWEEP, "sharper"), ("band_after_rules", (False, True), "band")]
+            knobs.append(("sharp_keep", SHARP_SWEEP, "sharper"))
         for knob, values, sweep in knobs:
             report["sweep"].setdefault(sweep, {})
             for value in values:
@@ -552,9 +552,7 @@ def markdown(r: dict) -> str:
                               "`trust.keep` as set"),
                              ("sharper", "trust.sharp_keep", "share of the band's \"fake\" answers on learned validation "
                               "faces kept by the rule on faces sharper than those (1.0: no such rule); no flip, the other "
-                              "rules as set"),
-                             ("band", "trust.band_after_rules", "the band chosen before the rules (False) or again on the "
-                              "answers they let through (True); no flip, the rules as set")):
+                              "rules as set")):
         sweep = r["sweep"].get(name)
         if not sweep:
             continue

@@ -290,7 +290,6 @@ class TrustConfig(Section):
     foreign_reals: list[str]
     foreign_keep: float = Field(gt=0, le=1)
     sharp_keep: float = Field(gt=0, le=1)
-    band_after_rules: bool
 
 
 class DetectConfig(Section):

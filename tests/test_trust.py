@@ -255,34 +255,6 @@ def test_an_answer_whose_face_is_unlike_the_learned_faces_of_its_class_is_withhe
         [j["verdict"] for j in trust.judge(test.p, test.features)]
 
 
-def test_the_band_chosen_after_the_rules_answers_more_and_keeps_its_promise_on_the_answers_given():
-    """trust.band_after_rules: where the model's confident mistakes are on faces the rules withhold
-    (real photos of another kind, called fake), the band chosen on the answers the rules let through
-    answers more faces, and those answers are still right `precision` of the time."""
-    from dfcl.measure.trust import fit_scored
-
-    rng = np.random.default_rng(3)
-    train = scored("A", rng, [(REAL, 0), (FAKE, 1)], 300, confident)
-
-    def faces():  # the learned kinds, and real photos of another kind the model calls fake
-        learned = scored("A", rng, [(REAL, 0), (FAKE, 1)], 200, confident)
-        other = scored("A", rng, [(ELSEWHERE, 0)], 40, lambda label, rng: float(rng.uniform(0.6, 0.99)))
-        return Scored("A", np.r_[learned.y, other.y], np.r_[learned.p, other.p], np.r_[learned.features, other.features])
-
-    from dfcl.measure.trust import Scored
-
-    val, test = faces(), faces()
-    before = fit_scored(train.features, train.y, ["A"], [val], [test], 0.5, SETTINGS)
-    after = fit_scored(train.features, train.y, ["A"], [val], [test], 0.5,
-                       SETTINGS.model_copy(update={"band_after_rules": True}))
-    assert after.report["band_before_rules"] == pytest.approx(before.band, abs=1e-4)
-    assert after.band[1] < before.band[1] and after.band[0] >= before.band[0]
-    assert after.report["val_coverage"] > before.report["val_coverage"] + 0.05
-    assert after.report["val_answered_accuracy"] >= 0.95  # the promise, on the answers actually given
-    assert before.report["val_answered_accuracy"] > 0.98  # the band alone promised 0.95 and gave more, answering less
-    assert after.report["test_coverage"] > before.report["test_coverage"] and after.report["test_answered_accuracy"] > 0.9
-
-
 def test_an_answer_whose_face_and_mirror_image_disagree_is_withheld_at_the_cost_fit(tmp_path):
     """With flip, the cut on the views' spread is fit on validation faces alone: it withholds about
     `trust.views_cost` of the band's answers there, and answers whose two views read differently

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -106,24 +106,20 @@ def fit_calibration(y, p) -> Calibration:
     return Calibration(a, b) if a > 0 else Calibration()
 
 
-def choose_band(y, p, precision: float, threshold: float, kept_fake=None, kept_real=None) -> tuple[float, float]:
+def choose_band(y, p, precision: float, threshold: float) -> tuple[float, float]:
     """(lo, hi) on calibrated P(fake): "fake" at or above hi, "real" below lo, "uncertain" between.
     hi is the lowest cut at or above `threshold` whose fake answers are right at least `precision`
     of the time on these faces, lo the highest at or below it for real answers. A side that never
-    reaches it gets no answers (hi above 1, lo 0): the model then says "uncertain" there.
-    `kept_fake` / `kept_real`: which faces' "fake" / "real" answers the abstention rules would let
-    through (band_after_rules); the precision is then that of the answers actually given."""
+    reaches it gets no answers (hi above 1, lo 0): the model then says "uncertain" there."""
     y, p = np.asarray(y), np.asarray(p, dtype=np.float64)
-    kept_fake = np.ones(len(y), bool) if kept_fake is None else np.asarray(kept_fake, bool)
-    kept_real = np.ones(len(y), bool) if kept_real is None else np.asarray(kept_real, bool)
     hi, lo = 1.0 + EPS, 0.0
     for t in np.unique(p[p >= threshold]):  # ascending: the first that reaches it answers the most
-        called = (p >= t) & kept_fake
-        if called.any() and y[called].mean() >= precision:
+        called = p >= t
+        if y[called].mean() >= precision:
             hi = float(t)
             break
     for t in np.unique(p[p <= threshold])[::-1]:  # descending
-        called = (p < t) & kept_real
+        called = p < t
         if called.any() and (1 - y[called]).mean() >= precision:
             lo = float(t)
             break
@@ -603,34 +599,10 @@ def fit_scored(fit_f, fit_l, methods: list[str], val: list[Scored], test: list[S
             trust.report["foreign_faces"] = int(len(space.foreign))
     if all(v.sharp is not None for v in val):
         trust.sharper = fit_fake_cut(np.concatenate([v.sharp for v in val])[fakes], settings.sharp_keep)
-    if settings.band_after_rules:
-        trust.report["band_before_rules"] = [round(float(b), 4) for b in trust.band]
-        trust.band = band_after_rules(trust, val)
     trust.report |= measured(trust, val, "val") | measured(trust, test, "test")
     if unseen:
         trust.report["unseen"] = {s.name: measured(trust, [s], "test") for s in unseen}
     return trust
-
-
-def band_after_rules(trust: Trust, val: list[Scored]) -> tuple[float, float]:
-    """The band chosen again on the answers the abstention rules leave on the validation faces.
-    The rules are fit to keep most of the first band's answers and withhold mostly wrong ones
-    (measured: the learned test faces' answers were right 0.99 of the time where the band promised
-    0.95, at a third less coverage), so the band alone over-promises nothing but answers too
-    little: chosen after them, the answers given are right `precision` of the time, as promised,
-    on more faces. The rules' cuts stay as fit; each face is judged once as if answered "fake" and
-    once as if "real" to learn which of its answers the rules would let through."""
-    y, p = np.concatenate([v.y for v in val]), np.concatenate([v.p for v in val])
-
-    def joined(name):
-        parts = [getattr(v, name) for v in val]
-        return None if any(x is None for x in parts) else np.concatenate(parts)
-
-    kept = {}
-    for verdict, band in (("fake", (-1.0, -1.0)), ("real", (2.0, 2.0))):  # every face answered `verdict`
-        rows = replace(trust, band=band).judge(p, joined("features"), joined("spread"), joined("sharp"))
-        kept[verdict] = np.array([r["verdict"] == verdict for r in rows], bool)
-    return choose_band(y, trust.calibration(p), trust.precision, trust.threshold, kept["fake"], kept["real"])
 
 
 def shrunk(faces: np.ndarray, side: int) -> np.ndarray:
