@@ -164,6 +164,7 @@ def cmd_rollback(args, params):
 def cmd_history(args, params):
     import pandas as pd
 
+    from dfcl.logs import text_table
     from dfcl.ops.registry import alias_history, inconsistencies
 
     name = params.mlflow.registered_model
@@ -171,7 +172,7 @@ def cmd_history(args, params):
     print(f"{name}: " + ", ".join(f"{a} = version {v}" for a, v in sorted(aliases.items())))
     if events:
         table = pd.DataFrame(events)[["at", "action", "version", "previous", "by", "reason"]].fillna("")
-        print(table.to_string(index=False))
+        print(text_table(table, ["by", "reason"]))
     for line in inconsistencies(name):
         print(f"inconsistent: {line}")
     return 0

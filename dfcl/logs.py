@@ -34,3 +34,12 @@ def configure_logging(log_file: Path, verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message="No loggers specified")
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")  # our pyfunc validates itself
+
+
+def text_table(frame, sentences: list[str]) -> str:
+    """`frame` as a console table whose `sentences` columns (notes, reasons) are left-aligned, the
+    header too: pandas right-aligns text, which pushes a short sentence under a long one's end."""
+    widths = {c: max(int(frame[c].astype(str).str.len().max()), len(c)) if len(frame) else len(c) for c in sentences}
+    frame = frame.rename(columns={c: c.ljust(w) for c, w in widths.items()})
+    return frame.to_string(index=False, formatters={c.ljust(w): (lambda w: lambda v: str(v).ljust(w))(w)
+                                                    for c, w in widths.items()})

@@ -165,3 +165,16 @@ def test_an_empty_tracking_variable_is_the_workspace_default_not_mlflows(tmp_pat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     configure_environment(Workspace(tmp_path))
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000", "a server the user named wins"
+
+
+def test_history_and_detect_tables_left_align_their_sentences():
+    """A short reason under a long one starts where the long one starts (pandas right-aligns text)."""
+    import pandas as pd
+
+    from dfcl.logs import text_table
+
+    frame = pd.DataFrame([{"action": "promote", "by": "alice", "reason": "numbers look right"},
+                          {"action": "reject", "by": "promotion gate", "reason": "ffpp-crops/Deepfakes: auc 0.869 vs 0.907"}])
+    header, *rows = text_table(frame, ["by", "reason"]).splitlines()
+    assert {row.index(r) for row, r in zip(rows, frame.reason)} == {header.index("reason")}
+    assert {row.index(b) for row, b in zip(rows, frame.by)} == {header.index("by")}

@@ -91,6 +91,8 @@ def table(rows: list[dict]) -> str:
     answers mean."""
     import pandas as pd
 
+    from dfcl.logs import text_table
+
     def resembles(r):
         return f"{r['resembles']['method']} ({r['resembles']['similarity']:.2f})" if r.get("resembles") else ""
 
@@ -98,10 +100,7 @@ def table(rows: list[dict]) -> str:
                            "P(fake)": "" if r["p_fake"] is None else f"{r['p_fake']:.3f}",
                            "faces": len(r.get("faces", [])), "novel": {True: "yes", False: "no"}.get(r.get("novel"), ""),
                            "resembles": resembles(r), "note": r.get("error") or r.get("why") or ""} for r in rows])
-    # Notes are sentences: left-aligned (the header too, padded to their width), they read as text.
-    width = max(frame.note.str.len().max(), 4)
-    frame = frame.rename(columns={"note": "note".ljust(width)})
-    lines = [frame.to_string(index=False, formatters={"note".ljust(width): lambda note: note.ljust(width)})]
+    lines = [text_table(frame, ["note"])]
     answered = [r for r in rows if r["verdict"] != "error"]
     if answered:
         m = answered[0]["model"]
