@@ -131,7 +131,7 @@ def cmd_decide(args, params, approve: bool):
     from dfcl.ops.approvals import answer_paused_run
 
     approver = args.by or os.environ.get("USER", "ops")
-    run = answer_paused_run(args.flow_run, approve, approver, args.reason or "")
+    run = answer_paused_run(args.flow_run, approve, approver, args.reason or "", params.mlflow.registered_model)
     print(f"{'approved' if approve else 'rejected'} flow run {run.name} ({run.id}) as {approver}")
     return 0
 

@@ -509,3 +509,19 @@ def test_a_learner_trained_with_other_settings_is_refused_before_any_mlflow_run_
         retrain_detector(str(demo_data / "BlendSwap"), small_params("data.image_size=48"), auto_approve=True)
     assert mlflow.search_runs(search_all_experiments=True).empty, "the refusal left an MLflow run"
     assert not (workspace.root / "data" / "raw").exists(), "data was copied before the refusal"
+
+
+def test_approve_with_no_run_waiting_says_the_newest_decision(workspace):
+    """A challenger the gate rejected never waits for ops: `dfcl approve` says so instead of only
+    "nothing is waiting"."""
+    from dfcl.ops.approvals import answer_paused_run, newest_decision
+    from tasks.promote_champion import record_rejection
+
+    assert newest_decision(REGISTERED) == ""  # nothing registered yet
+    v1, = register_dummy(1)
+    with mlflow.start_run():
+        record_rejection(REGISTERED, v1, "promotion gate", "ffpp-crops/Deepfakes: auc 0.869 vs the champion's 0.907")
+    with pytest.raises(OpsError, match=r"no paused retraining run is waiting for approval; the newest decision: "
+                                       r"version 1 rejected by promotion gate at .*: ffpp-crops/Deepfakes: auc 0\.869 "
+                                       r"vs the champion's 0\.907 \(dfcl history\)"):
+        answer_paused_run(None, True, "alice", "", REGISTERED)

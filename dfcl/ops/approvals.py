@@ -5,16 +5,43 @@ from __future__ import annotations
 from dfcl.ops.guards import OpsError
 
 
-def answer_paused_run(flow_run: str | None, approve: bool, approver: str, reason: str):
+def answer_paused_run(flow_run: str | None, approve: bool, approver: str, reason: str, registered_model: str):
     """Resume the retraining run `flow_run` (id or name; default: the latest paused one), which
-    waits for ops, with their answer (flows.retrain.ApprovalDecision). Returns the flow run."""
+    waits for ops, with their answer (flows.retrain.ApprovalDecision). Returns the flow run. With
+    none waiting, the error says the newest decision on `registered_model`: a run the gate
+    rejected never waits, and ops who expected one learn why."""
     from prefect.flow_runs import resume_flow_run
 
-    run = _find_run(flow_run)
+    try:
+        run = _find_run(flow_run)
+    except NothingPaused as e:
+        raise OpsError(f"{e}{newest_decision(registered_model)}") from None
     if run.state is None or not run.state.is_paused():
         raise OpsError(f"flow run {run.name} ({run.id}) is {run.state.name if run.state else 'unknown'}, not paused")
     resume_flow_run(run.id, run_input={"approve": approve, "approver": approver, "reason": reason})
     return run
+
+
+class NothingPaused(OpsError):
+    pass
+
+
+def newest_decision(registered_model: str) -> str:
+    """"; the newest decision: version 2 rejected by promotion gate at ...: why (dfcl history)", or
+    "" when nothing was decided yet."""
+    from dfcl.ops.registry import alias_history
+
+    try:
+        events = alias_history(registered_model)[1]
+    except OpsError:  # nothing registered yet
+        return ""
+    if not events:
+        return ""
+    e = events[-1]
+    done = {"promote": "promoted to champion", "reject": "rejected", "rollback": "made champion again by a rollback"}
+    why = f": {e['reason']}" if e.get("reason") else ""
+    return (f"; the newest decision: version {e['version']} {done.get(e['action'], e['action'])} by {e['by']} at "
+            f"{e['at']}{why} (dfcl history)")
 
 
 def _find_run(flow_run: str | None):
@@ -39,5 +66,5 @@ def _find_run(flow_run: str | None):
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused", "Suspended"]))),
             sort=FlowRunSort.START_TIME_DESC)
         if not paused:
-            raise OpsError("no paused retraining run is waiting for approval")
+            raise NothingPaused("no paused retraining run is waiting for approval")
         return paused[0]
