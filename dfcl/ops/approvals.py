@@ -38,7 +38,7 @@ def newest_decision(registered_model: str) -> str:
     if not events:
         return ""
     e = events[-1]
-    done = {"promote": "promoted to champion", "reject": "rejected", "rollback": "made champion again by a rollback"}
+    done = {"promote": "promoted to champion", "reject": "rejected", "rollback": "made champion again (rollback)"}
     why = f": {e['reason']}" if e.get("reason") else ""
     return (f"; the newest decision: version {e['version']} {done.get(e['action'], e['action'])} by {e['by']} at "
             f"{e['at']}{why} (dfcl history)")
