@@ -12,18 +12,13 @@ def answer_paused_run(flow_run: str | None, approve: bool, approver: str, reason
     rejected never waits, and ops who expected one learn why."""
     from prefect.flow_runs import resume_flow_run
 
-    try:
-        run = _find_run(flow_run)
-    except NothingPaused as e:
-        raise OpsError(f"{e}{newest_decision(registered_model)}") from None
+    run = _find_run(flow_run)
+    if run is None:
+        raise OpsError(f"no paused retraining run is waiting for approval{newest_decision(registered_model)}")
     if run.state is None or not run.state.is_paused():
         raise OpsError(f"flow run {run.name} ({run.id}) is {run.state.name if run.state else 'unknown'}, not paused")
     resume_flow_run(run.id, run_input={"approve": approve, "approver": approver, "reason": reason})
     return run
-
-
-class NothingPaused(OpsError):
-    pass
 
 
 def newest_decision(registered_model: str) -> str:
@@ -45,6 +40,7 @@ def newest_decision(registered_model: str) -> str:
 
 
 def _find_run(flow_run: str | None):
+    """The flow run named, or the latest paused or suspended one (None: none waits)."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -65,6 +61,4 @@ def _find_run(flow_run: str | None):
         paused = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused", "Suspended"]))),
             sort=FlowRunSort.START_TIME_DESC)
-        if not paused:
-            raise NothingPaused("no paused retraining run is waiting for approval")
-        return paused[0]
+        return paused[0] if paused else None
