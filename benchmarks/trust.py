@@ -15,8 +15,9 @@ checkout's `trust:` settings), on the learned experiences' training and validati
 no unseen face is used to fit anything. A face whose box is cut off by its picture's edge more than the
 learned training faces' were (its manifest's `inside` below `trust.min_inside`, fit by the learner's
 rule, dfcl.measure.trust.fit_min_inside) is withheld as "cut off", and a face cut from fewer picture
-pixels across than the floor fit with each variant's trust (`trust.min_side`, fit_min_side) as "too
-small", as `dfcl detect` withholds them.
+pixels across than the model's input is answered by the band of its size fit with each variant's
+trust (`trust.size_bands`, fit_size_bands), or withheld as "too small" below `trust.min_side`, as
+`dfcl detect` answers them (benchmarks/face_size_floor.py measures those bands on test faces).
 `--foreign`: real photos of a kind never trained on, as `trust.foreign_reals` gives them to the
 product; a seeded half of their real faces is the rule's reference, the other half is measured as a
 set never trained on ("NAME (held out)"), and `trust.foreign_keep` is swept (1.0: no such rule).
@@ -181,18 +182,16 @@ def face_place(images, margin: float) -> np.ndarray | None:
 
 
 def judged_as_product(trust, s, place: np.ndarray | None) -> list[dict]:
-    """Each face of `s` judged as `dfcl detect` judges it: the trust rules, then "cut off" where
-    less of its box is inside its picture than `trust.min_inside` and "too small" where its crop
-    was cut from fewer picture pixels than `trust.min_side` (`place`: face_place's columns)."""
-    from dfcl.measure.trust import CUT_OFF, too_small, withhold
+    """Each face of `s` judged as `dfcl detect` judges it: the trust rules with the band of the size
+    its crop was cut from (NaN: no box, the full-size band), then "cut off" where less of its box is
+    inside its picture than `trust.min_inside` (`place`: face_place's columns)."""
+    from dfcl.measure.trust import CUT_OFF, withhold
 
-    judged = trust.judge(s.p, s.features, s.spread, s.sharp)
+    judged = trust.judge(s.p, s.features, s.spread, s.sharp, sides=None if place is None else place[:, 1])
     if place is not None:
-        for j, (share, side) in zip(judged, place):
+        for j, share in zip(judged, place[:, 0]):
             if share < trust.min_inside:  # NaN (picture size unknown) is never cut off, as in detect
                 withhold(j, CUT_OFF)
-            if side < trust.min_side:  # NaN (no box) never too small
-                withhold(j, too_small(int(side), trust.min_side))
     return judged
 
 
@@ -375,14 +374,12 @@ def main(argv=None) -> int:
         trust = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, v_test, learner.history.threshold,
                            settings, params.train.seed, foreign=v_reference)
         trust.min_inside = min_inside
-        trust.min_side = size_scan(learner, params, trust, "val")[0]  # fit with this variant's rules, as the learner does
+        fit_sizes(learner, params, trust)  # with this variant's rules, as the learner fits them
         pooled = Scored("learned (all test faces)", np.concatenate([s.y for s in v_test]),
                         np.concatenate([s.p for s in v_test]), np.concatenate([s.features for s in v_test]),
                         np.concatenate([s.spread for s in v_test]) if flip else None,
                         np.concatenate([s.sharp for s in v_test]))
         name = "flip" if flip else "plain"
-        if not flip:
-            plain_trust = trust  # what the product fits (flip off by default): the face-size scan's
         learned = unfamiliarity(trust, pooled)
         report["variants"][name] = {"trust": trust.summary(),
                                     "learned": {s.name: measure(trust, s, place.get(s.name), floor=True) for s in [pooled, *v_test]},
@@ -401,45 +398,33 @@ def main(argv=None) -> int:
                 t = fit_scored(oriented(fit_f, flip), fit_l, methods, v_val, [], learner.history.threshold,
                                settings.model_copy(update={knob: value}), params.train.seed, foreign=v_reference)
                 t = replace(t, report={}, min_inside=min_inside)
-                t.min_side = size_scan(learner, params, t, "val")[0]  # refit: the floor moves with the rules
+                fit_sizes(learner, params, t)  # refit: the bands move with the rules
                 report["sweep"][sweep][str(value)] = {s.name: {k: measure(t, s, place.get(s.name))[k] for k in
                                                               ("coverage", "answered_accuracy", "real_called_fake")}
                                                      for s in [pooled, *v_unseen]}
     report["calibration_maps"] = calibration_maps(variant(val, False), variant(test, False))
-    report["face_size"] = face_size(learner, params, plain_trust)
     save_results(args.out, f"trust_{args.tag}", report, markdown(report))  # makes args.out
     plot(plotted, report, args.out / f"trust_{args.tag}.png")
     return 0
 
 
-def face_size(learner, params, trust) -> dict:
-    """The face-size floor as the learner fits it (validation faces, no flip), and the answered
-    accuracy per size on the learned methods' test faces too: does the floor hold on faces it
-    was not fit on?"""
-    out = {}
-    for split in ("val", "test"):
-        floor, by_side, faces = size_scan(learner, params, trust, split)
-        out[split] = {"faces": faces, "floor": floor, "answered_accuracy_by_side": by_side}
-    return out
+# The validation faces scored at each size once per run (fit_size_bands' `scores`): the sweeps
+# refit the bands with each trust, and only the answers depend on it.
+SIZE_SCORES: dict = {}
 
 
-# The faces of each split scored at each size once per run (fit_min_side's `scores`): the sweeps
-# refit the floor with every value (about twenty fits), and only the answers change.
-SIZE_SCORES: dict[str, dict] = {"val": {}, "test": {}}
+def fit_sizes(learner, params, trust) -> None:
+    """fit_size_bands on a sample of the learned experiences' validation faces, as the learner
+    fits it: `trust`'s size_bands and min_side set."""
+    from dfcl.measure.trust import _sample, fit_size_bands
 
-
-def size_scan(learner, params, trust, split: str) -> tuple[int, dict, int]:
-    """fit_min_side on a sample of the learned experiences' `split` faces, as the learner fits it on
-    validation faces: (floor, answered accuracy by side, faces)."""
-    from dfcl.measure.trust import _sample, fit_min_side
-
-    faces = [(np.load(s[split][0], mmap_mode="r"), np.load(s[split][1]))
-             for _, s in learner.trust_splits(learner.history.experiences) if split in s]
+    faces = [(np.load(s["val"][0], mmap_mode="r"), np.load(s["val"][1]))
+             for _, s in learner.trust_splits(learner.history.experiences) if "val" in s]
     x, y = np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces])
     keep = _sample(len(y), params.trust.small_face_faces, params.train.seed)
-    floor, by_side = fit_min_side(trust, learner.strategy.model.to("cpu").eval(), np.asarray(x[keep]), y[keep],
-                                  params.trust.small_face_drop, scores=SIZE_SCORES[split])
-    return floor, by_side, int(len(keep))
+    trust.size_bands, trust.min_side, _ = fit_size_bands(trust, learner.strategy.model.to("cpu").eval(),
+                                                         np.asarray(x[keep]), y[keep], params.trust.size_min_answers,
+                                                         scores=SIZE_SCORES)
 
 
 def plot(plotted: dict, report: dict, path: Path) -> None:
@@ -531,18 +516,6 @@ def markdown(r: dict) -> str:
         for name, m in maps.items():
             lines.append(f"| {name} | {f(m['ece'])} ({f(m['floor'])}) | " + " | ".join(f(m[k]) for k in sets) + " |")
         lines.append("")
-    fs = r.get("face_size")
-    if fs:
-        sides = list(fs["val"]["answered_accuracy_by_side"])
-        lines += ["## Face size: answered accuracy of faces cut from fewer pixels (no flip)", "",
-                  f"Floor fit on validation faces (`trust.small_face_drop` {r['settings']['small_face_drop']}): "
-                  f"**{fs['val']['floor']} px**; below it a face is withheld. The same scan on test faces would put it "
-                  f"at {fs['test']['floor']} px.", "",
-                  "| faces | " + " | ".join(f"{s} px" for s in sides) + " |", "| --- |" + " --- |" * len(sides)]
-        for split in ("val", "test"):
-            by = fs[split]["answered_accuracy_by_side"]
-            lines.append(f"| learned {split} ({fs[split]['faces']}) | " + " | ".join(f(by.get(s)) for s in sides) + " |")
-        lines.append("")
     for name, knob, what in (("plain", "trust.keep", "share of the band's answers on learned validation faces kept "
                               "by the rule on the unfamiliar; no flip"),
                              ("flip", "trust.views_cost", "share of the band's answers on learned validation faces "
@@ -558,7 +531,7 @@ def markdown(r: dict) -> str:
             continue
         first = next(iter(sweep.values()))
         lines += [f"## The rule's knob: `{knob}` ({what})", "",
-                  "answered / accuracy of the answered / reals answered fake, per set (the face-size floor refit at each value, as the learner would fit it):", "",
+                  "answered / accuracy of the answered / reals answered fake, per set (the bands per face size refit at each value, as the learner would fit it):", "",
                   f"| {knob} | " + " | ".join(first) + " |", "| --- |" + " --- |" * len(first)]
         for value, sets in sweep.items():
             lines.append(f"| {value} | " + " | ".join(f"{f(m['coverage'])} / {f(m['answered_accuracy'])} / "

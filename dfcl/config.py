@@ -36,7 +36,8 @@ RENAMED = {"strategy.replay_mem_size": "strategy.replay.mem_size",
 
 # Keys that went: a workspace's params.yaml made before still loads (the key is ignored), and
 # `dfcl migrate` deletes it. Value: where the setting lives now.
-REMOVED = {"detect.image_types": "dfcl/data/images.py (one list of media types for ingest, detect and the API)",
+REMOVED = {"trust.small_face_drop": "trust.size_bands (a band per face size instead of one floor: docs/detection.md)",
+           "detect.image_types": "dfcl/data/images.py (one list of media types for ingest, detect and the API)",
            "detect.video_types": "dfcl/data/images.py (one list of media types for ingest, detect and the API)"}
 
 # What the promotion gate compares (gate.metric); dfcl.measure.gate reads it from here.
@@ -283,7 +284,8 @@ class TrustConfig(Section):
     keep: float = Field(ge=0, le=1)
     flip: bool
     views_cost: float = Field(ge=0, lt=1)
-    small_face_drop: float = Field(ge=0, le=1)
+    size_bands: bool
+    size_min_answers: int = Field(ge=1)
     small_face_faces: int = Field(ge=1)
     edge_quantile: float = Field(ge=0, lt=1)
     unseen_sets: list[str]

@@ -225,6 +225,46 @@ def test_a_face_smaller_than_the_fitted_floor_gets_no_answer_and_says_its_size(t
     assert scorer.detect(tmp_path / "photo.png", crop="always").faces[0]["verdict"] == "real"
 
 
+def test_a_small_face_is_answered_by_the_band_of_its_size_and_says_so(tmp_path):
+    """trust.size_bands: a face cut from fewer picture pixels than the model's input is answered by
+    the band fit at its size (its reason and band say which), one below the smallest such size is
+    withheld as too small; a video is answered by the band of its faces' median size."""
+    from dfcl.data.faces import square_of
+    from dfcl.measure.trust import Calibration, Trust
+    from dfcl.serving.detect import FaceScorer
+    from dfcl.serving.detector import Detector
+    from dfcl.serving.verdicts import table
+    from models import create_model
+    from tests.conftest import small_params
+
+    image = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "photo.png"), image)
+    torch.manual_seed(0)
+    # full size: every face "real"; faces of 19-31 px: every face "fake" (lo = hi = 0); 10-18 px: "real" again
+    trust = Trust(Calibration(1.0, 1e-9), band=(1.01, 1.01), size_bands={32: (1.01, 1.01), 19: (0.0, 0.0), 10: (1.01, 1.01)},
+                  min_side=10)  # calibrated (not the identity map): the table's footer then gives the bands
+    detector = Detector(create_model("small_cnn").eval(), 32, 0.5, {"uri": "test"}, trust)
+    params = small_params()
+    boxes = [[20, 20, 57, 57], [100, 100, 119, 119], [200, 200, 209, 209], [210, 210, 396, 396]]
+    scorer = FaceScorer(detector, params, finder=BoxesFinder(boxes))
+    result = scorer.detect(tmp_path / "photo.png", crop="never")
+    assert [square_of(b, params.faces.margin, (400, 400))[2] for b in boxes] == [26, 13, 6, 130]
+    assert [f["verdict"] for f in result.faces] == ["fake", "real", "uncertain", "real"]
+    assert "too small: 6 px across" in result.faces[2]["why"]
+    # the photo's verdict is its fake face's, promised where that band was measured: at 19 px
+    row = result.to_dict(detector)
+    assert row["verdict"] == "fake" and row["band"] == [0.0, 0.0]
+    assert "shrunk to 19 px across" in row["reason"] and row["measured_on"].endswith("shrunk to 19 px across")
+    assert row["measured_at"] == 19 and "19 px: fake >= 0.00, real < 0.00" in table([row])
+    assert "shrunk" not in row["model"]["measured_on"]  # the model card keeps the full-size promise
+    # a video: the band of its faces' median size
+    frames = [{"p_fake": 0.5, "verdict": "fake", "measured_at": 19}] * 3
+    assert scorer.video_verdict(frames, [26, 25, 40])["verdict"] == "fake"
+    assert scorer.video_verdict(frames, [26, 25, 40])["measured_at"] == 19
+    full = scorer.video_verdict([{"p_fake": 0.5, "verdict": "real"}] * 3, [26, 40, 40])
+    assert full["verdict"] == "real" and "measured_at" not in full
+
+
 def test_reasons_say_where_the_promise_was_measured():
     from dfcl.measure.trust import Trust
     from dfcl.serving.detector import Detector

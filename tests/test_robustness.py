@@ -217,7 +217,7 @@ def test_a_folder_is_classified_in_batches_across_files_in_input_order(files, tm
     scorer = stub_scorer(params)
     alone = {name: scorer.detect(folder / name, "always") for name in names}
     batches, real_score = [], scorer.score
-    scorer.score = lambda crops: batches.append(len(crops)) or real_score(crops)
+    scorer.score = lambda crops, sides=None: batches.append(len(crops)) or real_score(crops, sides)
     rows = detect_files(scorer, [str(folder)], crop="always", progress=False)
     assert [Path(r["file"]).name for r in rows] == sorted(names + ["03-broken.jpg"])
     by_name = {Path(r["file"]).name: r for r in rows}
@@ -274,11 +274,11 @@ def test_a_detection_past_its_deadline_answers_503_and_frees_its_slot(files):
     stuck, release = threading.Event(), threading.Event()
     real_score = scorer.score
 
-    def slow_score(crops):
+    def slow_score(crops, sides=None):
         if not stuck.is_set():
             stuck.set()
             release.wait(120)  # held past the deadline until the test has its answer
-        return real_score(crops)
+        return real_score(crops, sides)
 
     scorer.score = slow_score
     with client_for(params, scorer) as client:
@@ -329,7 +329,7 @@ def test_uploads_are_read_only_once_a_slot_is_taken(files, monkeypatch):
     scorer = stub_scorer(params)
     started, release = threading.Event(), threading.Event()
     real_score = scorer.score
-    scorer.score = lambda crops: (started.set(), release.wait(120), real_score(crops))[2]
+    scorer.score = lambda crops, sides=None: (started.set(), release.wait(120), real_score(crops, sides))[2]
     saved = []
     real_save = api.save_upload
     monkeypatch.setattr(api, "save_upload", lambda upload, path: saved.append(path) or real_save(upload, path))
@@ -473,7 +473,7 @@ def test_every_error_has_the_one_shape_its_schema_declares(files, monkeypatch):
         # The one detection slot taken: 503 with Retry-After, as the schema says.
         started, release = threading.Event(), threading.Event()
         real_score = scorer.score
-        scorer.score = lambda crops: (started.set(), release.wait(120), real_score(crops))[2]
+        scorer.score = lambda crops, sides=None: (started.set(), release.wait(120), real_score(crops, sides))[2]
         first = threading.Thread(target=lambda: client.call("/v1/detect", "post", {"crop": True}, {"file": files["face"]}))
         first.start()
         assert started.wait(120)

@@ -17,6 +17,7 @@ from dfcl.measure.trust import (
     fit_calibration,
     fit_feature_space,
     logit,
+    too_small,
 )
 
 
@@ -459,6 +460,7 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
     assert held_out["faces"] > 0 and held_out["fake"] == 0
     min_side = report["variants"]["plain"]["trust"]["min_side"]
     assert min_side > 3 and held_out["withheld_small"] == 1.0, min_side
+    assert report["variants"]["plain"]["trust"]["size_bands"]  # fit as the learner fits them
     swept = {k: v["Elsewhere (held out)"]["real_called_fake"] for k, v in report["sweep"]["foreign"].items()}
     assert swept["0.6"] <= swept["1.0"]  # the rule only ever withholds "fake" answers
     flip, plain = report["variants"]["flip"], report["variants"]["plain"]
@@ -478,9 +480,6 @@ def test_the_trust_benchmark_measures_both_rules_on_a_learner_and_an_unseen_set(
     assert set(maps["raw"]) - {"ece", "floor"} == set(plain["learned"]) - {"learned (all test faces)"}
     assert maps["raw"]["ece"] == pytest.approx(plain["learned"]["learned (all test faces)"]["ece_raw"])
     assert "## Calibration: which map" in (tmp_path / "trust_smoke.md").read_text()
-    sizes = report["face_size"]
-    assert sizes["val"]["floor"] in {int(k) for k in sizes["val"]["answered_accuracy_by_side"]} | {0}
-    assert "## Face size" in (tmp_path / "trust_smoke.md").read_text()
 
 
 class FineGrain(torch.nn.Module):
@@ -493,10 +492,11 @@ class FineGrain(torch.nn.Module):
         return torch.stack([torch.zeros_like(grain), 2000 * (grain - 0.008)], 1)
 
 
-def test_the_face_size_floor_is_where_answered_accuracy_falls_on_validation_faces(tmp_path):
-    """fit_min_side scores validation faces as if cut from ever fewer pixels: the floor is the
-    smallest size whose answered accuracy stays within `drop` of full size, and it travels."""
-    from dfcl.measure.trust import fit_min_side, shrunk
+def test_a_band_per_face_size_is_chosen_on_validation_faces_shrunk_to_it(tmp_path):
+    """fit_size_bands scores validation faces as if cut from ever fewer pixels and chooses the band
+    again at each size: its answers there keep the promised precision, and where the forgery's
+    trace is gone (grain in 4-px blocks, lost below ~38 px) the band stops answering "fake"."""
+    from dfcl.measure.trust import fit_size_bands, shrunk
 
     rng = np.random.default_rng(0)
     smooth = np.linspace(60, 200, 64)[None, :, None] + np.linspace(0, 40, 64)[:, None, None]
@@ -506,32 +506,69 @@ def test_the_face_size_floor_is_where_answered_accuracy_falls_on_validation_face
     x = np.clip(x, 0, 255).astype(np.uint8)
     trust = Trust(band=(0.5, 0.5))
     scores = {}
-    floor, by_side = fit_min_side(trust, FineGrain().eval(), x, y, drop=0.05, scores=scores)
-    assert by_side["64"] == 1.0 and min(v for v in by_side.values() if v is not None) < 0.95
+    bands, floor, fitted = fit_size_bands(trust, FineGrain().eval(), x, y, scores=scores)
+    by_side = fitted["answered_accuracy_by_side"]
+    assert list(bands) == [64, 51, 38, 26, 19, 13] and bands[64] == trust.band and floor == 13
+    assert all(v >= trust.precision for v in by_side.values())  # each size's band keeps the promise on its faces
+    assert fitted["answered_by_side"]["64"] == 200 and fitted["answered_by_side"]["26"] < 200
+    assert bands[38][1] <= 1 and bands[26][1] > 1  # fakes still told apart at 38 px, never answered "fake" at 26
     # a second fit of the same faces reuses each size's scores: no model is needed again
-    assert fit_min_side(trust, None, x, y, drop=0.05, scores=scores) == (floor, by_side)
-    # the blocks survive down to 38 px across (measured: every fake's grain above the cut), not 26
-    assert floor == 38 and by_side["38"] == 1.0 and by_side["26"] < 0.95 and "19" not in by_side
+    assert fit_size_bands(trust, None, x, y, scores=scores) == (bands, floor, fitted)
     assert shrunk(x[:2], 16).shape == (2, 64, 64, 3)
 
-    trust.min_side = floor
-    assert Trust.load(trust.save(tmp_path / "t.safetensors")).min_side == floor
-    assert Trust(band=(0.5, 0.5)).summary()["min_side"] == 0
+    trust.size_bands, trust.min_side = bands, floor
+    again = Trust.load(trust.save(tmp_path / "t.safetensors"))
+    assert again.size_bands == bands and again.min_side == floor
+    assert Trust(band=(0.5, 0.5)).summary()["size_bands"] == {}
 
 
-def test_a_face_size_answered_right_on_a_few_faces_only_is_not_measured_to_hold():
-    """Shrunk faces are answered less often: at 38 px five of 200 are answered, all of them right.
-    The point estimate (1.0) would lower the floor; its 95% interval (down to 0.57) does not."""
-    from dfcl.measure.trust import fit_min_side
+def test_the_walk_down_the_sizes_ends_where_a_size_answers_too_few_faces():
+    """Below the last size whose band answers anything (at least `min_answers` faces), faces are
+    too small: `min_side`."""
+    from dfcl.measure.trust import fit_size_bands
 
     y = np.r_[np.zeros(100), np.ones(100)].astype(int)
     x = np.zeros((200, 64, 64, 3), np.uint8)
-    few = np.full(200, 0.5)  # "uncertain" with the band (0.1, 0.9) ...
-    few[:5] = 0.0  # ... but five reals, answered "real"
-    scores = {(side, False): (p, None, None, None) for side, p in ((64, y * 1.0), (51, y * 1.0), (38, few))}
-    floor, by_side = fit_min_side(Trust(band=(0.1, 0.9)), None, x, y, drop=0.05, scores=scores)
-    assert by_side == {"64": 1.0, "51": 1.0, "38": 1.0} and floor == 51
-    assert all(type(v) is float for v in by_side.values())  # plain floats: the model card is YAML and JSON
+    scores = {(side, False): (p, None, None, None)
+              for side, p in ((64, y * 1.0), (51, y * 0.6 + 0.2), (38, np.full(200, 0.5)), (26, y * 1.0))}
+    bands, floor, fitted = fit_size_bands(Trust(band=(0.1, 0.9)), None, x, y, scores=scores)
+    assert floor == 51 and set(bands) == {64, 51} and bands[51] == pytest.approx((0.0, 0.8))  # fakes answered, reals (tied) not
+    assert fitted["answered_by_side"] == {"64": 200, "51": 100, "38": 0}  # 26 px never looked at
+    assert fitted["answered_accuracy_by_side"]["38"] is None
+    assert all(type(v) is float for v in fitted["answered_accuracy_by_side"].values() if v is not None)
+    # a size answered on fewer faces than `min_answers` ends it too (full size is the model's own band, kept)
+    bands, floor, _ = fit_size_bands(Trust(band=(0.1, 0.9)), None, x, y, min_answers=150, scores=scores)
+    assert floor == 64 and set(bands) == {64}
+    assert fit_size_bands(Trust(band=(0.1, 0.9)), None, x, y, min_answers=500, scores=scores)[1] == 64
+
+
+def test_a_face_is_answered_by_the_band_of_the_largest_size_at_or_below_its_own(tmp_path):
+    """Trust.judge with `sides`: full-size faces (and faces of unknown size) by `band`, smaller ones by
+    the band fit at the largest size they reach, below `min_side` withheld as too small; files
+    without size bands (before them) answer by `band` down to `min_side`."""
+    trust = Trust(band=(0.1, 0.9), size_bands={64: (0.1, 0.9), 38: (0.05, 0.99), 19: (0.0, 1.01)}, min_side=19)
+    p = np.full(5, 0.95)
+    judged = trust.judge(p, None, sides=[300, 64, 50, 20, 12])
+    assert [j["verdict"] for j in judged] == ["fake", "fake", "uncertain", "uncertain", "uncertain"]
+    assert [j.get("measured_at") for j in judged] == [None, None, 38, 19, None]
+    assert "why" not in judged[2] and judged[4]["why"] == too_small(12, 19) and judged[4]["withheld"] == "fake"
+    assert trust.judge(p[:1], None, sides=[math.nan])[0]["verdict"] == "fake"  # no box: the full-size band
+    assert "shrunk to 38 px across" in trust.population(38) and "shrunk" not in trust.population()
+    old = Trust(band=(0.1, 0.9), min_side=40)
+    assert [j["verdict"] for j in old.judge(p[:2], None, sides=[41, 39])] == ["fake", "uncertain"]
+    # the file keeps the bands; a damaged header is refused, not half read
+    path = trust.save(tmp_path / "t.safetensors")
+    assert Trust.load(path).size_bands == trust.size_bands
+    import json
+
+    from safetensors.numpy import save_file
+
+    header = {"calibration": {"a": 1.0, "b": 0.0}, "threshold": 0.5, "band": [0.1, 0.9], "precision": 0.95,
+              "novelty_threshold": None, "classes": [], "k": 0, "size_bands": {"big": [0, 1]}}
+    save_file({"none": np.zeros(1, np.float32)}, str(tmp_path / "bad.safetensors"),
+              metadata={"format": "dfcl-trust-1", "json": json.dumps(header)})
+    with pytest.raises(ValueError, match="size_bands"):
+        Trust.load(tmp_path / "bad.safetensors")
 
 
 def test_the_cut_off_floor_is_fit_on_how_far_the_learned_training_faces_leave_their_pictures(tmp_path):
@@ -636,10 +673,10 @@ def test_the_evidence_regions_benchmark_hides_the_part_it_says_and_scores_every_
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_the_face_size_benchmark_reads_the_floor_as_the_product_fits_it(demo_data, tmp_path):
-    """benchmarks/face_size_floor.py on a learner of the synthetic sequence: its Wilson reading of
-    the validation faces is the floor the learner registered (fit_min_side on the same faces), and
-    every size is scanned on both splits."""
+def test_the_face_size_benchmark_reads_the_size_bands_as_the_product_fits_them(demo_data, tmp_path):
+    """benchmarks/face_size_floor.py on a learner of the synthetic sequence: every size is scanned on
+    both splits, and its reading of the product's rule gives the bands and floor the learner
+    registered (fit_size_bands on the same validation faces)."""
     import json
 
     from benchmarks import face_size_floor as bench
@@ -649,10 +686,15 @@ def test_the_face_size_benchmark_reads_the_floor_as_the_product_fits_it(demo_dat
                        "--out", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "face_size_floor_smoke.json").read_text())
-    assert report["splits"]["val"]["floor"]["wilson"] == report["min_side"] == learner.trust.min_side
     for split in ("val", "test"):
         rows = report["splits"][split]["rows"]
         assert [r["side"] for r in rows] == [32, 26, 19, 13, 10, 8]
         assert rows[0]["paired_diff_p5"] in (0.0, None)  # full size against itself
+    # the product's rule, read on the same faces: its bands are the learner's, and at full size the registered band
+    bands = report["size_bands"]
+    assert bands["min_side"] == learner.trust.min_side and report["registered_size_bands"]
+    assert {str(r["side"]): r["band"] for r in bands["rows"]} == learner.trust.summary()["size_bands"]
+    assert bands["rows"][0]["test"] == bands["rows"][0]["test_full_band"]
+    assert bands["rows"][0]["test"]["answered"] == report["splits"]["test"]["rows"][0]["answered"]
     assert (tmp_path / "face_size_floor_smoke.png").stat().st_size > 1000
     assert "| size (px) | answered |" in (tmp_path / "face_size_floor_smoke.md").read_text()

@@ -13,6 +13,15 @@ nothing is ever unpickled):
 - band: on calibrated validation scores, the lowest cut whose "fake" answers reach
   `trust.precision` and the highest whose "real" answers do; between them a face is
   "uncertain". Hand-written: no library chooses a two-sided abstention band.
+- a band per face size (`trust.size_bands`): the same choice on the validation faces as if cut
+  from fewer picture pixels (shrunk, then resized back as a small crop is), at each size of
+  SIDE_SHARES; a face is answered by the band of the largest such size at or below its own, and
+  not at all below the smallest size whose band answers anything (`min_side`). Why not one floor
+  under which nothing is answered (the rule before): a floor must show that a size's answered
+  accuracy stays within a few points of full size's, which ~150 answered validation faces cannot
+  show even where it does (the floor sat at the full 160 px for two of three champions, so every
+  face of a 480p video was withheld); a band fit at the size promises the same precision as the
+  full-size band, measured the same way, and answers the faces confident enough at that size.
 - feature space: the penultimate features (the input of the model's `head`, the registry's
   contract). Novelty is the mean cosine distance of a face's features to their `trust.novelty_k`
   nearest among up to `trust.novelty_reference` training faces of the learned classes (kept as
@@ -253,13 +262,18 @@ ELSEWHERE = "more like real photos of other kinds ({}) than the forgeries it lea
 SHARPER = "sharper than the faces its 'fake' answers were measured on"
 CUT_OFF = "face cut off at the edge of the picture"
 VIEWS = "the face and its mirror image are answered differently"
-# Face sizes tried by `fit_min_side`, as shares of the model's input side (32 to 128 px at 160).
+# Face sizes tried by `fit_size_bands`, as shares of the model's input side (32 to 128 px at 160).
 SIDE_SHARES = (0.2, 0.3, 0.4, 0.6, 0.8)
 
 
 def too_small(side: int, floor: int) -> str:
     return (f"face too small: {side} px across in the picture, below the {floor} px down to which its answers were "
             "measured to hold")
+
+
+def shrunk_to(side: int) -> str:
+    """Where a small face's promise was measured, in words (Trust.population's suffix)."""
+    return f", shrunk to {side} px across"
 
 
 @dataclass
@@ -280,7 +294,7 @@ class Trust:
     # With `flip`, an answer is withheld when the face's two views disagree by more than this, in
     # logits (|logit P(face) - logit P(mirror)|; fit by `fit_views`).
     views: float = math.inf
-    # Faces cut from fewer source pixels across than this are not answered (fit by `fit_min_side`).
+    # Faces cut from fewer source pixels across than this are not answered (fit by `fit_size_bands`).
     min_side: int = 0
     # A face with less of its box inside the picture than this is "cut off" and not answered (fit by
     # `fit_min_inside` on the learned training faces; 1: any box leaving the picture, files before it).
@@ -291,20 +305,50 @@ class Trust:
     foreign: list[str] = field(default_factory=list)
     # A "fake" answer is withheld when the face's `sharpness` is above this (fit by `fit_fake_cut`).
     sharper: float = math.inf
+    # {size: band} for faces cut from about `size` source pixels across, the full input size's band
+    # included (fit by `fit_size_bands`; {}: every face gets `band`, files before it).
+    size_bands: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def calibrated(self) -> bool:
         return (self.calibration.a, self.calibration.b) != (1.0, 0.0)
 
+    def measured_at(self, side: float | None) -> int | None:
+        """The face size whose band answers a face cut from `side` source pixels across: the
+        largest fitted size at or below it (a face has at least that size's pixels); the full
+        size, or no size at all (None), answer with `band`. Raises ValueError below `min_side`."""
+        if side is None or math.isnan(side):
+            return None
+        if side < self.min_side:
+            raise ValueError(too_small(int(side), self.min_side))
+        sizes = [k for k in self.size_bands if k <= side]
+        return max(sizes) if sizes and max(sizes) < max(self.size_bands) else None
+
+    def band_at(self, measured_at: int | None) -> tuple[float, float]:
+        return self.band if measured_at is None else self.size_bands[measured_at]
+
     def judge(self, p_raw: np.ndarray, features: np.ndarray | None, spread: np.ndarray | None = None,
-              sharp: np.ndarray | None = None) -> list[dict]:
+              sharp: np.ndarray | None = None, sides=None) -> list[dict]:
         """Per face: calibrated P(fake), the three-way verdict, novelty and the nearest learned
         method; an answer whose face is unlike the learned faces of its class, or whose views
         disagree (`spread`, from scores_and_features with flip), or a "fake" answer on a face
         sharper than those answers were measured on (`sharp`: `sharpness` of the faces), becomes
-        "uncertain", `withheld` saying which answer and `why` in words."""
+        "uncertain", `withheld` saying which answer and `why` in words. `sides`: how many picture
+        pixels across each face was cut from (None: the model's input size); a smaller face is
+        answered by the band of its size (`measured_at` names it), or withheld below `min_side`."""
         p = self.calibration(p_raw)
-        out = [{"p_fake": float(q), "verdict": answer(float(q), self.band)} for q in p]
+        out = []
+        for q, side in zip(p, [None] * len(p) if sides is None else sides):
+            row = {"p_fake": float(q), "verdict": answer(float(q), self.band)}
+            try:
+                at = self.measured_at(side)
+            except ValueError as small:
+                withhold(row, str(small))
+            else:
+                row["verdict"] = answer(float(q), self.band_at(at))
+                if at is not None:
+                    row["measured_at"] = at
+            out.append(row)
         if spread is not None:
             for row, gap in zip(out, spread):
                 if row["verdict"] != "uncertain" and gap > self.views:
@@ -335,11 +379,12 @@ class Trust:
                     row["resembles"] = {"method": self.space.classes[fakes[best]], "similarity": round(float(near[best]), 3)}
         return out
 
-    def population(self) -> str:
-        """Where the promises were measured, in words."""
+    def population(self, measured_at: int | None = None) -> str:
+        """Where the promises were measured, in words (for faces answered by a size's band, that size)."""
         n = len(self.learned) if self.learned else len(self.space.classes) - 1 if self.space else 0
-        return f"on validation faces of the {n} method{'s' if n != 1 else ''} it learned" if n \
+        where = f"on validation faces of the {n} method{'s' if n != 1 else ''} it learned" if n \
             else "on validation faces of what it learned"
+        return where + (shrunk_to(measured_at) if measured_at is not None else "")
 
     def summary(self) -> dict:
         """The scalars, for MLflow metadata, model cards and answers."""
@@ -349,6 +394,7 @@ class Trust:
                 "unfamiliar": [None if math.isinf(c) else round(c, 4) for c in self.unfamiliar],
                 "learned": self.learned, "flip": self.flip,
                 "views": None if math.isinf(self.views) else round(self.views, 4), "min_side": self.min_side,
+                "size_bands": {str(k): [round(lo, 4), min(round(hi, 4), 1.0)] for k, (lo, hi) in self.size_bands.items()},
                 "min_inside": self.min_inside, "elsewhere": None if math.isinf(self.elsewhere) else round(self.elsewhere, 4),
                 "foreign": self.foreign, "sharper": None if math.isinf(self.sharper) else round(self.sharper, 4), "classes": self.space.classes if self.space else [], **self.report}
 
@@ -370,6 +416,7 @@ class Trust:
                   "unfamiliar": [None if math.isinf(c) else c for c in self.unfamiliar], "learned": self.learned,
                   "flip": self.flip, "views": None if math.isinf(self.views) else self.views,
                   "min_side": self.min_side, "min_inside": self.min_inside,
+                  "size_bands": {str(k): list(b) for k, b in self.size_bands.items()},
                   "elsewhere": None if math.isinf(self.elsewhere) else self.elsewhere, "foreign": self.foreign,
                   "sharper": None if math.isinf(self.sharper) else self.sharper}
         # safetensors refuses an empty file: one placeholder tensor when there is no feature space
@@ -407,7 +454,8 @@ class Trust:
                         (cuts[0], cuts[1]), [str(m) for m in h.get("learned", [])], bool(h.get("flip", False)),
                         math.inf if views is None else float(views), int(h.get("min_side", 0)),
                         float(h.get("min_inside", 1.0)), math.inf if elsewhere is None else float(elsewhere),
-                        [str(s) for s in h.get("foreign", [])], math.inf if sharper is None else float(sharper))
+                        [str(s) for s in h.get("foreign", [])], math.inf if sharper is None else float(sharper),
+                        _size_bands(h.get("size_bands", {}), path))
         except (SafetensorError, KeyError, TypeError, IndexError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is not a valid trust file ({type(e).__name__}: {e})") from None
         if space is not None:
@@ -418,6 +466,14 @@ class Trust:
                     or (space.foreign is not None and (space.foreign.ndim != 2 or space.foreign.shape[1] != d))):
                 raise ValueError(f"{path}: the feature space's shapes disagree")
         return trust
+
+
+def _size_bands(header: dict, path: Path) -> dict[int, tuple[float, float]]:
+    """A trust file's {size: band}, checked: whole sizes, two numbers each."""
+    try:
+        return {int(k): (float(lo), float(hi)) for k, (lo, hi) in header.items()}
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{path} is not a valid trust file (size_bands: {e})") from None
 
 
 def sharpness(faces) -> np.ndarray:
@@ -615,45 +671,36 @@ def shrunk(faces: np.ndarray, side: int) -> np.ndarray:
                                 (size, size), interpolation=cv2.INTER_LINEAR) for f in faces])
 
 
-def fit_min_side(trust: Trust, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, drop: float,
-                 device="cpu", scores: dict | None = None) -> tuple[int, dict]:
-    """The smallest face size (source pixels across) down to which the answers still hold: the
-    validation faces `x` are scored as if cut from each size of SIDE_SHARES, largest first, and
-    answered as the product answers them (band, abstention); the floor is the last size whose
-    answered accuracy is measured to stay within `drop` of the full-size faces': the lower end of
-    its 95% Wilson interval (scipy) does. Shrunk faces are answered less often, and a perfect score
-    on the few still answered is no measurement (the learned test faces' accuracy fell to 0.88 at
-    64 px where 882 validation faces' point estimates held to 32 px). Below it a face is withheld.
-    `scores`: a dict the caller keeps to score each size once when it fits several trusts of one
-    model on the same faces (the benchmark's sweeps); only the answers depend on the trust.
-    Returns (floor, {size: answered accuracy}); floor 0 where nothing is answered at full size."""
-    from scipy.stats import binomtest
+def fit_size_bands(trust: Trust, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, min_answers: int = 1,
+                   device="cpu", scores: dict | None = None) -> tuple[dict[int, tuple[float, float]], int, dict]:
+    """A band per face size: the validation faces `x` scored as if cut from each size of
+    SIDE_SHARES, largest first, and the band chosen again on each size's calibrated scores as on
+    full-size faces (choose_band: the same precision and threshold); the other rules as fit. The
+    walk stops at the first size whose band answers fewer than `min_answers` faces (a promise
+    resting on a handful of answers is no measurement): below the last size kept, a face is too
+    small (`min_side`). `scores`: a dict the caller keeps to score each size once when it fits
+    several trusts of one model on the same faces (the benchmark's sweeps).
+    Returns ({size: band}, min_side, {"answered_accuracy_by_side": {size: accuracy},
+    "answered_by_side": {size: faces answered}}); ({}, 0, ...) where nothing is answered at full size."""
+    from dataclasses import replace
 
     scores = {} if scores is None else scores
-
-    def accuracy(side) -> tuple[float, float]:
-        """Answered accuracy at `side` and the lower end of its 95% interval (NaN: none answered)."""
+    full = x.shape[1]
+    bands, floor, accuracy, answered_n = {}, 0, {}, {}
+    for side in [full, *sorted({max(8, round(full * s)) for s in SIDE_SHARES}, reverse=True)]:
         if (side, trust.flip) not in scores:
-            faces = x if side == x.shape[1] else shrunk(x, side)
+            faces = x if side == full else shrunk(x, side)
             scores[side, trust.flip] = (*scores_and_features(model, faces, device, flip=trust.flip), sharpness(faces))
-        v = np.array([j["verdict"] for j in trust.judge(*scores[side, trust.flip])])
+        p = scores[side, trust.flip][0]
+        band = trust.band if side == full else choose_band(y, trust.calibration(p), trust.precision, trust.threshold)
+        v = np.array([j["verdict"] for j in replace(trust, band=band, size_bands={}, min_side=0).judge(*scores[side, trust.flip])])
         answered = v != "uncertain"
-        if not answered.any():
-            return math.nan, math.nan
-        right, n = int(((v == "fake") == (np.asarray(y) == 1))[answered].sum()), int(answered.sum())
-        return right / n, float(binomtest(right, n).proportion_ci(0.95, "wilson").low)
-
-    full = accuracy(x.shape[1])[0]
-    measured_at, floor = {x.shape[1]: full}, x.shape[1]
-    if math.isnan(full):
-        return 0, {str(x.shape[1]): None}
-    for side in sorted({max(8, round(x.shape[1] * s)) for s in SIDE_SHARES}, reverse=True):
-        acc, low = accuracy(side)
-        measured_at[side] = acc
-        if math.isnan(acc) or low < full - drop:
+        answered_n[str(side)] = int(answered.sum())
+        accuracy[str(side)] = round(float(((v == "fake") == (np.asarray(y) == 1))[answered].mean()), 4) if answered.any() else None
+        if not answered.any() or (side != full and answered.sum() < min_answers):
             break
-        floor = side
-    return floor, {str(k): None if math.isnan(v) else round(v, 4) for k, v in measured_at.items()}
+        bands[side], floor = band, side
+    return bands, floor, {"answered_accuracy_by_side": accuracy, "answered_by_side": answered_n}
 
 
 def fit_min_inside(training_faces: list[Path], quantile: float) -> tuple[float, dict]:
@@ -692,11 +739,12 @@ def fit_trust(model: torch.nn.Module, experiences: list[tuple[str, dict[str, tup
     trust = fit_scored(fit_f, fit_l, [m for m, _ in experiences], val, test, threshold_raw, settings, seed, scored,
                        reals)
     faces = [(np.load(s["val"][0], mmap_mode="r"), np.load(s["val"][1])) for _, s in experiences if "val" in s]
-    if settings.small_face_drop < 1 and faces:
+    if settings.size_bands and faces:
         x, y = np.concatenate([f[0] for f in faces]), np.concatenate([f[1] for f in faces])
         keep = _sample(len(y), settings.small_face_faces, seed)  # scored up to 6 times each
-        trust.min_side, trust.report["answered_accuracy_by_side"] = fit_min_side(
-            trust, model, np.asarray(x[keep]), y[keep], settings.small_face_drop, device)
+        trust.size_bands, trust.min_side, by_side = fit_size_bands(trust, model, np.asarray(x[keep]), y[keep],
+                                                                   settings.size_min_answers, device)
+        trust.report.update(by_side)
     trust.min_inside, fitted = fit_min_inside([s["train"][0] for _, s in experiences if "train" in s],
                                               settings.edge_quantile)
     trust.report.update(fitted)

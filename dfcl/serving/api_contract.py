@@ -156,7 +156,11 @@ class Detection(Open):
     reason: str = Field(description="why this verdict, in words: how sure, and where that was measured")
     why: str | None = Field(None, description="an answer withheld: what about the face is unfamiliar, in a few words")
     calibrated: bool
-    band: list[float] = Field(min_length=2, max_length=2)
+    band: list[float] = Field(min_length=2, max_length=2, description="[lo, hi] this verdict was answered by: the "
+                              "model's, or for a face smaller than its input the band fit at that face's size")
+    measured_at: int | None = Field(None, description="a face smaller than the model's input: the size (px across) "
+                                    "its band was fit at; null: the model's own band")
+    measured_on: str | None = Field(None, description="where that band's promise was measured, in words")
     novel: bool | None
     resembles: Resembles | None = Field(description="a fake's nearest learned method")
     faces: list[Face] = []

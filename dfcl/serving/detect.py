@@ -56,7 +56,6 @@ from dfcl.measure.trust import (
     CUT_OFF,
     scores_and_features,
     sharpness,
-    too_small,
     withhold,
 )
 from dfcl.serving.detector import Detector, load_detector
@@ -65,6 +64,7 @@ from dfcl.serving.verdicts import (
     band_of,
     calibrated,
     face_evidence,
+    measured_on,
     model_card,
     reason_for,
 )
@@ -92,6 +92,7 @@ class Result:
     crops: np.ndarray | None = None
     timings: dict = field(default_factory=dict)        # decode / faces / classify / trust seconds
     status: int | None = None  # an error's HTTP status in the API: 413 too large, 415 not its type, else 422
+    measured_at: int | None = None  # a small face's verdict: the face size its band was fit at (None: full size)
 
     def to_dict(self, detector: Detector, aggregate: str | None = None) -> dict:
         out = {"file": self.file, "kind": self.kind, "verdict": self.verdict,
@@ -101,7 +102,9 @@ class Result:
             out["error"] = self.error
         else:
             out |= {"reason": self.reason, "why": self.why, "calibrated": calibrated(detector),
-                    "band": band_of(detector), "novel": self.novel, "resembles": self.resembles}
+                    "band": band_of(detector, self.measured_at), "measured_at": self.measured_at,
+                    "measured_on": measured_on(detector, self.measured_at),
+                    "novel": self.novel, "resembles": self.resembles}
         if self.faces:
             out["faces"] = self.faces
         if self.kind == "video" and self.video:
@@ -120,6 +123,7 @@ class Pending:
     and attribution})."""
     crops: np.ndarray
     finish: Callable[[list[dict], dict[str, float]], Result]
+    sides: list[int]  # how many picture pixels across each crop was cut from: the band it is answered by
 
 
 def expand(paths: list[str]) -> list[Path]:
@@ -179,34 +183,29 @@ class FaceScorer:
                 self._explainer = replace(self.detector, model=copy.deepcopy(self.detector.model))
             return self._explainer
 
-    def score(self, crops: np.ndarray) -> tuple[list[dict], dict[str, float]]:
-        """Per crop: calibrated P(fake), verdict, and novelty and attribution where the model has
-        them; and the seconds of the model's pass (`classify`) and of the rest (`trust`)."""
+    def score(self, crops: np.ndarray, sides=None) -> tuple[list[dict], dict[str, float]]:
+        """Per crop: calibrated P(fake), verdict (by the band of the size it was cut from, `sides`),
+        and novelty and attribution where the model has them; and the seconds of the model's pass
+        (`classify`) and of the rest (`trust`)."""
         trust, t = self.detector.trust, time.perf_counter()
         if trust is not None:
             p, features, spread = scores_and_features(self.detector.model, crops, flip=trust.flip)
         else:
             p, features, spread = fake_probabilities(self.detector.model, crops).numpy(), None, None
         classified = time.perf_counter()
-        judged = self.detector.judge(p, features, spread, sharpness(crops) if trust is not None else None)
+        judged = self.detector.judge(p, features, spread, sharpness(crops) if trust is not None else None, sides)
         return judged, {"classify": classified - t, "trust": time.perf_counter() - classified}
 
     def cut_off(self, box, h: int, w: int) -> bool:
         """Is more of this face cut off by the picture's edge than of the faces the model learned?"""
         return cut_off(box, h, w, self.detector.trust.min_inside if self.detector.trust is not None else 1.0)
 
-    def withhold_small(self, judged: dict, side: int) -> None:
-        """Withhold the answer on a face cut from fewer source pixels across than the model's
-        answers were measured to hold down to (trust.min_side, fit with the model)."""
-        floor = self.detector.trust.min_side if self.detector.trust is not None else 0
-        if side < floor:
-            withhold(judged, too_small(side, floor))
-
     def concluded(self, result: Result, judged: dict) -> Result:
         """`result` with the verdict, reason, novelty and attribution of the face (or video) `judged`."""
         result.verdict, result.p_fake, result.why = judged["verdict"], judged["p_fake"], judged.get("why")
+        result.measured_at = judged.get("measured_at")
         result.reason = judged.get("reason") or reason_for(self.detector, judged["verdict"], judged["p_fake"],
-                                                           judged.get("why"))
+                                                           judged.get("why"), result.measured_at)
         result.novel = judged.get("novel")
         if result.novel and not judged.get("why"):
             result.reason += "; " + NOVEL_NOTE
@@ -221,7 +220,7 @@ class FaceScorer:
         prepared = self.prepare(path, crop, max_seconds, deadline)
         if isinstance(prepared, Pending):
             in_time(deadline)
-            prepared = prepared.finish(*self.score(prepared.crops))
+            prepared = prepared.finish(*self.score(prepared.crops, prepared.sides))
         prepared.seconds = time.perf_counter() - start
         return prepared
 
@@ -274,12 +273,12 @@ class FaceScorer:
             for j, b in zip(judged, boxes):
                 if kind == "photo" and self.cut_off(b, h, w):
                     withhold(j, CUT_OFF)
-                self.withhold_small(j, square_of(b, s.margin, (h, w))[2] if kind == "photo" else min(h, w))
             faces = [{"box": [round(float(v), 1) for v in b], "score": None if sc is None else round(sc, 4),
                       **face_evidence(j)} for b, sc, j in zip(boxes, scores, judged)]
             return self.concluded(Result(str(path), kind, "", faces=faces, crops=crops, timings=timings),
                                   photo_verdict(judged))
-        return Pending(crops, finish)
+        sides = [square_of(b, s.margin, (h, w))[2] for b in boxes] if kind == "photo" else [min(h, w)]
+        return Pending(crops, finish, sides)
 
     def _too_small(self, what: str, h: int, w: int) -> str:
         s = self.settings
@@ -336,10 +335,9 @@ class FaceScorer:
 
         def finish(judged: list[dict], seconds: dict[str, float]) -> Result:
             timings.update(seconds)
-            for (_, _, edge, side), j in zip(kept, judged):
+            for (_, _, edge, _), j in zip(kept, judged):
                 if edge:
                     withhold(j, CUT_OFF)
-                self.withhold_small(j, side)
             faces = []
             for (k, _, _, _), j in zip(kept, judged):
                 timeline[k]["p_fake"] = round(j["p_fake"], 4)
@@ -347,24 +345,24 @@ class FaceScorer:
                 faces.append({"frame": timeline[k]["frame"], "time_s": timeline[k]["time_s"], "box": timeline[k]["box"],
                               "score": timeline[k]["score"], **face_evidence(j)})
             result = Result(str(path), "video", "", faces=faces, frames=timeline, video=info, crops=crops, timings=timings)
-            self.concluded(result, self.video_verdict(judged))
+            self.concluded(result, self.video_verdict(judged, [side for _, _, _, side in kept]))
             if problem:  # e.g. truncated after some frames: scored on what could be read, and said
                 result.video = {**info, "warning": problem}
             return result
-        return Pending(crops, finish)
+        return Pending(crops, finish, [side for _, _, _, side in kept])
 
-
-    def video_verdict(self, judged: list[dict]) -> dict:
+    def video_verdict(self, judged: list[dict], sides=None) -> dict:
         """One answer for a video from its frames': P(fake) by `detect.aggregate`, answered by the
-        band; "uncertain" when at least `trust.video_disagreement` of the frames are answered the
+        band of the faces' median size (`sides`: each frame's face's, as FaceScorer.score takes
+        them); "uncertain" when at least `trust.video_disagreement` of the frames are answered the
         other way (e.g. three confidently fake frames in a video whose mean says real), or when most
         frames' answers were withheld (unfamiliar, cut off: the commonest reason is given); novel
         when most frames are; the method most frames resemble."""
         d = self.params.detect
         p = np.array([j["p_fake"] for j in judged])
         score = aggregate(p, d.aggregate, d)
-        verdict = self.detector.judge_calibrated(score)
-        out = {"p_fake": score, "verdict": verdict}
+        verdict, at = self.detector.judge_calibrated(score, float(np.median(sides)) if sides else None)
+        out = {"p_fake": score, "verdict": verdict} | ({"measured_at": at} if at is not None else {})
         other = {"fake": "real", "real": "fake"}.get(verdict)
         against = sum(j["verdict"] == other for j in judged)
         whys = [j["why"] for j in judged if j.get("why")]
@@ -446,7 +444,8 @@ def detect_files(scorer: FaceScorer, paths: list[str], crop: str | None = None, 
 
     def classify_waiting() -> None:
         try:
-            judged, spent = scorer.score(np.concatenate([p.crops for _, p, _ in waiting]))
+            judged, spent = scorer.score(np.concatenate([p.crops for _, p, _ in waiting]),
+                                         [side for _, p, _ in waiting for side in p.sides])
         except Exception as e:  # the whole batch failed: each of its files says so
             for i, p, _ in waiting:
                 settle(i, _failed(files[i], e))

@@ -34,19 +34,26 @@ class Detector:
         self.model = self.model.to(memory_format=torch.channels_last)
 
     def judge(self, p_raw: np.ndarray, features: np.ndarray | None = None,
-              spread: np.ndarray | None = None, sharp: np.ndarray | None = None) -> list[dict]:
+              spread: np.ndarray | None = None, sharp: np.ndarray | None = None, sides=None) -> list[dict]:
         """Per face: P(fake) on the scale shown (calibrated when it can be), verdict, novelty;
         `spread`: how far each face's views disagree (dfcl.measure.trust.scores_and_features);
-        `sharp`: the faces' dfcl.measure.trust.sharpness."""
+        `sharp`: the faces' dfcl.measure.trust.sharpness; `sides`: the picture pixels across each
+        face was cut from (Trust.judge)."""
         if self.trust is None:
             return [{"p_fake": float(q), "verdict": "fake" if q >= self.threshold else "real"} for q in p_raw]
-        return self.trust.judge(p_raw, features, spread, sharp)
+        return self.trust.judge(p_raw, features, spread, sharp, sides)
 
-    def judge_calibrated(self, p: float) -> str:
-        """The answer for a P(fake) already on the shown scale (a video's aggregate)."""
+    def judge_calibrated(self, p: float, side: float | None = None) -> tuple[str, int | None]:
+        """The answer for a P(fake) already on the shown scale (a video's aggregate) of faces cut
+        from `side` picture pixels across, and the size whose band gave it (None: full size);
+        "uncertain" below the smallest size measured (the faces' own answers say why)."""
         if self.trust is None:
-            return "fake" if p >= self.threshold else "real"
-        return answer(p, self.trust.band)
+            return ("fake" if p >= self.threshold else "real"), None
+        try:
+            at = self.trust.measured_at(side)
+        except ValueError:
+            return "uncertain", None
+        return answer(p, self.trust.band_at(at)), at
 
     @property
     def shown_threshold(self) -> float:

@@ -43,24 +43,31 @@ def calibrated(detector: Detector) -> bool:
     return detector.trust is not None and detector.trust.calibrated
 
 
-def band_of(detector: Detector) -> list[float]:
-    """[lo, hi]: P(fake) below lo is answered real, at or above hi fake, between uncertain."""
-    lo, hi = detector.trust.band if detector.trust is not None else (detector.threshold,) * 2
+def band_of(detector: Detector, measured_at: int | None = None) -> list[float]:
+    """[lo, hi]: P(fake) below lo is answered real, at or above hi fake, between uncertain; for a
+    small face, the band of the size it was answered at."""
+    lo, hi = detector.trust.band_at(measured_at) if detector.trust is not None else (detector.threshold,) * 2
     return [round(lo, 4), round(min(hi, 1.0), 4)]
+
+
+def measured_on(detector: Detector, measured_at: int | None = None) -> str | None:
+    """Where the band's promise was measured, in words (None: nothing was measured)."""
+    return None if detector.trust is None else detector.trust.population(measured_at)
 
 
 NOVEL_NOTE = ("this face is unlike the forgeries and real faces the model has learned: treat the verdict with care")
 
 
-def reason_for(detector: Detector, verdict: str, p: float, why: str | None = None) -> str:
-    """Why `verdict`, in words a person can weigh: where the promise was measured, and for an
-    answer withheld (`why`), what about the face is unfamiliar; from a model that learned only
-    synthetic faces, that too."""
-    reason = _reason(detector, verdict, p, why)
+def reason_for(detector: Detector, verdict: str, p: float, why: str | None = None,
+               measured_at: int | None = None) -> str:
+    """Why `verdict`, in words a person can weigh: where the promise was measured (for a small
+    face, `measured_at`: at its size), and for an answer withheld (`why`), what about the face is
+    unfamiliar; from a model that learned only synthetic faces, that too."""
+    reason = _reason(detector, verdict, p, why, measured_at)
     return f"{reason}; {SYNTHETIC_NOTE}" if synthetic_only(detector.info.get("learned") or []) else reason
 
 
-def _reason(detector: Detector, verdict: str, p: float, why: str | None) -> str:
+def _reason(detector: Detector, verdict: str, p: float, why: str | None, measured_at: int | None) -> str:
     t = detector.trust
     if why:
         return (f"no answer: {why}, so its P(fake) {p:.2f} promises nothing (the model's figures were measured "
@@ -68,14 +75,15 @@ def _reason(detector: Detector, verdict: str, p: float, why: str | None) -> str:
     if t is None:
         return (f"P(fake) {p:.2f} against the model's threshold {detector.threshold:.2f}; this model has no "
                 "calibration (a file, or a version registered before it), so how sure it is was not measured")
-    lo, hi = t.band
+    lo, hi = t.band_at(measured_at)
+    where = t.population(measured_at)
     if verdict == "uncertain":
         return (f"P(fake) {p:.2f} lies between {lo:.2f} and {min(hi, 1):.2f}, where the model's answers were right "
-                f"less than {t.precision:.0%} of the time {t.population()}")
+                f"less than {t.precision:.0%} of the time {where}")
     side = f"at or above {hi:.2f}" if verdict == "fake" else f"below {lo:.2f}"
     checked = f" more than real photos of {', '.join(t.foreign)}" if verdict == "fake" and t.foreign else ""
     return (f"P(fake) {p:.2f} is {side}, where '{verdict}' answers were right at least {t.precision:.0%} of the "
-            f"time {t.population()}, and the face resembles the {verdict} faces it learned{checked}; on kinds of "
+            f"time {where}, and the face resembles the {verdict} faces it learned{checked}; on kinds of "
             "faces it never saw that figure was not measured")
 
 
@@ -111,6 +119,11 @@ def table(rows: list[dict]) -> str:
             lines.append(f"fake: P(fake) >= {hi:.2f}, real: < {lo:.2f}, uncertain between, or where the face is unlike "
                          f"the learned faces of its answer: answers right at least {m['precision']:.0%} of the time "
                          f"{m['measured_on']}. novel: unlike the faces it learned.")
+            sizes = {r["measured_at"]: r["band"] for r in answered if r.get("measured_at")}
+            if sizes:  # files answered on faces cut from fewer pixels than the model's input
+                lines.append("smaller faces, by the band measured on validation faces shrunk to their size: " + "; ".join(
+                    f"{side} px: fake >= {hi:.2f}, real < {lo:.2f}" for side, (lo, hi) in sorted(sizes.items(), reverse=True))
+                    + ".")
         else:
             lines.append(f"this model is not calibrated: P(fake) is raw, fake at or above {m['threshold']:.2f}")
     return "\n".join(lines)

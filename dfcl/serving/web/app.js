@@ -200,7 +200,7 @@ function render(file, r) {
                         : `, ${faces} face${faces === 1 ? "" : "s"}.`);
   const m = r.model || {};
   $("band").textContent = r.calibrated
-    ? sentence(bandWords(r.band || [r.threshold, r.threshold], m.precision, m.measured_on))
+    ? sentence(bandWords(r.band || [r.threshold, r.threshold], m.precision, r.measured_on || m.measured_on))
     : `This model is not calibrated: P(fake) is its raw output, answered fake at or above ${num(r.threshold, 3)} ` +
       "and real below, so how sure it is was not measured.";
   show("band", true);
